@@ -1,0 +1,442 @@
+//! The contract between ftn's XDP program (`ftn-ebpf`) and its controller.
+//!
+//! Every map key and value lives here, once. Layout rules, checked at compile time:
+//! - `#[repr(C)]`, `Clone + Copy`, padding written out as `_pad` fields (zero them: the kernel
+//!   hashes every byte of a key), no `bool`/enum/`Option` inside a map type;
+//! - addresses are stored as the 16 raw bytes of the address in **network byte order**, viewed as
+//!   `[u32; 4]` (IPv4 uses the first word, the other three are zero);
+//! - ports are **network byte order** `u16` (as they sit in the packet);
+//! - everything else (ids, counters, times, flags) is host byte order.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Name of the XDP program in the eBPF object.
+pub const PROGRAM_NAME: &str = "ftn_xdp";
+
+/// Map names (at most 15 characters: the kernel's `BPF_OBJ_NAME_LEN` is 16 with the NUL).
+pub mod map_names {
+    /// `HashMap<ResourceKey, ResourceValue>`: which resource a (VIP, protocol, port) belongs to.
+    pub const RESOURCES: &str = "FTN_RESOURCES";
+    /// `Array<ServerValue>` indexed by server id.
+    pub const SERVERS: &str = "FTN_SERVERS";
+    /// `LruHashMap<FlowKey, FlowValue>`: client-side 5-tuple -> server the flow is on.
+    pub const FLOWS: &str = "FTN_FLOWS";
+    /// `LruHashMap<ReverseKey, ReverseValue>`: server-side 5-tuple -> VIP to SNAT replies to.
+    pub const REVERSE: &str = "FTN_REVERSE";
+    /// `Array<DataplaneConfig>` with one element.
+    pub const CONFIG: &str = "FTN_CONFIG";
+    /// `PerCpuArray<ResourceStats>` indexed by resource id.
+    pub const RESOURCE_STATS: &str = "FTN_RES_STATS";
+    /// `PerCpuArray<ServerStats>` indexed by server id.
+    pub const SERVER_STATS: &str = "FTN_SRV_STATS";
+    /// `PerCpuArray<u64>` indexed by [`crate::GlobalCounter`].
+    pub const GLOBAL_STATS: &str = "FTN_GLOBAL";
+    /// `DevMapHash` keyed by ifindex: the interfaces XDP may redirect to.
+    pub const DEVMAP: &str = "FTN_DEVMAP";
+
+    /// Every map of the object, for checks and pinning.
+    pub const ALL: [&str; 9] = [
+        RESOURCES,
+        SERVERS,
+        FLOWS,
+        REVERSE,
+        CONFIG,
+        RESOURCE_STATS,
+        SERVER_STATS,
+        GLOBAL_STATS,
+        DEVMAP,
+    ];
+}
+
+/// Capacity of [`map_names::RESOURCES`] (number of (VIP, protocol, port) keys).
+pub const MAX_RESOURCE_KEYS: u32 = 262_144;
+/// Resource ids are `0..MAX_RESOURCES` (index of the per-resource counters).
+pub const MAX_RESOURCES: u32 = 131_072;
+/// Server ids are `0..MAX_SERVERS` (index of [`map_names::SERVERS`] and its counters).
+pub const MAX_SERVERS: u32 = 16_384;
+/// Default capacity of the flow and reverse tables (the controller may change it at load).
+pub const DEFAULT_FLOW_CAPACITY: u32 = 262_144;
+/// Capacity of the devmap (interfaces the program may redirect to).
+pub const MAX_INTERFACES: u32 = 64;
+
+/// `family` values (the kernel's `AF_INET`/`AF_INET6`, as `bpf_fib_lookup` wants them).
+pub const FAMILY_V4: u8 = 2;
+pub const FAMILY_V6: u8 = 10;
+
+/// IP protocol numbers used in keys.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// `ResourceValue::server_id` when the resource has no live server.
+pub const NO_SERVER: u32 = u32::MAX;
+
+/// `ResourceValue::flags`: answer packets of a resource with no live server with a TCP RST or
+/// an ICMP unreachable instead of dropping them silently.
+pub const RES_FLAG_REJECT: u32 = 1;
+
+/// `ServerValue::state`.
+pub const SERVER_DOWN: u8 = 0;
+pub const SERVER_UP: u8 = 1;
+
+/// `FlowValue::flags`: a FIN was seen; the entry ends after `DataplaneConfig::tcp_closing_ns`
+/// and a new SYN on the same 5-tuple starts a new flow.
+pub const FLOW_FLAG_CLOSING: u32 = 1;
+
+/// Key of [`map_names::RESOURCES`]. A port of 0 means "every port of this VIP and protocol";
+/// ICMP echo resources always use port 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ResourceKey {
+    /// VIP, network byte order (see crate docs).
+    pub vip: [u32; 4],
+    /// Destination port, network byte order; 0 = every port.
+    pub port: u16,
+    /// IP protocol number (6, 17, 1 or 58).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+const _: () = assert!(size_of::<ResourceKey>() == 20);
+
+/// Value of [`map_names::RESOURCES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ResourceValue {
+    /// Index into the per-resource counters, `< MAX_RESOURCES`.
+    pub resource_id: u32,
+    /// Current server for new flows, or [`NO_SERVER`].
+    pub server_id: u32,
+    /// Directory generation of this assignment (increases on every change).
+    pub generation: u32,
+    /// `RES_FLAG_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<ResourceValue>() == 16);
+
+/// Value of [`map_names::SERVERS`] (index = server id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServerValue {
+    /// Server address, network byte order.
+    pub addr: [u32; 4],
+    /// [`FAMILY_V4`], [`FAMILY_V6`], or 0 for an unused slot.
+    pub family: u8,
+    /// [`SERVER_UP`] or [`SERVER_DOWN`]. Flows on a down server move to the resource's current
+    /// server on their next packet.
+    pub state: u8,
+    pub _pad: [u8; 2],
+    /// Directory generation of this state.
+    pub generation: u32,
+}
+const _: () = assert!(size_of::<ServerValue>() == 24);
+
+/// Key of [`map_names::FLOWS`]: the 5-tuple as the client sends it (client -> VIP).
+/// For ICMP echo both ports hold the echo identifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Client address, network byte order.
+    pub client: [u32; 4],
+    /// VIP, network byte order.
+    pub vip: [u32; 4],
+    /// Client's source port, network byte order.
+    pub client_port: u16,
+    /// VIP's port, network byte order.
+    pub vip_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Value of [`map_names::FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    /// `bpf_ktime_get_ns()` of the last packet in either direction.
+    pub last_seen_ns: u64,
+    pub server_id: u32,
+    pub resource_id: u32,
+    /// `FLOW_FLAG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FlowValue>() == 24);
+
+/// Key of [`map_names::REVERSE`]: the 5-tuple of a reply as the server sends it
+/// (server -> client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ReverseKey {
+    /// Server address, network byte order.
+    pub server: [u32; 4],
+    /// Client address, network byte order.
+    pub client: [u32; 4],
+    /// Server's source port (= the VIP port), network byte order.
+    pub server_port: u16,
+    /// Client's port, network byte order.
+    pub client_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<ReverseKey>() == 40);
+
+/// Value of [`map_names::REVERSE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReverseValue {
+    /// VIP the client sent to, network byte order: the source address of SNATed replies.
+    pub vip: [u32; 4],
+    pub resource_id: u32,
+    pub server_id: u32,
+}
+const _: () = assert!(size_of::<ReverseValue>() == 24);
+
+/// The single element of [`map_names::CONFIG`]. Zero values mean "use the default".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Idle time after which a TCP flow is forgotten.
+    pub tcp_idle_ns: u64,
+    /// Idle time after which a TCP flow that saw a FIN is forgotten.
+    pub tcp_closing_ns: u64,
+    /// Idle time after which a UDP flow is forgotten.
+    pub udp_idle_ns: u64,
+    /// Idle time after which an ICMP echo flow is forgotten.
+    pub icmp_idle_ns: u64,
+}
+const _: () = assert!(size_of::<DataplaneConfig>() == 32);
+
+pub const DEFAULT_TCP_IDLE_NS: u64 = 900 * 1_000_000_000;
+pub const DEFAULT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+pub const DEFAULT_UDP_IDLE_NS: u64 = 60 * 1_000_000_000;
+pub const DEFAULT_ICMP_IDLE_NS: u64 = 30 * 1_000_000_000;
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            tcp_idle_ns: DEFAULT_TCP_IDLE_NS,
+            tcp_closing_ns: DEFAULT_TCP_CLOSING_NS,
+            udp_idle_ns: DEFAULT_UDP_IDLE_NS,
+            icmp_idle_ns: DEFAULT_ICMP_IDLE_NS,
+        }
+    }
+}
+
+/// Per-resource counters (element of [`map_names::RESOURCE_STATS`], per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ResourceStats {
+    /// Client -> server packets and bytes (frame length) forwarded.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows created (first packet, or after idle/close).
+    pub new_flows: u64,
+    /// Server -> client packets and bytes SNATed back to the VIP.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// Flows moved because their server was marked down.
+    pub flows_moved: u64,
+    /// Packets dropped because the resource had no live server (drop policy).
+    pub drop_no_server: u64,
+    /// Packets answered with a TCP RST or ICMP unreachable (reject policy).
+    pub reject_no_server: u64,
+}
+const _: () = assert!(size_of::<ResourceStats>() == 64);
+
+/// Per-server counters (element of [`map_names::SERVER_STATS`], per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServerStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// Flows that left this server because it was marked down.
+    pub flows_moved_away: u64,
+    /// ICMP errors about flows of this server translated (either direction).
+    pub icmp_errors: u64,
+    pub _reserved: u64,
+}
+const _: () = assert!(size_of::<ServerStats>() == 64);
+
+/// Indices of [`map_names::GLOBAL_STATS`]: what happened to every packet the program saw.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalCounter {
+    /// Every packet the program saw.
+    Packets = 0,
+    /// Not IPv4/IPv6 (ARP, LLDP, VLAN-tagged, ...): passed.
+    PassNotIp,
+    /// Truncated or malformed headers: passed untouched.
+    PassMalformed,
+    /// IPv4 fragment or IPv6 fragment header: passed untouched.
+    PassFragment,
+    /// IPv6 extension header before the transport header: passed untouched.
+    PassIpv6Ext,
+    /// Not addressed to a resource nor a reply of a known flow: passed.
+    PassNoMatch,
+    /// TTL / hop limit would expire at the gateway: passed for the kernel to answer.
+    PassTtl,
+    /// NATed, neighbour not resolved yet: passed (rewritten) for the kernel to resolve.
+    PassNoNeigh,
+    /// NATed, FIB lookup failed otherwise (no route, forwarding off, MTU): passed rewritten.
+    PassFibOther,
+    /// ICMP error not about a known flow: passed.
+    PassIcmpUnmatched,
+    /// NATed and sent back out of the ingress interface.
+    Tx,
+    /// NATed and redirected through the devmap.
+    Redirect,
+    /// NATed, egress interface is not in the devmap: passed rewritten for the kernel to forward.
+    PassNotInDevmap,
+    /// Resource without live server, drop policy.
+    DropNoServer,
+    /// Resource without live server, answered with a TCP RST.
+    RejectTcpRst,
+    /// Resource without live server, answered with an ICMP unreachable.
+    RejectIcmp,
+    /// Resource without live server and reject policy, but the packet could not be answered
+    /// (IPv4 options, unsupported ICMP type): dropped.
+    DropRejectFailed,
+    /// ICMP errors translated (client->server and server->client).
+    IcmpErrorTranslated,
+    /// Flows moved because their server was marked down.
+    FlowsMoved,
+    /// Flows ended by a TCP RST.
+    FlowsReset,
+}
+
+/// Number of [`GlobalCounter`] slots.
+pub const GLOBAL_COUNTERS: u32 = GlobalCounter::FlowsReset as u32 + 1;
+
+impl GlobalCounter {
+    /// Every counter, in index order (for the controller's exporters and the tests).
+    pub const ALL: [GlobalCounter; GLOBAL_COUNTERS as usize] = [
+        Self::Packets,
+        Self::PassNotIp,
+        Self::PassMalformed,
+        Self::PassFragment,
+        Self::PassIpv6Ext,
+        Self::PassNoMatch,
+        Self::PassTtl,
+        Self::PassNoNeigh,
+        Self::PassFibOther,
+        Self::PassIcmpUnmatched,
+        Self::Tx,
+        Self::Redirect,
+        Self::PassNotInDevmap,
+        Self::DropNoServer,
+        Self::RejectTcpRst,
+        Self::RejectIcmp,
+        Self::DropRejectFailed,
+        Self::IcmpErrorTranslated,
+        Self::FlowsMoved,
+        Self::FlowsReset,
+    ];
+
+    /// Stable snake_case name (metrics label).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Packets => "packets",
+            Self::PassNotIp => "pass_not_ip",
+            Self::PassMalformed => "pass_malformed",
+            Self::PassFragment => "pass_fragment",
+            Self::PassIpv6Ext => "pass_ipv6_ext",
+            Self::PassNoMatch => "pass_no_match",
+            Self::PassTtl => "pass_ttl",
+            Self::PassNoNeigh => "pass_no_neigh",
+            Self::PassFibOther => "pass_fib_other",
+            Self::PassIcmpUnmatched => "pass_icmp_unmatched",
+            Self::Tx => "tx",
+            Self::Redirect => "redirect",
+            Self::PassNotInDevmap => "pass_not_in_devmap",
+            Self::DropNoServer => "drop_no_server",
+            Self::RejectTcpRst => "reject_tcp_rst",
+            Self::RejectIcmp => "reject_icmp",
+            Self::DropRejectFailed => "drop_reject_failed",
+            Self::IcmpErrorTranslated => "icmp_error_translated",
+            Self::FlowsMoved => "flows_moved",
+            Self::FlowsReset => "flows_reset",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY (all impls): `#[repr(C)]`, only integer fields and arrays of them, padding explicit,
+    // every bit pattern valid.
+    unsafe impl aya::Pod for ResourceKey {}
+    unsafe impl aya::Pod for ResourceValue {}
+    unsafe impl aya::Pod for ServerValue {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for ReverseKey {}
+    unsafe impl aya::Pod for ReverseValue {}
+    unsafe impl aya::Pod for DataplaneConfig {}
+    unsafe impl aya::Pod for ResourceStats {}
+    unsafe impl aya::Pod for ServerStats {}
+}
+
+/// Address helpers shared by both sides (pure, `no_std`).
+pub mod addr {
+    /// The `[u32; 4]` form of an IPv4 address given as its 4 octets.
+    pub const fn v4(octets: [u8; 4]) -> [u32; 4] {
+        [u32::from_ne_bytes(octets), 0, 0, 0]
+    }
+
+    /// The `[u32; 4]` form of an IPv6 address given as its 16 octets.
+    pub const fn v6(o: [u8; 16]) -> [u32; 4] {
+        [
+            u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+            u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+            u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+            u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+        ]
+    }
+
+    /// Octets of an address stored by [`v6`] (or [`v4`]: the first 4 octets).
+    pub const fn octets(a: [u32; 4]) -> [u8; 16] {
+        let w0 = a[0].to_ne_bytes();
+        let w1 = a[1].to_ne_bytes();
+        let w2 = a[2].to_ne_bytes();
+        let w3 = a[3].to_ne_bytes();
+        [
+            w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3],
+            w3[0], w3[1], w3[2], w3[3],
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in map_names::ALL {
+            assert!(name.len() <= 15, "{name} is longer than 15 characters");
+        }
+        assert!(PROGRAM_NAME.len() <= 15);
+    }
+
+    #[test]
+    fn counters_are_indexed_in_order() {
+        for (i, c) in GlobalCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{}", c.name());
+        }
+    }
+
+    #[test]
+    fn address_round_trip() {
+        let o = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        assert_eq!(addr::octets(addr::v6(o)), o);
+        assert_eq!(&addr::octets(addr::v4([198, 18, 0, 1]))[..4], &[198, 18, 0, 1]);
+    }
+}

@@ -1,0 +1,508 @@
+//! The real dataplane: ftn's XDP program loaded and attached through aya.
+//!
+//! Lifecycle:
+//! - [`AyaDataplane::load`] loads the embedded object, attaches `ftn_xdp` to every interface
+//!   (native XDP, falling back to generic in `auto` mode), fills the devmap and, with a pin
+//!   directory, pins every map (`<dir>/<MAP_NAME>`) and every link (`<dir>/link_<ifname>`), so
+//!   the dataplane keeps forwarding while the controller is stopped or restarting.
+//! - [`AyaDataplane::adopt`] opens the pinned maps of a running dataplane without touching the
+//!   program, its links or a single flow.
+//! - [`AyaDataplane::open`] adopts when a complete pinned dataplane exists, else loads.
+//! - [`detach`] unpins the links (which detaches XDP) and removes the pinned maps.
+
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use ftn_common::{
+    map_names, FlowKey, FlowValue, ResourceKey, ResourceValue, ReverseKey, ReverseValue,
+    ServerValue, DEFAULT_FLOW_CAPACITY, PROGRAM_NAME,
+};
+
+use super::{
+    check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, GlobalCounter,
+    ResourceAssignment, ResourceMatch, ResourceStats, ServerEntry, ServerStats, EBPF_OBJECT,
+};
+
+/// Where `ftn run` pins the dataplane by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftn";
+
+/// How to attach XDP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// Native (driver) XDP, falling back to generic XDP with a warning when the driver refuses.
+    #[default]
+    Auto,
+    /// Native (driver) XDP only.
+    Native,
+    /// Generic (skb) XDP only: works everywhere, slower.
+    Generic,
+}
+
+impl std::fmt::Display for XdpAttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XdpAttachMode::Auto => "auto",
+            XdpAttachMode::Native => "native",
+            XdpAttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// Options of [`AyaDataplane::load`].
+#[derive(Clone, Debug)]
+pub struct AyaOptions {
+    /// Interfaces to attach to (may be empty: load only, e.g. for packet tests).
+    pub interfaces: Vec<String>,
+    pub mode: XdpAttachMode,
+    /// Pin maps and links here; `None`: nothing pinned, everything goes away on drop.
+    pub pin_dir: Option<PathBuf>,
+    /// Capacity of the flow and reverse tables.
+    pub flow_capacity: u32,
+}
+
+impl Default for AyaOptions {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            mode: XdpAttachMode::Auto,
+            pin_dir: None,
+            flow_capacity: DEFAULT_FLOW_CAPACITY,
+        }
+    }
+}
+
+/// An interface the program is attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub interface: String,
+    pub ifindex: u32,
+    /// The mode that worked (`Native` or `Generic`).
+    pub mode: XdpAttachMode,
+}
+
+pub struct AyaDataplane {
+    /// The loaded object (None when adopted from pins: the program is the pinned one).
+    ebpf: Option<Ebpf>,
+    resources: HashMap<MapData, ResourceKey, ResourceValue>,
+    servers: Array<MapData, ServerValue>,
+    config: Array<MapData, DataplaneConfig>,
+    res_stats: PerCpuArray<MapData, ResourceStats>,
+    srv_stats: PerCpuArray<MapData, ServerStats>,
+    global: PerCpuArray<MapData, u64>,
+    devmap: DevMapHash<MapData>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    reverse: HashMap<MapData, ReverseKey, ReverseValue>,
+    attached: Vec<Attached>,
+    /// Links pinned by this process (kept so they are not detached on drop).
+    _pinned_links: Vec<PinnedLink>,
+    adopted: bool,
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, op, source }
+}
+
+fn pin_err(path: &Path, e: impl std::fmt::Display) -> DataplaneError {
+    DataplaneError::Pin { path: path.display().to_string(), detail: e.to_string() }
+}
+
+fn ifindex(name: &str) -> Result<u32, DataplaneError> {
+    let c = CString::new(name).map_err(|_| DataplaneError::UnknownInterface(name.to_string()))?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(DataplaneError::UnknownInterface(name.to_string()));
+    }
+    Ok(idx)
+}
+
+fn link_pin_path(dir: &Path, interface: &str) -> PathBuf {
+    dir.join(format!("link_{interface}"))
+}
+
+/// True when `dir` holds every pinned map and at least one pinned link.
+pub fn pinned_dataplane_exists(dir: &Path) -> bool {
+    map_names::ALL.iter().all(|n| dir.join(n).exists()) && pinned_links(dir).map(|l| !l.is_empty()).unwrap_or(false)
+}
+
+fn pinned_links(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with("link_") {
+            v.push(e.path());
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Detaches a pinned dataplane: unpins (and so detaches) every link, removes the pinned maps
+/// and the directory. Returns the interfaces that were detached.
+pub fn detach(dir: &Path) -> Result<Vec<String>, DataplaneError> {
+    let mut detached = Vec::new();
+    if !dir.exists() {
+        return Ok(detached);
+    }
+    for path in pinned_links(dir).map_err(|e| pin_err(dir, e))? {
+        let link = PinnedLink::from_pin(&path).map_err(|e| pin_err(&path, e))?;
+        let fd: FdLink = link.unpin().map_err(|e| pin_err(&path, e))?;
+        drop(fd);
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        detached.push(name.trim_start_matches("link_").to_string());
+    }
+    for name in map_names::ALL {
+        let p = dir.join(name);
+        if p.exists() {
+            fs::remove_file(&p).map_err(|e| pin_err(&p, e))?;
+        }
+    }
+    // Other files (e.g. aya-log's map) are ours too.
+    for e in fs::read_dir(dir).map_err(|e| pin_err(dir, e))? {
+        let p = e.map_err(|e| pin_err(dir, e))?.path();
+        fs::remove_file(&p).map_err(|e| pin_err(&p, e))?;
+    }
+    fs::remove_dir(dir).map_err(|e| pin_err(dir, e))?;
+    Ok(detached)
+}
+
+fn typed<T>(map: Map, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).map_err(map_err(name, "open"))
+}
+
+impl AyaDataplane {
+    /// Adopts a pinned dataplane if `opts.pin_dir` holds one, else loads and attaches.
+    pub fn open(opts: &AyaOptions) -> Result<Self, DataplaneError> {
+        if let Some(dir) = &opts.pin_dir {
+            if pinned_dataplane_exists(dir) {
+                return Self::adopt(dir);
+            }
+        }
+        Self::load(opts)
+    }
+
+    /// Loads the embedded program and its maps, attaches, and pins (see module docs).
+    pub fn load(opts: &AyaOptions) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(map_names::FLOWS, opts.flow_capacity)
+            .map_max_entries(map_names::REVERSE, opts.flow_capacity);
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        {
+            let prog = xdp_program(&mut ebpf)?;
+            prog.load().map_err(DataplaneError::Program)?;
+        }
+        if let Some(dir) = &opts.pin_dir {
+            // A fresh load replaces whatever half-state an earlier run left (no links: nothing
+            // is forwarding with it).
+            if dir.exists() {
+                detach(dir)?;
+            }
+            fs::create_dir_all(dir).map_err(|e| pin_err(dir, e))?;
+        }
+        let mut take = |name: &'static str| -> Result<Map, DataplaneError> {
+            let map = ebpf.take_map(name).ok_or(DataplaneError::MissingInObject {
+                what: "map",
+                name: name.to_string(),
+            })?;
+            if let Some(dir) = &opts.pin_dir {
+                let p = dir.join(name);
+                map.pin(&p).map_err(|e| pin_err(&p, e))?;
+            }
+            Ok(map)
+        };
+        let resources = typed(take(map_names::RESOURCES)?, map_names::RESOURCES)?;
+        let servers = typed(take(map_names::SERVERS)?, map_names::SERVERS)?;
+        let config = typed(take(map_names::CONFIG)?, map_names::CONFIG)?;
+        let res_stats = typed(take(map_names::RESOURCE_STATS)?, map_names::RESOURCE_STATS)?;
+        let srv_stats = typed(take(map_names::SERVER_STATS)?, map_names::SERVER_STATS)?;
+        let global = typed(take(map_names::GLOBAL_STATS)?, map_names::GLOBAL_STATS)?;
+        let devmap = typed(take(map_names::DEVMAP)?, map_names::DEVMAP)?;
+        let flows = typed(take(map_names::FLOWS)?, map_names::FLOWS)?;
+        let reverse = typed(take(map_names::REVERSE)?, map_names::REVERSE)?;
+        let mut dp = AyaDataplane {
+            ebpf: Some(ebpf),
+            resources,
+            servers,
+            config,
+            res_stats,
+            srv_stats,
+            global,
+            devmap,
+            flows,
+            reverse,
+            attached: Vec::new(),
+            _pinned_links: Vec::new(),
+            adopted: false,
+        };
+        dp.set_config(&DataplaneConfig::default())?;
+        for interface in &opts.interfaces {
+            dp.attach(interface, opts.mode, opts.pin_dir.as_deref())?;
+        }
+        Ok(dp)
+    }
+
+    /// Opens the maps of a dataplane pinned under `dir`; the program and links stay as they are.
+    pub fn adopt(dir: &Path) -> Result<Self, DataplaneError> {
+        let open = |name: &'static str| -> Result<Map, DataplaneError> {
+            let p = dir.join(name);
+            let data = MapData::from_pin(&p).map_err(|e| pin_err(&p, e))?;
+            Map::from_map_data(data).map_err(map_err(name, "open pinned"))
+        };
+        let mut attached = Vec::new();
+        for path in pinned_links(dir).map_err(|e| pin_err(dir, e))? {
+            // Opening checks the link is real; the pin keeps it alive.
+            PinnedLink::from_pin(&path).map_err(|e| pin_err(&path, e))?;
+            let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+            let interface = name.trim_start_matches("link_").to_string();
+            let ifindex = ifindex(&interface).unwrap_or(0);
+            attached.push(Attached { interface, ifindex, mode: XdpAttachMode::Auto });
+        }
+        Ok(AyaDataplane {
+            ebpf: None,
+            resources: typed(open(map_names::RESOURCES)?, map_names::RESOURCES)?,
+            servers: typed(open(map_names::SERVERS)?, map_names::SERVERS)?,
+            config: typed(open(map_names::CONFIG)?, map_names::CONFIG)?,
+            res_stats: typed(open(map_names::RESOURCE_STATS)?, map_names::RESOURCE_STATS)?,
+            srv_stats: typed(open(map_names::SERVER_STATS)?, map_names::SERVER_STATS)?,
+            global: typed(open(map_names::GLOBAL_STATS)?, map_names::GLOBAL_STATS)?,
+            devmap: typed(open(map_names::DEVMAP)?, map_names::DEVMAP)?,
+            flows: typed(open(map_names::FLOWS)?, map_names::FLOWS)?,
+            reverse: typed(open(map_names::REVERSE)?, map_names::REVERSE)?,
+            attached,
+            _pinned_links: Vec::new(),
+            adopted: true,
+        })
+    }
+
+    /// Attaches the program to one more interface and adds it to the devmap.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        mode: XdpAttachMode,
+        pin_dir: Option<&Path>,
+    ) -> Result<(), DataplaneError> {
+        let idx = ifindex(interface)?;
+        let ebpf = self.ebpf.as_mut().ok_or_else(|| DataplaneError::Pin {
+            path: String::new(),
+            detail: format!(
+                "cannot attach {interface}: this dataplane was adopted from pins; run `ftn detach` and start again to change interfaces"
+            ),
+        })?;
+        let prog = xdp_program(ebpf)?;
+        let attempts: &[(XdpMode, XdpAttachMode)] = match mode {
+            XdpAttachMode::Auto => &[(XdpMode::Driver, XdpAttachMode::Native), (XdpMode::Skb, XdpAttachMode::Generic)],
+            XdpAttachMode::Native => &[(XdpMode::Driver, XdpAttachMode::Native)],
+            XdpAttachMode::Generic => &[(XdpMode::Skb, XdpAttachMode::Generic)],
+        };
+        let mut last_err = None;
+        let mut done = None;
+        for (m, label) in attempts {
+            match prog.attach_to_if_index(idx, *m) {
+                Ok(id) => {
+                    done = Some((id, *label));
+                    break;
+                }
+                Err(e) => {
+                    if mode == XdpAttachMode::Auto && *label == XdpAttachMode::Native {
+                        tracing::warn!(interface, error = %e, "native XDP refused; falling back to generic XDP");
+                    }
+                    last_err = Some(DataplaneError::Attach { interface: interface.to_string(), mode: *label, source: e });
+                }
+            }
+        }
+        let Some((link_id, used)) = done else {
+            return Err(last_err.unwrap_or(DataplaneError::UnknownInterface(interface.to_string())));
+        };
+        if let Some(dir) = pin_dir {
+            let link = prog.take_link(link_id).map_err(DataplaneError::Program)?;
+            let fd: FdLink = link.try_into().map_err(|e| pin_err(dir, format!("link of {interface} cannot be pinned (netlink attach; kernel without bpf_link for XDP?): {e}")))?;
+            let p = link_pin_path(dir, interface);
+            let pinned = fd.pin(&p).map_err(|e| pin_err(&p, e))?;
+            self._pinned_links.push(pinned);
+        }
+        self.devmap
+            .insert(idx, idx, None, 0)
+            .map_err(|e| pin_err(Path::new(map_names::DEVMAP), e))?;
+        self.attached.push(Attached { interface: interface.to_string(), ifindex: idx, mode: used });
+        Ok(())
+    }
+
+    /// Adds an interface the program may redirect to without attaching to it.
+    pub fn add_egress(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        let idx = ifindex(interface)?;
+        self.devmap
+            .insert(idx, idx, None, 0)
+            .map_err(|e| pin_err(Path::new(map_names::DEVMAP), e))
+    }
+
+    pub fn attached(&self) -> &[Attached] {
+        &self.attached
+    }
+
+    /// True when this dataplane was adopted from pinned objects.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The XDP program (loaded dataplanes only): for `BPF_PROG_TEST_RUN` in tests and benches.
+    pub fn program_mut(&mut self) -> Option<&mut Xdp> {
+        self.ebpf.as_mut().and_then(|e| xdp_program(e).ok())
+    }
+
+    /// The loaded object (for aya-log): None when adopted.
+    pub fn ebpf_mut(&mut self) -> Option<&mut Ebpf> {
+        self.ebpf.as_mut()
+    }
+
+    /// Every entry of the flow table.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
+        self.flows
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(map_names::FLOWS, "iterate"))
+    }
+
+    /// Every entry of the reverse table.
+    pub fn reverse_entries(&self) -> Result<Vec<(ReverseKey, ReverseValue)>, DataplaneError> {
+        self.reverse
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(map_names::REVERSE, "iterate"))
+    }
+
+    /// Removes every flow (tests; an operator's "forget all flows").
+    pub fn clear_flows(&mut self) -> Result<(), DataplaneError> {
+        let keys: Vec<FlowKey> = self.flows.keys().collect::<Result<_, _>>().map_err(map_err(map_names::FLOWS, "iterate"))?;
+        for k in keys {
+            let _ = self.flows.remove(&k);
+        }
+        let keys: Vec<ReverseKey> = self.reverse.keys().collect::<Result<_, _>>().map_err(map_err(map_names::REVERSE, "iterate"))?;
+        for k in keys {
+            let _ = self.reverse.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Writes a flow entry directly (tests: e.g. an aged flow).
+    pub fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DataplaneError> {
+        self.flows.insert(key, value, 0).map_err(map_err(map_names::FLOWS, "insert"))
+    }
+
+    /// Zeroes every counter (tests and benches).
+    pub fn reset_stats(&mut self) -> Result<(), DataplaneError> {
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
+        for i in 0..ftn_common::GLOBAL_COUNTERS {
+            let v = PerCpuValues::try_from(vec![0u64; ncpu]).map_err(DataplaneError::Io)?;
+            self.global.set(i, v, 0).map_err(map_err(map_names::GLOBAL_STATS, "set"))?;
+        }
+        Ok(())
+    }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    let missing = || DataplaneError::MissingInObject { what: "XDP program", name: PROGRAM_NAME.to_string() };
+    let prog = ebpf.program_mut(PROGRAM_NAME).ok_or_else(missing)?;
+    prog.try_into().map_err(|_| missing())
+}
+
+fn sum_res(v: &PerCpuValues<ResourceStats>) -> ResourceStats {
+    v.iter().fold(ResourceStats::default(), |mut a, s| {
+        a.packets += s.packets;
+        a.bytes += s.bytes;
+        a.new_flows += s.new_flows;
+        a.reply_packets += s.reply_packets;
+        a.reply_bytes += s.reply_bytes;
+        a.flows_moved += s.flows_moved;
+        a.drop_no_server += s.drop_no_server;
+        a.reject_no_server += s.reject_no_server;
+        a
+    })
+}
+
+fn sum_srv(v: &PerCpuValues<ServerStats>) -> ServerStats {
+    v.iter().fold(ServerStats::default(), |mut a, s| {
+        a.packets += s.packets;
+        a.bytes += s.bytes;
+        a.new_flows += s.new_flows;
+        a.reply_packets += s.reply_packets;
+        a.reply_bytes += s.reply_bytes;
+        a.flows_moved_away += s.flows_moved_away;
+        a.icmp_errors += s.icmp_errors;
+        a
+    })
+}
+
+impl Dataplane for AyaDataplane {
+    fn set_server(&mut self, id: u32, server: &ServerEntry) -> Result<(), DataplaneError> {
+        check_server_id(id)?;
+        self.servers.set(id, server.to_value(), 0).map_err(map_err(map_names::SERVERS, "set"))
+    }
+
+    fn remove_server(&mut self, id: u32) -> Result<(), DataplaneError> {
+        check_server_id(id)?;
+        self.servers.set(id, ServerValue::default(), 0).map_err(map_err(map_names::SERVERS, "clear"))
+    }
+
+    fn set_resource(&mut self, m: &ResourceMatch, a: &ResourceAssignment) -> Result<(), DataplaneError> {
+        check_resource_id(a.resource_id)?;
+        if let Some(id) = a.server {
+            check_server_id(id)?;
+            let s = self.servers.get(&id, 0).map_err(map_err(map_names::SERVERS, "get"))?;
+            if s.family != super::family(m.vip) {
+                return Err(DataplaneError::FamilyMismatch { matcher: *m, server: id });
+            }
+        }
+        self.resources
+            .insert(m.to_key(), a.to_value(), 0)
+            .map_err(map_err(map_names::RESOURCES, "insert"))
+    }
+
+    fn remove_resource(&mut self, m: &ResourceMatch) -> Result<(), DataplaneError> {
+        match self.resources.remove(&m.to_key()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(map_names::RESOURCES, "remove")(e)),
+        }
+    }
+
+    fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
+        self.config.set(0, *config, 0).map_err(map_err(map_names::CONFIG, "set"))
+    }
+
+    fn resource_stats(&self, id: u32) -> Result<ResourceStats, DataplaneError> {
+        check_resource_id(id)?;
+        let v = self.res_stats.get(&id, 0).map_err(map_err(map_names::RESOURCE_STATS, "get"))?;
+        Ok(sum_res(&v))
+    }
+
+    fn server_stats(&self, id: u32) -> Result<ServerStats, DataplaneError> {
+        check_server_id(id)?;
+        let v = self.srv_stats.get(&id, 0).map_err(map_err(map_names::SERVER_STATS, "get"))?;
+        Ok(sum_srv(&v))
+    }
+
+    fn global_stats(&self) -> Result<Vec<(GlobalCounter, u64)>, DataplaneError> {
+        GlobalCounter::ALL
+            .iter()
+            .map(|c| {
+                let v = self
+                    .global
+                    .get(&(*c as u32), 0)
+                    .map_err(map_err(map_names::GLOBAL_STATS, "get"))?;
+                Ok((*c, v.iter().sum()))
+            })
+            .collect()
+    }
+}

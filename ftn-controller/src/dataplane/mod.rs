@@ -1,0 +1,271 @@
+//! The dataplane interface: what the controller writes into the XDP program's maps and reads
+//! back from them.
+//!
+//! Two implementations: [`AyaDataplane`] (the real XDP program, loaded and attached through aya,
+//! maps and links pinned under `/sys/fs/bpf/ftn/`) and [`MemoryDataplane`] (plain hash maps, for
+//! unit tests of the controller's logic without root). Only the map-sync task owns a
+//! `Dataplane`; everything else sends it changes.
+
+mod ebpf;
+mod memory;
+
+use std::net::IpAddr;
+
+pub use ebpf::{detach, pinned_dataplane_exists, Attached, AyaDataplane, AyaOptions, XdpAttachMode, DEFAULT_PIN_DIR};
+pub use ftn_common::{DataplaneConfig, GlobalCounter, ResourceStats, ServerStats};
+pub use memory::MemoryDataplane;
+
+use ftn_common::{
+    addr, ResourceKey, ResourceValue, ServerValue, FAMILY_V4, FAMILY_V6, MAX_RESOURCES,
+    MAX_SERVERS, NO_SERVER, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RES_FLAG_REJECT,
+    SERVER_DOWN, SERVER_UP,
+};
+
+/// The eBPF object built by build.rs (ftn-ebpf for bpfel-unknown-none).
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftn-ebpf"));
+
+/// Transport protocol of a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// ICMP echo (ICMPv6 echo for an IPv6 VIP); always every "port".
+    Icmp,
+}
+
+impl Protocol {
+    /// IP protocol number for a VIP of this family.
+    pub fn number(self, vip: IpAddr) -> u8 {
+        match (self, vip) {
+            (Protocol::Tcp, _) => PROTO_TCP,
+            (Protocol::Udp, _) => PROTO_UDP,
+            (Protocol::Icmp, IpAddr::V4(_)) => PROTO_ICMP,
+            (Protocol::Icmp, IpAddr::V6(_)) => PROTO_ICMPV6,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        })
+    }
+}
+
+/// One (VIP, protocol, port) entry of a resource. Port 0: every port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceMatch {
+    pub vip: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl ResourceMatch {
+    pub fn to_key(&self) -> ResourceKey {
+        ResourceKey {
+            vip: ip_words(self.vip),
+            port: if self.protocol == Protocol::Icmp { 0 } else { self.port.to_be() },
+            proto: self.protocol.number(self.vip),
+            family: family(self.vip),
+        }
+    }
+}
+
+/// What to do with a packet of a resource that has no live server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoServerAction {
+    /// Drop silently (clients time out).
+    #[default]
+    Drop,
+    /// Answer at once: TCP RST, ICMP port/host unreachable.
+    Reject,
+}
+
+/// Where a resource's new flows go now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResourceAssignment {
+    /// Index of the per-resource counters, `< MAX_RESOURCES`.
+    pub resource_id: u32,
+    /// Server id of the current server, or `None` when no server is live.
+    pub server: Option<u32>,
+    pub generation: u32,
+    pub on_no_server: NoServerAction,
+}
+
+impl ResourceAssignment {
+    pub fn to_value(&self) -> ResourceValue {
+        ResourceValue {
+            resource_id: self.resource_id,
+            server_id: self.server.unwrap_or(NO_SERVER),
+            generation: self.generation,
+            flags: match self.on_no_server {
+                NoServerAction::Drop => 0,
+                NoServerAction::Reject => RES_FLAG_REJECT,
+            },
+        }
+    }
+}
+
+/// A server as the dataplane sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerEntry {
+    pub addr: IpAddr,
+    /// Down: flows on it move to their resource's current server on their next packet.
+    pub up: bool,
+    pub generation: u32,
+}
+
+impl ServerEntry {
+    pub fn to_value(&self) -> ServerValue {
+        ServerValue {
+            addr: ip_words(self.addr),
+            family: family(self.addr),
+            state: if self.up { SERVER_UP } else { SERVER_DOWN },
+            _pad: [0; 2],
+            generation: self.generation,
+        }
+    }
+}
+
+/// One change to the dataplane's maps.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    SetServer { id: u32, server: ServerEntry },
+    RemoveServer { id: u32 },
+    SetResource { matcher: ResourceMatch, assignment: ResourceAssignment },
+    RemoveResource { matcher: ResourceMatch },
+    SetConfig(DataplaneConfig),
+}
+
+/// Errors of a dataplane operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("server id {id} is out of range (the dataplane holds ids 0..{max})")]
+    ServerIdOutOfRange { id: u32, max: u32 },
+    #[error("resource id {id} is out of range (the dataplane holds ids 0..{max})")]
+    ResourceIdOutOfRange { id: u32, max: u32 },
+    #[error("resource {matcher:?} points to server {server} whose address family differs from the VIP's")]
+    FamilyMismatch { matcher: ResourceMatch, server: u32 },
+    #[error("the eBPF object has no {what} named {name:?} (was it built from this source?)")]
+    MissingInObject { what: &'static str, name: String },
+    #[error("loading the eBPF object failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("loading the XDP program into the kernel failed (BPF permission? verifier?)")]
+    Program(#[source] aya::programs::ProgramError),
+    #[error("attaching XDP to interface {interface:?} in {mode} mode failed")]
+    Attach {
+        interface: String,
+        mode: XdpAttachMode,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("interface {0:?} does not exist")]
+    UnknownInterface(String),
+    #[error("map {map} operation {op} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("pinning or opening pinned objects under {path} failed: {detail}")]
+    Pin { path: String, detail: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The controller's view of the dataplane.
+pub trait Dataplane: Send {
+    fn set_server(&mut self, id: u32, server: &ServerEntry) -> Result<(), DataplaneError>;
+    fn remove_server(&mut self, id: u32) -> Result<(), DataplaneError>;
+    fn set_resource(
+        &mut self,
+        matcher: &ResourceMatch,
+        assignment: &ResourceAssignment,
+    ) -> Result<(), DataplaneError>;
+    fn remove_resource(&mut self, matcher: &ResourceMatch) -> Result<(), DataplaneError>;
+    fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError>;
+
+    /// Counters of a resource, summed over CPUs.
+    fn resource_stats(&self, id: u32) -> Result<ResourceStats, DataplaneError>;
+    /// Counters of a server, summed over CPUs.
+    fn server_stats(&self, id: u32) -> Result<ServerStats, DataplaneError>;
+    /// Global counters, summed over CPUs, in `GlobalCounter::ALL` order.
+    fn global_stats(&self) -> Result<Vec<(GlobalCounter, u64)>, DataplaneError>;
+
+    /// Applies a batch in order; stops at the first error and says which change failed.
+    fn apply(&mut self, changes: &[Change]) -> Result<(), (usize, DataplaneError)> {
+        for (i, c) in changes.iter().enumerate() {
+            let r = match c {
+                Change::SetServer { id, server } => self.set_server(*id, server),
+                Change::RemoveServer { id } => self.remove_server(*id),
+                Change::SetResource { matcher, assignment } => {
+                    self.set_resource(matcher, assignment)
+                }
+                Change::RemoveResource { matcher } => self.remove_resource(matcher),
+                Change::SetConfig(c) => self.set_config(c),
+            };
+            r.map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn check_server_id(id: u32) -> Result<(), DataplaneError> {
+    if id >= MAX_SERVERS {
+        return Err(DataplaneError::ServerIdOutOfRange { id, max: MAX_SERVERS });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_resource_id(id: u32) -> Result<(), DataplaneError> {
+    if id >= MAX_RESOURCES {
+        return Err(DataplaneError::ResourceIdOutOfRange { id, max: MAX_RESOURCES });
+    }
+    Ok(())
+}
+
+/// `ftn_common` address layout of an `IpAddr`.
+pub fn ip_words(ip: IpAddr) -> [u32; 4] {
+    match ip {
+        IpAddr::V4(a) => addr::v4(a.octets()),
+        IpAddr::V6(a) => addr::v6(a.octets()),
+    }
+}
+
+pub fn family(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => FAMILY_V4,
+        IpAddr::V6(_) => FAMILY_V6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_use_network_order() {
+        let m = ResourceMatch { vip: "198.18.0.10".parse().unwrap(), protocol: Protocol::Tcp, port: 80 };
+        let k = m.to_key();
+        assert_eq!(k.port.to_ne_bytes(), [0, 80]);
+        assert_eq!(&addr::octets(k.vip)[..4], &[198, 18, 0, 10]);
+        assert_eq!((k.proto, k.family), (PROTO_TCP, FAMILY_V4));
+        let m = ResourceMatch { vip: "2001:2::10".parse().unwrap(), protocol: Protocol::Icmp, port: 7 };
+        let k = m.to_key();
+        assert_eq!((k.port, k.proto, k.family), (0, PROTO_ICMPV6, FAMILY_V6));
+    }
+
+    #[test]
+    fn no_server_is_encoded() {
+        let a = ResourceAssignment { resource_id: 3, server: None, generation: 9, on_no_server: NoServerAction::Reject };
+        let v = a.to_value();
+        assert_eq!((v.server_id, v.flags, v.generation), (NO_SERVER, RES_FLAG_REJECT, 9));
+    }
+}

@@ -1,0 +1,2 @@
+//! ftn's controller library.
+pub mod dataplane;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("ftn {}", env!("CARGO_PKG_VERSION"));
+}

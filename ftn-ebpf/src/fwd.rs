@@ -1,0 +1,98 @@
+//! Sending a rewritten packet: FIB lookup, TTL, MACs, then XDP_TX or a devmap redirect.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use aya_log_ebpf::warn;
+use ftn_common::{GlobalCounter, PROTO_TCP, PROTO_UDP};
+
+use crate::{
+    csum,
+    maps::{count, FTN_DEVMAP},
+    parse::{read, write, Pkt, ETH_LEN},
+};
+
+/// Sends a packet whose addresses are now `src` -> `dst`.
+///
+/// - FIB success: TTL/hop limit decremented (IPv4 checksum fixed), MACs from the FIB, then
+///   `XDP_TX` when the egress is the ingress interface, else a redirect through `FTN_DEVMAP`.
+/// - Egress not in the devmap, neighbour unknown, or any other FIB answer: `XDP_PASS` of the
+///   rewritten packet (TTL untouched: the kernel forwards it and decrements it itself).
+#[inline(always)]
+pub fn send(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> Result<u32, ()> {
+    // SAFETY: plain C struct, all-zero is a valid value.
+    let mut p: FibParams = unsafe { zeroed() };
+    p.family = pkt.family;
+    p.l4_protocol = pkt.proto;
+    if pkt.proto == PROTO_TCP || pkt.proto == PROTO_UDP {
+        p.sport = pkt.sport;
+        p.dport = pkt.dport;
+    }
+    p.__bindgen_anon_1.tot_len = pkt.ip_len;
+    let ingress = ctx.ingress_ifindex() as u32;
+    p.ifindex = ingress;
+    if pkt.v6() {
+        p.__bindgen_anon_3.ipv6_src = *src;
+        p.__bindgen_anon_4.ipv6_dst = *dst;
+    } else {
+        p.__bindgen_anon_3.ipv4_src = src[0];
+        p.__bindgen_anon_4.ipv4_dst = dst[0];
+    }
+    // SAFETY: valid context and parameter struct of the declared size.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut p,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        count(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+            GlobalCounter::PassNoNeigh
+        } else {
+            GlobalCounter::PassFibOther
+        });
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let egress = p.ifindex;
+    if egress != ingress && FTN_DEVMAP.get(egress).is_none() {
+        // Misconfiguration (an egress interface ftn was not told about): the kernel forwards.
+        warn!(ctx, "ftn: egress ifindex {} is not in FTN_DEVMAP; passing", egress);
+        count(GlobalCounter::PassNotInDevmap);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    decrement_ttl(ctx, pkt)?;
+    write(ctx, 0, p.dmac)?;
+    write(ctx, 6, p.smac)?;
+    if egress == ingress {
+        count(GlobalCounter::Tx);
+        return Ok(xdp_action::XDP_TX);
+    }
+    match FTN_DEVMAP.redirect(egress, 0) {
+        Ok(action) => {
+            count(GlobalCounter::Redirect);
+            Ok(action)
+        }
+        Err(action) => Ok(action),
+    }
+}
+
+#[inline(always)]
+fn decrement_ttl(ctx: &XdpContext, pkt: &Pkt) -> Result<(), ()> {
+    if pkt.v6() {
+        // hop limit: byte 7 of the IPv6 header, no header checksum.
+        return write::<u8>(ctx, ETH_LEN + 7, pkt.ttl - 1);
+    }
+    // TTL and protocol share one 16-bit word of the IPv4 header checksum.
+    let old: u16 = read(ctx, ETH_LEN + 8)?;
+    let b = old.to_ne_bytes();
+    let new = u16::from_ne_bytes([b[0].wrapping_sub(1), b[1]]);
+    write(ctx, ETH_LEN + 8, new)?;
+    let check: u16 = read(ctx, ETH_LEN + 10)?;
+    write(ctx, ETH_LEN + 10, csum::apply(check, csum::diff16(old, new)))
+}

@@ -1,0 +1,200 @@
+//! Translation of ICMP errors about NATed flows (destination unreachable, fragmentation
+//! needed / packet too big, time exceeded, parameter problem), so that PMTU discovery and fast
+//! failure keep working through the gateway.
+//!
+//! - Towards the server: an error sent to the VIP about a packet the VIP "sent" (a reply the
+//!   gateway SNATed) gets its outer destination and its quoted source rewritten to the server.
+//! - Towards the client: an error about a packet the gateway DNATed to a server gets its quoted
+//!   destination rewritten to the VIP, and its outer source too when the server itself sent it
+//!   (an error from a router on the way keeps the router's address).
+//!
+//! The quoted IP header checksum, the quoted transport checksum when it is inside the quote, and
+//! the ICMP checksum are all updated incrementally. Errors quoting IPv4 options, an IPv6
+//! extension header, or a protocol other than TCP/UDP are passed untouched.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use ftn_common::{FlowKey, GlobalCounter, ReverseKey, PROTO_TCP, PROTO_UDP};
+
+use crate::{
+    csum,
+    fwd::send,
+    maps::{self, count, srv_stats, FTN_FLOWS, FTN_REVERSE},
+    parse::{read, write, Pkt, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_CSUM_OFF, UDP_CSUM_OFF},
+};
+
+struct Inner {
+    off: usize,
+    l4_off: usize,
+    proto: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+    sport: u16,
+    dport: u16,
+}
+
+#[inline(always)]
+fn unmatched() -> Result<u32, ()> {
+    count(GlobalCounter::PassIcmpUnmatched);
+    Ok(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn parse_inner(ctx: &XdpContext, pkt: &Pkt) -> Option<Inner> {
+    let off = pkt.l4_off + 8;
+    let mut inner = Inner { off, l4_off: 0, proto: 0, src: [0; 4], dst: [0; 4], sport: 0, dport: 0 };
+    if pkt.v6() {
+        let h: [u8; 40] = read(ctx, off).ok()?;
+        if h[0] >> 4 != 6 {
+            return None;
+        }
+        inner.proto = h[6];
+        let s: [u32; 4] = read(ctx, off + 8).ok()?;
+        let d: [u32; 4] = read(ctx, off + 24).ok()?;
+        inner.src = s;
+        inner.dst = d;
+        inner.l4_off = off + IPV6_LEN;
+    } else {
+        let h: [u8; 20] = read(ctx, off).ok()?;
+        if h[0] != 0x45 {
+            return None;
+        }
+        inner.proto = h[9];
+        inner.src = [u32::from_ne_bytes([h[12], h[13], h[14], h[15]]), 0, 0, 0];
+        inner.dst = [u32::from_ne_bytes([h[16], h[17], h[18], h[19]]), 0, 0, 0];
+        inner.l4_off = off + IPV4_LEN;
+    }
+    if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP {
+        return None;
+    }
+    let ports: [u16; 2] = read(ctx, inner.l4_off).ok()?;
+    inner.sport = ports[0];
+    inner.dport = ports[1];
+    Some(inner)
+}
+
+#[inline(always)]
+pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
+    if pkt.ttl <= 1 {
+        count(GlobalCounter::PassTtl);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let Some(inner) = parse_inner(ctx, pkt) else {
+        return unmatched();
+    };
+    // Either way the quoted packet came from the error's destination.
+    if inner.src != pkt.dst {
+        return unmatched();
+    }
+    // Towards the server: the quoted packet went VIP -> client.
+    {
+        let key = FlowKey {
+            client: inner.dst,
+            vip: inner.src,
+            client_port: inner.dport,
+            vip_port: inner.sport,
+            proto: inner.proto,
+            family: pkt.family,
+            _pad: [0; 2],
+        };
+        // SAFETY: value copied out at once.
+        if let Some(f) = unsafe { FTN_FLOWS.get(&key) }.copied() {
+            let Some(srv) = maps::server(f.server_id) else {
+                return unmatched();
+            };
+            let outer_d = csum::diff_addr(&pkt.dst, &srv.addr, pkt.v6());
+            rewrite_outer(ctx, pkt, ETH_LEN + if pkt.v6() { 24 } else { 16 }, &srv.addr, outer_d)?;
+            let icmp_d = rewrite_inner(ctx, pkt, &inner, false, &srv.addr)?;
+            fix_icmp_csum(ctx, pkt, icmp_d + if pkt.v6() { outer_d } else { 0 })?;
+            count(GlobalCounter::IcmpErrorTranslated);
+            if let Some(s) = srv_stats(f.server_id) {
+                s.icmp_errors += 1;
+            }
+            return send(ctx, pkt, &pkt.src, &srv.addr);
+        }
+    }
+    // Towards the client: the quoted packet went client -> server (after DNAT).
+    {
+        let key = ReverseKey {
+            server: inner.dst,
+            client: inner.src,
+            server_port: inner.dport,
+            client_port: inner.sport,
+            proto: inner.proto,
+            family: pkt.family,
+            _pad: [0; 2],
+        };
+        // SAFETY: value copied out at once.
+        if let Some(rev) = unsafe { FTN_REVERSE.get(&key) }.copied() {
+            let mut icmp_d = rewrite_inner(ctx, pkt, &inner, true, &rev.vip)?;
+            let mut outer_src = pkt.src;
+            if pkt.src == inner.dst {
+                let d = csum::diff_addr(&pkt.src, &rev.vip, pkt.v6());
+                rewrite_outer(ctx, pkt, ETH_LEN + if pkt.v6() { 8 } else { 12 }, &rev.vip, d)?;
+                if pkt.v6() {
+                    icmp_d += d;
+                }
+                outer_src = rev.vip;
+            }
+            fix_icmp_csum(ctx, pkt, icmp_d)?;
+            count(GlobalCounter::IcmpErrorTranslated);
+            if let Some(s) = srv_stats(rev.server_id) {
+                s.icmp_errors += 1;
+            }
+            return send(ctx, pkt, &outer_src, &pkt.dst);
+        }
+    }
+    unmatched()
+}
+
+/// Rewrites an outer address at `off` (IPv4 header checksum fixed; the ICMPv6 pseudo-header
+/// part is left to the caller).
+#[inline(always)]
+fn rewrite_outer(ctx: &XdpContext, pkt: &Pkt, off: usize, new: &[u32; 4], d: u64) -> Result<(), ()> {
+    if pkt.v6() {
+        write(ctx, off, *new)
+    } else {
+        write(ctx, off, new[0])?;
+        let c: u16 = read(ctx, ETH_LEN + 10)?;
+        write(ctx, ETH_LEN + 10, csum::apply(c, d))
+    }
+}
+
+/// Rewrites the quoted destination (`dst`) or source address, fixing the quoted IPv4 header
+/// checksum and the quoted transport checksum when present. Returns the change to the ICMP
+/// checksum accumulator.
+#[inline(always)]
+fn rewrite_inner(ctx: &XdpContext, pkt: &Pkt, inner: &Inner, dst: bool, new: &[u32; 4]) -> Result<u64, ()> {
+    let v6 = pkt.v6();
+    let old = if dst { &inner.dst } else { &inner.src };
+    let d = csum::diff_addr(old, new, v6);
+    let mut icmp_d = d;
+    if v6 {
+        write(ctx, inner.off + if dst { 24 } else { 8 }, *new)?;
+    } else {
+        write(ctx, inner.off + if dst { 16 } else { 12 }, new[0])?;
+        let c: u16 = read(ctx, inner.off + 10)?;
+        let n = csum::apply(c, d);
+        write(ctx, inner.off + 10, n)?;
+        icmp_d += csum::diff16(c, n);
+    }
+    let coff = inner.l4_off + if inner.proto == PROTO_TCP { TCP_CSUM_OFF } else { UDP_CSUM_OFF };
+    // The quoted transport checksum is fixed only when the quote includes it.
+    if let Ok(c) = read::<u16>(ctx, coff) {
+        if !(inner.proto == PROTO_UDP && c == 0 && !v6) {
+            let mut n = csum::apply(c, d);
+            if inner.proto == PROTO_UDP && n == 0 {
+                n = 0xffff;
+            }
+            write(ctx, coff, n)?;
+            icmp_d += csum::diff16(c, n);
+        }
+    }
+    Ok(icmp_d)
+}
+
+#[inline(always)]
+fn fix_icmp_csum(ctx: &XdpContext, pkt: &Pkt, d: u64) -> Result<(), ()> {
+    let off = pkt.l4_off + 2;
+    let c: u16 = read(ctx, off)?;
+    write(ctx, off, csum::apply(c, d))
+}
