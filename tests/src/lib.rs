@@ -163,3 +163,26 @@ pub fn hex(frame: &[u8]) -> String {
     }
     s
 }
+
+/// Attaches the object's pass-through program (`ftn_pass`) in native mode to `interface` in
+/// the calling thread's namespace: a frame redirected into a veth is delivered only when the
+/// peer has an XDP program. The maps are shrunk to one entry: only the program is used.
+/// Detached when the returned object is dropped.
+pub fn attach_pass(interface: &str) -> aya::Ebpf {
+    let mut loader = aya::EbpfLoader::new();
+    for name in [ftn_common::map_names::FLOWS, ftn_common::map_names::REVERSE] {
+        loader.map_max_entries(name, 1);
+    }
+    let mut ebpf = loader
+        .load(ftn_controller::dataplane::EBPF_OBJECT)
+        .expect("load the eBPF object for ftn_pass");
+    let prog: &mut aya::programs::Xdp = ebpf
+        .program_mut("ftn_pass")
+        .expect("ftn_pass in the object")
+        .try_into()
+        .expect("ftn_pass is XDP");
+    prog.load().expect("load ftn_pass");
+    prog.attach(interface, aya::programs::XdpMode::Driver)
+        .unwrap_or_else(|e| panic!("attach ftn_pass to {interface}: {e}"));
+    ebpf
+}
