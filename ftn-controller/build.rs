@@ -8,10 +8,15 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("ftn-controller has no parent directory"))?
         .join("ftn-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     println!("cargo:rerun-if-changed={root}/src");
     println!("cargo:rerun-if-changed={root}/Cargo.toml");
-    let common = std::path::Path::new(&manifest_dir).parent().unwrap().join("ftn-common/src");
+    let common = std::path::Path::new(&manifest_dir)
+        .parent()
+        .unwrap()
+        .join("ftn-common/src");
     println!("cargo:rerun-if-changed={}", common.display());
     if which_bpf_linker().is_none() {
         return Err(anyhow!(

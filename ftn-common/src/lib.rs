@@ -437,6 +437,9 @@ mod tests {
     fn address_round_trip() {
         let o = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
         assert_eq!(addr::octets(addr::v6(o)), o);
-        assert_eq!(&addr::octets(addr::v4([198, 18, 0, 1]))[..4], &[198, 18, 0, 1]);
+        assert_eq!(
+            &addr::octets(addr::v4([198, 18, 0, 1]))[..4],
+            &[198, 18, 0, 1]
+        );
     }
 }

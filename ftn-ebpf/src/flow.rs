@@ -86,7 +86,7 @@ pub fn select(pkt: &Pkt, res: &ResourceValue, now: u64) -> Option<Chosen> {
     let key = flow_key(pkt);
     let mut old: Option<(u32, ServerValue)> = None;
     let mut moved = false;
-    if let Some(f) = FTN_FLOWS.get_ptr_mut(&key) {
+    if let Some(f) = FTN_FLOWS.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup; the LRU entry stays valid during the
         // program run (RCU).
         let fv = unsafe { *f };
@@ -134,12 +134,12 @@ pub fn select(pkt: &Pkt, res: &ResourceValue, now: u64) -> Option<Chosen> {
     };
     // Insert failures (map full is impossible for LRU; -ENOMEM under pressure) only cost the
     // flow its stickiness: the packet is still forwarded to the current server.
-    let _ = FTN_FLOWS.insert(&key, &fv, 0);
-    let _ = FTN_REVERSE.insert(&reverse_key(pkt, &s.addr), &rv, 0);
+    let _ = FTN_FLOWS.insert(key, fv, 0);
+    let _ = FTN_REVERSE.insert(reverse_key(pkt, &s.addr), rv, 0);
     let mut moved_from = None;
     if let Some((old_id, old_srv)) = old {
         if old_id != res.server_id {
-            let _ = FTN_REVERSE.remove(&reverse_key(pkt, &old_srv.addr));
+            let _ = FTN_REVERSE.remove(reverse_key(pkt, &old_srv.addr));
         }
         if moved {
             count(GlobalCounter::FlowsMoved);
@@ -158,8 +158,8 @@ pub fn select(pkt: &Pkt, res: &ResourceValue, now: u64) -> Option<Chosen> {
 #[inline(always)]
 pub fn end_forward(pkt: &Pkt, server: &[u32; 4]) {
     if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
-        let _ = FTN_FLOWS.remove(&flow_key(pkt));
-        let _ = FTN_REVERSE.remove(&reverse_key(pkt, server));
+        let _ = FTN_FLOWS.remove(flow_key(pkt));
+        let _ = FTN_REVERSE.remove(reverse_key(pkt, server));
         count(GlobalCounter::FlowsReset);
     }
 }
@@ -177,7 +177,7 @@ pub fn on_reply(pkt: &Pkt, rev: &ReverseValue, now: u64) {
         _pad: [0; 2],
     };
     if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
-        let _ = FTN_FLOWS.remove(&key);
+        let _ = FTN_FLOWS.remove(key);
         let rkey = ReverseKey {
             server: pkt.src,
             client: pkt.dst,
@@ -187,11 +187,11 @@ pub fn on_reply(pkt: &Pkt, rev: &ReverseValue, now: u64) {
             family: pkt.family,
             _pad: [0; 2],
         };
-        let _ = FTN_REVERSE.remove(&rkey);
+        let _ = FTN_REVERSE.remove(rkey);
         count(GlobalCounter::FlowsReset);
         return;
     }
-    if let Some(f) = FTN_FLOWS.get_ptr_mut(&key) {
+    if let Some(f) = FTN_FLOWS.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup (RCU-protected during the run).
         unsafe {
             if (*f).server_id == rev.server_id {

@@ -3,7 +3,10 @@
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
@@ -43,14 +46,7 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> Resu
         p.__bindgen_anon_4.ipv4_dst = dst[0];
     }
     // SAFETY: valid context and parameter struct of the declared size.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &mut p,
-            size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut p, size_of::<FibParams>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         count(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
             GlobalCounter::PassNoNeigh
@@ -62,7 +58,10 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> Resu
     let egress = p.ifindex;
     if egress != ingress && FTN_DEVMAP.get(egress).is_none() {
         // Misconfiguration (an egress interface ftn was not told about): the kernel forwards.
-        warn!(ctx, "ftn: egress ifindex {} is not in FTN_DEVMAP; passing", egress);
+        warn!(
+            ctx,
+            "ftn: egress ifindex {} is not in FTN_DEVMAP; passing", egress
+        );
         count(GlobalCounter::PassNotInDevmap);
         return Ok(xdp_action::XDP_PASS);
     }
@@ -94,5 +93,9 @@ fn decrement_ttl(ctx: &XdpContext, pkt: &Pkt) -> Result<(), ()> {
     let new = u16::from_ne_bytes([b[0].wrapping_sub(1), b[1]]);
     write(ctx, ETH_LEN + 8, new)?;
     let check: u16 = read(ctx, ETH_LEN + 10)?;
-    write(ctx, ETH_LEN + 10, csum::apply(check, csum::diff16(old, new)))
+    write(
+        ctx,
+        ETH_LEN + 10,
+        csum::apply(check, csum::diff16(old, new)),
+    )
 }

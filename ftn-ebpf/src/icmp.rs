@@ -41,7 +41,15 @@ fn unmatched() -> Result<u32, ()> {
 #[inline(always)]
 fn parse_inner(ctx: &XdpContext, pkt: &Pkt) -> Option<Inner> {
     let off = pkt.l4_off + 8;
-    let mut inner = Inner { off, l4_off: 0, proto: 0, src: [0; 4], dst: [0; 4], sport: 0, dport: 0 };
+    let mut inner = Inner {
+        off,
+        l4_off: 0,
+        proto: 0,
+        src: [0; 4],
+        dst: [0; 4],
+        sport: 0,
+        dport: 0,
+    };
     if pkt.v6() {
         let h: [u8; 40] = read(ctx, off).ok()?;
         if h[0] >> 4 != 6 {
@@ -97,12 +105,18 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
             _pad: [0; 2],
         };
         // SAFETY: value copied out at once.
-        if let Some(f) = unsafe { FTN_FLOWS.get(&key) }.copied() {
+        if let Some(f) = unsafe { FTN_FLOWS.get(key) }.copied() {
             let Some(srv) = maps::server(f.server_id) else {
                 return unmatched();
             };
             let outer_d = csum::diff_addr(&pkt.dst, &srv.addr, pkt.v6());
-            rewrite_outer(ctx, pkt, ETH_LEN + if pkt.v6() { 24 } else { 16 }, &srv.addr, outer_d)?;
+            rewrite_outer(
+                ctx,
+                pkt,
+                ETH_LEN + if pkt.v6() { 24 } else { 16 },
+                &srv.addr,
+                outer_d,
+            )?;
             let icmp_d = rewrite_inner(ctx, pkt, &inner, false, &srv.addr)?;
             fix_icmp_csum(ctx, pkt, icmp_d + if pkt.v6() { outer_d } else { 0 })?;
             count(GlobalCounter::IcmpErrorTranslated);
@@ -124,12 +138,18 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
             _pad: [0; 2],
         };
         // SAFETY: value copied out at once.
-        if let Some(rev) = unsafe { FTN_REVERSE.get(&key) }.copied() {
+        if let Some(rev) = unsafe { FTN_REVERSE.get(key) }.copied() {
             let mut icmp_d = rewrite_inner(ctx, pkt, &inner, true, &rev.vip)?;
             let mut outer_src = pkt.src;
             if pkt.src == inner.dst {
                 let d = csum::diff_addr(&pkt.src, &rev.vip, pkt.v6());
-                rewrite_outer(ctx, pkt, ETH_LEN + if pkt.v6() { 8 } else { 12 }, &rev.vip, d)?;
+                rewrite_outer(
+                    ctx,
+                    pkt,
+                    ETH_LEN + if pkt.v6() { 8 } else { 12 },
+                    &rev.vip,
+                    d,
+                )?;
                 if pkt.v6() {
                     icmp_d += d;
                 }
@@ -149,7 +169,13 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
 /// Rewrites an outer address at `off` (IPv4 header checksum fixed; the ICMPv6 pseudo-header
 /// part is left to the caller).
 #[inline(always)]
-fn rewrite_outer(ctx: &XdpContext, pkt: &Pkt, off: usize, new: &[u32; 4], d: u64) -> Result<(), ()> {
+fn rewrite_outer(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    off: usize,
+    new: &[u32; 4],
+    d: u64,
+) -> Result<(), ()> {
     if pkt.v6() {
         write(ctx, off, *new)
     } else {
@@ -163,7 +189,13 @@ fn rewrite_outer(ctx: &XdpContext, pkt: &Pkt, off: usize, new: &[u32; 4], d: u64
 /// checksum and the quoted transport checksum when present. Returns the change to the ICMP
 /// checksum accumulator.
 #[inline(always)]
-fn rewrite_inner(ctx: &XdpContext, pkt: &Pkt, inner: &Inner, dst: bool, new: &[u32; 4]) -> Result<u64, ()> {
+fn rewrite_inner(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    inner: &Inner,
+    dst: bool,
+    new: &[u32; 4],
+) -> Result<u64, ()> {
     let v6 = pkt.v6();
     let old = if dst { &inner.dst } else { &inner.src };
     let d = csum::diff_addr(old, new, v6);
@@ -177,7 +209,12 @@ fn rewrite_inner(ctx: &XdpContext, pkt: &Pkt, inner: &Inner, dst: bool, new: &[u
         write(ctx, inner.off + 10, n)?;
         icmp_d += csum::diff16(c, n);
     }
-    let coff = inner.l4_off + if inner.proto == PROTO_TCP { TCP_CSUM_OFF } else { UDP_CSUM_OFF };
+    let coff = inner.l4_off
+        + if inner.proto == PROTO_TCP {
+            TCP_CSUM_OFF
+        } else {
+            UDP_CSUM_OFF
+        };
     // The quoted transport checksum is fixed only when the quote includes it.
     if let Ok(c) = read::<u16>(ctx, coff) {
         if !(inner.proto == PROTO_UDP && c == 0 && !v6) {

@@ -107,13 +107,13 @@ pub fn lookup_resource(pkt: &Pkt) -> Option<ResourceValue> {
     if !pkt.is_icmp() {
         key.port = pkt.dport;
         // SAFETY: the value is copied out at once.
-        if let Some(v) = unsafe { FTN_RESOURCES.get(&key) } {
+        if let Some(v) = unsafe { FTN_RESOURCES.get(key) } {
             return Some(*v);
         }
         key.port = 0;
     }
     // SAFETY: as above.
-    unsafe { FTN_RESOURCES.get(&key) }.copied()
+    unsafe { FTN_RESOURCES.get(key) }.copied()
 }
 
 /// The flow a reply (server -> client) belongs to.
@@ -132,5 +132,5 @@ pub fn lookup_reverse(pkt: &Pkt) -> Option<ReverseValue> {
         _pad: [0; 2],
     };
     // SAFETY: the value is copied out at once.
-    unsafe { FTN_REVERSE.get(&key) }.copied()
+    unsafe { FTN_REVERSE.get(key) }.copied()
 }

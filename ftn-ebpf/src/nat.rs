@@ -82,7 +82,11 @@ pub fn reply(ctx: &XdpContext, pkt: &Pkt, rev: &ReverseValue) -> Result<u32, ()>
 /// incremental updates.
 #[inline(always)]
 pub fn rewrite_addr(ctx: &XdpContext, pkt: &Pkt, which: Which, new: &[u32; 4]) -> Result<(), ()> {
-    let old = if which == Which::Dst { &pkt.dst } else { &pkt.src };
+    let old = if which == Which::Dst {
+        &pkt.dst
+    } else {
+        &pkt.src
+    };
     let v6 = pkt.v6();
     let d = csum::diff_addr(old, new, v6);
     if v6 {

@@ -11,7 +11,9 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use ftn_common::{GlobalCounter, ResourceValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RES_FLAG_REJECT};
+use ftn_common::{
+    GlobalCounter, ResourceValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RES_FLAG_REJECT,
+};
 
 use crate::{
     csum,
@@ -99,7 +101,14 @@ fn swap_macs(ctx: &XdpContext, macs: [u8; 12]) -> Result<(), ()> {
 
 /// Writes an IPv4 header (no options) from `src` to `dst` at offset `off` with its checksum.
 #[inline(always)]
-fn write_ipv4(ctx: &XdpContext, off: usize, tot_len: u16, proto: u8, src: u32, dst: u32) -> Result<(), ()> {
+fn write_ipv4(
+    ctx: &XdpContext,
+    off: usize,
+    tot_len: u16,
+    proto: u8,
+    src: u32,
+    dst: u32,
+) -> Result<(), ()> {
     let l = tot_len.to_be_bytes();
     let mut h = [0u8; 20];
     h[0] = 0x45;
@@ -117,7 +126,14 @@ fn write_ipv4(ctx: &XdpContext, off: usize, tot_len: u16, proto: u8, src: u32, d
 
 /// Writes an IPv6 header from `src` to `dst` at offset `off`.
 #[inline(always)]
-fn write_ipv6(ctx: &XdpContext, off: usize, payload_len: u16, next: u8, src: &[u32; 4], dst: &[u32; 4]) -> Result<(), ()> {
+fn write_ipv6(
+    ctx: &XdpContext,
+    off: usize,
+    payload_len: u16,
+    next: u8,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+) -> Result<(), ()> {
     let l = payload_len.to_be_bytes();
     write::<[u8; 8]>(ctx, off, [0x60, 0, 0, 0, l[0], l[1], next, TTL])?;
     write(ctx, off + 8, *src)?;
@@ -171,7 +187,14 @@ fn tcp_rst(ctx: &XdpContext, pkt: &Pkt) -> Result<(), ()> {
     if v6 {
         write_ipv6(ctx, ETH_LEN, 20, PROTO_TCP, &pkt.dst, &pkt.src)?;
     } else {
-        write_ipv4(ctx, ETH_LEN, (IPV4_LEN + 20) as u16, PROTO_TCP, pkt.dst[0], pkt.src[0])?;
+        write_ipv4(
+            ctx,
+            ETH_LEN,
+            (IPV4_LEN + 20) as u16,
+            PROTO_TCP,
+            pkt.dst[0],
+            pkt.src[0],
+        )?;
     }
     let mut t = [0u8; 20];
     t[0..2].copy_from_slice(&pkt.dport.to_ne_bytes());
@@ -225,7 +248,14 @@ fn icmp_unreachable(ctx: &XdpContext, pkt: &Pkt) -> Result<(), ()> {
             return Err(());
         }
         write::<[u8; 14]>(ctx, 0, eth(macs, 0x0800))?;
-        write_ipv4(ctx, ETH_LEN, (IPV4_LEN + MSG) as u16, PROTO_ICMP, pkt.dst[0], pkt.src[0])?;
+        write_ipv4(
+            ctx,
+            ETH_LEN,
+            (IPV4_LEN + MSG) as u16,
+            PROTO_ICMP,
+            pkt.dst[0],
+            pkt.src[0],
+        )?;
         let code = if udp { 3 } else { 1 };
         let off = ETH_LEN + IPV4_LEN;
         write::<[u8; 8]>(ctx, off, [3, code, 0, 0, 0, 0, 0, 0])?;

@@ -94,7 +94,13 @@ impl Netns {
             .unwrap_or_else(|e| panic!("open netns {}: {e}", self.name));
         // SAFETY: valid fds, CLONE_NEWNET.
         let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns into {}: {}", self.name, std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "setns into {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
         EnteredNetns { previous: own }
     }
 }

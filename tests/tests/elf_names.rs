@@ -20,18 +20,29 @@ fn every_name_from_ftn_common_is_in_the_object() {
     let mut missing = Vec::new();
     for map in ftn_common::map_names::ALL {
         match found.iter().find(|(n, _)| n == map) {
-            Some((_, section)) if section == "maps" => println!("map {map:<14} in section {section}"),
-            Some((_, section)) => missing.push(format!("map {map} is in section {section:?}, not \"maps\"")),
+            Some((_, section)) if section == "maps" => {
+                println!("map {map:<14} in section {section}")
+            }
+            Some((_, section)) => {
+                missing.push(format!("map {map} is in section {section:?}, not \"maps\""))
+            }
             None => missing.push(format!("map {map} is not in the object")),
         }
     }
     for prog in [ftn_common::PROGRAM_NAME, "ftn_pass"] {
         match found.iter().find(|(n, _)| n == prog) {
-            Some((_, section)) if section.starts_with("xdp") => println!("program {prog:<10} in section {section}"),
-            Some((_, section)) => missing.push(format!("program {prog} is in section {section:?}, not xdp")),
+            Some((_, section)) if section.starts_with("xdp") => {
+                println!("program {prog:<10} in section {section}")
+            }
+            Some((_, section)) => {
+                missing.push(format!("program {prog} is in section {section:?}, not xdp"))
+            }
             None => missing.push(format!("program {prog} is not in the object")),
         }
     }
-    assert!(obj.section_by_name("license").is_some(), "no license section");
+    assert!(
+        obj.section_by_name("license").is_some(),
+        "no license section"
+    );
     assert!(missing.is_empty(), "{}", missing.join("\n"));
 }

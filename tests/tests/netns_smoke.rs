@@ -7,11 +7,13 @@
 //!   reach the backup, while a TCP connection opened before the switch (to the still-healthy
 //!   primary) keeps working.
 //!
-//!   client ns            gateway ns                   primary ns / backup ns
-//!   c0 198.18.1.10 ---- g0 198.18.1.1
-//!                       g1 198.18.2.1 ---------------- p0 198.18.2.10
-//!                       g2 198.18.3.1 ---------------- b0 198.18.3.10
-//!   (and 2001:2:1::/64, 2001:2:2::/64, 2001:2:3::/64)   VIPs 198.18.100.1, 2001:2:100::1
+//! ```text
+//! client ns            gateway ns                   primary ns / backup ns
+//! c0 198.18.1.10 ---- g0 198.18.1.1
+//!                     g1 198.18.2.1 ---------------- p0 198.18.2.10
+//!                     g2 198.18.3.1 ---------------- b0 198.18.3.10
+//! (and 2001:2:1::/64, 2001:2:2::/64, 2001:2:3::/64)   VIPs 198.18.100.1, 2001:2:100::1
+//! ```
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -43,7 +45,10 @@ struct Topology {
 
 /// A veth pair created directly inside the two namespaces (never in the root namespace).
 fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) {
-    ftn_tests::run(&["ip", "link", "add", a_dev, "netns", &a.name, "type", "veth", "peer", "name", b_dev, "netns", &b.name]);
+    ftn_tests::run(&[
+        "ip", "link", "add", a_dev, "netns", &a.name, "type", "veth", "peer", "name", b_dev,
+        "netns", &b.name,
+    ]);
     a.ip(&["link", "set", a_dev, "up"]);
     b.ip(&["link", "set", b_dev, "up"]);
 }
@@ -76,7 +81,12 @@ fn topology() -> Topology {
         ns.ip(&["addr", "add", a4, "dev", dev]);
         ns.ip(&["addr", "add", a6, "dev", dev, "nodad"]);
         if !std::ptr::eq(ns, g) {
-            ns.exec(&["sysctl", "-q", "-w", &format!("net.ipv4.conf.{dev}.rp_filter=0")]);
+            ns.exec(&[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv4.conf.{dev}.rp_filter=0"),
+            ]);
         }
     }
     // Hosts' veths hand out CHECKSUM_PARTIAL packets (checksum left to "hardware"); a real NIC
@@ -84,7 +94,11 @@ fn topology() -> Topology {
     for (ns, dev) in [(&t.client, "c0"), (&t.primary, "p0"), (&t.backup, "b0")] {
         ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
     }
-    g.exec(&["sh", "-c", "for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > $f; done"]);
+    g.exec(&[
+        "sh",
+        "-c",
+        "for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > $f; done",
+    ]);
     for (ns, gw4, gw6) in [
         (&t.client, "198.18.1.1", "2001:2:1::1"),
         (&t.primary, "198.18.2.1", "2001:2:2::1"),
@@ -149,7 +163,9 @@ impl Service {
             }));
         }
         for _ in 0..2 {
-            ready_rx.recv_timeout(Duration::from_secs(5)).expect("service ready");
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("service ready");
         }
         Service { stop, threads }
     }
@@ -169,7 +185,11 @@ fn serve_tcp(s: TcpStream, name: &str, stop: &AtomicBool) {
                 }
                 line.clear();
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }
@@ -197,13 +217,18 @@ impl Conn {
             .unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}"));
         assert_eq!(s.peer_addr().unwrap(), addr, "the client must see the VIP");
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        Conn { w: s.try_clone().unwrap(), r: BufReader::new(s) }
+        Conn {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+        }
     }
 
     fn ask(&mut self) -> String {
         self.w.write_all(b"who\n").expect("send on the connection");
         let mut line = String::new();
-        self.r.read_line(&mut line).expect("answer on the connection");
+        self.r
+            .read_line(&mut line)
+            .expect("answer on the connection");
         line.trim().to_string()
     }
 }
@@ -212,7 +237,8 @@ impl Conn {
 fn udp_ask(vip: IpAddr) -> (String, IpAddr) {
     let bind = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let s = UdpSocket::bind(bind).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut buf = [0u8; 64];
     // The first datagram may race neighbour resolution: bounded retries.
     for _ in 0..6 {
@@ -242,8 +268,17 @@ fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) 
 fn assign(dp: &mut AyaDataplane, vip: IpAddr, rid: u32, server: u32) {
     for (proto, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53)] {
         dp.set_resource(
-            &ResourceMatch { vip, protocol: proto, port },
-            &ResourceAssignment { resource_id: rid, server: Some(server), generation: 1, on_no_server: NoServerAction::Drop },
+            &ResourceMatch {
+                vip,
+                protocol: proto,
+                port,
+            },
+            &ResourceAssignment {
+                resource_id: rid,
+                server: Some(server),
+                generation: 1,
+                on_no_server: NoServerAction::Drop,
+            },
         )
         .unwrap();
     }
@@ -273,13 +308,29 @@ fn netns_smoke() {
     })
     .expect("load and attach ftn on the gateway");
     for a in dp.attached() {
-        println!("attached to {} (ifindex {}) in {} mode", a.interface, a.ifindex, a.mode);
+        println!(
+            "attached to {} (ifindex {}) in {} mode",
+            a.interface, a.ifindex, a.mode
+        );
     }
     let vip4: IpAddr = VIP4.parse().unwrap();
     let vip6: IpAddr = VIP6.parse().unwrap();
     // Servers: 0/1 primary v4/v6, 2/3 backup v4/v6.
-    for (id, addr) in [(0, "198.18.2.10"), (1, "2001:2:2::10"), (2, "198.18.3.10"), (3, "2001:2:3::10")] {
-        dp.set_server(id, &ServerEntry { addr: addr.parse().unwrap(), up: true, generation: 1 }).unwrap();
+    for (id, addr) in [
+        (0, "198.18.2.10"),
+        (1, "2001:2:2::10"),
+        (2, "198.18.3.10"),
+        (3, "2001:2:3::10"),
+    ] {
+        dp.set_server(
+            id,
+            &ServerEntry {
+                addr: addr.parse().unwrap(),
+                up: true,
+                generation: 1,
+            },
+        )
+        .unwrap();
     }
     assign(&mut dp, vip4, 0, 0);
     assign(&mut dp, vip6, 1, 1);
@@ -291,11 +342,22 @@ fn netns_smoke() {
         let r = (c4.ask(), c6.ask(), udp_ask(vip4), udp_ask(vip6));
         (c4, c6, r)
     });
-    println!("before the switch: tcp4 {} tcp6 {} udp4 {:?} udp6 {:?}", before.0, before.1, before.2, before.3);
+    println!(
+        "before the switch: tcp4 {} tcp6 {} udp4 {:?} udp6 {:?}",
+        before.0, before.1, before.2, before.3
+    );
     assert_eq!(before.0, "primary", "IPv4 TCP before the switch");
     assert_eq!(before.1, "primary", "IPv6 TCP before the switch");
-    assert_eq!(before.2, ("primary".to_string(), vip4), "IPv4 UDP answer must come from the VIP");
-    assert_eq!(before.3, ("primary".to_string(), vip6), "IPv6 UDP answer must come from the VIP");
+    assert_eq!(
+        before.2,
+        ("primary".to_string(), vip4),
+        "IPv4 UDP answer must come from the VIP"
+    );
+    assert_eq!(
+        before.3,
+        ("primary".to_string(), vip6),
+        "IPv6 UDP answer must come from the VIP"
+    );
 
     // Switch both resources to the backup in the maps.
     assign(&mut dp, vip4, 0, 2);
@@ -306,25 +368,62 @@ fn netns_smoke() {
         let mut long6 = long6;
         let mut n4 = Conn::open(vip4);
         let mut n6 = Conn::open(vip6);
-        (n4.ask(), n6.ask(), udp_ask(vip4), udp_ask(vip6), long4.ask(), long6.ask())
+        (
+            n4.ask(),
+            n6.ask(),
+            udp_ask(vip4),
+            udp_ask(vip6),
+            long4.ask(),
+            long6.ask(),
+        )
     });
     println!(
         "after the switch: new tcp4 {} new tcp6 {} udp4 {:?} udp6 {:?}; connections opened before: tcp4 {} tcp6 {}",
         after.0, after.1, after.2, after.3, after.4, after.5
     );
-    assert_eq!(after.0, "backup", "new IPv4 TCP connection after the switch");
-    assert_eq!(after.1, "backup", "new IPv6 TCP connection after the switch");
-    assert_eq!(after.2, ("backup".to_string(), vip4), "IPv4 UDP after the switch");
-    assert_eq!(after.3, ("backup".to_string(), vip6), "IPv6 UDP after the switch");
-    assert_eq!(after.4, "primary", "the IPv4 connection opened before the switch stays on the primary");
-    assert_eq!(after.5, "primary", "the IPv6 connection opened before the switch stays on the primary");
+    assert_eq!(
+        after.0, "backup",
+        "new IPv4 TCP connection after the switch"
+    );
+    assert_eq!(
+        after.1, "backup",
+        "new IPv6 TCP connection after the switch"
+    );
+    assert_eq!(
+        after.2,
+        ("backup".to_string(), vip4),
+        "IPv4 UDP after the switch"
+    );
+    assert_eq!(
+        after.3,
+        ("backup".to_string(), vip6),
+        "IPv6 UDP after the switch"
+    );
+    assert_eq!(
+        after.4, "primary",
+        "the IPv4 connection opened before the switch stays on the primary"
+    );
+    assert_eq!(
+        after.5, "primary",
+        "the IPv6 connection opened before the switch stays on the primary"
+    );
 
     let stats = dp.global_stats().unwrap();
-    let redirected = stats.iter().find(|(c, _)| *c == ftn_common::GlobalCounter::Redirect).unwrap().1;
+    let redirected = stats
+        .iter()
+        .find(|(c, _)| *c == ftn_common::GlobalCounter::Redirect)
+        .unwrap()
+        .1;
     let r0 = dp.resource_stats(0).unwrap();
     println!("gateway: {redirected} packets redirected by XDP; resource v4: {r0:?}");
-    assert!(redirected > 0, "XDP must have forwarded packets itself (redirect counter is 0)");
-    assert!(r0.new_flows >= 4 && r0.reply_packets > 0, "resource counters: {r0:?}");
+    assert!(
+        redirected > 0,
+        "XDP must have forwarded packets itself (redirect counter is 0)"
+    );
+    assert!(
+        r0.new_flows >= 4 && r0.reply_packets > 0,
+        "resource counters: {r0:?}"
+    );
     println!("netns smoke test took {:?}", started.elapsed());
 }
 
@@ -335,7 +434,11 @@ fn in_ns_keep(ns: &Netns, dev: &'static str) -> aya::Ebpf {
 
 /// Runs `f` in the client namespace; when it panics, prints the gateway's counters and the
 /// namespaces' neighbour tables before failing, so a CI log says where packets went.
-fn in_ns_or_dump<T: Send + 'static>(dp: &AyaDataplane, t: &Topology, f: impl FnOnce() -> T + Send + 'static) -> T {
+fn in_ns_or_dump<T: Send + 'static>(
+    dp: &AyaDataplane,
+    t: &Topology,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let name = t.client.name.clone();
     let r = std::thread::spawn(move || {
         let ns = Netns { name };
@@ -356,7 +459,11 @@ fn in_ns_or_dump<T: Send + 'static>(dp: &AyaDataplane, t: &Topology, f: impl FnO
             }
             for ns in [&t.client, &t.gateway, &t.primary, &t.backup] {
                 let out = ftn_tests::run(&["ip", "-n", &ns.name, "neigh"]);
-                eprintln!("neighbours in {}:\n{}", ns.name, String::from_utf8_lossy(&out.stdout));
+                eprintln!(
+                    "neighbours in {}:\n{}",
+                    ns.name,
+                    String::from_utf8_lossy(&out.stdout)
+                );
             }
             panic!("the client failed (see above)");
         }

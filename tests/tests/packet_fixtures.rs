@@ -13,12 +13,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::{
-    icmpv4::DestUnreachableHeader, icmpv6::DestUnreachableCode, IpHeaders, IpNumber, Ipv4Header,
-    Ipv4Options, Icmpv4Type, Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice, NetSlice,
+    icmpv4::DestUnreachableHeader, icmpv6::DestUnreachableCode, Icmpv4Type, Icmpv6Type, IpHeaders,
+    IpNumber, Ipv4Header, Ipv4Options, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
 };
-use ftn_common::{
-    DataplaneConfig, FlowKey, FlowValue, GlobalCounter, FAMILY_V4, PROTO_TCP,
-};
+use ftn_common::{DataplaneConfig, FlowKey, FlowValue, GlobalCounter, FAMILY_V4, PROTO_TCP};
 use ftn_controller::dataplane::{
     ip_words, AyaDataplane, AyaOptions, Dataplane, NoServerAction, Protocol, ResourceAssignment,
     ResourceMatch, ServerEntry,
@@ -117,21 +115,50 @@ const PSH: u8 = 0x08;
 
 #[derive(Clone, Copy)]
 enum L4 {
-    Tcp { sport: u16, dport: u16, seq: u32, ack: u32, flags: u8 },
-    Udp { sport: u16, dport: u16 },
-    EchoReq { id: u16, seq: u16 },
-    EchoRep { id: u16, seq: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    EchoReq {
+        id: u16,
+        seq: u16,
+    },
+    EchoRep {
+        id: u16,
+        seq: u16,
+    },
 }
 
 fn tcp(sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) -> L4 {
-    L4::Tcp { sport, dport, seq, ack, flags }
+    L4::Tcp {
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+    }
 }
 fn udp(sport: u16, dport: u16) -> L4 {
     L4::Udp { sport, dport }
 }
 
 /// Ethernet + IP + L4 + payload. Addresses must be of one family.
-fn frame(smac: [u8; 6], dmac: [u8; 6], src: IpAddr, dst: IpAddr, ttl: u8, l4: L4, payload: &[u8]) -> Vec<u8> {
+fn frame(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    l4: L4,
+    payload: &[u8],
+) -> Vec<u8> {
     let eth = PacketBuilder::ethernet2(smac, dmac);
     let ip = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), ttl),
@@ -141,7 +168,13 @@ fn frame(smac: [u8; 6], dmac: [u8; 6], src: IpAddr, dst: IpAddr, ttl: u8, l4: L4
     let v6 = src.is_ipv6();
     let mut out = Vec::new();
     match l4 {
-        L4::Tcp { sport, dport, seq, ack, flags } => {
+        L4::Tcp {
+            sport,
+            dport,
+            seq,
+            ack,
+            flags,
+        } => {
             let mut b = ip.tcp(sport, dport, seq, 64240);
             if flags & SYN != 0 {
                 b = b.syn();
@@ -161,17 +194,39 @@ fn frame(smac: [u8; 6], dmac: [u8; 6], src: IpAddr, dst: IpAddr, ttl: u8, l4: L4
             b.write(&mut out, payload).unwrap();
         }
         L4::Udp { sport, dport } => ip.udp(sport, dport).write(&mut out, payload).unwrap(),
-        L4::EchoReq { id, seq } if v6 => ip.icmpv6_echo_request(id, seq).write(&mut out, payload).unwrap(),
-        L4::EchoRep { id, seq } if v6 => ip.icmpv6_echo_reply(id, seq).write(&mut out, payload).unwrap(),
-        L4::EchoReq { id, seq } => ip.icmpv4_echo_request(id, seq).write(&mut out, payload).unwrap(),
-        L4::EchoRep { id, seq } => ip.icmpv4_echo_reply(id, seq).write(&mut out, payload).unwrap(),
+        L4::EchoReq { id, seq } if v6 => ip
+            .icmpv6_echo_request(id, seq)
+            .write(&mut out, payload)
+            .unwrap(),
+        L4::EchoRep { id, seq } if v6 => ip
+            .icmpv6_echo_reply(id, seq)
+            .write(&mut out, payload)
+            .unwrap(),
+        L4::EchoReq { id, seq } => ip
+            .icmpv4_echo_request(id, seq)
+            .write(&mut out, payload)
+            .unwrap(),
+        L4::EchoRep { id, seq } => ip
+            .icmpv4_echo_reply(id, seq)
+            .write(&mut out, payload)
+            .unwrap(),
     }
     out
 }
 
 /// ICMPv4 error frame quoting `quote` (an IP packet, possibly truncated).
-fn icmp4_err(smac: [u8; 6], dmac: [u8; 6], src: IpAddr, dst: IpAddr, ttl: u8, t: Icmpv4Type, quote: &[u8]) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else { panic!("v4 only") };
+fn icmp4_err(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    t: Icmpv4Type,
+    quote: &[u8],
+) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("v4 only")
+    };
     let mut out = Vec::new();
     PacketBuilder::ethernet2(smac, dmac)
         .ipv4(s.octets(), d.octets(), ttl)
@@ -181,8 +236,18 @@ fn icmp4_err(smac: [u8; 6], dmac: [u8; 6], src: IpAddr, dst: IpAddr, ttl: u8, t:
     out
 }
 
-fn icmp6_err(smac: [u8; 6], dmac: [u8; 6], src: IpAddr, dst: IpAddr, ttl: u8, t: Icmpv6Type, quote: &[u8]) -> Vec<u8> {
-    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else { panic!("v6 only") };
+fn icmp6_err(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    t: Icmpv6Type,
+    quote: &[u8],
+) -> Vec<u8> {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+        panic!("v6 only")
+    };
     let mut out = Vec::new();
     PacketBuilder::ethernet2(smac, dmac)
         .ipv6(s.octets(), d.octets(), ttl)
@@ -198,8 +263,18 @@ fn ip_part(frame: &[u8], n: usize) -> Vec<u8> {
 }
 
 /// IPv4 TCP frame with header options (NOP NOP NOP EOL).
-fn tcp4_with_options(smac: [u8; 6], dmac: [u8; 6], src: IpAddr, dst: IpAddr, ttl: u8, sport: u16, dport: u16) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else { panic!("v4 only") };
+fn tcp4_with_options(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("v4 only")
+    };
     let mut ip = Ipv4Header::new(0, ttl, IpNumber::TCP, s.octets(), d.octets()).unwrap();
     ip.options = Ipv4Options::try_from(&[1u8, 1, 1, 0][..]).unwrap();
     let mut out = Vec::new();
@@ -214,7 +289,9 @@ fn tcp4_with_options(smac: [u8; 6], dmac: [u8; 6], src: IpAddr, dst: IpAddr, ttl
 
 /// IPv4 TCP frame that is a fragment (`more` = MF set, `offset` in 8-byte units).
 fn tcp4_fragment(src: IpAddr, dst: IpAddr, more: bool, offset: u16) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else { panic!("v4 only") };
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("v4 only")
+    };
     let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, s.octets(), d.octets()).unwrap();
     ip.dont_fragment = false;
     ip.more_fragments = more;
@@ -235,8 +312,8 @@ fn with_ipv6_ext(frame: &[u8], kind: u8) -> Vec<u8> {
     let mut f = frame.to_vec();
     let next = f[14 + 6];
     let ext: [u8; 8] = match kind {
-        0 => [next, 0, 1, 4, 0, 0, 0, 0],      // hop-by-hop with PadN
-        44 => [next, 0, 0, 1, 0, 0, 0, 9],     // fragment, offset 0, M=1
+        0 => [next, 0, 1, 4, 0, 0, 0, 0],  // hop-by-hop with PadN
+        44 => [next, 0, 0, 1, 0, 0, 0, 9], // fragment, offset 0, M=1
         _ => panic!("unsupported"),
     };
     f.splice(54..54, ext);
@@ -257,7 +334,11 @@ fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     if let NetSlice::Ipv4(ip) = net {
         let h = ip.header().to_header();
         if h.header_checksum != h.calc_header_checksum() {
-            return Err(format!("IPv4 header checksum {:#06x}, expected {:#06x}", h.header_checksum, h.calc_header_checksum()));
+            return Err(format!(
+                "IPv4 header checksum {:#06x}, expected {:#06x}",
+                h.header_checksum,
+                h.calc_header_checksum()
+            ));
         }
     }
     let payload: Vec<u8> = match &p.transport {
@@ -268,47 +349,76 @@ fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     match (&p.net, &p.transport) {
         (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) => {
             let h = t.to_header();
-            let c = h.calc_checksum_ipv4(&ip.header().to_header(), &payload).unwrap();
+            let c = h
+                .calc_checksum_ipv4(&ip.header().to_header(), &payload)
+                .unwrap();
             if c != h.checksum {
-                return Err(format!("TCP checksum {:#06x}, expected {c:#06x}", h.checksum));
+                return Err(format!(
+                    "TCP checksum {:#06x}, expected {c:#06x}",
+                    h.checksum
+                ));
             }
         }
         (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Tcp(t))) => {
             let h = t.to_header();
-            let c = h.calc_checksum_ipv6(&ip.header().to_header(), &payload).unwrap();
+            let c = h
+                .calc_checksum_ipv6(&ip.header().to_header(), &payload)
+                .unwrap();
             if c != h.checksum {
-                return Err(format!("TCP checksum {:#06x}, expected {c:#06x}", h.checksum));
+                return Err(format!(
+                    "TCP checksum {:#06x}, expected {c:#06x}",
+                    h.checksum
+                ));
             }
         }
         (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Udp(u))) => {
             let h = u.to_header();
             if h.checksum != 0 {
-                let c = h.calc_checksum_ipv4(&ip.header().to_header(), &payload).unwrap();
+                let c = h
+                    .calc_checksum_ipv4(&ip.header().to_header(), &payload)
+                    .unwrap();
                 if c != h.checksum {
-                    return Err(format!("UDP checksum {:#06x}, expected {c:#06x}", h.checksum));
+                    return Err(format!(
+                        "UDP checksum {:#06x}, expected {c:#06x}",
+                        h.checksum
+                    ));
                 }
             }
         }
         (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Udp(u))) => {
             let h = u.to_header();
-            let c = h.calc_checksum_ipv6(&ip.header().to_header(), &payload).unwrap();
+            let c = h
+                .calc_checksum_ipv6(&ip.header().to_header(), &payload)
+                .unwrap();
             if c != h.checksum {
-                return Err(format!("UDP checksum {:#06x}, expected {c:#06x}", h.checksum));
+                return Err(format!(
+                    "UDP checksum {:#06x}, expected {c:#06x}",
+                    h.checksum
+                ));
             }
         }
         (Some(NetSlice::Ipv4(_)), Some(TransportSlice::Icmpv4(i))) => {
             let h = i.header();
             let c = h.icmp_type.calc_checksum(i.payload());
             if c != h.checksum {
-                return Err(format!("ICMPv4 checksum {:#06x}, expected {c:#06x}", h.checksum));
+                return Err(format!(
+                    "ICMPv4 checksum {:#06x}, expected {c:#06x}",
+                    h.checksum
+                ));
             }
         }
         (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(i))) => {
             let h = i.header();
             let ih = ip.header();
-            let c = h.icmp_type.calc_checksum(ih.source(), ih.destination(), i.payload()).unwrap();
+            let c = h
+                .icmp_type
+                .calc_checksum(ih.source(), ih.destination(), i.payload())
+                .unwrap();
             if c != h.checksum {
-                return Err(format!("ICMPv6 checksum {:#06x}, expected {c:#06x}", h.checksum));
+                return Err(format!(
+                    "ICMPv6 checksum {:#06x}, expected {c:#06x}",
+                    h.checksum
+                ));
             }
         }
         _ => {}
@@ -331,7 +441,14 @@ enum Op {
     Resource(ResourceMatch, u32, Option<u32>, NoServerAction),
     Config(DataplaneConfig),
     /// Insert a flow entry of client -> VIP on `server`, last seen at time 1 ns (long idle).
-    AgedFlow { client: IpAddr, vip: IpAddr, sport: u16, dport: u16, server: u32, resource: u32 },
+    AgedFlow {
+        client: IpAddr,
+        vip: IpAddr,
+        sport: u16,
+        dport: u16,
+        server: u32,
+        resource: u32,
+    },
 }
 
 struct Case {
@@ -346,11 +463,30 @@ struct Case {
 }
 
 fn m(vip: IpAddr, protocol: Protocol, port: u16) -> ResourceMatch {
-    ResourceMatch { vip, protocol, port }
+    ResourceMatch {
+        vip,
+        protocol,
+        port,
+    }
 }
 
-fn case(name: &'static str, ingress: Ingress, input: Vec<u8>, action: u32, output: Option<Vec<u8>>, counter: GlobalCounter) -> Case {
-    Case { name, setup: Vec::new(), ingress, input, action, output, counter }
+fn case(
+    name: &'static str,
+    ingress: Ingress,
+    input: Vec<u8>,
+    action: u32,
+    output: Option<Vec<u8>>,
+    counter: GlobalCounter,
+) -> Case {
+    Case {
+        name,
+        setup: Vec::new(),
+        ingress,
+        input,
+        action,
+        output,
+        counter,
+    }
 }
 
 fn with(mut c: Case, setup: Vec<Op>) -> Case {
@@ -366,207 +502,887 @@ fn cases(a: &Addrs) -> Vec<Case> {
     let mut v = Vec::new();
 
     // --- IPv4 forward path --------------------------------------------------------------------
-    v.push(case("v4 TCP SYN to VIP:80 is DNATed to the primary and redirected to fx1", Fx0,
+    v.push(case(
+        "v4 TCP SYN to VIP:80 is DNATed to the primary and redirected to fx1",
+        Fx0,
         frame(CM, G0, a.c4, a.vip4, 64, tcp(40000, 80, 100, 0, SYN), b""),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c4, a.p4, 63, tcp(40000, 80, 100, 0, SYN), b"")), G::Redirect));
-    v.push(case("v4 TCP data of the same flow follows the flow", Fx0,
-        frame(CM, G0, a.c4, a.vip4, 64, tcp(40000, 80, 101, 5001, ACK | PSH), pl),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c4, a.p4, 63, tcp(40000, 80, 101, 5001, ACK | PSH), pl)), G::Redirect));
-    v.push(case("v4 UDP to VIP:53 is DNATed with its checksum fixed", Fx0,
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            PM,
+            a.c4,
+            a.p4,
+            63,
+            tcp(40000, 80, 100, 0, SYN),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v4 TCP data of the same flow follows the flow",
+        Fx0,
+        frame(
+            CM,
+            G0,
+            a.c4,
+            a.vip4,
+            64,
+            tcp(40000, 80, 101, 5001, ACK | PSH),
+            pl,
+        ),
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            PM,
+            a.c4,
+            a.p4,
+            63,
+            tcp(40000, 80, 101, 5001, ACK | PSH),
+            pl,
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v4 UDP to VIP:53 is DNATed with its checksum fixed",
+        Fx0,
         frame(CM, G0, a.c4, a.vip4, 64, udp(50000, 53), pl),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c4, a.p4, 63, udp(50000, 53), pl)), G::Redirect));
+        XDP_REDIRECT,
+        Some(frame(G1, PM, a.c4, a.p4, 63, udp(50000, 53), pl)),
+        G::Redirect,
+    ));
     {
         let mut input = frame(CM, G0, a.c4, a.vip4, 64, udp(50001, 53), pl);
         input[40..42].copy_from_slice(&[0, 0]);
         let mut out = frame(G1, PM, a.c4, a.p4, 63, udp(50001, 53), pl);
         out[40..42].copy_from_slice(&[0, 0]);
-        v.push(case("v4 UDP without checksum (0) stays without checksum", Fx0, input, XDP_REDIRECT, Some(out), G::Redirect));
+        v.push(case(
+            "v4 UDP without checksum (0) stays without checksum",
+            Fx0,
+            input,
+            XDP_REDIRECT,
+            Some(out),
+            G::Redirect,
+        ));
     }
-    v.push(case("v4 TCP to another port hits the VIP's every-port resource (backup)", Fx0,
+    v.push(case(
+        "v4 TCP to another port hits the VIP's every-port resource (backup)",
+        Fx0,
         frame(CM, G0, a.c4, a.vip4, 64, tcp(40001, 8080, 1, 0, SYN), b""),
-        XDP_REDIRECT, Some(frame(G1, BM, a.c4, a.b4, 63, tcp(40001, 8080, 1, 0, SYN), b"")), G::Redirect));
-    v.push(case("v4 ICMP echo request to the VIP is DNATed", Fx0,
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            BM,
+            a.c4,
+            a.b4,
+            63,
+            tcp(40001, 8080, 1, 0, SYN),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v4 ICMP echo request to the VIP is DNATed",
+        Fx0,
         frame(CM, G0, a.c4, a.vip4, 64, L4::EchoReq { id: 7, seq: 1 }, pl),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c4, a.p4, 63, L4::EchoReq { id: 7, seq: 1 }, pl)), G::Redirect));
-    v.push(case("v4 client on the server side: DNAT and XDP_TX out of the ingress interface", Fx1,
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            PM,
+            a.c4,
+            a.p4,
+            63,
+            L4::EchoReq { id: 7, seq: 1 },
+            pl,
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v4 client on the server side: DNAT and XDP_TX out of the ingress interface",
+        Fx1,
         frame(SCM, G1, a.sc4, a.vip4, 64, tcp(40002, 80, 1, 0, SYN), b""),
-        XDP_TX, Some(frame(G1, PM, a.sc4, a.p4, 63, tcp(40002, 80, 1, 0, SYN), b"")), G::Tx));
-    v.push(case("v4 with IP options: DNATed, options carried through", Fx0,
+        XDP_TX,
+        Some(frame(
+            G1,
+            PM,
+            a.sc4,
+            a.p4,
+            63,
+            tcp(40002, 80, 1, 0, SYN),
+            b"",
+        )),
+        G::Tx,
+    ));
+    v.push(case(
+        "v4 with IP options: DNATed, options carried through",
+        Fx0,
         tcp4_with_options(CM, G0, a.c4, a.vip4, 64, 40003, 80),
-        XDP_REDIRECT, Some(tcp4_with_options(G1, PM, a.c4, a.p4, 63, 40003, 80)), G::Redirect));
+        XDP_REDIRECT,
+        Some(tcp4_with_options(G1, PM, a.c4, a.p4, 63, 40003, 80)),
+        G::Redirect,
+    ));
 
     // --- IPv4 return path ---------------------------------------------------------------------
-    v.push(case("v4 SYN-ACK from the primary is SNATed back to the VIP", Fx1,
-        frame(PM, G1, a.p4, a.c4, 64, tcp(80, 40000, 5000, 101, SYN | ACK), b""),
-        XDP_REDIRECT, Some(frame(G0, CM, a.vip4, a.c4, 63, tcp(80, 40000, 5000, 101, SYN | ACK), b"")), G::Redirect));
-    v.push(case("v4 UDP reply from the primary is SNATed", Fx1,
+    v.push(case(
+        "v4 SYN-ACK from the primary is SNATed back to the VIP",
+        Fx1,
+        frame(
+            PM,
+            G1,
+            a.p4,
+            a.c4,
+            64,
+            tcp(80, 40000, 5000, 101, SYN | ACK),
+            b"",
+        ),
+        XDP_REDIRECT,
+        Some(frame(
+            G0,
+            CM,
+            a.vip4,
+            a.c4,
+            63,
+            tcp(80, 40000, 5000, 101, SYN | ACK),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v4 UDP reply from the primary is SNATed",
+        Fx1,
         frame(PM, G1, a.p4, a.c4, 64, udp(53, 50000), pl),
-        XDP_REDIRECT, Some(frame(G0, CM, a.vip4, a.c4, 63, udp(53, 50000), pl)), G::Redirect));
-    v.push(case("v4 ICMP echo reply from the primary is SNATed", Fx1,
+        XDP_REDIRECT,
+        Some(frame(G0, CM, a.vip4, a.c4, 63, udp(53, 50000), pl)),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v4 ICMP echo reply from the primary is SNATed",
+        Fx1,
         frame(PM, G1, a.p4, a.c4, 64, L4::EchoRep { id: 7, seq: 1 }, pl),
-        XDP_REDIRECT, Some(frame(G0, CM, a.vip4, a.c4, 63, L4::EchoRep { id: 7, seq: 1 }, pl)), G::Redirect));
-    v.push(case("v4 packet from a server to a port without flow is passed untouched", Fx1,
+        XDP_REDIRECT,
+        Some(frame(
+            G0,
+            CM,
+            a.vip4,
+            a.c4,
+            63,
+            L4::EchoRep { id: 7, seq: 1 },
+            pl,
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v4 packet from a server to a port without flow is passed untouched",
+        Fx1,
         frame(PM, G1, a.p4, a.c4, 64, tcp(80, 41999, 1, 1, ACK), b""),
-        XDP_PASS, None, G::PassNoMatch));
+        XDP_PASS,
+        None,
+        G::PassNoMatch,
+    ));
 
     // --- Flow stickiness, failover, failback ---------------------------------------------------
-    v.push(with(case("after a switch to the backup, an open flow stays on the healthy primary", Fx0,
-        frame(CM, G0, a.c4, a.vip4, 64, tcp(40000, 80, 110, 5001, ACK), pl),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c4, a.p4, 63, tcp(40000, 80, 110, 5001, ACK), pl)), G::Redirect),
-        vec![Op::Resource(m(a.vip4, Protocol::Tcp, 80), 0, Some(B4), NoServerAction::Drop)]));
-    v.push(case("after the switch, a new flow goes to the backup", Fx0,
+    v.push(with(
+        case(
+            "after a switch to the backup, an open flow stays on the healthy primary",
+            Fx0,
+            frame(CM, G0, a.c4, a.vip4, 64, tcp(40000, 80, 110, 5001, ACK), pl),
+            XDP_REDIRECT,
+            Some(frame(
+                G1,
+                PM,
+                a.c4,
+                a.p4,
+                63,
+                tcp(40000, 80, 110, 5001, ACK),
+                pl,
+            )),
+            G::Redirect,
+        ),
+        vec![Op::Resource(
+            m(a.vip4, Protocol::Tcp, 80),
+            0,
+            Some(B4),
+            NoServerAction::Drop,
+        )],
+    ));
+    v.push(case(
+        "after the switch, a new flow goes to the backup",
+        Fx0,
         frame(CM, G0, a.c4, a.vip4, 64, tcp(40010, 80, 1, 0, SYN), b""),
-        XDP_REDIRECT, Some(frame(G1, BM, a.c4, a.b4, 63, tcp(40010, 80, 1, 0, SYN), b"")), G::Redirect));
-    v.push(with(case("primary marked down: its open flow moves at once to the current server", Fx0,
-        frame(CM, G0, a.c4, a.vip4, 64, tcp(40000, 80, 120, 5001, ACK), pl),
-        XDP_REDIRECT, Some(frame(G1, BM, a.c4, a.b4, 63, tcp(40000, 80, 120, 5001, ACK), pl)), G::Redirect),
-        vec![Op::Server(P4, a.p4, false)]));
-    v.push(case("a moved flow's old reverse entry is gone: the dead primary's packet is not SNATed", Fx1,
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            BM,
+            a.c4,
+            a.b4,
+            63,
+            tcp(40010, 80, 1, 0, SYN),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(with(
+        case(
+            "primary marked down: its open flow moves at once to the current server",
+            Fx0,
+            frame(CM, G0, a.c4, a.vip4, 64, tcp(40000, 80, 120, 5001, ACK), pl),
+            XDP_REDIRECT,
+            Some(frame(
+                G1,
+                BM,
+                a.c4,
+                a.b4,
+                63,
+                tcp(40000, 80, 120, 5001, ACK),
+                pl,
+            )),
+            G::Redirect,
+        ),
+        vec![Op::Server(P4, a.p4, false)],
+    ));
+    v.push(case(
+        "a moved flow's old reverse entry is gone: the dead primary's packet is not SNATed",
+        Fx1,
         frame(PM, G1, a.p4, a.c4, 64, tcp(80, 40000, 5001, 121, ACK), b""),
-        XDP_PASS, None, G::PassNoMatch));
-    v.push(case("the moved flow's replies from the backup are SNATed", Fx1,
+        XDP_PASS,
+        None,
+        G::PassNoMatch,
+    ));
+    v.push(case(
+        "the moved flow's replies from the backup are SNATed",
+        Fx1,
         frame(BM, G1, a.b4, a.c4, 64, tcp(80, 40000, 9000, 121, ACK), b""),
-        XDP_REDIRECT, Some(frame(G0, CM, a.vip4, a.c4, 63, tcp(80, 40000, 9000, 121, ACK), b"")), G::Redirect));
-    v.push(with(case("failback: the primary is back and current; the flow on the backup stays there", Fx0,
-        frame(CM, G0, a.c4, a.vip4, 64, tcp(40010, 80, 2, 1, ACK), pl),
-        XDP_REDIRECT, Some(frame(G1, BM, a.c4, a.b4, 63, tcp(40010, 80, 2, 1, ACK), pl)), G::Redirect),
-        vec![Op::Server(P4, a.p4, true), Op::Resource(m(a.vip4, Protocol::Tcp, 80), 0, Some(P4), NoServerAction::Drop)]));
-    v.push(case("failback: a new flow goes to the primary", Fx0,
+        XDP_REDIRECT,
+        Some(frame(
+            G0,
+            CM,
+            a.vip4,
+            a.c4,
+            63,
+            tcp(80, 40000, 9000, 121, ACK),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(with(
+        case(
+            "failback: the primary is back and current; the flow on the backup stays there",
+            Fx0,
+            frame(CM, G0, a.c4, a.vip4, 64, tcp(40010, 80, 2, 1, ACK), pl),
+            XDP_REDIRECT,
+            Some(frame(G1, BM, a.c4, a.b4, 63, tcp(40010, 80, 2, 1, ACK), pl)),
+            G::Redirect,
+        ),
+        vec![
+            Op::Server(P4, a.p4, true),
+            Op::Resource(
+                m(a.vip4, Protocol::Tcp, 80),
+                0,
+                Some(P4),
+                NoServerAction::Drop,
+            ),
+        ],
+    ));
+    v.push(case(
+        "failback: a new flow goes to the primary",
+        Fx0,
         frame(CM, G0, a.c4, a.vip4, 64, tcp(40011, 80, 1, 0, SYN), b""),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c4, a.p4, 63, tcp(40011, 80, 1, 0, SYN), b"")), G::Redirect));
-    v.push(case("a client FIN is forwarded on its flow (which starts closing)", Fx0,
-        frame(CM, G0, a.c4, a.vip4, 64, tcp(40010, 80, 50, 1, FIN | ACK), b""),
-        XDP_REDIRECT, Some(frame(G1, BM, a.c4, a.b4, 63, tcp(40010, 80, 50, 1, FIN | ACK), b"")), G::Redirect));
-    v.push(case("a new SYN on a closing 5-tuple starts a new flow on the current server", Fx0,
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            PM,
+            a.c4,
+            a.p4,
+            63,
+            tcp(40011, 80, 1, 0, SYN),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "a client FIN is forwarded on its flow (which starts closing)",
+        Fx0,
+        frame(
+            CM,
+            G0,
+            a.c4,
+            a.vip4,
+            64,
+            tcp(40010, 80, 50, 1, FIN | ACK),
+            b"",
+        ),
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            BM,
+            a.c4,
+            a.b4,
+            63,
+            tcp(40010, 80, 50, 1, FIN | ACK),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "a new SYN on a closing 5-tuple starts a new flow on the current server",
+        Fx0,
         frame(CM, G0, a.c4, a.vip4, 64, tcp(40010, 80, 900, 0, SYN), b""),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c4, a.p4, 63, tcp(40010, 80, 900, 0, SYN), b"")), G::Redirect));
-    v.push(with(case("a client RST is forwarded on its flow and ends it", Fx0,
-        frame(CM, G0, a.c4, a.vip4, 64, tcp(40001, 8080, 2, 0, RST), b""),
-        XDP_REDIRECT, Some(frame(G1, BM, a.c4, a.b4, 63, tcp(40001, 8080, 2, 0, RST), b"")), G::Redirect),
-        vec![Op::Resource(m(a.vip4, Protocol::Tcp, 0), 2, Some(P4), NoServerAction::Drop)]));
-    v.push(case("after the RST the next packet of that 5-tuple is a new flow on the current server", Fx0,
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            PM,
+            a.c4,
+            a.p4,
+            63,
+            tcp(40010, 80, 900, 0, SYN),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(with(
+        case(
+            "a client RST is forwarded on its flow and ends it",
+            Fx0,
+            frame(CM, G0, a.c4, a.vip4, 64, tcp(40001, 8080, 2, 0, RST), b""),
+            XDP_REDIRECT,
+            Some(frame(
+                G1,
+                BM,
+                a.c4,
+                a.b4,
+                63,
+                tcp(40001, 8080, 2, 0, RST),
+                b"",
+            )),
+            G::Redirect,
+        ),
+        vec![Op::Resource(
+            m(a.vip4, Protocol::Tcp, 0),
+            2,
+            Some(P4),
+            NoServerAction::Drop,
+        )],
+    ));
+    v.push(case(
+        "after the RST the next packet of that 5-tuple is a new flow on the current server",
+        Fx0,
         frame(CM, G0, a.c4, a.vip4, 64, tcp(40001, 8080, 3, 0, SYN), b""),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c4, a.p4, 63, tcp(40001, 8080, 3, 0, SYN), b"")), G::Redirect));
-    v.push(with(case("an idle-expired flow on the backup is replaced by a new one on the current server", Fx0,
-        frame(CM, G0, a.c4, a.vip4, 64, tcp(40020, 80, 7, 7, ACK), b""),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c4, a.p4, 63, tcp(40020, 80, 7, 7, ACK), b"")), G::Redirect),
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            PM,
+            a.c4,
+            a.p4,
+            63,
+            tcp(40001, 8080, 3, 0, SYN),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(with(
+        case(
+            "an idle-expired flow on the backup is replaced by a new one on the current server",
+            Fx0,
+            frame(CM, G0, a.c4, a.vip4, 64, tcp(40020, 80, 7, 7, ACK), b""),
+            XDP_REDIRECT,
+            Some(frame(
+                G1,
+                PM,
+                a.c4,
+                a.p4,
+                63,
+                tcp(40020, 80, 7, 7, ACK),
+                b"",
+            )),
+            G::Redirect,
+        ),
         vec![
             // Idle limit 1 s for this case only; the flow was last seen at boot + 1 ns.
-            Op::Config(DataplaneConfig { tcp_idle_ns: 1_000_000_000, ..DataplaneConfig::default() }),
-            Op::AgedFlow { client: a.c4, vip: a.vip4, sport: 40020, dport: 80, server: B4, resource: 0 },
-        ]));
+            Op::Config(DataplaneConfig {
+                tcp_idle_ns: 1_000_000_000,
+                ..DataplaneConfig::default()
+            }),
+            Op::AgedFlow {
+                client: a.c4,
+                vip: a.vip4,
+                sport: 40020,
+                dport: 80,
+                server: B4,
+                resource: 0,
+            },
+        ],
+    ));
 
     // --- No live server -----------------------------------------------------------------------
-    v.push(with(case("resource without live server, drop policy: dropped", Fx0,
-        frame(CM, G0, a.c4, a.vip4_dead, 64, tcp(40030, 80, 1, 0, SYN), b""),
-        XDP_DROP, None, G::DropNoServer),
-        vec![Op::Config(DataplaneConfig::default())]));
-    v.push(case("reject policy: a SYN gets a RST+ACK from the VIP", Fx0,
-        frame(CM, G0, a.c4, a.vip4_rej, 64, tcp(40031, 443, 1000, 0, SYN), b""),
-        XDP_TX, Some(rst(frame(G0, CM, a.vip4_rej, a.c4, 64, tcp(443, 40031, 0, 1001, RST | ACK), b""))), G::RejectTcpRst));
-    v.push(case("reject policy: a segment with ACK gets a RST with seq = its ack", Fx0,
-        frame(CM, G0, a.c4, a.vip4_rej, 64, tcp(40032, 443, 5, 777, ACK | PSH), pl),
-        XDP_TX, Some(rst(frame(G0, CM, a.vip4_rej, a.c4, 64, tcp(443, 40032, 777, 0, RST), b""))), G::RejectTcpRst));
+    v.push(with(
+        case(
+            "resource without live server, drop policy: dropped",
+            Fx0,
+            frame(
+                CM,
+                G0,
+                a.c4,
+                a.vip4_dead,
+                64,
+                tcp(40030, 80, 1, 0, SYN),
+                b"",
+            ),
+            XDP_DROP,
+            None,
+            G::DropNoServer,
+        ),
+        vec![Op::Config(DataplaneConfig::default())],
+    ));
+    v.push(case(
+        "reject policy: a SYN gets a RST+ACK from the VIP",
+        Fx0,
+        frame(
+            CM,
+            G0,
+            a.c4,
+            a.vip4_rej,
+            64,
+            tcp(40031, 443, 1000, 0, SYN),
+            b"",
+        ),
+        XDP_TX,
+        Some(rst(frame(
+            G0,
+            CM,
+            a.vip4_rej,
+            a.c4,
+            64,
+            tcp(443, 40031, 0, 1001, RST | ACK),
+            b"",
+        ))),
+        G::RejectTcpRst,
+    ));
+    v.push(case(
+        "reject policy: a segment with ACK gets a RST with seq = its ack",
+        Fx0,
+        frame(
+            CM,
+            G0,
+            a.c4,
+            a.vip4_rej,
+            64,
+            tcp(40032, 443, 5, 777, ACK | PSH),
+            pl,
+        ),
+        XDP_TX,
+        Some(rst(frame(
+            G0,
+            CM,
+            a.vip4_rej,
+            a.c4,
+            64,
+            tcp(443, 40032, 777, 0, RST),
+            b"",
+        ))),
+        G::RejectTcpRst,
+    ));
     {
         let input = frame(CM, G0, a.c4, a.vip4_rej, 64, udp(50010, 53), pl);
-        let out = icmp4_err(G0, CM, a.vip4_rej, a.c4, 64,
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &ip_part(&input, 28));
-        v.push(case("reject policy: UDP gets ICMP port unreachable quoting header + 8 bytes", Fx0, input, XDP_TX, Some(out), G::RejectIcmp));
+        let out = icmp4_err(
+            G0,
+            CM,
+            a.vip4_rej,
+            a.c4,
+            64,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+            &ip_part(&input, 28),
+        );
+        v.push(case(
+            "reject policy: UDP gets ICMP port unreachable quoting header + 8 bytes",
+            Fx0,
+            input,
+            XDP_TX,
+            Some(out),
+            G::RejectIcmp,
+        ));
     }
     {
-        let input = frame(CM, G0, a.c4, a.vip4_rej, 64, L4::EchoReq { id: 9, seq: 3 }, pl);
-        let out = icmp4_err(G0, CM, a.vip4_rej, a.c4, 64,
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), &ip_part(&input, 28));
-        v.push(case("reject policy: echo request gets ICMP host unreachable", Fx0, input, XDP_TX, Some(out), G::RejectIcmp));
+        let input = frame(
+            CM,
+            G0,
+            a.c4,
+            a.vip4_rej,
+            64,
+            L4::EchoReq { id: 9, seq: 3 },
+            pl,
+        );
+        let out = icmp4_err(
+            G0,
+            CM,
+            a.vip4_rej,
+            a.c4,
+            64,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host),
+            &ip_part(&input, 28),
+        );
+        v.push(case(
+            "reject policy: echo request gets ICMP host unreachable",
+            Fx0,
+            input,
+            XDP_TX,
+            Some(out),
+            G::RejectIcmp,
+        ));
     }
-    v.push(case("reject policy: a RST is never answered (dropped)", Fx0,
-        frame(CM, G0, a.c4, a.vip4_rej, 64, tcp(40033, 443, 5, 0, RST), b""),
-        XDP_DROP, None, G::DropRejectFailed));
-    v.push(case("reject policy, IPv6: a SYN gets a RST+ACK", Fx0,
-        frame(CM, G0, a.c6, a.vip6_rej, 64, tcp(40034, 443, 1000, 0, SYN), b""),
-        XDP_TX, Some(rst(frame(G0, CM, a.vip6_rej, a.c6, 64, tcp(443, 40034, 0, 1001, RST | ACK), b""))), G::RejectTcpRst));
+    v.push(case(
+        "reject policy: a RST is never answered (dropped)",
+        Fx0,
+        frame(
+            CM,
+            G0,
+            a.c4,
+            a.vip4_rej,
+            64,
+            tcp(40033, 443, 5, 0, RST),
+            b"",
+        ),
+        XDP_DROP,
+        None,
+        G::DropRejectFailed,
+    ));
+    v.push(case(
+        "reject policy, IPv6: a SYN gets a RST+ACK",
+        Fx0,
+        frame(
+            CM,
+            G0,
+            a.c6,
+            a.vip6_rej,
+            64,
+            tcp(40034, 443, 1000, 0, SYN),
+            b"",
+        ),
+        XDP_TX,
+        Some(rst(frame(
+            G0,
+            CM,
+            a.vip6_rej,
+            a.c6,
+            64,
+            tcp(443, 40034, 0, 1001, RST | ACK),
+            b"",
+        ))),
+        G::RejectTcpRst,
+    ));
     {
         let input = frame(CM, G0, a.c6, a.vip6_rej, 64, udp(50011, 53), pl);
-        let out = icmp6_err(G0, CM, a.vip6_rej, a.c6, 64,
-            Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port), &ip_part(&input, 48));
-        v.push(case("reject policy, IPv6: UDP gets ICMPv6 port unreachable", Fx0, input, XDP_TX, Some(out), G::RejectIcmp));
+        let out = icmp6_err(
+            G0,
+            CM,
+            a.vip6_rej,
+            a.c6,
+            64,
+            Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port),
+            &ip_part(&input, 48),
+        );
+        v.push(case(
+            "reject policy, IPv6: UDP gets ICMPv6 port unreachable",
+            Fx0,
+            input,
+            XDP_TX,
+            Some(out),
+            G::RejectIcmp,
+        ));
     }
 
     // --- IPv6 ---------------------------------------------------------------------------------
-    v.push(case("v6 TCP SYN to VIP:80 is DNATed to the primary, hop limit decremented", Fx0,
+    v.push(case(
+        "v6 TCP SYN to VIP:80 is DNATed to the primary, hop limit decremented",
+        Fx0,
         frame(CM, G0, a.c6, a.vip6, 64, tcp(40100, 80, 1, 0, SYN), b""),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c6, a.p6, 63, tcp(40100, 80, 1, 0, SYN), b"")), G::Redirect));
-    v.push(case("v6 UDP to VIP:53 is DNATed", Fx0,
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            PM,
+            a.c6,
+            a.p6,
+            63,
+            tcp(40100, 80, 1, 0, SYN),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v6 UDP to VIP:53 is DNATed",
+        Fx0,
         frame(CM, G0, a.c6, a.vip6, 64, udp(50100, 53), pl),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c6, a.p6, 63, udp(50100, 53), pl)), G::Redirect));
-    v.push(case("v6 ICMPv6 echo request is DNATed (pseudo-header checksum fixed)", Fx0,
+        XDP_REDIRECT,
+        Some(frame(G1, PM, a.c6, a.p6, 63, udp(50100, 53), pl)),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v6 ICMPv6 echo request is DNATed (pseudo-header checksum fixed)",
+        Fx0,
         frame(CM, G0, a.c6, a.vip6, 64, L4::EchoReq { id: 11, seq: 1 }, pl),
-        XDP_REDIRECT, Some(frame(G1, PM, a.c6, a.p6, 63, L4::EchoReq { id: 11, seq: 1 }, pl)), G::Redirect));
-    v.push(case("v6 SYN-ACK from the primary is SNATed", Fx1,
-        frame(PM, G1, a.p6, a.c6, 64, tcp(80, 40100, 77, 2, SYN | ACK), b""),
-        XDP_REDIRECT, Some(frame(G0, CM, a.vip6, a.c6, 63, tcp(80, 40100, 77, 2, SYN | ACK), b"")), G::Redirect));
-    v.push(case("v6 ICMPv6 echo reply is SNATed", Fx1,
+        XDP_REDIRECT,
+        Some(frame(
+            G1,
+            PM,
+            a.c6,
+            a.p6,
+            63,
+            L4::EchoReq { id: 11, seq: 1 },
+            pl,
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v6 SYN-ACK from the primary is SNATed",
+        Fx1,
+        frame(
+            PM,
+            G1,
+            a.p6,
+            a.c6,
+            64,
+            tcp(80, 40100, 77, 2, SYN | ACK),
+            b"",
+        ),
+        XDP_REDIRECT,
+        Some(frame(
+            G0,
+            CM,
+            a.vip6,
+            a.c6,
+            63,
+            tcp(80, 40100, 77, 2, SYN | ACK),
+            b"",
+        )),
+        G::Redirect,
+    ));
+    v.push(case(
+        "v6 ICMPv6 echo reply is SNATed",
+        Fx1,
         frame(PM, G1, a.p6, a.c6, 64, L4::EchoRep { id: 11, seq: 1 }, pl),
-        XDP_REDIRECT, Some(frame(G0, CM, a.vip6, a.c6, 63, L4::EchoRep { id: 11, seq: 1 }, pl)), G::Redirect));
-    v.push(with(case("v6 primary marked down: the open flow moves to the backup", Fx0,
-        frame(CM, G0, a.c6, a.vip6, 64, tcp(40100, 80, 2, 78, ACK), pl),
-        XDP_REDIRECT, Some(frame(G1, BM, a.c6, a.b6, 63, tcp(40100, 80, 2, 78, ACK), pl)), G::Redirect),
-        vec![Op::Server(P6, a.p6, false), Op::Resource(m(a.vip6, Protocol::Tcp, 80), 4, Some(B6), NoServerAction::Drop)]));
+        XDP_REDIRECT,
+        Some(frame(
+            G0,
+            CM,
+            a.vip6,
+            a.c6,
+            63,
+            L4::EchoRep { id: 11, seq: 1 },
+            pl,
+        )),
+        G::Redirect,
+    ));
+    v.push(with(
+        case(
+            "v6 primary marked down: the open flow moves to the backup",
+            Fx0,
+            frame(CM, G0, a.c6, a.vip6, 64, tcp(40100, 80, 2, 78, ACK), pl),
+            XDP_REDIRECT,
+            Some(frame(
+                G1,
+                BM,
+                a.c6,
+                a.b6,
+                63,
+                tcp(40100, 80, 2, 78, ACK),
+                pl,
+            )),
+            G::Redirect,
+        ),
+        vec![
+            Op::Server(P6, a.p6, false),
+            Op::Resource(
+                m(a.vip6, Protocol::Tcp, 80),
+                4,
+                Some(B6),
+                NoServerAction::Drop,
+            ),
+        ],
+    ));
 
     // --- ICMP errors about NATed flows ----------------------------------------------------------
     {
         // The gateway DNATed C4:50000 -> P4:53 (case 3). A router on the server side says
         // "fragmentation needed" to the client about that datagram.
         let quoted = frame(G1, PM, a.c4, a.p4, 63, udp(50000, 53), pl);
-        let input = icmp4_err(R1M, G1, a.r1_4, a.c4, 64,
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }), &ip_part(&quoted, 28));
+        let input = icmp4_err(
+            R1M,
+            G1,
+            a.r1_4,
+            a.c4,
+            64,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1400,
+            }),
+            &ip_part(&quoted, 28),
+        );
         let quoted_vip = frame(G1, PM, a.c4, a.vip4, 63, udp(50000, 53), pl);
-        let out = icmp4_err(G0, CM, a.r1_4, a.c4, 63,
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }), &ip_part(&quoted_vip, 28));
-        v.push(case("v4 'fragmentation needed' from a router about a DNATed datagram: quoted dst -> VIP", Fx1, input, XDP_REDIRECT, Some(out), G::Redirect));
+        let out = icmp4_err(
+            G0,
+            CM,
+            a.r1_4,
+            a.c4,
+            63,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1400,
+            }),
+            &ip_part(&quoted_vip, 28),
+        );
+        v.push(case(
+            "v4 'fragmentation needed' from a router about a DNATed datagram: quoted dst -> VIP",
+            Fx1,
+            input,
+            XDP_REDIRECT,
+            Some(out),
+            G::Redirect,
+        ));
     }
     {
         // The whole quoted TCP header: the quoted TCP checksum is fixed too.
         let quoted = frame(G1, PM, a.c4, a.p4, 63, tcp(40011, 80, 1, 0, SYN), b"");
-        let input = icmp4_err(PM, G1, a.p4, a.c4, 64,
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &ip_part(&quoted, 40));
+        let input = icmp4_err(
+            PM,
+            G1,
+            a.p4,
+            a.c4,
+            64,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+            &ip_part(&quoted, 40),
+        );
         let quoted_vip = frame(G1, PM, a.c4, a.vip4, 63, tcp(40011, 80, 1, 0, SYN), b"");
-        let out = icmp4_err(G0, CM, a.vip4, a.c4, 63,
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &ip_part(&quoted_vip, 40));
-        v.push(case("v4 ICMP error from the server itself: outer source and quoted dst -> VIP", Fx1, input, XDP_REDIRECT, Some(out), G::Redirect));
+        let out = icmp4_err(
+            G0,
+            CM,
+            a.vip4,
+            a.c4,
+            63,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+            &ip_part(&quoted_vip, 40),
+        );
+        v.push(case(
+            "v4 ICMP error from the server itself: outer source and quoted dst -> VIP",
+            Fx1,
+            input,
+            XDP_REDIRECT,
+            Some(out),
+            G::Redirect,
+        ));
     }
     {
         // A router on the client side says "fragmentation needed" to the VIP about a reply the
         // gateway SNATed (VIP:53 -> C4:50000): it goes to the primary, about P4 -> C4.
         let quoted = frame(G0, CM, a.vip4, a.c4, 63, udp(53, 50000), pl);
-        let input = icmp4_err(R0M, G0, a.r0_4, a.vip4, 64,
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }), &ip_part(&quoted, 28));
+        let input = icmp4_err(
+            R0M,
+            G0,
+            a.r0_4,
+            a.vip4,
+            64,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1280,
+            }),
+            &ip_part(&quoted, 28),
+        );
         let quoted_srv = frame(G0, CM, a.p4, a.c4, 63, udp(53, 50000), pl);
-        let out = icmp4_err(G1, PM, a.r0_4, a.p4, 63,
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }), &ip_part(&quoted_srv, 28));
-        v.push(case("v4 'fragmentation needed' to the VIP about a SNATed reply goes to the server", Fx0, input, XDP_REDIRECT, Some(out), G::Redirect));
+        let out = icmp4_err(
+            G1,
+            PM,
+            a.r0_4,
+            a.p4,
+            63,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1280,
+            }),
+            &ip_part(&quoted_srv, 28),
+        );
+        v.push(case(
+            "v4 'fragmentation needed' to the VIP about a SNATed reply goes to the server",
+            Fx0,
+            input,
+            XDP_REDIRECT,
+            Some(out),
+            G::Redirect,
+        ));
     }
     {
         // v6: the backup B6 says "packet too big" about C6:40100 -> B6:80 (flow moved above).
         let quoted = frame(G1, BM, a.c6, a.b6, 63, tcp(40100, 80, 2, 78, ACK), pl);
-        let input = icmp6_err(BM, G1, a.b6, a.c6, 64, Icmpv6Type::PacketTooBig { mtu: 1280 }, &ip_part(&quoted, 60));
+        let input = icmp6_err(
+            BM,
+            G1,
+            a.b6,
+            a.c6,
+            64,
+            Icmpv6Type::PacketTooBig { mtu: 1280 },
+            &ip_part(&quoted, 60),
+        );
         let quoted_vip = frame(G1, BM, a.c6, a.vip6, 63, tcp(40100, 80, 2, 78, ACK), pl);
-        let out = icmp6_err(G0, CM, a.vip6, a.c6, 63, Icmpv6Type::PacketTooBig { mtu: 1280 }, &ip_part(&quoted_vip, 60));
-        v.push(case("v6 'packet too big' from the server: outer source and quoted dst -> VIP", Fx1, input, XDP_REDIRECT, Some(out), G::Redirect));
+        let out = icmp6_err(
+            G0,
+            CM,
+            a.vip6,
+            a.c6,
+            63,
+            Icmpv6Type::PacketTooBig { mtu: 1280 },
+            &ip_part(&quoted_vip, 60),
+        );
+        v.push(case(
+            "v6 'packet too big' from the server: outer source and quoted dst -> VIP",
+            Fx1,
+            input,
+            XDP_REDIRECT,
+            Some(out),
+            G::Redirect,
+        ));
     }
     {
         // v6: an error to the VIP about VIP:80 -> C6:40100 goes to the flow's server (B6).
         let quoted = frame(G0, CM, a.vip6, a.c6, 63, tcp(80, 40100, 3, 3, ACK), b"");
-        let input = icmp6_err(R0M, G0, a.r0_6, a.vip6, 64, Icmpv6Type::PacketTooBig { mtu: 1280 }, &ip_part(&quoted, 60));
+        let input = icmp6_err(
+            R0M,
+            G0,
+            a.r0_6,
+            a.vip6,
+            64,
+            Icmpv6Type::PacketTooBig { mtu: 1280 },
+            &ip_part(&quoted, 60),
+        );
         let quoted_srv = frame(G0, CM, a.b6, a.c6, 63, tcp(80, 40100, 3, 3, ACK), b"");
-        let out = icmp6_err(G1, BM, a.r0_6, a.b6, 63, Icmpv6Type::PacketTooBig { mtu: 1280 }, &ip_part(&quoted_srv, 60));
-        v.push(case("v6 'packet too big' to the VIP about a SNATed reply goes to the server", Fx0, input, XDP_REDIRECT, Some(out), G::Redirect));
+        let out = icmp6_err(
+            G1,
+            BM,
+            a.r0_6,
+            a.b6,
+            63,
+            Icmpv6Type::PacketTooBig { mtu: 1280 },
+            &ip_part(&quoted_srv, 60),
+        );
+        v.push(case(
+            "v6 'packet too big' to the VIP about a SNATed reply goes to the server",
+            Fx0,
+            input,
+            XDP_REDIRECT,
+            Some(out),
+            G::Redirect,
+        ));
     }
     {
         let quoted = frame(G1, PM, a.c4, a.p4, 63, udp(59999, 53), pl);
-        let input = icmp4_err(PM, G1, a.p4, a.c4, 64,
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &ip_part(&quoted, 28));
-        v.push(case("ICMP error about an unknown flow is passed untouched", Fx1, input, XDP_PASS, None, G::PassIcmpUnmatched));
+        let input = icmp4_err(
+            PM,
+            G1,
+            a.p4,
+            a.c4,
+            64,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+            &ip_part(&quoted, 28),
+        );
+        v.push(case(
+            "ICMP error about an unknown flow is passed untouched",
+            Fx1,
+            input,
+            XDP_PASS,
+            None,
+            G::PassIcmpUnmatched,
+        ));
     }
 
     // --- Passed untouched -----------------------------------------------------------------------
@@ -577,70 +1393,219 @@ fn cases(a: &Addrs) -> Vec<Case> {
         arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
         arp.extend_from_slice(&CM);
         arp.extend_from_slice(&[198, 18, 1, 10, 0, 0, 0, 0, 0, 0, 198, 18, 1, 1]);
-        v.push(case("ARP is passed", Fx0, arp, XDP_PASS, None, G::PassNotIp));
+        v.push(case(
+            "ARP is passed",
+            Fx0,
+            arp,
+            XDP_PASS,
+            None,
+            G::PassNotIp,
+        ));
     }
     {
         let mut f = Vec::new();
-        PacketBuilder::ethernet2(CM, G0).single_vlan(etherparse::VlanId::try_new(10).unwrap())
-            .ipv4([198, 18, 1, 10], [198, 18, 100, 1], 64).tcp(40200, 80, 1, 100).syn()
-            .write(&mut f, b"").unwrap();
-        v.push(case("VLAN-tagged frame to the VIP is passed (tags are not parsed)", Fx0, f, XDP_PASS, None, G::PassNotIp));
+        PacketBuilder::ethernet2(CM, G0)
+            .single_vlan(etherparse::VlanId::try_new(10).unwrap())
+            .ipv4([198, 18, 1, 10], [198, 18, 100, 1], 64)
+            .tcp(40200, 80, 1, 100)
+            .syn()
+            .write(&mut f, b"")
+            .unwrap();
+        v.push(case(
+            "VLAN-tagged frame to the VIP is passed (tags are not parsed)",
+            Fx0,
+            f,
+            XDP_PASS,
+            None,
+            G::PassNotIp,
+        ));
     }
-    v.push(case("IPv4 first fragment (MF) to the VIP is passed", Fx0, tcp4_fragment(a.c4, a.vip4, true, 0), XDP_PASS, None, G::PassFragment));
-    v.push(case("IPv4 non-first fragment to the VIP is passed", Fx0, tcp4_fragment(a.c4, a.vip4, false, 8), XDP_PASS, None, G::PassFragment));
-    v.push(case("IPv6 with a fragment header to the VIP is passed", Fx0,
-        with_ipv6_ext(&frame(CM, G0, a.c6, a.vip6, 64, tcp(40201, 80, 1, 0, SYN), b""), 44), XDP_PASS, None, G::PassFragment));
-    v.push(case("IPv6 with a hop-by-hop header to the VIP is passed", Fx0,
-        with_ipv6_ext(&frame(CM, G0, a.c6, a.vip6, 64, tcp(40202, 80, 1, 0, SYN), b""), 0), XDP_PASS, None, G::PassIpv6Ext));
+    v.push(case(
+        "IPv4 first fragment (MF) to the VIP is passed",
+        Fx0,
+        tcp4_fragment(a.c4, a.vip4, true, 0),
+        XDP_PASS,
+        None,
+        G::PassFragment,
+    ));
+    v.push(case(
+        "IPv4 non-first fragment to the VIP is passed",
+        Fx0,
+        tcp4_fragment(a.c4, a.vip4, false, 8),
+        XDP_PASS,
+        None,
+        G::PassFragment,
+    ));
+    v.push(case(
+        "IPv6 with a fragment header to the VIP is passed",
+        Fx0,
+        with_ipv6_ext(
+            &frame(CM, G0, a.c6, a.vip6, 64, tcp(40201, 80, 1, 0, SYN), b""),
+            44,
+        ),
+        XDP_PASS,
+        None,
+        G::PassFragment,
+    ));
+    v.push(case(
+        "IPv6 with a hop-by-hop header to the VIP is passed",
+        Fx0,
+        with_ipv6_ext(
+            &frame(CM, G0, a.c6, a.vip6, 64, tcp(40202, 80, 1, 0, SYN), b""),
+            0,
+        ),
+        XDP_PASS,
+        None,
+        G::PassIpv6Ext,
+    ));
     {
         let mut f = frame(CM, G0, a.c4, a.vip4, 64, tcp(40203, 80, 1, 0, SYN), b"");
         f.truncate(14 + 20 + 10);
         f[16..18].copy_from_slice(&30u16.to_be_bytes());
-        v.push(case("truncated TCP header is passed", Fx0, f, XDP_PASS, None, G::PassMalformed));
+        v.push(case(
+            "truncated TCP header is passed",
+            Fx0,
+            f,
+            XDP_PASS,
+            None,
+            G::PassMalformed,
+        ));
     }
     {
         // (The kernel itself refuses frames shorter than an Ethernet header before XDP.)
         let mut f = G0.to_vec();
         f.extend_from_slice(&CM);
         f.extend_from_slice(&[0x08, 0x00]);
-        v.push(case("Ethernet header announcing IPv4 with no IP header is passed", Fx0, f, XDP_PASS, None, G::PassMalformed));
+        v.push(case(
+            "Ethernet header announcing IPv4 with no IP header is passed",
+            Fx0,
+            f,
+            XDP_PASS,
+            None,
+            G::PassMalformed,
+        ));
     }
     {
         let mut f = frame(CM, G0, a.c4, a.vip4, 64, tcp(40204, 80, 1, 0, SYN), b"");
         f[16..18].copy_from_slice(&1500u16.to_be_bytes());
-        v.push(case("IPv4 total length beyond the frame is passed", Fx0, f, XDP_PASS, None, G::PassMalformed));
+        v.push(case(
+            "IPv4 total length beyond the frame is passed",
+            Fx0,
+            f,
+            XDP_PASS,
+            None,
+            G::PassMalformed,
+        ));
     }
     {
         let mut f = frame(CM, G0, a.c4, a.vip4, 64, tcp(40205, 80, 1, 0, SYN), b"");
         f[14] = 0x44; // IHL 4
-        v.push(case("IPv4 header length below 20 is passed", Fx0, f, XDP_PASS, None, G::PassMalformed));
+        v.push(case(
+            "IPv4 header length below 20 is passed",
+            Fx0,
+            f,
+            XDP_PASS,
+            None,
+            G::PassMalformed,
+        ));
     }
-    v.push(case("TTL 1 to the VIP is passed for the kernel to answer", Fx0,
-        frame(CM, G0, a.c4, a.vip4, 1, tcp(40206, 80, 1, 0, SYN), b""), XDP_PASS, None, G::PassTtl));
-    v.push(case("a packet to a non-VIP address is routed by the kernel (passed)", Fx0,
-        frame(CM, G0, a.c4, a.other4, 64, tcp(40207, 80, 1, 0, SYN), b""), XDP_PASS, None, G::PassNoMatch));
-    v.push(case("UDP to a VIP port without resource (and no every-port UDP entry) is passed", Fx0,
-        frame(CM, G0, a.c4, a.vip4, 64, udp(50300, 9999), pl), XDP_PASS, None, G::PassNoMatch));
+    v.push(case(
+        "TTL 1 to the VIP is passed for the kernel to answer",
+        Fx0,
+        frame(CM, G0, a.c4, a.vip4, 1, tcp(40206, 80, 1, 0, SYN), b""),
+        XDP_PASS,
+        None,
+        G::PassTtl,
+    ));
+    v.push(case(
+        "a packet to a non-VIP address is routed by the kernel (passed)",
+        Fx0,
+        frame(CM, G0, a.c4, a.other4, 64, tcp(40207, 80, 1, 0, SYN), b""),
+        XDP_PASS,
+        None,
+        G::PassNoMatch,
+    ));
+    v.push(case(
+        "UDP to a VIP port without resource (and no every-port UDP entry) is passed",
+        Fx0,
+        frame(CM, G0, a.c4, a.vip4, 64, udp(50300, 9999), pl),
+        XDP_PASS,
+        None,
+        G::PassNoMatch,
+    ));
     {
         let mut f = Vec::new();
-        let (IpAddr::V4(s), IpAddr::V4(d)) = (a.c4, a.vip4) else { unreachable!() };
-        PacketBuilder::ethernet2(CM, G0).ipv4(s.octets(), d.octets(), 64).write(&mut f, IpNumber(47), &[0u8; 24]).unwrap();
-        v.push(case("GRE to the VIP is passed", Fx0, f, XDP_PASS, None, G::PassNoMatch));
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (a.c4, a.vip4) else {
+            unreachable!()
+        };
+        PacketBuilder::ethernet2(CM, G0)
+            .ipv4(s.octets(), d.octets(), 64)
+            .write(&mut f, IpNumber(47), &[0u8; 24])
+            .unwrap();
+        v.push(case(
+            "GRE to the VIP is passed",
+            Fx0,
+            f,
+            XDP_PASS,
+            None,
+            G::PassNoMatch,
+        ));
     }
     {
         let mut f = Vec::new();
-        let (IpAddr::V6(s), IpAddr::V6(d)) = (a.c6, a.vip6) else { unreachable!() };
-        PacketBuilder::ethernet2(CM, G0).ipv6(s.octets(), d.octets(), 255)
-            .icmpv6(Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] })
-            .write(&mut f, &[0u8; 16]).unwrap();
-        v.push(case("ICMPv6 neighbour solicitation to the VIP is passed", Fx0, f, XDP_PASS, None, G::PassNoMatch));
+        let (IpAddr::V6(s), IpAddr::V6(d)) = (a.c6, a.vip6) else {
+            unreachable!()
+        };
+        PacketBuilder::ethernet2(CM, G0)
+            .ipv6(s.octets(), d.octets(), 255)
+            .icmpv6(Icmpv6Type::Unknown {
+                type_u8: 135,
+                code_u8: 0,
+                bytes5to8: [0; 4],
+            })
+            .write(&mut f, &[0u8; 16])
+            .unwrap();
+        v.push(case(
+            "ICMPv6 neighbour solicitation to the VIP is passed",
+            Fx0,
+            f,
+            XDP_PASS,
+            None,
+            G::PassNoMatch,
+        ));
     }
-    v.push(case("server neighbour unresolved: DNATed packet passed (TTL, MACs unchanged)", Fx0,
+    v.push(case(
+        "server neighbour unresolved: DNATed packet passed (TTL, MACs unchanged)",
+        Fx0,
         frame(CM, G0, a.c4, a.vip4_u, 64, tcp(40208, 80, 1, 0, SYN), b""),
-        XDP_PASS, Some(frame(CM, G0, a.c4, a.u4, 64, tcp(40208, 80, 1, 0, SYN), b"")), G::PassNoNeigh));
-    v.push(case("egress interface not in the devmap: DNATed packet passed to the kernel", Fx0,
+        XDP_PASS,
+        Some(frame(
+            CM,
+            G0,
+            a.c4,
+            a.u4,
+            64,
+            tcp(40208, 80, 1, 0, SYN),
+            b"",
+        )),
+        G::PassNoNeigh,
+    ));
+    v.push(case(
+        "egress interface not in the devmap: DNATed packet passed to the kernel",
+        Fx0,
         frame(CM, G0, a.c4, a.vip4_x, 64, tcp(40209, 80, 1, 0, SYN), b""),
-        XDP_PASS, Some(frame(CM, G0, a.c4, a.x4, 64, tcp(40209, 80, 1, 0, SYN), b"")), G::PassNotInDevmap));
+        XDP_PASS,
+        Some(frame(
+            CM,
+            G0,
+            a.c4,
+            a.x4,
+            64,
+            tcp(40209, 80, 1, 0, SYN),
+            b"",
+        )),
+        G::PassNotInDevmap,
+    ));
     v
 }
 
@@ -652,12 +1617,20 @@ fn rst(mut f: Vec<u8>) -> Vec<u8> {
         (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) => {
             let mut h = t.to_header();
             h.window_size = 0;
-            (14 + 20, h.calc_checksum_ipv4(&ip.header().to_header(), t.payload()).unwrap())
+            (
+                14 + 20,
+                h.calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+                    .unwrap(),
+            )
         }
         (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Tcp(t))) => {
             let mut h = t.to_header();
             h.window_size = 0;
-            (14 + 40, h.calc_checksum_ipv6(&ip.header().to_header(), t.payload()).unwrap())
+            (
+                14 + 40,
+                h.calc_checksum_ipv6(&ip.header().to_header(), t.payload())
+                    .unwrap(),
+            )
         }
         _ => panic!("not TCP"),
     };
@@ -673,7 +1646,10 @@ struct Lab {
 }
 
 fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn lab() -> Lab {
@@ -682,7 +1658,18 @@ fn lab() -> Lab {
     ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
     for (dev, m) in [("fx0", G0), ("fx1", G1), ("fx2", G2)] {
         let peer = format!("{dev}p");
-        ns.ip(&["link", "add", dev, "address", &mac(m), "type", "veth", "peer", "name", &peer]);
+        ns.ip(&[
+            "link",
+            "add",
+            dev,
+            "address",
+            &mac(m),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
         ns.ip(&["link", "set", dev, "up"]);
         ns.ip(&["link", "set", &peer, "up"]);
     }
@@ -704,7 +1691,17 @@ fn lab() -> Lab {
         ("2001:2:2::11", BM, "fx1"),
         ("198.18.3.10", XM, "fx2"),
     ] {
-        ns.ip(&["neigh", "replace", ip, "lladdr", &mac(m), "dev", dev, "nud", "permanent"]);
+        ns.ip(&[
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &mac(m),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
     }
     let idx = |d: &str| -> u32 {
         let out = ns.exec(&["cat", &format!("/sys/class/net/{d}/ifindex")]);
@@ -716,12 +1713,36 @@ fn lab() -> Lab {
 
 fn apply(dp: &mut AyaDataplane, op: &Op) {
     match op {
-        Op::Server(id, addr, up) => dp.set_server(*id, &ServerEntry { addr: *addr, up: *up, generation: 1 }).unwrap(),
+        Op::Server(id, addr, up) => dp
+            .set_server(
+                *id,
+                &ServerEntry {
+                    addr: *addr,
+                    up: *up,
+                    generation: 1,
+                },
+            )
+            .unwrap(),
         Op::Resource(mt, rid, server, act) => dp
-            .set_resource(mt, &ResourceAssignment { resource_id: *rid, server: *server, generation: 1, on_no_server: *act })
+            .set_resource(
+                mt,
+                &ResourceAssignment {
+                    resource_id: *rid,
+                    server: *server,
+                    generation: 1,
+                    on_no_server: *act,
+                },
+            )
             .unwrap(),
         Op::Config(c) => dp.set_config(c).unwrap(),
-        Op::AgedFlow { client, vip, sport, dport, server, resource } => {
+        Op::AgedFlow {
+            client,
+            vip,
+            sport,
+            dport,
+            server,
+            resource,
+        } => {
             let key = FlowKey {
                 client: ip_words(*client),
                 vip: ip_words(*vip),
@@ -731,7 +1752,13 @@ fn apply(dp: &mut AyaDataplane, op: &Op) {
                 family: FAMILY_V4,
                 _pad: [0; 2],
             };
-            let value = FlowValue { last_seen_ns: 1, server_id: *server, resource_id: *resource, flags: 0, _pad: 0 };
+            let value = FlowValue {
+                last_seen_ns: 1,
+                server_id: *server,
+                resource_id: *resource,
+                flags: 0,
+                _pad: 0,
+            };
             dp.insert_flow(&key, &value).unwrap();
         }
     }
@@ -740,7 +1767,14 @@ fn apply(dp: &mut AyaDataplane, op: &Op) {
 fn provision(dp: &mut AyaDataplane, a: &Addrs) {
     use NoServerAction::*;
     use Protocol::*;
-    for (id, addr) in [(P4, a.p4), (B4, a.b4), (P6, a.p6), (B6, a.b6), (U4, a.u4), (X4, a.x4)] {
+    for (id, addr) in [
+        (P4, a.p4),
+        (B4, a.b4),
+        (P6, a.p6),
+        (B6, a.b6),
+        (U4, a.u4),
+        (X4, a.x4),
+    ] {
         apply(dp, &Op::Server(id, addr, true));
     }
     let res = [
@@ -805,7 +1839,11 @@ fn packet_fixtures() {
     dp.add_egress("fx1").unwrap();
     provision(&mut dp, &a);
     let cases = cases(&a);
-    assert!(cases.len() >= 40, "the table must hold at least 40 cases, has {}", cases.len());
+    assert!(
+        cases.len() >= 40,
+        "the table must hold at least 40 cases, has {}",
+        cases.len()
+    );
 
     let mut failures = Vec::new();
     let mut counted: std::collections::HashMap<&'static str, u64> = Default::default();
@@ -823,10 +1861,20 @@ fn packet_fixtures() {
         let expected = c.output.clone().unwrap_or_else(|| c.input.clone());
         let mut problems = Vec::new();
         if action != c.action {
-            problems.push(format!("action {} expected {}", action_name(action), action_name(c.action)));
+            problems.push(format!(
+                "action {} expected {}",
+                action_name(action),
+                action_name(c.action)
+            ));
         }
         if out != expected {
-            problems.push(format!("output frame differs\n got ({} bytes):\n{} expected ({} bytes):\n{}", out.len(), hex(&out), expected.len(), hex(&expected)));
+            problems.push(format!(
+                "output frame differs\n got ({} bytes):\n{} expected ({} bytes):\n{}",
+                out.len(),
+                hex(&out),
+                expected.len(),
+                hex(&expected)
+            ));
         }
         if c.output.is_some() {
             if let Err(e) = verify_checksums(&out) {
@@ -835,17 +1883,39 @@ fn packet_fixtures() {
         }
         let delta = |g: GlobalCounter| after[g as usize].1 - before[g as usize].1;
         if delta(GlobalCounter::Packets) != 1 {
-            problems.push(format!("packets counter moved by {}", delta(GlobalCounter::Packets)));
+            problems.push(format!(
+                "packets counter moved by {}",
+                delta(GlobalCounter::Packets)
+            ));
         }
         if delta(c.counter) != 1 {
-            let moved: Vec<String> = GlobalCounter::ALL.iter().filter(|g| delta(**g) != 0).map(|g| format!("{}+{}", g.name(), delta(*g))).collect();
-            problems.push(format!("counter {} moved by {} (moved: {})", c.counter.name(), delta(c.counter), moved.join(", ")));
+            let moved: Vec<String> = GlobalCounter::ALL
+                .iter()
+                .filter(|g| delta(**g) != 0)
+                .map(|g| format!("{}+{}", g.name(), delta(*g)))
+                .collect();
+            problems.push(format!(
+                "counter {} moved by {} (moved: {})",
+                c.counter.name(),
+                delta(c.counter),
+                moved.join(", ")
+            ));
         }
         *counted.entry(c.counter.name()).or_default() += 1;
         let status = if problems.is_empty() { "ok  " } else { "FAIL" };
-        println!("[{status}] {:2} {} -> {}", i + 1, c.name, action_name(action));
+        println!(
+            "[{status}] {:2} {} -> {}",
+            i + 1,
+            c.name,
+            action_name(action)
+        );
         if !problems.is_empty() {
-            failures.push(format!("case {} '{}':\n  {}", i + 1, c.name, problems.join("\n  ")));
+            failures.push(format!(
+                "case {} '{}':\n  {}",
+                i + 1,
+                c.name,
+                problems.join("\n  ")
+            ));
         }
     }
 
@@ -862,24 +1932,80 @@ fn packet_fixtures() {
             failures.push(format!("counters: {what}"));
         }
     };
-    check(dead.drop_no_server == 1, format!("dead4 drop_no_server = {} (1 expected)", dead.drop_no_server));
-    check(rej4.reject_no_server == 4 && rej4.drop_no_server == 1, format!("rej4 reject/drop = {}/{} (4/1 expected)", rej4.reject_no_server, rej4.drop_no_server));
-    check(web4.flows_moved == 1, format!("web4 flows_moved = {} (1 expected)", web4.flows_moved));
-    check(p4.flows_moved_away == 1, format!("P4 flows_moved_away = {} (1 expected)", p4.flows_moved_away));
-    check(web4.new_flows >= 6, format!("web4 new_flows = {} (>= 6 expected)", web4.new_flows));
-    check(web4.reply_packets >= 1 && b4.reply_packets >= 1, format!("reply counters web4 {} B4 {}", web4.reply_packets, b4.reply_packets));
-    check(p4.icmp_errors >= 2, format!("P4 icmp_errors = {} (>= 2 expected)", p4.icmp_errors));
-    check(g[GlobalCounter::FlowsReset as usize].1 == 1, format!("flows_reset = {}", g[GlobalCounter::FlowsReset as usize].1));
-    check(g[GlobalCounter::FlowsMoved as usize].1 == 2, format!("flows_moved = {} (2 expected)", g[GlobalCounter::FlowsMoved as usize].1));
-    check(g[GlobalCounter::IcmpErrorTranslated as usize].1 == 5, format!("icmp_error_translated = {} (5 expected)", g[GlobalCounter::IcmpErrorTranslated as usize].1));
+    check(
+        dead.drop_no_server == 1,
+        format!(
+            "dead4 drop_no_server = {} (1 expected)",
+            dead.drop_no_server
+        ),
+    );
+    check(
+        rej4.reject_no_server == 4 && rej4.drop_no_server == 1,
+        format!(
+            "rej4 reject/drop = {}/{} (4/1 expected)",
+            rej4.reject_no_server, rej4.drop_no_server
+        ),
+    );
+    check(
+        web4.flows_moved == 1,
+        format!("web4 flows_moved = {} (1 expected)", web4.flows_moved),
+    );
+    check(
+        p4.flows_moved_away == 1,
+        format!("P4 flows_moved_away = {} (1 expected)", p4.flows_moved_away),
+    );
+    check(
+        web4.new_flows >= 6,
+        format!("web4 new_flows = {} (>= 6 expected)", web4.new_flows),
+    );
+    check(
+        web4.reply_packets >= 1 && b4.reply_packets >= 1,
+        format!(
+            "reply counters web4 {} B4 {}",
+            web4.reply_packets, b4.reply_packets
+        ),
+    );
+    check(
+        p4.icmp_errors >= 2,
+        format!("P4 icmp_errors = {} (>= 2 expected)", p4.icmp_errors),
+    );
+    check(
+        g[GlobalCounter::FlowsReset as usize].1 == 1,
+        format!("flows_reset = {}", g[GlobalCounter::FlowsReset as usize].1),
+    );
+    check(
+        g[GlobalCounter::FlowsMoved as usize].1 == 2,
+        format!(
+            "flows_moved = {} (2 expected)",
+            g[GlobalCounter::FlowsMoved as usize].1
+        ),
+    );
+    check(
+        g[GlobalCounter::IcmpErrorTranslated as usize].1 == 5,
+        format!(
+            "icmp_error_translated = {} (5 expected)",
+            g[GlobalCounter::IcmpErrorTranslated as usize].1
+        ),
+    );
 
     // The flow table holds what the cases created: the RSTed flow is gone.
     let flows = dp.flows().unwrap();
-    let rst_gone = !flows.iter().any(|(k, v)| u16::from_be(k.client_port) == 40001 && v.server_id == B4);
+    let rst_gone = !flows
+        .iter()
+        .any(|(k, v)| u16::from_be(k.client_port) == 40001 && v.server_id == B4);
     if !rst_gone {
         failures.push("the RSTed flow 40001 -> B4 is still in the flow table".into());
     }
-    println!("{} cases, {} flows in the table, counters by case: {counted:?}", cases.len(), flows.len());
+    println!(
+        "{} cases, {} flows in the table, counters by case: {counted:?}",
+        cases.len(),
+        flows.len()
+    );
     drop(dp);
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

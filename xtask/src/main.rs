@@ -1,1 +1,389 @@
-fn main(){}
+//! `cargo xtask`: set-up, build, lint and test ftn.
+//!
+//! Every external command goes through [`Cmd`], which prints it and fails with the command line
+//! in the message. `setup` is idempotent: it checks each requirement and installs only what is
+//! missing, saying so.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// bpf-linker release that loads the nightly toolchain's own libLLVM (so its LLVM always
+/// matches the one rustc emits bitcode with).
+const BPF_LINKER_VERSION: &str = "0.10.4";
+/// Debian packages the tests and labs use, with the command that shows each is present.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("ethtool", "ethtool"),
+    ("procps", "sysctl"),
+];
+
+#[derive(Parser)]
+#[command(about = "ftn's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (nightly rust-src, bpf-linker, Debian packages).
+    Setup,
+    /// Set up, then build the controller (which builds and embeds the eBPF object).
+    Build {
+        /// Build in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// clippy -D warnings on every host crate, and the eBPF crate with -D warnings.
+    Lint,
+    /// Set up, build, lint, then run every test, including those that need root, BPF and
+    /// network namespaces (run one at a time).
+    Test,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Build { release } => {
+            setup()?;
+            build(release)
+        }
+        Task::Lint => {
+            setup()?;
+            lint()
+        }
+        Task::Test => {
+            setup()?;
+            build(false)?;
+            lint()?;
+            test()
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("xtask has no parent directory"))
+}
+
+/// A command that is printed before it runs and fails with its command line.
+struct Cmd {
+    inner: Command,
+    line: String,
+}
+
+impl Cmd {
+    fn new(program: &str, args: &[&str]) -> Cmd {
+        let mut inner = Command::new(program);
+        inner.args(args);
+        Cmd {
+            inner,
+            line: format!("{program} {}", args.join(" ")),
+        }
+    }
+
+    fn env(mut self, k: &str, v: &str) -> Cmd {
+        self.inner.env(k, v);
+        self.line = format!("{k}={v} {}", self.line);
+        self
+    }
+
+    /// Runs with inherited output; error if it cannot start or exits non-zero.
+    fn run(mut self) -> Result<()> {
+        eprintln!("xtask: $ {}", self.line);
+        let status = self
+            .inner
+            .status()
+            .with_context(|| format!("cannot run `{}`", self.line))?;
+        if !status.success() {
+            bail!("`{}` failed: {status}", self.line);
+        }
+        Ok(())
+    }
+
+    /// Runs quietly and returns stdout; error if it fails.
+    fn output(mut self) -> Result<String> {
+        let out = self
+            .inner
+            .stderr(Stdio::piped())
+            .output()
+            .with_context(|| format!("cannot run `{}`", self.line))?;
+        if !out.status.success() {
+            bail!(
+                "`{}` failed: {}: {}",
+                self.line,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn step(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1 || test -x /usr/sbin/{cmd} || test -x /sbin/{cmd}")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn setup() -> Result<()> {
+    step("set-up: checking what this machine has");
+    if !have("rustup") {
+        bail!("rustup is not installed: ftn needs rustup (stable for userspace, nightly for the eBPF object); see https://rustup.rs");
+    }
+    // Nightly with rust-src (for -Z build-std=core).
+    let toolchains = Cmd::new("rustup", &["toolchain", "list"]).output()?;
+    if toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("nightly toolchain: present");
+    } else {
+        step("nightly toolchain: missing, installing (minimal profile)");
+        Cmd::new(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )
+        .run()
+        .context("installing the nightly toolchain (needed only to build the eBPF object)")?;
+    }
+    let comps = Cmd::new(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .output()?;
+    if comps.lines().any(|l| l.starts_with("rust-src")) {
+        step("rust-src for nightly: present");
+    } else {
+        step("rust-src for nightly: missing, installing");
+        Cmd::new(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        )
+        .run()?;
+    }
+    let vv = Cmd::new("rustc", &["+nightly", "-vV"]).output()?;
+    let llvm = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .ok_or_else(|| anyhow!("`rustc +nightly -vV` prints no LLVM version"))?;
+    let llvm_major = llvm.split('.').next().unwrap_or("?");
+    step(&format!(
+        "nightly rustc uses LLVM {llvm} (major {llvm_major})"
+    ));
+
+    // bpf-linker: 0.10.x loads the nightly's own libLLVM at run time, so it always matches.
+    let linker = Command::new("bpf-linker").arg("--version").output();
+    match linker {
+        Ok(o)
+            if o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION) =>
+        {
+            step(&format!("bpf-linker {BPF_LINKER_VERSION}: present (uses the nightly's libLLVM {llvm_major})"));
+        }
+        other => {
+            let found = match other {
+                Ok(o) => format!("found `{}`", String::from_utf8_lossy(&o.stdout).trim()),
+                Err(_) => "not found".to_string(),
+            };
+            step(&format!(
+                "bpf-linker {BPF_LINKER_VERSION}: {found}; installing with cargo (a few minutes)"
+            ));
+            Cmd::new(
+                "cargo",
+                &[
+                    "install",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                    "--locked",
+                    "--force",
+                ],
+            )
+            .run()
+            .context("installing bpf-linker from crates.io")?;
+        }
+    }
+
+    // Debian packages.
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(_, c)| !have(c))
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        step(&format!(
+            "Debian packages: present ({})",
+            APT_PACKAGES
+                .iter()
+                .map(|p| p.0)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    } else if !is_root() {
+        bail!(
+            "Debian packages missing: {}; run `sudo cargo xtask setup` (installing needs root)",
+            missing.join(" ")
+        );
+    } else {
+        step(&format!(
+            "Debian packages missing: {}; installing with apt-get",
+            missing.join(" ")
+        ));
+        let mut args = vec!["install", "-y", "--no-install-recommends"];
+        args.extend(&missing);
+        if Cmd::new("apt-get", &args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()
+            .is_err()
+        {
+            step("apt-get install failed; refreshing the package lists and trying again");
+            Cmd::new("apt-get", &["update"]).run()?;
+            Cmd::new("apt-get", &args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .run()?;
+        }
+    }
+
+    // Root, BPF filesystem.
+    if is_root() {
+        if !Path::new("/sys/fs/bpf").exists() || !is_bpffs("/sys/fs/bpf") {
+            step("/sys/fs/bpf is not a BPF filesystem: mounting it");
+            Cmd::new("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"]).run()?;
+        } else {
+            step("BPF filesystem: mounted at /sys/fs/bpf");
+        }
+    } else {
+        step("WARNING: not root: building works, but loading XDP and the root tests need root (CAP_BPF, CAP_NET_ADMIN)");
+    }
+    step("set-up: done");
+    Ok(())
+}
+
+fn is_bpffs(path: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 2 && f[1] == path && f[2] == "bpf"
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut args = vec![
+        "build",
+        "--locked",
+        "--package",
+        "ftn-controller",
+        "--package",
+        "ftn-tests",
+        "--all-targets",
+    ];
+    if release {
+        args.push("--release");
+    }
+    Cmd::new("cargo", &args).run()
+}
+
+fn lint() -> Result<()> {
+    Cmd::new(
+        "cargo",
+        &[
+            "clippy",
+            "--locked",
+            "--workspace",
+            "--exclude",
+            "ftn-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
+    .run()?;
+    // The eBPF crate: checked for its own target with warnings denied (no linking needed).
+    Cmd::new(
+        "cargo",
+        &[
+            "+nightly",
+            "clippy",
+            "--locked",
+            "--package",
+            "ftn-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--target-dir",
+            "target/ebpf-lint",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
+    .env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        "--cfg=bpf_target_arch=\"x86_64\"",
+    )
+    .env("RUSTUP_TOOLCHAIN", "nightly")
+    .run()
+}
+
+fn test() -> Result<()> {
+    // Host-only unit tests (no root needed).
+    Cmd::new(
+        "cargo",
+        &[
+            "test",
+            "--locked",
+            "--workspace",
+            "--exclude",
+            "ftn-ebpf",
+            "--exclude",
+            "ftn-tests",
+        ],
+    )
+    .run()?;
+    if !is_root() {
+        bail!(
+            "the integration tests (packet fixtures through BPF_PROG_TEST_RUN, network-namespace labs) \
+             need root with CAP_BPF and CAP_NET_ADMIN: run `sudo cargo xtask test`. They are not skipped."
+        );
+    }
+    // Root tests share kernel state (namespaces, XDP, bpffs): one at a time, output shown.
+    Cmd::new(
+        "cargo",
+        &[
+            "test",
+            "--locked",
+            "--package",
+            "ftn-tests",
+            "--",
+            "--test-threads=1",
+            "--nocapture",
+        ],
+    )
+    .run()?;
+    step("all tests passed");
+    Ok(())
+}

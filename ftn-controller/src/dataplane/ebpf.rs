@@ -107,12 +107,22 @@ pub struct AyaDataplane {
     adopted: bool,
 }
 
-fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { map, op, source }
+fn map_err(
+    map: &'static str,
+    op: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map {
+        map,
+        op,
+        source: Box::new(source),
+    }
 }
 
 fn pin_err(path: &Path, e: impl std::fmt::Display) -> DataplaneError {
-    DataplaneError::Pin { path: path.display().to_string(), detail: e.to_string() }
+    DataplaneError::Pin {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
 }
 
 fn ifindex(name: &str) -> Result<u32, DataplaneError> {
@@ -131,7 +141,8 @@ fn link_pin_path(dir: &Path, interface: &str) -> PathBuf {
 
 /// True when `dir` holds every pinned map and at least one pinned link.
 pub fn pinned_dataplane_exists(dir: &Path) -> bool {
-    map_names::ALL.iter().all(|n| dir.join(n).exists()) && pinned_links(dir).map(|l| !l.is_empty()).unwrap_or(false)
+    map_names::ALL.iter().all(|n| dir.join(n).exists())
+        && pinned_links(dir).map(|l| !l.is_empty()).unwrap_or(false)
 }
 
 fn pinned_links(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -199,10 +210,13 @@ impl AyaDataplane {
         loader
             .map_max_entries(map_names::FLOWS, opts.flow_capacity)
             .map_max_entries(map_names::REVERSE, opts.flow_capacity);
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         {
             let prog = xdp_program(&mut ebpf)?;
-            prog.load().map_err(DataplaneError::Program)?;
+            prog.load()
+                .map_err(|e| DataplaneError::Program(Box::new(e)))?;
         }
         if let Some(dir) = &opts.pin_dir {
             // A fresh load replaces whatever half-state an earlier run left (no links: nothing
@@ -265,10 +279,18 @@ impl AyaDataplane {
         for path in pinned_links(dir).map_err(|e| pin_err(dir, e))? {
             // Opening checks the link is real; the pin keeps it alive.
             PinnedLink::from_pin(&path).map_err(|e| pin_err(&path, e))?;
-            let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
             let interface = name.trim_start_matches("link_").to_string();
             let ifindex = ifindex(&interface).unwrap_or(0);
-            attached.push(Attached { interface, ifindex, mode: XdpAttachMode::Auto });
+            attached.push(Attached {
+                interface,
+                ifindex,
+                mode: XdpAttachMode::Auto,
+            });
         }
         Ok(AyaDataplane {
             ebpf: None,
@@ -303,7 +325,10 @@ impl AyaDataplane {
         })?;
         let prog = xdp_program(ebpf)?;
         let attempts: &[(XdpMode, XdpAttachMode)] = match mode {
-            XdpAttachMode::Auto => &[(XdpMode::Driver, XdpAttachMode::Native), (XdpMode::Skb, XdpAttachMode::Generic)],
+            XdpAttachMode::Auto => &[
+                (XdpMode::Driver, XdpAttachMode::Native),
+                (XdpMode::Skb, XdpAttachMode::Generic),
+            ],
             XdpAttachMode::Native => &[(XdpMode::Driver, XdpAttachMode::Native)],
             XdpAttachMode::Generic => &[(XdpMode::Skb, XdpAttachMode::Generic)],
         };
@@ -319,7 +344,11 @@ impl AyaDataplane {
                     if mode == XdpAttachMode::Auto && *label == XdpAttachMode::Native {
                         tracing::warn!(interface, error = %e, "native XDP refused; falling back to generic XDP");
                     }
-                    last_err = Some(DataplaneError::Attach { interface: interface.to_string(), mode: *label, source: e });
+                    last_err = Some(DataplaneError::Attach {
+                        interface: interface.to_string(),
+                        mode: *label,
+                        source: Box::new(e),
+                    });
                 }
             }
         }
@@ -327,7 +356,9 @@ impl AyaDataplane {
             return Err(last_err.unwrap_or(DataplaneError::UnknownInterface(interface.to_string())));
         };
         if let Some(dir) = pin_dir {
-            let link = prog.take_link(link_id).map_err(DataplaneError::Program)?;
+            let link = prog
+                .take_link(link_id)
+                .map_err(|e| DataplaneError::Program(Box::new(e)))?;
             let fd: FdLink = link.try_into().map_err(|e| pin_err(dir, format!("link of {interface} cannot be pinned (netlink attach; kernel without bpf_link for XDP?): {e}")))?;
             let p = link_pin_path(dir, interface);
             let pinned = fd.pin(&p).map_err(|e| pin_err(&p, e))?;
@@ -336,7 +367,11 @@ impl AyaDataplane {
         self.devmap
             .insert(idx, idx, None, 0)
             .map_err(|e| pin_err(Path::new(map_names::DEVMAP), e))?;
-        self.attached.push(Attached { interface: interface.to_string(), ifindex: idx, mode: used });
+        self.attached.push(Attached {
+            interface: interface.to_string(),
+            ifindex: idx,
+            mode: used,
+        });
         Ok(())
     }
 
@@ -385,11 +420,19 @@ impl AyaDataplane {
 
     /// Removes every flow (tests; an operator's "forget all flows").
     pub fn clear_flows(&mut self) -> Result<(), DataplaneError> {
-        let keys: Vec<FlowKey> = self.flows.keys().collect::<Result<_, _>>().map_err(map_err(map_names::FLOWS, "iterate"))?;
+        let keys: Vec<FlowKey> = self
+            .flows
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::FLOWS, "iterate"))?;
         for k in keys {
             let _ = self.flows.remove(&k);
         }
-        let keys: Vec<ReverseKey> = self.reverse.keys().collect::<Result<_, _>>().map_err(map_err(map_names::REVERSE, "iterate"))?;
+        let keys: Vec<ReverseKey> = self
+            .reverse
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::REVERSE, "iterate"))?;
         for k in keys {
             let _ = self.reverse.remove(&k);
         }
@@ -398,7 +441,9 @@ impl AyaDataplane {
 
     /// Writes a flow entry directly (tests: e.g. an aged flow).
     pub fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DataplaneError> {
-        self.flows.insert(key, value, 0).map_err(map_err(map_names::FLOWS, "insert"))
+        self.flows
+            .insert(key, value, 0)
+            .map_err(map_err(map_names::FLOWS, "insert"))
     }
 
     /// Zeroes every counter (tests and benches).
@@ -406,14 +451,19 @@ impl AyaDataplane {
         let ncpu = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
         for i in 0..ftn_common::GLOBAL_COUNTERS {
             let v = PerCpuValues::try_from(vec![0u64; ncpu]).map_err(DataplaneError::Io)?;
-            self.global.set(i, v, 0).map_err(map_err(map_names::GLOBAL_STATS, "set"))?;
+            self.global
+                .set(i, v, 0)
+                .map_err(map_err(map_names::GLOBAL_STATS, "set"))?;
         }
         Ok(())
     }
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    let missing = || DataplaneError::MissingInObject { what: "XDP program", name: PROGRAM_NAME.to_string() };
+    let missing = || DataplaneError::MissingInObject {
+        what: "XDP program",
+        name: PROGRAM_NAME.to_string(),
+    };
     let prog = ebpf.program_mut(PROGRAM_NAME).ok_or_else(missing)?;
     prog.try_into().map_err(|_| missing())
 }
@@ -448,21 +498,35 @@ fn sum_srv(v: &PerCpuValues<ServerStats>) -> ServerStats {
 impl Dataplane for AyaDataplane {
     fn set_server(&mut self, id: u32, server: &ServerEntry) -> Result<(), DataplaneError> {
         check_server_id(id)?;
-        self.servers.set(id, server.to_value(), 0).map_err(map_err(map_names::SERVERS, "set"))
+        self.servers
+            .set(id, server.to_value(), 0)
+            .map_err(map_err(map_names::SERVERS, "set"))
     }
 
     fn remove_server(&mut self, id: u32) -> Result<(), DataplaneError> {
         check_server_id(id)?;
-        self.servers.set(id, ServerValue::default(), 0).map_err(map_err(map_names::SERVERS, "clear"))
+        self.servers
+            .set(id, ServerValue::default(), 0)
+            .map_err(map_err(map_names::SERVERS, "clear"))
     }
 
-    fn set_resource(&mut self, m: &ResourceMatch, a: &ResourceAssignment) -> Result<(), DataplaneError> {
+    fn set_resource(
+        &mut self,
+        m: &ResourceMatch,
+        a: &ResourceAssignment,
+    ) -> Result<(), DataplaneError> {
         check_resource_id(a.resource_id)?;
         if let Some(id) = a.server {
             check_server_id(id)?;
-            let s = self.servers.get(&id, 0).map_err(map_err(map_names::SERVERS, "get"))?;
+            let s = self
+                .servers
+                .get(&id, 0)
+                .map_err(map_err(map_names::SERVERS, "get"))?;
             if s.family != super::family(m.vip) {
-                return Err(DataplaneError::FamilyMismatch { matcher: *m, server: id });
+                return Err(DataplaneError::FamilyMismatch {
+                    matcher: *m,
+                    server: id,
+                });
             }
         }
         self.resources
@@ -478,18 +542,26 @@ impl Dataplane for AyaDataplane {
     }
 
     fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
-        self.config.set(0, *config, 0).map_err(map_err(map_names::CONFIG, "set"))
+        self.config
+            .set(0, *config, 0)
+            .map_err(map_err(map_names::CONFIG, "set"))
     }
 
     fn resource_stats(&self, id: u32) -> Result<ResourceStats, DataplaneError> {
         check_resource_id(id)?;
-        let v = self.res_stats.get(&id, 0).map_err(map_err(map_names::RESOURCE_STATS, "get"))?;
+        let v = self
+            .res_stats
+            .get(&id, 0)
+            .map_err(map_err(map_names::RESOURCE_STATS, "get"))?;
         Ok(sum_res(&v))
     }
 
     fn server_stats(&self, id: u32) -> Result<ServerStats, DataplaneError> {
         check_server_id(id)?;
-        let v = self.srv_stats.get(&id, 0).map_err(map_err(map_names::SERVER_STATS, "get"))?;
+        let v = self
+            .srv_stats
+            .get(&id, 0)
+            .map_err(map_err(map_names::SERVER_STATS, "get"))?;
         Ok(sum_srv(&v))
     }
 

@@ -47,7 +47,11 @@ impl Dataplane for MemoryDataplane {
         Ok(())
     }
 
-    fn set_resource(&mut self, m: &ResourceMatch, a: &ResourceAssignment) -> Result<(), DataplaneError> {
+    fn set_resource(
+        &mut self,
+        m: &ResourceMatch,
+        a: &ResourceAssignment,
+    ) -> Result<(), DataplaneError> {
         check_resource_id(a.resource_id)?;
         if let Some(id) = a.server {
             check_server_id(id)?;

@@ -11,7 +11,10 @@ mod memory;
 
 use std::net::IpAddr;
 
-pub use ebpf::{detach, pinned_dataplane_exists, Attached, AyaDataplane, AyaOptions, XdpAttachMode, DEFAULT_PIN_DIR};
+pub use ebpf::{
+    detach, pinned_dataplane_exists, Attached, AyaDataplane, AyaOptions, XdpAttachMode,
+    DEFAULT_PIN_DIR,
+};
 pub use ftn_common::{DataplaneConfig, GlobalCounter, ResourceStats, ServerStats};
 pub use memory::MemoryDataplane;
 
@@ -22,11 +25,12 @@ use ftn_common::{
 };
 
 /// The eBPF object built by build.rs (ftn-ebpf for bpfel-unknown-none).
-pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftn-ebpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftn-ebpf"));
 
 /// Transport protocol of a resource.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -69,7 +73,11 @@ impl ResourceMatch {
     pub fn to_key(&self) -> ResourceKey {
         ResourceKey {
             vip: ip_words(self.vip),
-            port: if self.protocol == Protocol::Icmp { 0 } else { self.port.to_be() },
+            port: if self.protocol == Protocol::Icmp {
+                0
+            } else {
+                self.port.to_be()
+            },
             proto: self.protocol.number(self.vip),
             family: family(self.vip),
         }
@@ -136,10 +144,20 @@ impl ServerEntry {
 /// One change to the dataplane's maps.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    SetServer { id: u32, server: ServerEntry },
-    RemoveServer { id: u32 },
-    SetResource { matcher: ResourceMatch, assignment: ResourceAssignment },
-    RemoveResource { matcher: ResourceMatch },
+    SetServer {
+        id: u32,
+        server: ServerEntry,
+    },
+    RemoveServer {
+        id: u32,
+    },
+    SetResource {
+        matcher: ResourceMatch,
+        assignment: ResourceAssignment,
+    },
+    RemoveResource {
+        matcher: ResourceMatch,
+    },
     SetConfig(DataplaneConfig),
 }
 
@@ -155,15 +173,15 @@ pub enum DataplaneError {
     #[error("the eBPF object has no {what} named {name:?} (was it built from this source?)")]
     MissingInObject { what: &'static str, name: String },
     #[error("loading the eBPF object failed")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("loading the XDP program into the kernel failed (BPF permission? verifier?)")]
-    Program(#[source] aya::programs::ProgramError),
+    Program(#[source] Box<aya::programs::ProgramError>),
     #[error("attaching XDP to interface {interface:?} in {mode} mode failed")]
     Attach {
         interface: String,
         mode: XdpAttachMode,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("interface {0:?} does not exist")]
     UnknownInterface(String),
@@ -172,7 +190,7 @@ pub enum DataplaneError {
         map: &'static str,
         op: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("pinning or opening pinned objects under {path} failed: {detail}")]
     Pin { path: String, detail: String },
@@ -205,9 +223,10 @@ pub trait Dataplane: Send {
             let r = match c {
                 Change::SetServer { id, server } => self.set_server(*id, server),
                 Change::RemoveServer { id } => self.remove_server(*id),
-                Change::SetResource { matcher, assignment } => {
-                    self.set_resource(matcher, assignment)
-                }
+                Change::SetResource {
+                    matcher,
+                    assignment,
+                } => self.set_resource(matcher, assignment),
                 Change::RemoveResource { matcher } => self.remove_resource(matcher),
                 Change::SetConfig(c) => self.set_config(c),
             };
@@ -219,14 +238,20 @@ pub trait Dataplane: Send {
 
 pub(crate) fn check_server_id(id: u32) -> Result<(), DataplaneError> {
     if id >= MAX_SERVERS {
-        return Err(DataplaneError::ServerIdOutOfRange { id, max: MAX_SERVERS });
+        return Err(DataplaneError::ServerIdOutOfRange {
+            id,
+            max: MAX_SERVERS,
+        });
     }
     Ok(())
 }
 
 pub(crate) fn check_resource_id(id: u32) -> Result<(), DataplaneError> {
     if id >= MAX_RESOURCES {
-        return Err(DataplaneError::ResourceIdOutOfRange { id, max: MAX_RESOURCES });
+        return Err(DataplaneError::ResourceIdOutOfRange {
+            id,
+            max: MAX_RESOURCES,
+        });
     }
     Ok(())
 }
@@ -252,20 +277,36 @@ mod tests {
 
     #[test]
     fn keys_use_network_order() {
-        let m = ResourceMatch { vip: "198.18.0.10".parse().unwrap(), protocol: Protocol::Tcp, port: 80 };
+        let m = ResourceMatch {
+            vip: "198.18.0.10".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
         let k = m.to_key();
         assert_eq!(k.port.to_ne_bytes(), [0, 80]);
         assert_eq!(&addr::octets(k.vip)[..4], &[198, 18, 0, 10]);
         assert_eq!((k.proto, k.family), (PROTO_TCP, FAMILY_V4));
-        let m = ResourceMatch { vip: "2001:2::10".parse().unwrap(), protocol: Protocol::Icmp, port: 7 };
+        let m = ResourceMatch {
+            vip: "2001:2::10".parse().unwrap(),
+            protocol: Protocol::Icmp,
+            port: 7,
+        };
         let k = m.to_key();
         assert_eq!((k.port, k.proto, k.family), (0, PROTO_ICMPV6, FAMILY_V6));
     }
 
     #[test]
     fn no_server_is_encoded() {
-        let a = ResourceAssignment { resource_id: 3, server: None, generation: 9, on_no_server: NoServerAction::Reject };
+        let a = ResourceAssignment {
+            resource_id: 3,
+            server: None,
+            generation: 9,
+            on_no_server: NoServerAction::Reject,
+        };
         let v = a.to_value();
-        assert_eq!((v.server_id, v.flags, v.generation), (NO_SERVER, RES_FLAG_REJECT, 9));
+        assert_eq!(
+            (v.server_id, v.flags, v.generation),
+            (NO_SERVER, RES_FLAG_REJECT, 9)
+        );
     }
 }
