@@ -41,6 +41,9 @@ enum Task {
     },
     /// clippy -D warnings on every host crate, and the eBPF crate with -D warnings.
     Lint,
+    /// Set up, build, and run the live demo lab (client, gateway, primary, backup in network
+    /// namespaces): failover when the primary's service dies, failback when it returns.
+    Demo,
     /// Set up, build, lint, then run every test, including those that need root, BPF and
     /// network namespaces (run one at a time).
     Test,
@@ -59,6 +62,25 @@ fn main() -> Result<()> {
         Task::Lint => {
             setup()?;
             lint()
+        }
+        Task::Demo => {
+            setup()?;
+            if !is_root() {
+                bail!("the demo creates network namespaces and loads XDP: run `sudo cargo xtask demo`");
+            }
+            Cmd::new(
+                "cargo",
+                &[
+                    "run",
+                    "--locked",
+                    "--quiet",
+                    "--package",
+                    "ftn-tests",
+                    "--bin",
+                    "ftn-lab-demo",
+                ],
+            )
+            .run()
         }
         Task::Test => {
             setup()?;
