@@ -263,7 +263,17 @@ impl AyaDataplane {
         };
         dp.set_config(&DataplaneConfig::default())?;
         for interface in &opts.interfaces {
-            dp.attach(interface, opts.mode, opts.pin_dir.as_deref())?;
+            if let Err(e) = dp.attach(interface, opts.mode, opts.pin_dir.as_deref()) {
+                // Nothing half-applied: unpin what this load pinned (links already attached
+                // are detached with it) before reporting the error.
+                drop(dp);
+                if let Some(dir) = &opts.pin_dir {
+                    if let Err(clean) = detach(dir) {
+                        tracing::warn!(error = %clean, "clean-up after a failed load");
+                    }
+                }
+                return Err(e);
+            }
         }
         Ok(dp)
     }
@@ -400,6 +410,15 @@ impl AyaDataplane {
     /// The loaded object (for aya-log): None when adopted.
     pub fn ebpf_mut(&mut self) -> Option<&mut Ebpf> {
         self.ebpf.as_mut()
+    }
+
+    /// The value stored for a resource match, if any.
+    pub fn resource(&self, m: &ResourceMatch) -> Result<Option<ResourceValue>, DataplaneError> {
+        match self.resources.get(&m.to_key(), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(map_names::RESOURCES, "get")(e)),
+        }
     }
 
     /// Every entry of the flow table.
