@@ -10,7 +10,6 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use aya_log_ebpf::warn;
 use ftn_common::{GlobalCounter, PROTO_TCP, PROTO_UDP};
 
 use crate::{
@@ -56,29 +55,33 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> Resu
         return Ok(xdp_action::XDP_PASS);
     }
     let egress = p.ifindex;
-    if egress != ingress && FTN_DEVMAP.get(egress).is_none() {
-        // Misconfiguration (an egress interface ftn was not told about): the kernel forwards.
-        warn!(
-            ctx,
-            "ftn: egress ifindex {} is not in FTN_DEVMAP; passing", egress
-        );
-        count(GlobalCounter::PassNotInDevmap);
-        return Ok(xdp_action::XDP_PASS);
-    }
-    decrement_ttl(ctx, pkt)?;
-    write(ctx, 0, p.dmac)?;
-    write(ctx, 6, p.smac)?;
     if egress == ingress {
+        rewrite_l2(ctx, pkt, &p)?;
         count(GlobalCounter::Tx);
         return Ok(xdp_action::XDP_TX);
     }
+    // `bpf_redirect_map` only records the target (the redirect happens after the program
+    // returns), so it doubles as the devmap membership check, before anything is rewritten.
     match FTN_DEVMAP.redirect(egress, 0) {
         Ok(action) => {
+            rewrite_l2(ctx, pkt, &p)?;
             count(GlobalCounter::Redirect);
             Ok(action)
         }
-        Err(action) => Ok(action),
+        Err(_) => {
+            // Misconfiguration (an egress interface ftn was not told about): the kernel forwards.
+            count(GlobalCounter::PassNotInDevmap);
+            Ok(xdp_action::XDP_PASS)
+        }
     }
+}
+
+/// Fast-path hop: TTL / hop limit and MACs from the FIB answer.
+#[inline(always)]
+fn rewrite_l2(ctx: &XdpContext, pkt: &Pkt, p: &FibParams) -> Result<(), ()> {
+    decrement_ttl(ctx, pkt)?;
+    write(ctx, 0, p.dmac)?;
+    write(ctx, 6, p.smac)
 }
 
 #[inline(always)]

@@ -93,10 +93,14 @@ fn sum_words<const N: usize>(ctx: &XdpContext, off: usize) -> Result<u64, ()> {
 
 #[inline(always)]
 fn swap_macs(ctx: &XdpContext, macs: [u8; 12]) -> Result<(), ()> {
-    let mut m = [0u8; 12];
-    m[..6].copy_from_slice(&macs[6..]);
-    m[6..].copy_from_slice(&macs[..6]);
-    write(ctx, 0, m)
+    let e = eth(macs, 0);
+    write::<[u8; 12]>(
+        ctx,
+        0,
+        [
+            e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9], e[10], e[11],
+        ],
+    )
 }
 
 /// Writes an IPv4 header (no options) from `src` to `dst` at offset `off` with its checksum.
