@@ -1,31 +1,289 @@
-//! `ftn`: the gateway's command line. The daemon (`ftn run`), its configuration and the
-//! operator commands that talk to it come with the controller (issue 3); what exists today
-//! works on the pinned dataplane directly.
-use std::path::PathBuf;
+//! `ftn`: the gateway's command line: the daemon (`ftn run`) and the operator commands that
+//! talk to it through its admin API.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use ftn_controller::api::{self, Done, ErrorBody, ServerBody, SwitchoverBody};
+use ftn_controller::daemon::Status;
 use ftn_controller::dataplane::{self, DEFAULT_PIN_DIR};
+use ftn_controller::directory::{now_ms, Event, Health};
+use ftn_controller::{config, daemon};
+
+const DEFAULT_CONFIG: &str = "/etc/ftn/ftn.toml";
+const DEFAULT_API: &str = "127.0.0.1:7480";
 
 #[derive(Parser)]
 #[command(
     name = "ftn",
     version,
-    about = "ftn: a fault-tolerant network gateway (XDP)"
+    about = "ftn: a fault-tolerant network gateway (XDP dataplane, health-checked failover)"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// How the operator commands find the daemon.
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    /// The daemon's configuration: where its API listens and its token file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG, env = "FTN_CONFIG")]
+    config: PathBuf,
+    /// Admin API address (default: api.listen of --config, else 127.0.0.1:7480).
+    #[arg(long, env = "FTN_API")]
+    api: Option<SocketAddr>,
+    /// File holding the API token (default: the token of --config).
+    #[arg(long, env = "FTN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller: load (or adopt) the XDP dataplane, check servers, fail over.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "FTN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without running anything.
+    CheckConfig { file: PathBuf },
+    /// Resources (current server, state, since, why) and servers (health, checks, latency).
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The event log: every change and why.
+    Events {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many (1..=10000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a resource's new flows to one of its servers now (and keep them there until that
+    /// server fails or another switchover; switching to the primary returns to the policy).
+    Switchover {
+        resource: String,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Take a server out of service for maintenance: new flows move now, established flows
+    /// finish or move after the drain time.
+    Drain {
+        server: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Put a drained server back in service.
+    Undrain {
+        server: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Ask the daemon to reload its configuration file (same as SIGHUP).
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Remove a pinned dataplane: detach XDP from its interfaces and delete its pinned maps.
+    /// Stop `ftn run` first; traffic to the VIPs is no longer forwarded by ftn afterwards.
     Detach {
         /// Where the dataplane is pinned.
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+}
+
+struct Target {
+    addr: SocketAddr,
+    token: Option<String>,
+}
+
+fn target(a: &ApiArgs) -> anyhow::Result<Target> {
+    let cfg = config::load(&a.config).ok();
+    let addr = match (a.api, &cfg) {
+        (Some(addr), _) => addr,
+        (None, Some(c)) => c.api.listen,
+        (None, None) => DEFAULT_API.parse()?,
+    };
+    let token = match &a.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the API token from {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => cfg.and_then(|c| c.api.token.clone()),
+    };
+    Ok(Target { addr, token })
+}
+
+async fn get<T: serde::de::DeserializeOwned>(t: &Target, path: &str) -> anyhow::Result<T> {
+    let (code, body) = api::call(t.addr, "GET", path, None, None).await?;
+    decode(code, &body)
+}
+
+async fn post(t: &Target, path: &str, body: serde_json::Value) -> anyhow::Result<String> {
+    let (code, body) = api::call(t.addr, "POST", path, t.token.as_deref(), Some(&body)).await?;
+    let done: Done = decode(code, &body)?;
+    Ok(done.result)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(code: u16, body: &str) -> anyhow::Result<T> {
+    if !(200..300).contains(&code) {
+        let msg = serde_json::from_str::<ErrorBody>(body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| body.to_string());
+        anyhow::bail!("the daemon refused ({code}): {msg}");
+    }
+    serde_json::from_str(body).with_context(|| format!("unexpected answer from the daemon: {body}"))
+}
+
+fn ago(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let d = now_ms().saturating_sub(ms) / 1000;
+    match d {
+        0..=119 => format!("{d}s ago"),
+        120..=7199 => format!("{}m ago", d / 60),
+        7200..=172_799 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+fn print_status(st: &Status) {
+    println!(
+        "gateway {}  directory {} (revision {})  interfaces {}{}",
+        st.gateway,
+        st.directory,
+        st.revision,
+        st.interfaces.join(","),
+        if st.adopted { "  (adopted a pinned dataplane)" } else { "" }
+    );
+    println!();
+    let mut rows = vec![[
+        "RESOURCE".to_string(),
+        "VIP".into(),
+        "SERVICE".into(),
+        "CURRENT".into(),
+        "STATE".into(),
+        "SINCE".into(),
+        "WHY".into(),
+    ]];
+    for r in &st.resources {
+        let ports = if r.ports.is_empty() {
+            r.protocol.clone()
+        } else {
+            format!(
+                "{}/{}",
+                r.protocol,
+                r.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+            )
+        };
+        rows.push([
+            r.name.clone(),
+            r.vip.clone(),
+            ports,
+            r.current.clone().unwrap_or_else(|| "-".into()),
+            r.state.clone(),
+            ago(r.since_ms),
+            r.reason.clone(),
+        ]);
+    }
+    table(&rows);
+    println!();
+    let mut rows = vec![[
+        "SERVER".to_string(),
+        "ADDRESS".into(),
+        "HEALTH".into(),
+        "SINCE".into(),
+        "CHECKS".into(),
+        "EVIDENCE".into(),
+    ]];
+    for s in &st.servers {
+        let checks = s
+            .checks
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {:.1}ms",
+                    c.check,
+                    if c.up { "up" } else { "down" },
+                    c.last_latency_us as f64 / 1000.0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let health = match (s.health, s.drained) {
+            (Health::Up, false) => "up",
+            (Health::Up, true) => "up, drained",
+            (Health::Down, false) => "down",
+            (Health::Down, true) => "down, drained",
+        };
+        rows.push([
+            s.name.clone(),
+            s.address.clone(),
+            health.into(),
+            ago(s.since_ms),
+            if checks.is_empty() { "-".into() } else { checks },
+            s.evidence.clone(),
+        ]);
+    }
+    table(&rows);
+}
+
+fn table<const N: usize>(rows: &[[String; N]]) {
+    let mut w = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == N {
+                    c.clone()
+                } else {
+                    format!("{c:<width$}", width = w[i])
+                }
+            })
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    match config::load(file) {
+        Ok(c) => {
+            println!(
+                "{}: valid ({} server(s), {} resource(s), interfaces {})",
+                file.display(),
+                c.servers.len(),
+                c.resources.len(),
+                c.gateway.interfaces.join(",")
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            anyhow::bail!("{}: invalid, {} problem(s)", file.display(), e.problems.len())
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,7 +292,68 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Run { config } => rt.block_on(daemon::run(&config)),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Status { api, json } => rt.block_on(async {
+            let t = target(&api)?;
+            if json {
+                let (code, body) = api::call(t.addr, "GET", "/v1/status", None, None).await?;
+                let _: serde_json::Value = decode(code, &body)?;
+                println!("{body}");
+            } else {
+                print_status(&get::<Status>(&t, "/v1/status").await?);
+            }
+            Ok(())
+        }),
+        Command::Events {
+            api,
+            after,
+            limit,
+            json,
+        } => rt.block_on(async {
+            let t = target(&api)?;
+            let ev: Vec<Event> = get(&t, &format!("/v1/events?after={after}&limit={limit}")).await?;
+            for e in ev {
+                if json {
+                    println!("{}", serde_json::to_string(&e)?);
+                } else {
+                    let at = humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms),
+                    );
+                    println!("{:>6}  {at}  {:<11} {}", e.seq, e.kind, e.message);
+                }
+            }
+            Ok(())
+        }),
+        Command::Switchover { resource, to, api } => rt.block_on(async {
+            let t = target(&api)?;
+            let body = serde_json::to_value(SwitchoverBody { resource, to })?;
+            println!("{}", post(&t, "/v1/switchover", body).await?);
+            Ok(())
+        }),
+        Command::Drain { server, api } => rt.block_on(async {
+            let t = target(&api)?;
+            let body = serde_json::to_value(ServerBody { server })?;
+            println!("{}", post(&t, "/v1/drain", body).await?);
+            Ok(())
+        }),
+        Command::Undrain { server, api } => rt.block_on(async {
+            let t = target(&api)?;
+            let body = serde_json::to_value(ServerBody { server })?;
+            println!("{}", post(&t, "/v1/undrain", body).await?);
+            Ok(())
+        }),
+        Command::Reload { api } => rt.block_on(async {
+            let t = target(&api)?;
+            println!("{}", post(&t, "/v1/reload", serde_json::json!({})).await?);
+            Ok(())
+        }),
         Command::Detach { pin_dir } => {
             if !pin_dir.exists() {
                 println!("nothing pinned at {}", pin_dir.display());

@@ -421,6 +421,28 @@ impl AyaDataplane {
         }
     }
 
+    /// Every resource match in the resource table.
+    pub fn resource_matches(&self) -> Result<Vec<ResourceMatch>, DataplaneError> {
+        let keys: Vec<ResourceKey> = self
+            .resources
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::RESOURCES, "iterate"))?;
+        Ok(keys.iter().filter_map(ResourceMatch::from_key).collect())
+    }
+
+    /// Ids of the server slots that hold a server.
+    pub fn configured_server_ids(&self) -> Result<Vec<u32>, DataplaneError> {
+        let mut out = Vec::new();
+        for (id, v) in self.servers.iter().enumerate() {
+            let v = v.map_err(map_err(map_names::SERVERS, "iterate"))?;
+            if v.family != 0 {
+                out.push(id as u32);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every entry of the flow table.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
         self.flows

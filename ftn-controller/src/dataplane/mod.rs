@@ -70,6 +70,27 @@ pub struct ResourceMatch {
 }
 
 impl ResourceMatch {
+    /// The match a map key stands for (None for a key no controller writes).
+    pub fn from_key(k: &ResourceKey) -> Option<ResourceMatch> {
+        let o = addr::octets(k.vip);
+        let vip = match k.family {
+            FAMILY_V4 => IpAddr::from([o[0], o[1], o[2], o[3]]),
+            FAMILY_V6 => IpAddr::from(o),
+            _ => return None,
+        };
+        let protocol = match k.proto {
+            PROTO_TCP => Protocol::Tcp,
+            PROTO_UDP => Protocol::Udp,
+            PROTO_ICMP | PROTO_ICMPV6 => Protocol::Icmp,
+            _ => return None,
+        };
+        Some(ResourceMatch {
+            vip,
+            protocol,
+            port: u16::from_be(k.port),
+        })
+    }
+
     pub fn to_key(&self) -> ResourceKey {
         ResourceKey {
             vip: ip_words(self.vip),
@@ -293,6 +314,13 @@ mod tests {
         };
         let k = m.to_key();
         assert_eq!((k.port, k.proto, k.family), (0, PROTO_ICMPV6, FAMILY_V6));
+        assert_eq!(ResourceMatch::from_key(&k), Some(ResourceMatch { port: 0, ..m }));
+        let m4 = ResourceMatch {
+            vip: "198.18.0.10".parse().unwrap(),
+            protocol: Protocol::Udp,
+            port: 53,
+        };
+        assert_eq!(ResourceMatch::from_key(&m4.to_key()), Some(m4));
     }
 
     #[test]

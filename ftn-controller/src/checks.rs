@@ -1,0 +1,1941 @@
+//! Active health checks ("heartbeats") for servers.
+//!
+//! # Pieces
+//!
+//! - [`probe_once`] runs one probe ([`Probe`]: TCP connect, HTTP status, UDP request/reply, ICMP
+//!   echo) against an address and returns its latency or a human-readable [`ProbeFailure`].
+//! - [`Hysteresis`] is the pure per-check state machine: from up, `fall` consecutive failures
+//!   turn the check down; from down, `rise` consecutive successes turn it up. Any result that
+//!   agrees with the current state resets the streak, so with `fall >= 2` a single lost probe
+//!   never moves traffic, and a flapping target (alternating ok/fail) never changes state at all.
+//! - [`ServerChecker`] runs one tokio task per [`CheckSpec`] of a server and combines them: a
+//!   server is up when *all* its checks are up (with no checks it is always up).
+//!
+//! # Why only transitions go over the channel
+//!
+//! The consumer of [`HealthChange`]s is the failover engine, which moves traffic. It must act on
+//! state *changes*, and only on them: sending every probe result would make it re-derive the
+//! hysteresis, and a slow consumer would fall behind on thousands of stale "still up" messages.
+//! A flip of the server-level verdict is rare, small, and carries its evidence (e.g.
+//! `2 consecutive tcp:80 checks failed: connection refused`) for the log and the API. Everything
+//! that changes per probe (latency, ok/failed counters, per-check state) lives in [`CheckStats`]
+//! atomics shared with the API/metrics, which read them whenever they like. The server-level
+//! flips are serialised under one lock that is held while the change is sent, so the receiver
+//! always sees them in order and alternating (down, up, down, ...).
+//!
+//! # Why `initial_up`
+//!
+//! The directory records the last verdict. When the controller restarts, the dataplane keeps
+//! forwarding according to that verdict. If checkers started "down" and had to re-run `rise`
+//! successes, every server would be reported down then up again — moving traffic for nothing
+//! — and if they started "up", a server that was down would briefly be re-admitted. Starting
+//! every check in the recorded state means a restart changes nothing unless the probes disagree
+//! with the record (and then only after `fall`/`rise` probes, as always).
+//!
+//! # Scheduling
+//!
+//! Each check probes on a [`tokio::time::interval`] with [`MissedTickBehavior::Delay`] (a slow
+//! probe or a stalled runtime never causes a burst of catch-up probes). The first probe of each
+//! check is delayed by a deterministic offset in `[0, interval)` derived from a hash of the
+//! server name and the check's index, so a thousand servers configured at once do not probe in
+//! lockstep. All timing goes through `tokio::time`, so tests can pause time.
+//!
+//! # `suspect()`
+//!
+//! The dataplane sees trouble before the probes do (e.g. "3 client SYNs unanswered"). Passive
+//! evidence alone is not trusted to mark a server down — one unlucky client, a SYN flood or a
+//! client-side problem would otherwise evict healthy servers — but it is a good reason to look
+//! *now*. [`ServerChecker::suspect`] makes every check that is currently up probe immediately
+//! and then back to back (one probe every `timeout`) until the verdict is confirmed either way:
+//! `fall` consecutive failures (the check goes down through the normal hysteresis) or a single
+//! success (back to the normal pace). Detection time thus drops from about `fall * interval` to
+//! about `fall * timeout`, and the decision is still made by active probes only.
+
+use std::{
+    future::Future,
+    io::{self, Read, Write},
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime},
+};
+
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use tokio::{
+    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
+    net::{TcpStream, UdpSocket},
+    sync::mpsc,
+    time::{Instant, MissedTickBehavior},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+// ------------------------------------------------------------------------------------------------
+// Input types
+// ------------------------------------------------------------------------------------------------
+
+/// What one health check does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Success = the TCP handshake completes.
+    Tcp { port: u16 },
+    /// Success = the HTTP status code of `GET path` equals `expect_status`.
+    Http {
+        port: u16,
+        path: String,
+        host: Option<String>,
+        expect_status: u16,
+    },
+    /// Success = a datagram comes back (containing `expect`, when given).
+    Udp {
+        port: u16,
+        send: Vec<u8>,
+        expect: Option<Vec<u8>>,
+    },
+    /// Success = an ICMP (v4 or v6) echo reply comes back.
+    Icmp,
+}
+
+impl Probe {
+    /// Short label naming the check in evidence, logs and stats: `tcp:80`, `http:8080`,
+    /// `udp:53`, `icmp`.
+    pub fn label(&self) -> String {
+        match self {
+            Probe::Tcp { port } => format!("tcp:{port}"),
+            Probe::Http { port, .. } => format!("http:{port}"),
+            Probe::Udp { port, .. } => format!("udp:{port}"),
+            Probe::Icmp => "icmp".to_string(),
+        }
+    }
+}
+
+/// One health check of a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckSpec {
+    pub probe: Probe,
+    /// Time between the starts of two probes (normal pace).
+    pub interval: Duration,
+    /// How long one probe may take before it counts as failed.
+    pub timeout: Duration,
+    /// Consecutive successes that turn a down check up.
+    pub rise: u32,
+    /// Consecutive failures that turn an up check down.
+    pub fall: u32,
+}
+
+/// Why a probe failed, as a short human-readable reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct ProbeFailure {
+    pub reason: String,
+}
+
+impl ProbeFailure {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Probes
+// ------------------------------------------------------------------------------------------------
+
+/// Runs one probe against `addr` and returns its latency. The whole probe (connect, exchange)
+/// is bounded by `timeout`.
+pub async fn probe_once(
+    probe: &Probe,
+    addr: IpAddr,
+    timeout: Duration,
+) -> Result<Duration, ProbeFailure> {
+    let started = Instant::now();
+    let result = match probe {
+        Probe::Tcp { port } => bounded(
+            timeout,
+            timed_out,
+            tcp_connect(SocketAddr::new(addr, *port)),
+        )
+        .await
+        .map(drop),
+        Probe::Http {
+            port,
+            path,
+            host,
+            expect_status,
+        } => {
+            bounded(
+                timeout,
+                timed_out,
+                http_probe(
+                    SocketAddr::new(addr, *port),
+                    path,
+                    host.as_deref(),
+                    *expect_status,
+                ),
+            )
+            .await
+        }
+        Probe::Udp { port, send, expect } => {
+            udp_probe(
+                SocketAddr::new(addr, *port),
+                send,
+                expect.as_deref(),
+                timeout,
+            )
+            .await
+        }
+        Probe::Icmp => icmp_probe(addr, timeout).await,
+    };
+    result.map(|()| started.elapsed())
+}
+
+/// Runs `fut` under `timeout`; on expiry fails with `expired(formatted timeout)`.
+async fn bounded<T>(
+    timeout: Duration,
+    expired: impl FnOnce(String) -> String,
+    fut: impl Future<Output = Result<T, ProbeFailure>>,
+) -> Result<T, ProbeFailure> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(ProbeFailure::new(expired(fmt_duration(timeout)))),
+    }
+}
+
+fn timed_out(t: String) -> String {
+    format!("timed out after {t}")
+}
+
+/// `50ms`, `2s`, or the Debug form for anything not a whole number of milliseconds.
+fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if Duration::from_millis(ms as u64) != d {
+        format!("{d:?}")
+    } else if ms >= 1000 && ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// A short reason for an I/O error, without the "(os error N)" noise for the common cases.
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::ConnectionAborted => "connection aborted".into(),
+        io::ErrorKind::HostUnreachable => "host unreachable".into(),
+        io::ErrorKind::NetworkUnreachable => "network unreachable".into(),
+        io::ErrorKind::AddrNotAvailable => "address not available".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Connects, then sets `SO_LINGER` to 0 so that dropping the stream sends a RST instead of a FIN.
+///
+/// A health checker opens a connection every interval to every server and closes it first; with
+/// a normal close each of those connections would sit in TIME_WAIT on our side for 60 s, i.e.
+/// thousands of sockets and, towards one server port, a slow exhaustion of ephemeral ports. An
+/// abortive close (RST) leaves no TIME_WAIT behind. The server never notices the difference for
+/// a bare connect check, and for HTTP it has already sent what we wanted. A zero linger never
+/// blocks in `close()` (it is the non-zero values that make the kernel wait, which is why tokio
+/// deprecated its own `set_linger`), so we set it through socket2 on the connected socket.
+async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, ProbeFailure> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| ProbeFailure::new(describe_io(&e)))?;
+    if let Err(e) = SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+        // Not a reason to fail the probe: the server answered.
+        debug!(%addr, error = %e, "cannot set SO_LINGER on health check connection");
+    }
+    Ok(stream)
+}
+
+/// The longest status line (plus whatever came with it) we read before giving up.
+const MAX_STATUS_LINE: usize = 8 * 1024;
+
+async fn http_probe(
+    addr: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+    expect_status: u16,
+) -> Result<(), ProbeFailure> {
+    let path = if path.is_empty() { "/" } else { path };
+    if path.contains(['\r', '\n', ' ']) {
+        return Err(ProbeFailure::new(format!("invalid HTTP path {path:?}")));
+    }
+    let host = match host {
+        Some(h) if h.contains(['\r', '\n']) => {
+            return Err(ProbeFailure::new(format!("invalid HTTP host {h:?}")))
+        }
+        Some(h) => h.to_string(),
+        None => host_header(addr),
+    };
+    let mut stream = tcp_connect(addr).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: ftn-check\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| ProbeFailure::new(format!("sending request: {}", describe_io(&e))))?;
+
+    let mut buf = Vec::with_capacity(256);
+    let line_end = loop {
+        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            break pos;
+        }
+        if buf.len() >= MAX_STATUS_LINE {
+            return Err(ProbeFailure::new("HTTP status line too long"));
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| ProbeFailure::new(format!("reading response: {}", describe_io(&e))))?;
+        if n == 0 {
+            return Err(ProbeFailure::new(if buf.is_empty() {
+                "connection closed without a response".to_string()
+            } else {
+                "connection closed before the status line was complete".to_string()
+            }));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let status = parse_status_line(&buf[..line_end])?;
+    if status == expect_status {
+        Ok(())
+    } else {
+        Err(ProbeFailure::new(format!(
+            "HTTP status {status} (expected {expect_status})"
+        )))
+    }
+}
+
+/// The default `Host` header for an address: `[v6]` in brackets, the port omitted when it is 80.
+fn host_header(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    if addr.port() == 80 {
+        ip
+    } else {
+        format!("{ip}:{}", addr.port())
+    }
+}
+
+/// Parses `HTTP/1.x NNN reason` and returns NNN.
+fn parse_status_line(line: &[u8]) -> Result<u16, ProbeFailure> {
+    let bad = || {
+        let shown: String = String::from_utf8_lossy(line).chars().take(80).collect();
+        ProbeFailure::new(format!("malformed HTTP status line {shown:?}"))
+    };
+    let line = std::str::from_utf8(line).map_err(|_| bad())?;
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let code = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/") || code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    code.parse().map_err(|_| bad())
+}
+
+async fn udp_probe(
+    addr: SocketAddr,
+    send: &[u8],
+    expect: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<(), ProbeFailure> {
+    // An ICMP port unreachable for a connected UDP socket is reported as ECONNREFUSED on the next
+    // send or recv.
+    let io_err = |what: &str, e: io::Error| {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            ProbeFailure::new("port unreachable")
+        } else {
+            ProbeFailure::new(format!("{what}: {}", describe_io(&e)))
+        }
+    };
+    let exchange = async {
+        let local: SocketAddr = match addr {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(local)
+            .await
+            .map_err(|e| io_err("binding", e))?;
+        socket
+            .connect(addr)
+            .await
+            .map_err(|e| io_err("connecting", e))?;
+        socket.send(send).await.map_err(|e| io_err("sending", e))?;
+        let mut buf = vec![0u8; 65536];
+        let n = socket
+            .recv(&mut buf)
+            .await
+            .map_err(|e| io_err("receiving", e))?;
+        match expect {
+            Some(expect) if !contains(&buf[..n], expect) => Err(ProbeFailure::new(format!(
+                "reply did not contain {:?}",
+                String::from_utf8_lossy(expect)
+            ))),
+            _ => Ok(()),
+        }
+    };
+    bounded(timeout, |t| format!("no reply within {t}"), exchange).await
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+// --- ICMP ---------------------------------------------------------------------------------------
+
+/// How an ICMP socket was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IcmpSocketKind {
+    /// `SOCK_RAW`: needs CAP_NET_RAW; we choose the identifier; sees every ICMP packet (IPv4:
+    /// with the IP header in front).
+    Raw,
+    /// `SOCK_DGRAM` "ping socket": unprivileged when `net.ipv4.ping_group_range` allows it; the
+    /// kernel replaces the identifier, computes the checksum and delivers only our replies,
+    /// without the IP header.
+    Dgram,
+}
+
+/// Source of echo identifiers and sequence numbers: each probe gets a fresh (identifier,
+/// sequence) pair, so replies to an earlier, timed-out probe are never taken for a new one.
+static ICMP_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn next_icmp_ids() -> (u16, u16) {
+    let n = ICMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    // The pid in the identifier keeps two ftn processes (or a `ping`) apart on raw sockets.
+    let id = (std::process::id() as u16).wrapping_add(n as u16);
+    let seq = (n >> 16) as u16;
+    (id, seq)
+}
+
+/// Opens an ICMP socket for `addr`'s family: raw if we may, else an unprivileged ping socket.
+pub(crate) fn open_icmp_socket(addr: IpAddr) -> Result<(Socket, IcmpSocketKind), ProbeFailure> {
+    let (domain, protocol) = match addr {
+        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
+        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
+    };
+    let raw_err = match Socket::new(domain, Type::RAW, Some(protocol)) {
+        Ok(s) => return Ok((s, IcmpSocketKind::Raw)),
+        Err(e) => e,
+    };
+    match Socket::new(domain, Type::DGRAM, Some(protocol)) {
+        Ok(s) => Ok((s, IcmpSocketKind::Dgram)),
+        Err(dgram_err) => Err(ProbeFailure::new(format!(
+            "cannot open an ICMP socket: raw socket: {raw_err} (needs CAP_NET_RAW); \
+             ping socket: {dgram_err} (see net.ipv4.ping_group_range)"
+        ))),
+    }
+}
+
+const ICMPV4_ECHO_REQUEST: u8 = 8;
+const ICMPV4_ECHO_REPLY: u8 = 0;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+const ICMP_PAYLOAD: &[u8] = b"ftn-check heartbeat";
+
+/// The Internet checksum (RFC 1071) of `data`.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An echo request. ICMPv4 carries its checksum; for ICMPv6 the kernel computes it (it covers
+/// a pseudo-header with addresses only the kernel knows for sure).
+fn echo_request(v6: bool, id: u16, seq: u16) -> Vec<u8> {
+    let mut pkt = Vec::with_capacity(8 + ICMP_PAYLOAD.len());
+    pkt.push(if v6 {
+        ICMPV6_ECHO_REQUEST
+    } else {
+        ICMPV4_ECHO_REQUEST
+    });
+    pkt.push(0); // code
+    pkt.extend_from_slice(&[0, 0]); // checksum
+    pkt.extend_from_slice(&id.to_be_bytes());
+    pkt.extend_from_slice(&seq.to_be_bytes());
+    pkt.extend_from_slice(ICMP_PAYLOAD);
+    if !v6 {
+        let sum = internet_checksum(&pkt);
+        pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    pkt
+}
+
+/// Whether `pkt` (as received) is the echo reply to (`id`, `seq`). `check_id` is false for ping
+/// sockets, whose identifier the kernel rewrites (and filters on itself).
+fn is_echo_reply(
+    pkt: &[u8],
+    v6: bool,
+    strip_ip_header: bool,
+    id: u16,
+    seq: u16,
+    check_id: bool,
+) -> bool {
+    let icmp = if strip_ip_header {
+        let Some(&first) = pkt.first() else {
+            return false;
+        };
+        if first >> 4 != 4 {
+            return false;
+        }
+        let ihl = usize::from(first & 0x0f) * 4;
+        if ihl < 20 {
+            return false;
+        }
+        match pkt.get(ihl..) {
+            Some(rest) => rest,
+            None => return false,
+        }
+    } else {
+        pkt
+    };
+    if icmp.len() < 8 {
+        return false;
+    }
+    let want_type = if v6 {
+        ICMPV6_ECHO_REPLY
+    } else {
+        ICMPV4_ECHO_REPLY
+    };
+    icmp[0] == want_type
+        && icmp[1] == 0
+        && (!check_id || u16::from_be_bytes([icmp[4], icmp[5]]) == id)
+        && u16::from_be_bytes([icmp[6], icmp[7]]) == seq
+}
+
+async fn icmp_probe(addr: IpAddr, timeout: Duration) -> Result<(), ProbeFailure> {
+    let (socket, kind) = open_icmp_socket(addr)?;
+    let v6 = addr.is_ipv6();
+    let setup = |e: io::Error| ProbeFailure::new(format!("ICMP socket: {}", describe_io(&e)));
+    socket.set_nonblocking(true).map_err(setup)?;
+    // Connecting filters what the socket receives to packets from `addr` (raw sockets otherwise
+    // see every ICMP packet reaching the host) and lets us use plain send/recv.
+    socket
+        .connect(&SockAddr::from(SocketAddr::new(addr, 0)))
+        .map_err(setup)?;
+    // SAFETY: `Socket` owns its file descriptor, which stays open and unchanged until the
+    // `AsyncFd` (which owns the `Socket`) is dropped.
+    let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| setup(e.into()))?;
+
+    let (id, seq) = next_icmp_ids();
+    let request = echo_request(v6, id, seq);
+    let exchange = async {
+        fd.async_io(Interest::WRITABLE, |s| (&*s).write(&request))
+            .await
+            .map_err(|e| ProbeFailure::new(format!("sending echo request: {}", describe_io(&e))))?;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let n = fd
+                .async_io(Interest::READABLE, |s| (&*s).read(&mut buf))
+                .await
+                .map_err(|e| ProbeFailure::new(format!("receiving: {}", describe_io(&e))))?;
+            let strip = kind == IcmpSocketKind::Raw && !v6;
+            if is_echo_reply(&buf[..n], v6, strip, id, seq, kind == IcmpSocketKind::Raw) {
+                return Ok(());
+            }
+            // Someone else's echo, our own request (loopback), an error message...: keep waiting.
+        }
+    };
+    bounded(timeout, |t| format!("no echo reply within {t}"), exchange).await
+}
+
+// ------------------------------------------------------------------------------------------------
+// Hysteresis
+// ------------------------------------------------------------------------------------------------
+
+/// The per-check up/down state machine.
+///
+/// From up, `fall` consecutive failures turn it down; from down, `rise` consecutive successes
+/// turn it up. A result agreeing with the current state resets the streak.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hysteresis {
+    up: bool,
+    /// Consecutive results contradicting `up`.
+    streak: u32,
+    rise: u32,
+    fall: u32,
+}
+
+impl Hysteresis {
+    /// `rise` and `fall` below 1 are treated as 1.
+    pub fn new(up: bool, rise: u32, fall: u32) -> Self {
+        Self {
+            up,
+            streak: 0,
+            rise: rise.max(1),
+            fall: fall.max(1),
+        }
+    }
+
+    /// Records one probe result; returns the new state when it flips.
+    pub fn observe(&mut self, ok: bool) -> Option<bool> {
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { self.fall } else { self.rise };
+        if self.streak >= needed {
+            self.up = ok;
+            self.streak = 0;
+            Some(ok)
+        } else {
+            None
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Consecutive results so far that contradict the current state.
+    pub fn streak(&self) -> u32 {
+        self.streak
+    }
+
+    pub fn rise(&self) -> u32 {
+        self.rise
+    }
+
+    pub fn fall(&self) -> u32 {
+        self.fall
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Checker
+// ------------------------------------------------------------------------------------------------
+
+/// A server-level state change, sent by a [`ServerChecker`] only when the verdict flips.
+#[derive(Clone, Debug)]
+pub struct HealthChange {
+    pub server: String,
+    pub up: bool,
+    /// Why, e.g. `3 consecutive tcp:80 checks passed` or
+    /// `2 consecutive tcp:80 checks failed: connection refused`.
+    pub evidence: String,
+    pub at: SystemTime,
+}
+
+/// Live counters of one check, shared with the API and metrics.
+#[derive(Default, Debug)]
+pub struct CheckStats {
+    last_latency_us: AtomicU64,
+    probes_ok: AtomicU64,
+    probes_failed: AtomicU64,
+    up: AtomicBool,
+    last_failure: Mutex<Option<String>>,
+}
+
+impl CheckStats {
+    /// Latency of the last successful probe, in microseconds (0 before the first success).
+    pub fn last_latency_us(&self) -> u64 {
+        self.last_latency_us.load(Ordering::Relaxed)
+    }
+
+    pub fn probes_ok(&self) -> u64 {
+        self.probes_ok.load(Ordering::Relaxed)
+    }
+
+    pub fn probes_failed(&self) -> u64 {
+        self.probes_failed.load(Ordering::Relaxed)
+    }
+
+    /// This check's own (hysteresis) state.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The reason of the most recent failed probe, if any probe failed yet.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn record(&self, outcome: &Result<Duration, ProbeFailure>) {
+        match outcome {
+            Ok(latency) => {
+                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                self.last_latency_us.store(us, Ordering::Relaxed);
+                self.probes_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(f) => {
+                self.probes_failed.fetch_add(1, Ordering::Relaxed);
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(f.reason.clone());
+            }
+        }
+    }
+}
+
+/// A boxed probe future, as returned by a [`Prober`].
+pub type ProbeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Duration, ProbeFailure>> + Send + 'a>>;
+
+/// Runs probes for a [`ServerChecker`]. [`NetProber`] is the real one; tests inject outcomes.
+pub trait Prober: Send + Sync + 'static {
+    fn probe<'a>(&'a self, probe: &'a Probe, addr: IpAddr, timeout: Duration) -> ProbeFuture<'a>;
+}
+
+/// The real prober: [`probe_once`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetProber;
+
+impl Prober for NetProber {
+    fn probe<'a>(&'a self, probe: &'a Probe, addr: IpAddr, timeout: Duration) -> ProbeFuture<'a> {
+        Box::pin(probe_once(probe, addr, timeout))
+    }
+}
+
+/// The smallest interval/timeout we accept (tokio's interval panics on zero).
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+
+/// Deterministic first-probe delay in `[0, interval)`, in whole milliseconds (tokio's timer
+/// resolution), for check `index` of `server` (FNV-1a of the name and the index), so checks
+/// configured together do not fire together.
+pub fn start_offset(server: &str, index: usize, interval: Duration) -> Duration {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in server.bytes().chain((index as u64).to_le_bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let ms = interval.as_millis().max(1);
+    Duration::from_millis((u128::from(hash) % ms) as u64)
+}
+
+/// State shared by the check tasks of one server.
+struct Shared {
+    server: String,
+    up: AtomicBool,
+    /// Per-check states and the server-level verdict. An async mutex because it is held while a
+    /// change is sent, which keeps the changes ordered.
+    verdict: tokio::sync::Mutex<Verdict>,
+    tx: mpsc::Sender<HealthChange>,
+}
+
+struct Verdict {
+    checks_up: Vec<bool>,
+    server_up: bool,
+}
+
+impl Shared {
+    /// Records that check `index` flipped to `up`; sends a [`HealthChange`] when that flips the
+    /// server.
+    async fn check_flipped(
+        &self,
+        index: usize,
+        up: bool,
+        evidence: String,
+        cancel: &CancellationToken,
+    ) {
+        let mut verdict = self.verdict.lock().await;
+        verdict.checks_up[index] = up;
+        let server_up = verdict.checks_up.iter().all(|&u| u);
+        if server_up == verdict.server_up {
+            debug!(server = %self.server, up, %evidence, "check changed state, server unchanged");
+            return;
+        }
+        verdict.server_up = server_up;
+        self.up.store(server_up, Ordering::Relaxed);
+        if server_up {
+            info!(server = %self.server, %evidence, "server is up");
+        } else {
+            warn!(server = %self.server, %evidence, "server is down");
+        }
+        let change = HealthChange {
+            server: self.server.clone(),
+            up: server_up,
+            evidence,
+            at: SystemTime::now(),
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            sent = self.tx.send(change) => {
+                if sent.is_err() {
+                    debug!(server = %self.server, "health change receiver is gone");
+                }
+            }
+        }
+    }
+}
+
+struct CheckHandle {
+    label: String,
+    stats: Arc<CheckStats>,
+    suspect: mpsc::Sender<String>,
+}
+
+/// Runs the health checks of one server. Dropping it (or [`ServerChecker::stop`]) stops its
+/// tasks.
+pub struct ServerChecker {
+    shared: Arc<Shared>,
+    checks: Vec<CheckHandle>,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for ServerChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerChecker")
+            .field("server", &self.shared.server)
+            .field("up", &self.is_up())
+            .field(
+                "checks",
+                &self.checks.iter().map(|c| &c.label).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl ServerChecker {
+    /// Starts one tokio task per check of this server (must be called within a tokio runtime).
+    ///
+    /// `initial_up` is the state the directory last recorded: the checker starts in that state
+    /// so a controller restart does not re-run the rise count and move traffic. A server without
+    /// checks is always up; if it was recorded down, one `up` change is sent right away.
+    /// Cancelling `cancel` stops the checker, as does [`ServerChecker::stop`].
+    pub fn spawn(
+        server: String,
+        addr: IpAddr,
+        checks: Vec<CheckSpec>,
+        initial_up: bool,
+        tx: mpsc::Sender<HealthChange>,
+        cancel: CancellationToken,
+    ) -> ServerChecker {
+        Self::spawn_with_prober(
+            server,
+            addr,
+            checks,
+            initial_up,
+            tx,
+            cancel,
+            Arc::new(NetProber),
+        )
+    }
+
+    /// [`ServerChecker::spawn`] with a custom [`Prober`].
+    pub fn spawn_with_prober(
+        server: String,
+        addr: IpAddr,
+        checks: Vec<CheckSpec>,
+        initial_up: bool,
+        tx: mpsc::Sender<HealthChange>,
+        cancel: CancellationToken,
+        prober: Arc<dyn Prober>,
+    ) -> ServerChecker {
+        let cancel = cancel.child_token();
+        let server_up = checks.is_empty() || initial_up;
+        let shared = Arc::new(Shared {
+            server: server.clone(),
+            up: AtomicBool::new(server_up),
+            verdict: tokio::sync::Mutex::new(Verdict {
+                checks_up: vec![initial_up; checks.len()],
+                server_up,
+            }),
+            tx,
+        });
+
+        if server_up != initial_up {
+            // No checks, recorded down: correct the record once.
+            let shared = Arc::clone(&shared);
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let change = HealthChange {
+                    server: shared.server.clone(),
+                    up: true,
+                    evidence: "no health checks configured".into(),
+                    at: SystemTime::now(),
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = shared.tx.send(change) => {}
+                }
+            });
+        }
+
+        let mut handles = Vec::with_capacity(checks.len());
+        for (index, spec) in checks.into_iter().enumerate() {
+            let label = spec.probe.label();
+            let stats = Arc::new(CheckStats::default());
+            stats.up.store(initial_up, Ordering::Relaxed);
+            // Capacity 1: suspicion that arrives while one is pending adds nothing.
+            let (suspect_tx, suspect_rx) = mpsc::channel(1);
+            let task = CheckTask {
+                shared: Arc::clone(&shared),
+                index,
+                label: label.clone(),
+                addr,
+                offset: start_offset(&server, index, spec.interval.max(MIN_PERIOD)),
+                hysteresis: Hysteresis::new(initial_up, spec.rise, spec.fall),
+                spec,
+                stats: Arc::clone(&stats),
+                prober: Arc::clone(&prober),
+                suspect: suspect_rx,
+                cancel: cancel.clone(),
+            };
+            tokio::spawn(task.run());
+            handles.push(CheckHandle {
+                label,
+                stats,
+                suspect: suspect_tx,
+            });
+        }
+        ServerChecker {
+            shared,
+            checks: handles,
+            cancel,
+        }
+    }
+
+    /// The server's name.
+    pub fn server(&self) -> &str {
+        &self.shared.server
+    }
+
+    /// Each check's label (e.g. `tcp:80`) and live counters.
+    pub fn stats(&self) -> Vec<(String, Arc<CheckStats>)> {
+        self.checks
+            .iter()
+            .map(|c| (c.label.clone(), Arc::clone(&c.stats)))
+            .collect()
+    }
+
+    /// The server-level verdict: all checks up.
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+
+    /// Passive evidence from the dataplane (e.g. "3 client SYNs unanswered"): every check that is
+    /// up probes at once and then back to back (every `timeout`) until the verdict is confirmed
+    /// either way — `fall` consecutive failures (down, as usual) or one success (back to the
+    /// normal pace). Never marks the server down by itself.
+    pub fn suspect(&self, why: &str) {
+        if !self.is_up() {
+            return;
+        }
+        // A full channel means a suspicion is already pending for that check, which covers
+        // this one too (the dataplane may report the same trouble many times a second).
+        let accepted = self
+            .checks
+            .iter()
+            .filter(|check| check.suspect.try_send(why.to_string()).is_ok())
+            .count();
+        if accepted > 0 {
+            info!(server = %self.shared.server, why, "server suspected, probing now");
+        } else {
+            debug!(server = %self.shared.server, why, "server suspected again, already probing");
+        }
+    }
+
+    /// Stops the checker's tasks.
+    pub fn stop(self) {
+        // Drop cancels.
+    }
+}
+
+impl Drop for ServerChecker {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// One check's task.
+struct CheckTask {
+    shared: Arc<Shared>,
+    index: usize,
+    label: String,
+    addr: IpAddr,
+    spec: CheckSpec,
+    offset: Duration,
+    stats: Arc<CheckStats>,
+    prober: Arc<dyn Prober>,
+    suspect: mpsc::Receiver<String>,
+    cancel: CancellationToken,
+    hysteresis: Hysteresis,
+}
+
+impl CheckTask {
+    async fn run(mut self) {
+        let interval = self.spec.interval.max(MIN_PERIOD);
+        let timeout = self.spec.timeout.max(MIN_PERIOD);
+        let mut ticker = tokio::time::interval_at(Instant::now() + self.offset, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Some(why) while probing back to back because of passive evidence.
+        let mut suspicion: Option<String> = None;
+
+        loop {
+            if suspicion.is_none() {
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return,
+                    _ = ticker.tick() => {}
+                    why = self.suspect.recv() => {
+                        let Some(why) = why else { return };
+                        if !self.hysteresis.is_up() {
+                            // Already down: nothing to confirm; rise at the normal pace.
+                            continue;
+                        }
+                        debug!(server = %self.shared.server, check = %self.label, %why, "suspected: probing back to back");
+                        suspicion = Some(why);
+                    }
+                }
+            }
+
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return,
+                // The prober bounds itself; this only guards against one that does not.
+                r = tokio::time::timeout(timeout + timeout / 2, self.prober.probe(&self.spec.probe, self.addr, timeout)) => {
+                    r.unwrap_or_else(|_| Err(ProbeFailure::new(format!("timed out after {}", fmt_duration(timeout)))))
+                }
+            };
+            self.stats.record(&outcome);
+            let ok = outcome.is_ok();
+            if let Err(f) = &outcome {
+                debug!(server = %self.shared.server, check = %self.label, reason = %f.reason, "probe failed");
+            }
+
+            if let Some(up) = self.hysteresis.observe(ok) {
+                self.stats.up.store(up, Ordering::Relaxed);
+                let evidence = self.evidence(up, &outcome);
+                self.shared
+                    .check_flipped(self.index, up, evidence, &self.cancel)
+                    .await;
+            }
+
+            if suspicion.is_some() {
+                if ok || !self.hysteresis.is_up() {
+                    // Confirmed either way: back to the normal pace, counted from now.
+                    suspicion = None;
+                    ticker.reset();
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep_until(started + timeout) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn evidence(&self, up: bool, outcome: &Result<Duration, ProbeFailure>) -> String {
+        let n = if up {
+            self.hysteresis.rise()
+        } else {
+            self.hysteresis.fall()
+        };
+        let counted = if n == 1 {
+            format!("{} check", self.label)
+        } else {
+            format!("{n} consecutive {} checks", self.label)
+        };
+        match outcome {
+            Ok(_) => format!("{counted} passed"),
+            Err(f) => format!("{counted} failed: {}", f.reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashMap,
+        net::{Ipv4Addr, Ipv6Addr},
+    };
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    const T: Duration = Duration::from_millis(500);
+
+    // --- hysteresis -----------------------------------------------------------------------------
+
+    fn feed(h: &mut Hysteresis, results: &[bool]) -> Vec<Option<bool>> {
+        results.iter().map(|&ok| h.observe(ok)).collect()
+    }
+
+    #[test]
+    fn hysteresis_one_failure_does_not_flip_with_fall_2() {
+        let mut h = Hysteresis::new(true, 3, 2);
+        assert_eq!(feed(&mut h, &[false, true, false, true]), [None; 4]);
+        assert!(h.is_up());
+        assert_eq!(h.streak(), 0);
+    }
+
+    #[test]
+    fn hysteresis_two_failures_flip_down() {
+        let mut h = Hysteresis::new(true, 3, 2);
+        assert_eq!(
+            feed(&mut h, &[false, false, false]),
+            [None, Some(false), None]
+        );
+        assert!(!h.is_up());
+    }
+
+    #[test]
+    fn hysteresis_rise_needs_three_successes() {
+        let mut h = Hysteresis::new(false, 3, 2);
+        assert_eq!(
+            feed(&mut h, &[true, true, false, true, true, true, true]),
+            [None, None, None, None, None, Some(true), None]
+        );
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn hysteresis_flapping_never_flips() {
+        for start in [true, false] {
+            let mut h = Hysteresis::new(start, 3, 2);
+            let flapping: Vec<bool> = (0..100).map(|i| i % 2 == 0).collect();
+            assert_eq!(feed(&mut h, &flapping), vec![None; 100], "start up={start}");
+            assert_eq!(h.is_up(), start);
+        }
+    }
+
+    #[test]
+    fn hysteresis_zero_thresholds_mean_one() {
+        let mut h = Hysteresis::new(true, 0, 0);
+        assert_eq!(feed(&mut h, &[false, true]), [Some(false), Some(true)]);
+    }
+
+    // --- helpers --------------------------------------------------------------------------------
+
+    #[test]
+    fn checksum_and_echo_request() {
+        // RFC 1071 example.
+        assert_eq!(
+            internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
+        // Odd length: the last byte is padded with zero.
+        assert_eq!(internet_checksum(&[0xff]), !0xff00);
+        let req = echo_request(false, 0x1234, 7);
+        assert_eq!(req[0], 8);
+        assert_eq!(
+            internet_checksum(&req),
+            0,
+            "a packet with its checksum sums to zero"
+        );
+        let req6 = echo_request(true, 0x1234, 7);
+        assert_eq!((req6[0], &req6[2..8]), (128, &[0, 0, 0x12, 0x34, 0, 7][..]));
+    }
+
+    #[test]
+    fn echo_reply_matching() {
+        let mut reply = echo_request(false, 0xbeef, 3);
+        reply[0] = ICMPV4_ECHO_REPLY;
+        let mut with_ip = vec![0x45; 1];
+        with_ip.resize(20, 0);
+        with_ip.extend_from_slice(&reply);
+        assert!(is_echo_reply(&with_ip, false, true, 0xbeef, 3, true));
+        assert!(
+            !is_echo_reply(&with_ip, false, true, 0xbeee, 3, true),
+            "other identifier"
+        );
+        assert!(
+            !is_echo_reply(&with_ip, false, true, 0xbeef, 4, true),
+            "other sequence"
+        );
+        assert!(
+            is_echo_reply(&reply, false, false, 0, 3, false),
+            "ping socket: id rewritten"
+        );
+        let request = echo_request(false, 0xbeef, 3);
+        assert!(
+            !is_echo_reply(&request, false, false, 0xbeef, 3, true),
+            "our own request"
+        );
+        assert!(
+            !is_echo_reply(&with_ip[..24], false, true, 0xbeef, 3, true),
+            "truncated"
+        );
+        let mut reply6 = echo_request(true, 9, 10);
+        reply6[0] = ICMPV6_ECHO_REPLY;
+        assert!(is_echo_reply(&reply6, true, false, 9, 10, true));
+        assert!(!is_echo_reply(&reply6, false, false, 9, 10, true));
+    }
+
+    #[test]
+    fn status_line_parsing() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), Ok(200));
+        assert_eq!(parse_status_line(b"HTTP/1.0 503"), Ok(503));
+        assert!(parse_status_line(b"SSH-2.0-OpenSSH").is_err());
+        assert!(parse_status_line(b"HTTP/1.1 20 OK").is_err());
+        assert_eq!(host_header("[::1]:80".parse().unwrap()), "[::1]");
+        assert_eq!(
+            host_header("10.0.0.1:8080".parse().unwrap()),
+            "10.0.0.1:8080"
+        );
+        assert_eq!(fmt_duration(Duration::from_millis(50)), "50ms");
+        assert_eq!(fmt_duration(Duration::from_secs(2)), "2s");
+    }
+
+    #[test]
+    fn start_offsets_are_deterministic_and_within_the_interval() {
+        let i = Duration::from_secs(2);
+        assert_eq!(start_offset("web-1", 0, i), start_offset("web-1", 0, i));
+        let offsets: std::collections::HashSet<_> = (0..100)
+            .map(|n| start_offset(&format!("web-{n}"), 0, i))
+            .collect();
+        assert!(offsets.iter().all(|o| *o < i));
+        assert!(offsets.len() > 50, "offsets spread out: {}", offsets.len());
+    }
+
+    // --- probes against loopback ----------------------------------------------------------------
+
+    /// A port on `ip` with nothing listening (TCP and UDP alike, most likely).
+    fn closed_tcp_port(ip: IpAddr) -> u16 {
+        std::net::TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_ok_and_refused() {
+        for ip in [V4, V6] {
+            let listener = TcpListener::bind((ip, 0)).await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let latency = probe_once(&Probe::Tcp { port }, ip, T).await.unwrap();
+            assert!(latency < T);
+            drop(listener);
+
+            let port = closed_tcp_port(ip);
+            let err = probe_once(&Probe::Tcp { port }, ip, T).await.unwrap_err();
+            assert_eq!(err.reason, "connection refused", "{ip}");
+        }
+    }
+
+    /// Serves one canned response per connection; returns the port and the requests received.
+    async fn http_server(ip: IpAddr, status_line: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&requests);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&req).into_owned());
+                    let resp = format!(
+                        "{status_line}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    );
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (port, requests)
+    }
+
+    #[tokio::test]
+    async fn http_probe_200_ok() {
+        for ip in [V4, V6] {
+            let (port, requests) = http_server(ip, "HTTP/1.1 200 OK").await;
+            let probe = Probe::Http {
+                port,
+                path: "/healthz".into(),
+                host: None,
+                expect_status: 200,
+            };
+            probe_once(&probe, ip, T).await.unwrap();
+            let host = host_header(SocketAddr::new(ip, port));
+            assert_eq!(
+                requests.lock().unwrap().as_slice(),
+                [format!(
+                    "GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: ftn-check\r\n\r\n"
+                )]
+            );
+            let probe = Probe::Http {
+                port,
+                path: "/".into(),
+                host: Some("example.org".into()),
+                expect_status: 200,
+            };
+            probe_once(&probe, ip, T).await.unwrap();
+            assert!(requests.lock().unwrap()[1].contains("\r\nHost: example.org\r\n"));
+        }
+    }
+
+    #[tokio::test]
+    async fn http_probe_503_fails() {
+        let (port, _) = http_server(V4, "HTTP/1.1 503 Service Unavailable").await;
+        let probe = Probe::Http {
+            port,
+            path: "/".into(),
+            host: None,
+            expect_status: 200,
+        };
+        let err = probe_once(&probe, V4, T).await.unwrap_err();
+        assert_eq!(err.reason, "HTTP status 503 (expected 200)");
+        let probe = Probe::Http {
+            port,
+            path: "/".into(),
+            host: None,
+            expect_status: 503,
+        };
+        probe_once(&probe, V4, T).await.unwrap();
+        let probe = Probe::Http {
+            port: closed_tcp_port(V4),
+            path: "/".into(),
+            host: None,
+            expect_status: 200,
+        };
+        assert_eq!(
+            probe_once(&probe, V4, T).await.unwrap_err().reason,
+            "connection refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn http_probe_silent_server_times_out() {
+        let listener = TcpListener::bind((V4, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let probe = Probe::Http {
+            port,
+            path: "/".into(),
+            host: None,
+            expect_status: 200,
+        };
+        let err = probe_once(&probe, V4, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, "timed out after 50ms");
+    }
+
+    /// Echoes every datagram; returns the port.
+    async fn udp_echo(ip: IpAddr) -> u16 {
+        let socket = UdpSocket::bind((ip, 0)).await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let _ = socket.send_to(&buf[..n], from).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn udp_probe_echo_ok_and_expect_mismatch() {
+        for ip in [V4, V6] {
+            let port = udp_echo(ip).await;
+            let any = Probe::Udp {
+                port,
+                send: b"ping".to_vec(),
+                expect: None,
+            };
+            probe_once(&any, ip, T).await.unwrap();
+            let ping = Probe::Udp {
+                port,
+                send: b"xx ping xx".to_vec(),
+                expect: Some(b"ping".to_vec()),
+            };
+            probe_once(&ping, ip, T).await.unwrap();
+            let pong = Probe::Udp {
+                port,
+                send: b"ping".to_vec(),
+                expect: Some(b"pong".to_vec()),
+            };
+            let err = probe_once(&pong, ip, T).await.unwrap_err();
+            assert_eq!(err.reason, "reply did not contain \"pong\"");
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_probe_closed_port_fails() {
+        for ip in [V4, V6] {
+            let port = std::net::UdpSocket::bind((ip, 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let probe = Probe::Udp {
+                port,
+                send: b"ping".to_vec(),
+                expect: None,
+            };
+            let err = probe_once(&probe, ip, Duration::from_millis(200))
+                .await
+                .unwrap_err();
+            assert!(
+                err.reason == "port unreachable" || err.reason == "no reply within 200ms",
+                "{ip}: {}",
+                err.reason
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_probe_silent_server_times_out() {
+        let socket = UdpSocket::bind((V4, 0)).await.unwrap(); // bound, never answers
+        let port = socket.local_addr().unwrap().port();
+        let probe = Probe::Udp {
+            port,
+            send: b"ping".to_vec(),
+            expect: None,
+        };
+        let err = probe_once(&probe, V4, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, "no reply within 50ms");
+    }
+
+    #[tokio::test]
+    async fn icmp_probe_loopback_v4_and_v6() {
+        for ip in [V4, V6] {
+            // We run as root: the raw socket must work; say why loudly if it does not.
+            let (_, kind) = open_icmp_socket(ip).unwrap_or_else(|f| panic!("{ip}: {}", f.reason));
+            if let Err(e) = Socket::new(
+                if ip.is_ipv4() {
+                    Domain::IPV4
+                } else {
+                    Domain::IPV6
+                },
+                Type::RAW,
+                Some(if ip.is_ipv4() {
+                    Protocol::ICMPV4
+                } else {
+                    Protocol::ICMPV6
+                }),
+            ) {
+                panic!("cannot open a raw ICMP socket for {ip} (tests must run as root / with CAP_NET_RAW): {e}");
+            }
+            assert_eq!(kind, IcmpSocketKind::Raw);
+            // Several concurrent probes: each must match only its own reply.
+            let results = futures_join(ip).await;
+            for r in results {
+                let latency = r.unwrap_or_else(|f| panic!("{ip}: {}", f.reason));
+                assert!(latency < T);
+            }
+        }
+    }
+
+    async fn futures_join(ip: IpAddr) -> Vec<Result<Duration, ProbeFailure>> {
+        let tasks: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(async move { probe_once(&Probe::Icmp, ip, T).await }))
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    // --- checker with real sockets --------------------------------------------------------------
+
+    fn tcp_spec(port: u16, interval_ms: u64) -> CheckSpec {
+        CheckSpec {
+            probe: Probe::Tcp { port },
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(200),
+            rise: 2,
+            fall: 2,
+        }
+    }
+
+    /// Accepts and drops connections until the task is aborted (which closes the listener).
+    fn serve(listener: TcpListener) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                drop(conn);
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn checker_end_to_end_tcp() {
+        let interval = 20;
+        let listener = TcpListener::bind((V4, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = serve(listener);
+        let (tx, mut rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        let checker = ServerChecker::spawn(
+            "web-1".into(),
+            V4,
+            vec![tcp_spec(port, interval)],
+            true,
+            tx,
+            cancel.clone(),
+        );
+        let stats = checker.stats();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].0, "tcp:80".replace("80", &port.to_string()));
+        assert!(checker.is_up());
+
+        // Healthy: probes succeed, no change is reported.
+        tokio::time::sleep(Duration::from_millis(interval * 5)).await;
+        assert!(rx.try_recv().is_err(), "no transition while healthy");
+        assert!(
+            stats[0].1.probes_ok() >= 2,
+            "ok probes: {}",
+            stats[0].1.probes_ok()
+        );
+        assert!(stats[0].1.is_up());
+
+        // Listener gone -> down within interval * (fall + 1) + slack.
+        server.abort();
+        let _ = server.await;
+        let started = std::time::Instant::now();
+        let deadline = Duration::from_millis(interval * 3) + Duration::from_secs(1);
+        let change = tokio::time::timeout(deadline, rx.recv())
+            .await
+            .expect("down in time")
+            .unwrap();
+        assert!(!change.up);
+        assert_eq!(change.server, "web-1");
+        assert_eq!(
+            change.evidence,
+            format!("2 consecutive tcp:{port} checks failed: connection refused")
+        );
+        assert!(started.elapsed() < deadline);
+        assert!(!checker.is_up());
+        assert!(!stats[0].1.is_up());
+        assert_eq!(
+            stats[0].1.last_failure().as_deref(),
+            Some("connection refused")
+        );
+
+        // Back on the same port -> up after `rise` successes.
+        let listener = TcpListener::bind((V4, port))
+            .await
+            .expect("re-bind the same port");
+        let server = serve(listener);
+        let change = tokio::time::timeout(deadline, rx.recv())
+            .await
+            .expect("up in time")
+            .unwrap();
+        assert!(change.up);
+        assert_eq!(
+            change.evidence,
+            format!("2 consecutive tcp:{port} checks passed")
+        );
+        assert!(checker.is_up());
+        assert!(stats[0].1.last_latency_us() > 0);
+
+        checker.stop();
+        server.abort();
+    }
+
+    // --- checker with injected outcomes, paused time --------------------------------------------
+
+    /// Outcomes per check label (default: ok), with the time of every probe.
+    #[derive(Default)]
+    struct Scripted {
+        failing: Mutex<HashMap<String, bool>>,
+        calls: Mutex<Vec<(String, Instant)>>,
+    }
+
+    impl Scripted {
+        fn set_ok(&self, label: &str, ok: bool) {
+            self.failing.lock().unwrap().insert(label.to_string(), !ok);
+        }
+
+        fn calls(&self, label: &str) -> Vec<Instant> {
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(l, _)| l == label)
+                .map(|(_, t)| *t)
+                .collect()
+        }
+    }
+
+    impl Prober for Scripted {
+        fn probe<'a>(&'a self, probe: &'a Probe, _: IpAddr, _: Duration) -> ProbeFuture<'a> {
+            Box::pin(async move {
+                let label = probe.label();
+                self.calls
+                    .lock()
+                    .unwrap()
+                    .push((label.clone(), Instant::now()));
+                if self
+                    .failing
+                    .lock()
+                    .unwrap()
+                    .get(&label)
+                    .copied()
+                    .unwrap_or(false)
+                {
+                    Err(ProbeFailure::new("injected failure"))
+                } else {
+                    Ok(Duration::from_micros(150))
+                }
+            })
+        }
+    }
+
+    fn spec(port: u16, interval_s: u64, timeout_ms: u64, rise: u32, fall: u32) -> CheckSpec {
+        CheckSpec {
+            probe: Probe::Tcp { port },
+            interval: Duration::from_secs(interval_s),
+            timeout: Duration::from_millis(timeout_ms),
+            rise,
+            fall,
+        }
+    }
+
+    struct Harness {
+        checker: ServerChecker,
+        rx: mpsc::Receiver<HealthChange>,
+        prober: Arc<Scripted>,
+        t0: Instant,
+    }
+
+    fn harness(checks: Vec<CheckSpec>, initial_up: bool, prober: Scripted) -> Harness {
+        let prober = Arc::new(prober);
+        let (tx, rx) = mpsc::channel(8);
+        let t0 = Instant::now();
+        let checker = ServerChecker::spawn_with_prober(
+            "srv".into(),
+            V4,
+            checks,
+            initial_up,
+            tx,
+            CancellationToken::new(),
+            Arc::clone(&prober) as Arc<dyn Prober>,
+        );
+        Harness {
+            checker,
+            rx,
+            prober,
+            t0,
+        }
+    }
+
+    impl Harness {
+        async fn next_change(&mut self, within: Duration) -> Option<HealthChange> {
+            tokio::time::timeout(within, self.rx.recv())
+                .await
+                .ok()
+                .flatten()
+        }
+    }
+
+    /// Real time, injected outcomes: suspect() finds a dead server in `fall * timeout` although
+    /// the interval is a minute (runs without tokio's `test-util`, unlike the tests below).
+    #[tokio::test]
+    async fn suspect_confirms_down_long_before_the_interval() {
+        let s = Scripted::default();
+        s.set_ok("tcp:80", false);
+        let mut h = harness(vec![spec(80, 60, 20, 2, 3)], true, s);
+        h.checker.suspect("3 client SYNs unanswered");
+        let change = h
+            .next_change(Duration::from_secs(5))
+            .await
+            .expect("down long before 60s");
+        assert!(!change.up);
+        assert_eq!(
+            change.evidence,
+            "3 consecutive tcp:80 checks failed: injected failure"
+        );
+        let calls = h.prober.calls("tcp:80");
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert!(
+            calls[2] - calls[0] >= Duration::from_millis(40),
+            "one probe per timeout"
+        );
+        assert!(h.t0.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Paused-time tests: exact schedules (tokio's `test-util`, enabled in dev-dependencies).
+    mod paused {
+        use std::sync::atomic::AtomicUsize;
+
+        use super::*;
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_always_failing_goes_down_after_exactly_fall_probes() {
+            let s = Scripted::default();
+            s.set_ok("tcp:80", false);
+            let mut h = harness(vec![spec(80, 10, 1000, 2, 3)], true, s);
+            assert!(h.checker.is_up());
+
+            let change = h
+                .next_change(Duration::from_secs(60))
+                .await
+                .expect("a down change");
+            assert!(!change.up);
+            assert_eq!(
+                change.evidence,
+                "3 consecutive tcp:80 checks failed: injected failure"
+            );
+            let offset = start_offset("srv", 0, Duration::from_secs(10));
+            let expected: Vec<Instant> = (0..3)
+                .map(|i| h.t0 + offset + Duration::from_secs(10) * i)
+                .collect();
+            assert_eq!(
+                h.prober.calls("tcp:80"),
+                expected,
+                "first probe at the offset, then every interval"
+            );
+            assert_eq!(
+                Instant::now(),
+                expected[2],
+                "reported at the third failure, no earlier, no later"
+            );
+            assert!(!h.checker.is_up());
+
+            // Only transitions are sent: nothing more while it stays down (9 more probes).
+            assert!(h.next_change(Duration::from_secs(95)).await.is_none());
+            let stats = h.checker.stats();
+            assert_eq!(stats[0].1.probes_ok(), 0);
+            assert_eq!(stats[0].1.probes_failed(), 12);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_healthy_from_recorded_up_sends_nothing() {
+            let mut h = harness(vec![spec(80, 1, 100, 3, 2)], true, Scripted::default());
+            assert!(h.next_change(Duration::from_secs(30)).await.is_none());
+            assert!(h.checker.is_up());
+            assert!(h.checker.stats()[0].1.probes_ok() >= 29);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_recorded_down_rises_after_rise_successes() {
+            let mut h = harness(vec![spec(80, 1, 100, 3, 2)], false, Scripted::default());
+            assert!(!h.checker.is_up());
+            let change = h
+                .next_change(Duration::from_secs(30))
+                .await
+                .expect("an up change");
+            assert!(change.up);
+            assert_eq!(change.evidence, "3 consecutive tcp:80 checks passed");
+            assert_eq!(h.prober.calls("tcp:80").len(), 3);
+            assert!(h.checker.is_up());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_single_lost_probe_does_not_flip() {
+            let mut h = harness(vec![spec(80, 1, 100, 3, 2)], true, Scripted::default());
+            let offset = start_offset("srv", 0, Duration::from_secs(1));
+            // Fail exactly the probe at offset + 2s.
+            tokio::time::sleep_until(h.t0 + offset + Duration::from_millis(1500)).await;
+            h.prober.set_ok("tcp:80", false);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            h.prober.set_ok("tcp:80", true);
+            assert!(h.next_change(Duration::from_secs(10)).await.is_none());
+            assert_eq!(h.checker.stats()[0].1.probes_failed(), 1);
+            assert!(h.checker.is_up());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_server_is_up_only_when_all_checks_are_up() {
+            let s = Scripted::default();
+            let checks = vec![spec(80, 1, 100, 2, 2), spec(443, 1, 100, 2, 2)];
+            let mut h = harness(checks, true, s);
+
+            h.prober.set_ok("tcp:443", false);
+            let change = h.next_change(Duration::from_secs(10)).await.expect("down");
+            assert!(!change.up);
+            assert!(change.evidence.contains("tcp:443"), "{}", change.evidence);
+
+            // The other check going down as well is not a server-level transition.
+            h.prober.set_ok("tcp:80", false);
+            assert!(h.next_change(Duration::from_secs(10)).await.is_none());
+            let stats = h.checker.stats();
+            assert!(!stats[0].1.is_up() && !stats[1].1.is_up());
+
+            // One check recovering is not enough.
+            h.prober.set_ok("tcp:80", true);
+            assert!(h.next_change(Duration::from_secs(10)).await.is_none());
+            assert!(h.checker.stats()[0].1.is_up());
+            assert!(!h.checker.is_up());
+
+            h.prober.set_ok("tcp:443", true);
+            let change = h.next_change(Duration::from_secs(10)).await.expect("up");
+            assert!(change.up);
+            assert_eq!(change.evidence, "2 consecutive tcp:443 checks passed");
+            assert!(h.checker.is_up());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_suspect_confirms_down_at_timeout_pace() {
+            let mut h = harness(vec![spec(80, 60, 500, 2, 3)], true, Scripted::default());
+            let offset = start_offset("srv", 0, Duration::from_secs(60));
+            // Let the first regular probe pass, then the server dies.
+            tokio::time::sleep_until(h.t0 + offset + Duration::from_secs(1)).await;
+            assert_eq!(h.prober.calls("tcp:80").len(), 1);
+            h.prober.set_ok("tcp:80", false);
+
+            let suspected_at = Instant::now();
+            h.checker.suspect("3 client SYNs unanswered");
+            let change = h
+                .next_change(Duration::from_secs(5))
+                .await
+                .expect("down well before the interval");
+            assert!(!change.up);
+            assert_eq!(
+                change.evidence,
+                "3 consecutive tcp:80 checks failed: injected failure"
+            );
+            let burst: Vec<Instant> = (0..3)
+                .map(|i| suspected_at + Duration::from_millis(500) * i)
+                .collect();
+            assert_eq!(
+                h.prober.calls("tcp:80")[1..],
+                burst[..],
+                "probes at once, then every timeout"
+            );
+
+            // Confirmed down: back to the normal pace (next probe one interval later).
+            tokio::time::sleep(Duration::from_secs(59)).await;
+            assert_eq!(h.prober.calls("tcp:80").len(), 4);
+            // And suspect() on a down server is a no-op.
+            h.checker.suspect("more SYNs");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(h.prober.calls("tcp:80").len(), 4);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_suspect_one_success_returns_to_normal_pace() {
+            let mut h = harness(vec![spec(80, 60, 500, 2, 3)], true, Scripted::default());
+            let offset = start_offset("srv", 0, Duration::from_secs(60));
+            tokio::time::sleep_until(h.t0 + offset + Duration::from_secs(1)).await;
+            assert_eq!(h.prober.calls("tcp:80").len(), 1);
+
+            // Passive evidence, but the server answers: one extra probe, no transition.
+            let suspected_at = Instant::now();
+            h.checker.suspect("3 client SYNs unanswered");
+            assert!(h.next_change(Duration::from_secs(30)).await.is_none());
+            assert_eq!(h.prober.calls("tcp:80"), [h.t0 + offset, suspected_at]);
+
+            // Next regular probe one interval after the suspect probe.
+            tokio::time::sleep_until(suspected_at + Duration::from_secs(61)).await;
+            assert_eq!(
+                h.prober.calls("tcp:80"),
+                [
+                    h.t0 + offset,
+                    suspected_at,
+                    suspected_at + Duration::from_secs(60)
+                ]
+            );
+            assert!(h.checker.is_up());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_suspect_never_marks_down_by_itself() {
+            // One failure then success again: fall=3 is never reached, the server stays up.
+            let calls = Arc::new(AtomicUsize::new(0));
+            struct FailOnce(Arc<AtomicUsize>);
+            impl Prober for FailOnce {
+                fn probe<'a>(&'a self, _: &'a Probe, _: IpAddr, _: Duration) -> ProbeFuture<'a> {
+                    let n = self.0.fetch_add(1, Ordering::SeqCst);
+                    Box::pin(async move {
+                        if n == 1 {
+                            Err(ProbeFailure::new("lost"))
+                        } else {
+                            Ok(Duration::ZERO)
+                        }
+                    })
+                }
+            }
+            let (tx, mut rx) = mpsc::channel(8);
+            let checker = ServerChecker::spawn_with_prober(
+                "srv".into(),
+                V4,
+                vec![spec(80, 60, 500, 2, 3)],
+                true,
+                tx,
+                CancellationToken::new(),
+                Arc::new(FailOnce(Arc::clone(&calls))),
+            );
+            tokio::time::sleep(Duration::from_secs(61)).await;
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+            for _ in 0..5 {
+                checker.suspect("SYNs unanswered");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Probe 1 failed (lost), probe 2 succeeded: burst over after two probes.
+            assert_eq!(calls.load(Ordering::SeqCst), 3);
+            assert!(rx.try_recv().is_err());
+            assert!(checker.is_up());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_no_checks_is_always_up() {
+            let mut h = harness(vec![], true, Scripted::default());
+            assert!(h.checker.is_up() && h.checker.stats().is_empty());
+            assert!(h.next_change(Duration::from_secs(5)).await.is_none());
+
+            // Recorded down but nothing to check: corrected once.
+            let mut h = harness(vec![], false, Scripted::default());
+            assert!(h.checker.is_up());
+            let change = h.next_change(Duration::from_secs(5)).await.expect("up");
+            assert!(change.up);
+            assert!(h.next_change(Duration::from_secs(5)).await.is_none());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_stop_and_cancel_stop_probing() {
+            let h = harness(vec![spec(80, 1, 100, 2, 2)], true, Scripted::default());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let n = h.prober.calls("tcp:80").len();
+            assert!(n >= 4);
+            let prober = Arc::clone(&h.prober);
+            h.checker.stop();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert_eq!(prober.calls("tcp:80").len(), n);
+
+            let cancel = CancellationToken::new();
+            let prober = Arc::new(Scripted::default());
+            let (tx, _rx) = mpsc::channel(8);
+            let checker = ServerChecker::spawn_with_prober(
+                "srv".into(),
+                V4,
+                vec![spec(80, 1, 100, 2, 2)],
+                true,
+                tx,
+                cancel.clone(),
+                Arc::clone(&prober) as Arc<dyn Prober>,
+            );
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cancel.cancel();
+            let n = prober.calls("tcp:80").len();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert_eq!(prober.calls("tcp:80").len(), n);
+            drop(checker);
+        }
+    }
+}

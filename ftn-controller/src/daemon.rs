@@ -1,0 +1,850 @@
+//! `ftn run`: the controller daemon.
+//!
+//! Tasks and who owns what:
+//! - the **engine task** (this module's [`Controller::run`] loop) owns the [`Engine`] and the
+//!   directory handle; it is the only writer of the directory. It reacts to checker verdicts,
+//!   operator requests (API), reloads (SIGHUP / API), and its own deadlines (hold and drain
+//!   times);
+//! - the **map-sync task** ([`MapSync`]) owns the dataplane; it applies batches of changes in
+//!   order and answers counter reads. Nothing else touches the maps;
+//! - one **checker** per server ([`ServerChecker`]), reporting health transitions;
+//! - the **API** server ([`crate::api`]).
+//!
+//! Order of a decision: plan -> directory commit (durable) -> map write. If the controller dies
+//! between the commit and the map write, the next start writes the directory's state into the
+//! (pinned, still forwarding) maps, so the two agree again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::checks::{CheckSpec, HealthChange, Probe, ServerChecker};
+use crate::config::{self, CheckKind, Config, DirectoryConfig};
+use crate::dataplane::{
+    AyaDataplane, AyaOptions, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats,
+};
+use crate::directory::{Directory, EmbeddedDirectory, Event, Health, Snapshot};
+use crate::engine::{Action, ActionError, Engine, Observation, Plan};
+
+/// The controller's clock in unix milliseconds, advancing with `tokio::time` (so tests that
+/// pause time drive hold and drain timers too).
+#[derive(Clone, Copy)]
+pub struct Clock {
+    wall_ms: u64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock {
+            wall_ms: crate::directory::now_ms(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+    pub fn now_ms(&self) -> u64 {
+        self.wall_ms + self.start.elapsed().as_millis() as u64
+    }
+    pub fn instant_at(&self, ms: u64) -> tokio::time::Instant {
+        self.start + Duration::from_millis(ms.saturating_sub(self.wall_ms))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Map sync.
+
+/// Counters read from the dataplane, by resource and server name.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub resources: Vec<(String, ResourceStats)>,
+    pub servers: Vec<(String, ServerStats)>,
+    pub global: Vec<(GlobalCounter, u64)>,
+}
+
+enum SyncMsg {
+    Apply(Vec<Change>),
+    /// Write everything and remove entries not in the sets (start, and after an error).
+    Resync {
+        changes: Vec<Change>,
+        servers: BTreeSet<u32>,
+        resources: BTreeSet<crate::dataplane::ResourceMatch>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Counters {
+        resources: Vec<(String, u32)>,
+        servers: Vec<(String, u32)>,
+        reply: oneshot::Sender<Result<Counters, String>>,
+    },
+}
+
+/// Handle to the map-sync task.
+#[derive(Clone)]
+pub struct MapSync {
+    tx: mpsc::UnboundedSender<SyncMsg>,
+    stats: Arc<SyncStats>,
+}
+
+#[derive(Default, Debug)]
+pub struct SyncStats {
+    pub batches: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Set when a batch failed: the engine task resynchronises the whole state.
+    pub needs_resync: std::sync::atomic::AtomicBool,
+}
+
+/// Lists a dataplane's keys so that a resync can remove strays.
+pub trait ListKeys {
+    fn server_ids(&self) -> Result<Vec<u32>, String>;
+    fn resource_matches(&self) -> Result<Vec<crate::dataplane::ResourceMatch>, String>;
+}
+
+impl MapSync {
+    /// Starts the task; it owns `dp` from now on.
+    pub fn spawn<D: Dataplane + ListKeys + 'static>(mut dp: D) -> MapSync {
+        let (tx, mut rx) = mpsc::unbounded_channel::<SyncMsg>();
+        let stats = Arc::new(SyncStats::default());
+        let st = stats.clone();
+        use std::sync::atomic::Ordering::Relaxed;
+        tokio::task::spawn_blocking(move || {
+            while let Some(first) = rx.blocking_recv() {
+                // Batch: everything queued behind the first message goes in the same pass.
+                let mut batch = vec![first];
+                while let Ok(m) = rx.try_recv() {
+                    batch.push(m);
+                }
+                let mut pending: Vec<Change> = Vec::new();
+                for m in batch {
+                    match m {
+                        SyncMsg::Apply(c) => pending.extend(c),
+                        other => {
+                            flush(&mut dp, &mut pending, &st);
+                            handle_other(&mut dp, other, &st);
+                        }
+                    }
+                }
+                flush(&mut dp, &mut pending, &st);
+            }
+        });
+        fn flush<D: Dataplane>(dp: &mut D, pending: &mut Vec<Change>, st: &SyncStats) {
+            if pending.is_empty() {
+                return;
+            }
+            st.batches.fetch_add(1, Relaxed);
+            match dp.apply(pending) {
+                Ok(()) => {
+                    st.writes.fetch_add(pending.len() as u64, Relaxed);
+                }
+                Err((i, e)) => {
+                    st.writes.fetch_add(i as u64, Relaxed);
+                    st.errors.fetch_add(1, Relaxed);
+                    st.needs_resync.store(true, Relaxed);
+                    tracing::error!(error = %e, change = ?pending[i], "dataplane write failed; the whole state will be rewritten");
+                }
+            }
+            pending.clear();
+        }
+        fn handle_other<D: Dataplane + ListKeys>(dp: &mut D, m: SyncMsg, st: &SyncStats) {
+            match m {
+                SyncMsg::Apply(_) => {}
+                SyncMsg::Resync {
+                    changes,
+                    servers,
+                    resources,
+                    done,
+                } => {
+                    let r = (|| -> Result<(), String> {
+                        dp.apply(&changes).map_err(|(i, e)| format!("{e} (writing {:?})", changes[i]))?;
+                        st.writes.fetch_add(changes.len() as u64, Relaxed);
+                        for m in dp.resource_matches()? {
+                            if !resources.contains(&m) {
+                                dp.remove_resource(&m).map_err(|e| e.to_string())?;
+                                tracing::info!(?m, "removed a resource entry that is not in the configuration");
+                            }
+                        }
+                        for id in dp.server_ids()? {
+                            if !servers.contains(&id) {
+                                dp.remove_server(id).map_err(|e| e.to_string())?;
+                            }
+                        }
+                        Ok(())
+                    })();
+                    if r.is_err() {
+                        st.errors.fetch_add(1, Relaxed);
+                    } else {
+                        st.needs_resync.store(false, Relaxed);
+                    }
+                    let _ = done.send(r);
+                }
+                SyncMsg::Counters {
+                    resources,
+                    servers,
+                    reply,
+                } => {
+                    let r = (|| -> Result<Counters, String> {
+                        let mut c = Counters::default();
+                        for (name, id) in resources {
+                            c.resources.push((name, dp.resource_stats(id).map_err(|e| e.to_string())?));
+                        }
+                        for (name, id) in servers {
+                            c.servers.push((name, dp.server_stats(id).map_err(|e| e.to_string())?));
+                        }
+                        c.global = dp.global_stats().map_err(|e| e.to_string())?;
+                        Ok(c)
+                    })();
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        MapSync { tx, stats }
+    }
+
+    pub fn apply(&self, changes: Vec<Change>) {
+        if !changes.is_empty() {
+            let _ = self.tx.send(SyncMsg::Apply(changes));
+        }
+    }
+
+    pub async fn resync(&self, engine: &Engine) -> Result<(), String> {
+        let (servers, resources) = engine.expected_keys();
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(SyncMsg::Resync {
+                changes: engine.full_state(),
+                servers,
+                resources,
+                done,
+            })
+            .map_err(|_| "the map-sync task is gone".to_string())?;
+        rx.await.map_err(|_| "the map-sync task is gone".to_string())?
+    }
+
+    pub async fn counters(
+        &self,
+        resources: Vec<(String, u32)>,
+        servers: Vec<(String, u32)>,
+    ) -> Result<Counters, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(SyncMsg::Counters {
+                resources,
+                servers,
+                reply,
+            })
+            .map_err(|_| "the map-sync task is gone".to_string())?;
+        rx.await.map_err(|_| "the map-sync task is gone".to_string())?
+    }
+
+    pub fn stats(&self) -> &SyncStats {
+        &self.stats
+    }
+}
+
+impl ListKeys for AyaDataplane {
+    fn server_ids(&self) -> Result<Vec<u32>, String> {
+        self.configured_server_ids().map_err(|e| e.to_string())
+    }
+    fn resource_matches(&self) -> Result<Vec<crate::dataplane::ResourceMatch>, String> {
+        self.resource_matches().map_err(|e| e.to_string())
+    }
+}
+
+impl ListKeys for crate::dataplane::MemoryDataplane {
+    fn server_ids(&self) -> Result<Vec<u32>, String> {
+        Ok(self.servers.keys().copied().collect())
+    }
+    fn resource_matches(&self) -> Result<Vec<crate::dataplane::ResourceMatch>, String> {
+        Ok(self
+            .resources
+            .keys()
+            .filter_map(crate::dataplane::ResourceMatch::from_key)
+            .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests from the API.
+
+/// A resource as `ftn status` shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ResourceStatus {
+    pub name: String,
+    pub id: u32,
+    pub vip: String,
+    pub protocol: String,
+    pub ports: Vec<u16>,
+    pub servers: Vec<String>,
+    pub current: Option<String>,
+    pub pinned: Option<String>,
+    /// serving (on its primary) | failed-over | no-server | pinned
+    pub state: String,
+    pub since_ms: u64,
+    pub reason: String,
+    pub generation: u32,
+    pub failback: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CheckStatus {
+    pub check: String,
+    pub up: bool,
+    pub last_latency_us: u64,
+    pub probes_ok: u64,
+    pub probes_failed: u64,
+    pub last_failure: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ServerStatus {
+    pub name: String,
+    pub id: u32,
+    pub address: String,
+    pub health: Health,
+    pub drained: bool,
+    pub since_ms: u64,
+    pub evidence: String,
+    pub checks: Vec<CheckStatus>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub gateway: String,
+    pub config: String,
+    pub directory: String,
+    pub revision: u64,
+    pub interfaces: Vec<String>,
+    pub adopted: bool,
+    pub resources: Vec<ResourceStatus>,
+    pub servers: Vec<ServerStatus>,
+    pub failovers: HashMap<String, u64>,
+    pub commit_errors: u64,
+    pub dataplane_errors: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
+
+/// An API request to the engine task.
+pub enum Request {
+    Status(oneshot::Sender<Status>),
+    Events {
+        after: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Event>, String>>,
+    },
+    Action(Action, oneshot::Sender<Result<String, RequestError>>),
+    Reload(oneshot::Sender<Result<String, RequestError>>),
+}
+
+/// Why a request failed: the caller's fault (4xx) or ours (5xx).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Refused(#[from] ActionError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller.
+
+pub struct Controller {
+    engine: Engine,
+    directory: Arc<dyn Directory>,
+    sync: MapSync,
+    clock: Clock,
+    checkers: HashMap<String, (ServerChecker, config::ServerConfig)>,
+    health_tx: mpsc::Sender<HealthChange>,
+    health_rx: mpsc::Receiver<HealthChange>,
+    cancel: CancellationToken,
+    config_path: PathBuf,
+    interfaces: Vec<String>,
+    adopted: bool,
+    failovers: HashMap<String, u64>,
+    commit_errors: u64,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    /// Token the API checks (updated on reload).
+    pub token: Arc<std::sync::RwLock<Option<String>>>,
+}
+
+fn spec(c: &config::CheckConfig) -> CheckSpec {
+    CheckSpec {
+        probe: match &c.kind {
+            CheckKind::Tcp { port } => Probe::Tcp { port: *port },
+            CheckKind::Http {
+                port,
+                path,
+                host,
+                expect_status,
+            } => Probe::Http {
+                port: *port,
+                path: path.clone(),
+                host: host.clone(),
+                expect_status: *expect_status,
+            },
+            CheckKind::Udp { port, send, expect } => Probe::Udp {
+                port: *port,
+                send: send.clone(),
+                expect: expect.clone(),
+            },
+            CheckKind::Icmp => Probe::Icmp,
+        },
+        interval: c.interval,
+        timeout: c.timeout,
+        rise: c.rise,
+        fall: c.fall,
+    }
+}
+
+impl Controller {
+    /// Builds a controller from a valid config, a directory and a dataplane; commits the first
+    /// plan and writes the directory's whole state into the dataplane.
+    pub async fn start(
+        config: Arc<Config>,
+        directory: Arc<dyn Directory>,
+        sync: MapSync,
+        interfaces: Vec<String>,
+        adopted: bool,
+    ) -> anyhow::Result<Controller> {
+        let snapshot: Snapshot = directory.snapshot().await.context("reading the directory")?;
+        let clock = Clock::new();
+        let engine = Engine::new(config.clone(), snapshot);
+        let (health_tx, health_rx) = mpsc::channel(1024);
+        let mut c = Controller {
+            engine,
+            directory,
+            sync,
+            clock,
+            checkers: HashMap::new(),
+            health_tx,
+            health_rx,
+            cancel: CancellationToken::new(),
+            config_path: config.source.clone(),
+            interfaces,
+            adopted,
+            failovers: HashMap::new(),
+            commit_errors: 0,
+            reloads_ok: 0,
+            reloads_failed: 0,
+            token: Arc::new(std::sync::RwLock::new(config.api.token.clone())),
+        };
+        c.step(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        c.sync
+            .resync(&c.engine)
+            .await
+            .map_err(|e| anyhow::anyhow!("writing the directory's state into the dataplane: {e}"))?;
+        c.sync_checkers();
+        Ok(c)
+    }
+
+    /// (Re)starts checkers so that exactly the configured servers are checked with their
+    /// configured checks; a checker whose server and checks did not change keeps running.
+    fn sync_checkers(&mut self) {
+        let cfg = self.engine.config().clone();
+        let stale: Vec<String> = self
+            .checkers
+            .iter()
+            .filter(|(name, (_, running))| cfg.server(name) != Some(running))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some((ch, _)) = self.checkers.remove(&name) {
+                ch.stop();
+            }
+        }
+        for s in &cfg.servers {
+            if self.checkers.contains_key(&s.name) {
+                continue;
+            }
+            // Start from what the directory says, so a restart does not replay the rise count.
+            let initial_up = self.engine.recorded_health(&s.name) != Some(Health::Down);
+            let checker = ServerChecker::spawn(
+                s.name.clone(),
+                s.address,
+                s.checks.iter().map(spec).collect(),
+                initial_up,
+                self.health_tx.clone(),
+                self.cancel.child_token(),
+            );
+            self.checkers.insert(s.name.clone(), (checker, s.clone()));
+        }
+    }
+
+    /// One reconcile step: plan, commit, apply. Returns a summary of what moved.
+    async fn step(&mut self, action: Option<&Action>) -> Result<String, RequestError> {
+        let now = self.clock.now_ms();
+        let plan: Plan = self.engine.plan(now, action)?;
+        if plan.is_empty() {
+            return Ok("nothing to change".into());
+        }
+        let expected = self.engine.snapshot().revision;
+        match self.directory.commit(expected, plan.update.clone()).await {
+            Ok(rev) => {
+                self.engine.committed(&plan.update, rev);
+                for e in &plan.update.events {
+                    tracing::info!(kind = %e.kind, resource = e.resource.as_deref().unwrap_or(""), server = e.server.as_deref().unwrap_or(""), revision = rev, "{}", e.message);
+                }
+                for r in &plan.moved {
+                    *self.failovers.entry(r.clone()).or_default() += 1;
+                }
+                self.sync.apply(plan.changes);
+                Ok(if plan.update.events.is_empty() {
+                    format!("directory at revision {rev}")
+                } else {
+                    plan.update
+                        .events
+                        .iter()
+                        .map(|e| e.message.clone())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+            }
+            Err(e) => {
+                self.commit_errors += 1;
+                tracing::error!(error = %e, "directory commit failed; nothing applied, retrying from the directory's state");
+                if let Ok(s) = self.directory.snapshot().await {
+                    self.engine.resync(s);
+                }
+                Err(RequestError::Internal(format!("directory commit failed: {e}")))
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let snap = self.engine.snapshot();
+        let cfg = self.engine.config();
+        let resources = cfg
+            .resources
+            .iter()
+            .map(|rc| {
+                let rec = snap.resources.get(&rc.name);
+                let current = rec.and_then(|r| r.current.clone());
+                let pinned = rec.and_then(|r| r.pinned.clone());
+                let state = match (&current, &pinned) {
+                    (None, _) => "no-server",
+                    (Some(_), Some(_)) => "pinned",
+                    (Some(c), None) if rc.servers.first() == Some(c) => "on-primary",
+                    _ => "failed-over",
+                };
+                ResourceStatus {
+                    name: rc.name.clone(),
+                    id: rec.map_or(u32::MAX, |r| r.id),
+                    vip: rc.vip.to_string(),
+                    protocol: rc.protocol.to_string(),
+                    ports: rc.ports.clone(),
+                    servers: rc.servers.clone(),
+                    current,
+                    pinned,
+                    state: state.into(),
+                    since_ms: rec.map_or(0, |r| r.since_ms),
+                    reason: rec.map(|r| r.reason.clone()).unwrap_or_default(),
+                    generation: rec.map_or(0, |r| r.generation),
+                    failback: match rc.failback {
+                        config::Failback::Immediate => "immediate".into(),
+                        config::Failback::Manual => "manual".into(),
+                        config::Failback::Hold(d) => format!("hold {}", humantime::format_duration(d)),
+                    },
+                }
+            })
+            .collect();
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|sc| {
+                let rec = snap.servers.get(&sc.name);
+                let checks = self
+                    .checkers
+                    .get(&sc.name)
+                    .map(|(c, _)| {
+                        c.stats()
+                            .into_iter()
+                            .map(|(label, st)| CheckStatus {
+                                check: label,
+                                up: st.is_up(),
+                                last_latency_us: st.last_latency_us(),
+                                probes_ok: st.probes_ok(),
+                                probes_failed: st.probes_failed(),
+                                last_failure: st.last_failure(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ServerStatus {
+                    name: sc.name.clone(),
+                    id: rec.map_or(u32::MAX, |r| r.id),
+                    address: sc.address.to_string(),
+                    health: rec.map_or(Health::Up, |r| r.health),
+                    drained: rec.is_some_and(|r| r.drained_at_ms.is_some()),
+                    since_ms: rec.map_or(0, |r| r.since_ms),
+                    evidence: rec.map(|r| r.evidence.clone()).unwrap_or_default(),
+                    checks,
+                }
+            })
+            .collect();
+        Status {
+            gateway: hostname(),
+            config: self.config_path.display().to_string(),
+            directory: self.directory.backend().into(),
+            revision: snap.revision,
+            interfaces: self.interfaces.clone(),
+            adopted: self.adopted,
+            resources,
+            servers,
+            failovers: self.failovers.clone(),
+            commit_errors: self.commit_errors,
+            dataplane_errors: self
+                .sync
+                .stats()
+                .errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+        }
+    }
+
+    /// Loads the config file again; applies it only if it is valid and changes nothing that
+    /// needs a restart.
+    async fn reload(&mut self) -> Result<String, RequestError> {
+        let r = self.try_reload().await;
+        match &r {
+            Ok(m) => {
+                self.reloads_ok += 1;
+                tracing::info!("configuration reloaded: {m}");
+            }
+            Err(e) => {
+                self.reloads_failed += 1;
+                tracing::error!("configuration reload refused, the running configuration stays: {e}");
+            }
+        }
+        r
+    }
+
+    async fn try_reload(&mut self) -> Result<String, RequestError> {
+        let new = config::load(&self.config_path).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let old = self.engine.config().clone();
+        let mut restart_only = Vec::new();
+        if new.gateway != old.gateway {
+            restart_only.push("[gateway]");
+        }
+        if new.directory != old.directory {
+            restart_only.push("[directory]");
+        }
+        if new.api.listen != old.api.listen {
+            restart_only.push("api.listen");
+        }
+        if !restart_only.is_empty() {
+            return Err(RequestError::Invalid(format!(
+                "{}: {} changed; these take effect only at a restart (ftn keeps forwarding while it restarts), so nothing was applied",
+                self.config_path.display(),
+                restart_only.join(", ")
+            )));
+        }
+        let new = Arc::new(new);
+        let prev = self.engine.config().clone();
+        self.engine.set_config(new.clone());
+        match self.step(None).await {
+            Ok(summary) => {
+                if new.dataplane != old.dataplane {
+                    self.sync.apply(vec![Change::SetConfig(new.dataplane)]);
+                }
+                *self.token.write().unwrap_or_else(|p| p.into_inner()) = new.api.token.clone();
+                self.sync_checkers();
+                Ok(summary)
+            }
+            Err(e) => {
+                self.engine.set_config(prev);
+                Err(e)
+            }
+        }
+    }
+
+    async fn handle(&mut self, req: Request) {
+        match req {
+            Request::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Request::Events {
+                after,
+                limit,
+                reply,
+            } => {
+                let r = self
+                    .directory
+                    .events(after, limit)
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            Request::Action(action, reply) => {
+                let r = self.step(Some(&action)).await;
+                match &r {
+                    Ok(m) => tracing::info!(?action, "operator action applied: {m}"),
+                    Err(e) => tracing::warn!(?action, "operator action refused: {e}"),
+                }
+                let _ = reply.send(r);
+            }
+            Request::Reload(reply) => {
+                let r = self.reload().await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// Server ids and resource ids by name (for counters).
+    pub fn ids(&self) -> (Vec<(String, u32)>, Vec<(String, u32)>) {
+        let snap = self.engine.snapshot();
+        (
+            snap.resources.values().map(|r| (r.name.clone(), r.id)).collect(),
+            snap.servers.values().map(|s| (s.name.clone(), s.id)).collect(),
+        )
+    }
+
+    /// The engine loop. Returns when `shutdown` is cancelled (SIGTERM/SIGINT); the dataplane
+    /// stays pinned and forwarding.
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut reload_signal: mpsc::Receiver<()>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let deadline = self
+                .engine
+                .next_deadline()
+                .map(|ms| self.clock.instant_at(ms));
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let resync_every = tokio::time::sleep(Duration::from_secs(1));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(h) = self.health_rx.recv() => {
+                    let now = self.clock.now_ms();
+                    self.engine.observe(&h.server, Observation { up: h.up, evidence: h.evidence, at_ms: now });
+                    // Verdicts that arrive together are decided together.
+                    while let Ok(h) = self.health_rx.try_recv() {
+                        self.engine.observe(&h.server, Observation { up: h.up, evidence: h.evidence, at_ms: now });
+                    }
+                    let _ = self.step(None).await;
+                }
+                Some(req) = requests.recv() => self.handle(req).await,
+                Some(()) = reload_signal.recv() => { let _ = self.reload().await; }
+                _ = sleep => { let _ = self.step(None).await; }
+                _ = resync_every, if self.sync.stats().needs_resync.load(std::sync::atomic::Ordering::Relaxed) => {
+                    if let Err(e) = self.sync.resync(&self.engine).await {
+                        tracing::error!("dataplane resync failed: {e}");
+                    }
+                }
+            }
+        }
+        self.cancel.cancel();
+        for (_, (c, _)) in self.checkers.drain() {
+            c.stop();
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "gateway".into())
+}
+
+/// `ftn run`: everything from the config file to the signal that stops it.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = Arc::new(config::load(config_path)?);
+    let directory: Arc<dyn Directory> = match &config.directory {
+        DirectoryConfig::Embedded { path } => Arc::new(
+            EmbeddedDirectory::open(path)
+                .with_context(|| format!("opening the embedded directory at {}", path.display()))?,
+        ),
+    };
+    let opts = AyaOptions {
+        interfaces: config.gateway.interfaces.clone(),
+        mode: config.gateway.xdp_mode,
+        pin_dir: Some(config.gateway.pin_dir.clone()),
+        ..Default::default()
+    };
+    let mut dp = AyaDataplane::open(&opts).with_context(|| {
+        format!(
+            "loading the XDP dataplane on {} (pin dir {})",
+            config.gateway.interfaces.join(", "),
+            config.gateway.pin_dir.display()
+        )
+    })?;
+    let adopted = dp.adopted();
+    let attached: Vec<String> = dp.attached().iter().map(|a| a.interface.clone()).collect();
+    if adopted {
+        let want: BTreeSet<&String> = config.gateway.interfaces.iter().collect();
+        let have: BTreeSet<&String> = attached.iter().collect();
+        if want != have {
+            anyhow::bail!(
+                "the pinned dataplane under {} is attached to [{}] but the configuration says [{}];                  run `ftn detach --pin-dir {}` first (traffic is not forwarded by ftn until the next start)",
+                config.gateway.pin_dir.display(),
+                attached.join(", "),
+                config.gateway.interfaces.join(", "),
+                config.gateway.pin_dir.display()
+            );
+        }
+        tracing::info!(interfaces = %attached.join(","), pin_dir = %config.gateway.pin_dir.display(), "adopted the pinned dataplane: it kept forwarding while the controller was down");
+    } else {
+        tracing::info!(interfaces = %attached.join(","), "XDP dataplane loaded and attached");
+        if let Some(ebpf) = dp.ebpf_mut() {
+            crate::logs::bridge(ebpf);
+        }
+    }
+    dp.set_config(&config.dataplane)?;
+    let sync = MapSync::spawn(dp);
+    let controller = Controller::start(config.clone(), directory, sync.clone(), attached, adopted).await?;
+    let token = controller.token.clone();
+    let (req_tx, req_rx) = mpsc::channel(64);
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let shutdown = CancellationToken::new();
+    let api = crate::api::serve(
+        config.api.listen,
+        crate::api::ApiState::new(req_tx, token, sync.clone()),
+        shutdown.clone(),
+    )
+    .await?;
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::hangup()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); let _ = reload_tx.send(()).await; }
+                    _ = term.recv() => { tracing::info!("SIGTERM: stopping the controller; the dataplane stays pinned and forwarding"); shutdown.cancel(); break; }
+                    _ = int.recv() => { tracing::info!("SIGINT: stopping the controller; the dataplane stays pinned and forwarding"); shutdown.cancel(); break; }
+                }
+            }
+        });
+    }
+    tracing::info!(config = %config_path.display(), api = %config.api.listen, "ftn controller running");
+    controller.run(req_rx, reload_rx, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = api.await;
+    Ok(())
+}
