@@ -702,15 +702,6 @@ impl Controller {
         }
     }
 
-    /// Server ids and resource ids by name (for counters).
-    pub fn ids(&self) -> (Vec<(String, u32)>, Vec<(String, u32)>) {
-        let snap = self.engine.snapshot();
-        (
-            snap.resources.values().map(|r| (r.name.clone(), r.id)).collect(),
-            snap.servers.values().map(|s| (s.name.clone(), s.id)).collect(),
-        )
-    }
-
     /// The engine loop. Returns when `shutdown` is cancelled (SIGTERM/SIGINT); the dataplane
     /// stays pinned and forwarding.
     pub async fn run(
@@ -759,6 +750,34 @@ impl Controller {
     }
 }
 
+/// The pin directory must be on a BPF filesystem, else pinning fails with an obscure error.
+fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    let c = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+        .context("pin_dir contains a NUL byte")?;
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if r != 0 {
+        anyhow::bail!(
+            "gateway.pin_dir {}: its parent {} is not accessible ({}); mount the BPF filesystem there (mount -t bpf bpf /sys/fs/bpf)",
+            pin_dir.display(),
+            parent.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        anyhow::bail!(
+            "gateway.pin_dir {}: {} is not a BPF filesystem, so the dataplane cannot stay pinned across controller restarts; mount it (mount -t bpf bpf /sys/fs/bpf) or choose a pin_dir under a bpffs mount (note: `ip netns exec` remounts /sys and hides bpffs; use `nsenter --net=/run/netns/NAME`)",
+            pin_dir.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -774,6 +793,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the embedded directory at {}", path.display()))?,
         ),
     };
+    check_bpffs(&config.gateway.pin_dir)?;
     let opts = AyaOptions {
         interfaces: config.gateway.interfaces.clone(),
         mode: config.gateway.xdp_mode,

@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use ftn_common::{MAX_RESOURCES, MAX_SERVERS};
 
-use crate::config::{Config, Failback, ResourceConfig};
-use crate::dataplane::{Change, Protocol, ResourceAssignment, ResourceMatch, ServerEntry};
+use crate::config::{Config, Failback};
+use crate::dataplane::{Change, ResourceAssignment, ResourceMatch, ServerEntry};
 use crate::directory::{EventDraft, Health, ResourceRecord, ServerRecord, Snapshot, Update};
 
 /// A server's health as the checkers last reported it.
@@ -101,28 +101,10 @@ pub struct Engine {
     health: HashMap<String, Observation>,
 }
 
-fn matchers(r: &ResourceConfig) -> Vec<ResourceMatch> {
-    if r.protocol == Protocol::Icmp {
-        return vec![ResourceMatch {
-            vip: r.vip,
-            protocol: r.protocol,
-            port: 0,
-        }];
-    }
-    r.ports
-        .iter()
-        .map(|&port| ResourceMatch {
-            vip: r.vip,
-            protocol: r.protocol,
-            port,
-        })
-        .collect()
-}
-
 fn all_matchers(c: &Config) -> BTreeMap<ResourceMatch, String> {
     c.resources
         .iter()
-        .flat_map(|r| matchers(r).into_iter().map(move |m| (m, r.name.clone())))
+        .flat_map(|r| r.matchers().into_iter().map(move |m| (m, r.name.clone())))
         .collect()
 }
 
@@ -562,7 +544,7 @@ impl Engine {
                     generation: rec.generation,
                     on_no_server: rc.on_no_server,
                 };
-                for m in matchers(rc) {
+                for m in rc.matchers() {
                     changes.push(Change::SetResource {
                         matcher: m,
                         assignment,
@@ -642,7 +624,7 @@ impl Engine {
                     generation: rec.generation,
                     on_no_server: rc.on_no_server,
                 };
-                for m in matchers(rc) {
+                for m in rc.matchers() {
                     out.push(Change::SetResource {
                         matcher: m,
                         assignment,
@@ -670,7 +652,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::{Dataplane, MemoryDataplane};
+    use crate::dataplane::{Dataplane, MemoryDataplane, Protocol};
     use std::path::Path;
 
     const T0: u64 = 1_000_000;

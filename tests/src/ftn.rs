@@ -1,0 +1,471 @@
+//! The real `ftn` binary in a lab: a config written to a private directory, `ftn run` started
+//! in the gateway's namespace, the CLI run there too, and everything (process, pinned
+//! dataplane, state directory) removed on drop, also when a test panics.
+
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::{lab::Conn, unique_name, Netns};
+
+/// The `ftn` binary built next to this test (target/<profile>/ftn), or `$FTN_BIN`.
+pub fn ftn_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FTN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    for dir in exe.ancestors().skip(1).take(3) {
+        let p = dir.join("ftn");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "the ftn binary was not found next to {} (build it with `cargo build -p ftn-controller`, \
+         or set FTN_BIN); `cargo xtask test` builds it first",
+        exe.display()
+    );
+}
+
+/// Lab servers (names, addresses) as the configs below declare them.
+pub const PRIMARY4: &str = "198.18.2.10";
+pub const BACKUP4: &str = "198.18.3.10";
+pub const PRIMARY6: &str = "2001:2:2::10";
+pub const BACKUP6: &str = "2001:2:3::10";
+
+/// A config for the standard lab topology: servers p1 (primary) and b1 (backup), each with a
+/// TCP check on port 80 (plus `check_extra` inside the check table), and resource `web`
+/// (VIP4:80/tcp) and `web6` (VIP6:80/tcp) with `resource_extra` lines added to both.
+pub fn lab_config(pin_dir: &Path, state_dir: &Path, token_file: &Path, check: &str, resource_extra: &str) -> String {
+    format!(
+        r#"# written by the ftn lab
+[gateway]
+interfaces = ["g0", "g1", "g2"]
+pin_dir = "{pin}"
+
+[api]
+listen = "127.0.0.1:7480"
+token_file = "{token}"
+
+[directory]
+backend = "embedded"
+path = "{state}"
+
+[[server]]
+name = "p1"
+address = "{PRIMARY4}"
+checks = [{{ type = "tcp", port = 80{check} }}]
+
+[[server]]
+name = "b1"
+address = "{BACKUP4}"
+checks = [{{ type = "tcp", port = 80{check} }}]
+
+[[server]]
+name = "p6"
+address = "{PRIMARY6}"
+checks = [{{ type = "tcp", port = 80{check} }}]
+
+[[server]]
+name = "b6"
+address = "{BACKUP6}"
+checks = [{{ type = "tcp", port = 80{check} }}]
+
+[[resource]]
+name = "web"
+vip = "{vip4}"
+protocol = "tcp"
+ports = [80]
+servers = ["p1", "b1"]
+{resource_extra}
+
+[[resource]]
+name = "web6"
+vip = "{vip6}"
+protocol = "tcp"
+ports = [80]
+servers = ["p6", "b6"]
+{resource_extra}
+"#,
+        pin = pin_dir.display(),
+        token = token_file.display(),
+        state = state_dir.display(),
+        vip4 = crate::lab::VIP4,
+        vip6 = crate::lab::VIP6,
+    )
+}
+
+pub const TOKEN: &str = "lab-token-0123456789";
+
+/// A running (or stopped) `ftn run` in a namespace, with its files.
+pub struct Ftn {
+    pub ns: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl Ftn {
+    /// Files for a controller in `ns` (nothing runs yet). `config` gets the paths through
+    /// `lab_config`-style placeholders already filled by the caller via [`Ftn::paths`].
+    pub fn new(ns: &Netns) -> Ftn {
+        let dir = std::env::temp_dir().join(unique_name("ftn-lab-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        Ftn {
+            ns: ns.name.clone(),
+            config: dir.join("ftn.toml"),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(unique_name("ftnl")),
+            state_dir: dir.join("state"),
+            log: dir.join("ftn.log"),
+            dir,
+            child: None,
+            runs: 0,
+        }
+    }
+
+    /// `ftn` in the gateway's network namespace. `nsenter --net`, not `ip netns exec`: the
+    /// latter also remounts /sys for the namespace, which hides the BPF filesystem (and the
+    /// pinned dataplane) from the process.
+    fn in_gateway(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns)).arg("--").arg(ftn_bin());
+        c
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+
+    /// The standard lab config with these check options and resource lines.
+    pub fn standard_config(&self, check: &str, resource_extra: &str) -> String {
+        lab_config(&self.pin_dir, &self.state_dir, &self.token_file(), check, resource_extra)
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Starts `ftn run` and waits until its API answers (10 s at most).
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "ftn is already running");
+        self.runs += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        writeln!(&log, "==== ftn run #{} ====", self.runs).unwrap();
+        let child = self
+            .in_gateway()
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ftn run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!("ftn run exited early ({st}); its log:\n{}", self.log_text());
+            }
+            let out = self.cli(&["status", "--json"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ftn run did not answer within 10 s; its log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts `ftn run` expecting it to fail; returns its exit status and log.
+    pub fn start_expect_failure(&mut self) -> String {
+        let out = self
+            .in_gateway()
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "ftn run was expected to fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Kills the controller with SIGKILL (a crash): the dataplane stays pinned.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // `nsenter` execs ftn, so the child's pid is ftn's.
+            // SAFETY: plain syscall on a pid we spawned.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the controller with SIGTERM and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: as above.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+                    let _ = c.wait();
+                    panic!("ftn did not stop within 10 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hup(&self) {
+        let pid = self.pid().expect("running");
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    }
+
+    /// Runs `ftn <args> --config <ours>` in the gateway namespace.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.in_gateway()
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run the ftn cli")
+    }
+
+    /// `ftn <args>` must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "`ftn {}` failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The daemon's status as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(&["status", "--json"])).expect("status json")
+    }
+
+    /// Current server of a resource, per the daemon.
+    pub fn current(&self, resource: &str) -> Option<String> {
+        let st = self.status();
+        st["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == resource)
+            .and_then(|r| r["current"].as_str().map(String::from))
+    }
+
+    /// Waits (bounded) until `resource` is on `server`.
+    pub fn wait_current(&self, resource: &str, server: Option<&str>, within: Duration) -> Duration {
+        let t = Instant::now();
+        loop {
+            if self.current(resource).as_deref() == server {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < within,
+                "{resource} did not move to {server:?} within {within:?}; status: {}\nlog:\n{}",
+                self.status(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn events(&self) -> String {
+        self.cli_ok(&["events", "--limit", "1000"])
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Raw HTTP against the API from the gateway namespace (for malformed-input tests):
+    /// returns (status code, body).
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+        let ns = Netns { name: self.ns.clone() };
+        let (method, path, token, body) = (
+            method.to_string(),
+            path.to_string(),
+            token.map(String::from),
+            body.map(String::from),
+        );
+        let r = crate::lab::in_ns(&ns, move || {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect("127.0.0.1:7480").expect("connect API");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let body = body.unwrap_or_default();
+            let mut req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+                body.len()
+            );
+            if let Some(t) = token {
+                req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+            }
+            req.push_str("\r\n");
+            req.push_str(&body);
+            s.write_all(req.as_bytes()).unwrap();
+            let mut raw = String::new();
+            let _ = s.read_to_string(&mut raw);
+            let code = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let body = raw.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            (code, body)
+        });
+        std::mem::forget(ns);
+        r
+    }
+}
+
+impl Drop for Ftn {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = Command::new(ftn_bin())
+            .args(["detach", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .output();
+        if std::thread::panicking() {
+            eprintln!("---- ftn log ({}) ----\n{}", self.log.display(), self.log_text());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One client probe: when it started, who answered (None: failed).
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub at: Duration,
+    pub answer: Option<String>,
+}
+
+/// A client in its namespace that opens a new TCP connection to `vip` every `every`, asks it
+/// who it is, and records the answer; bounded by `max` in time.
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: Option<JoinHandle<()>>,
+    pub start: Instant,
+}
+
+impl Prober {
+    pub fn start(client: &Netns, vip: IpAddr, every: Duration, max: Duration) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+        let start = Instant::now();
+        let thread = {
+            let (stop, samples, name) = (stop.clone(), samples.clone(), client.name.clone());
+            std::thread::spawn(move || {
+                let ns = Netns { name };
+                let _in = ns.enter();
+                std::mem::forget(ns);
+                while !stop.load(Ordering::Relaxed) && start.elapsed() < max {
+                    let at = start.elapsed();
+                    let answer = Conn::try_open(vip, Duration::from_millis(200))
+                        .ok()
+                        .and_then(|mut c| c.try_ask().ok());
+                    samples.lock().unwrap().push(Sample { at, answer });
+                    let next = at + every;
+                    if let Some(wait) = next.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            })
+        };
+        Prober {
+            stop,
+            samples,
+            thread: Some(thread),
+            start,
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().unwrap().clone()
+    }
+
+    pub fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.samples()
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Between `from` and `to`: the longest time from one successful probe to the next (the
+/// interruption a client saw), the failed probes, and the answers seen.
+pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> (Duration, usize) {
+    let mut last_ok: Option<Duration> = samples
+        .iter()
+        .filter(|s| s.at < from && s.answer.is_some())
+        .map(|s| s.at)
+        .next_back();
+    let mut longest = Duration::ZERO;
+    let mut failed = 0;
+    for s in samples.iter().filter(|s| s.at >= from && s.at < to) {
+        match &s.answer {
+            Some(_) => {
+                if let Some(l) = last_ok {
+                    longest = longest.max(s.at - l);
+                }
+                last_ok = Some(s.at);
+            }
+            None => failed += 1,
+        }
+    }
+    (longest, failed)
+}
+
+/// How many probes in [from, to) each server answered.
+pub fn answered_by(samples: &[Sample], from: Duration, to: Duration, who: &str) -> usize {
+    samples
+        .iter()
+        .filter(|s| s.at >= from && s.at < to && s.answer.as_deref() == Some(who))
+        .count()
+}

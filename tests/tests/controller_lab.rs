@@ -1,0 +1,335 @@
+//! The controller for real: `ftn run` on the lab's gateway, real services on the primary and
+//! backup, a client probing the VIP with a new TCP connection every 10 ms, faults injected by
+//! killing services, downing links and killing the controller. Needs root; never skipped.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use ftn_tests::{
+    ftn::{answered_by, gap, Ftn, Prober, TOKEN},
+    lab::{attach_pass_in, in_ns, topology, Conn, Service, Topology, VIP4},
+    require_root,
+};
+
+const EVERY: Duration = Duration::from_millis(10);
+
+struct Lab {
+    t: Topology,
+    _pass: Vec<aya::Ebpf>,
+    primary: Option<Service>,
+    _backup: Option<Service>,
+    ftn: Ftn,
+}
+
+impl Lab {
+    /// Topology, services, and a running controller with the standard config plus `extra`
+    /// lines on both resources.
+    fn start(check: &str, extra: &str) -> Lab {
+        require_root();
+        let t = topology();
+        let pass = vec![
+            attach_pass_in(&t.client, "c0"),
+            attach_pass_in(&t.primary, "p0"),
+            attach_pass_in(&t.backup, "b0"),
+        ];
+        let primary = Some(Service::start(&t.primary, "primary"));
+        let backup = Some(Service::start(&t.backup, "backup"));
+        let mut ftn = Ftn::new(&t.gateway);
+        ftn.write_config(&ftn.standard_config(check, extra));
+        ftn.start();
+        let lab = Lab {
+            t,
+            _pass: pass,
+            primary,
+            _backup: backup,
+            ftn,
+        };
+        lab.ftn.wait_current("web", Some("p1"), Duration::from_secs(5));
+        assert_eq!(lab.ask_new(), "primary");
+        lab
+    }
+
+    fn vip() -> IpAddr {
+        VIP4.parse().unwrap()
+    }
+
+    /// A new connection from the client: who answers.
+    fn ask_new(&self) -> String {
+        in_ns(&self.t.client, || Conn::open(Lab::vip()).ask())
+    }
+
+    fn open(&self) -> Conn {
+        in_ns(&self.t.client, || Conn::open(Lab::vip()))
+    }
+
+    fn ask(&self, c: Conn) -> (Conn, Result<String, String>) {
+        in_ns(&self.t.client, move || {
+            let mut c = c;
+            let r = c.try_ask();
+            (c, r)
+        })
+    }
+
+    fn probe(&self) -> Prober {
+        Prober::start(&self.t.client, Lab::vip(), EVERY, Duration::from_secs(60))
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[test]
+fn service_death_fails_over_and_hold_failback_breaks_nothing() {
+    let mut lab = Lab::start("", "failback = \"hold\"\nhold = \"2s\"");
+    let probe = lab.probe();
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = probe.now();
+    lab.primary = None; // port 80 closed; host and link alive
+    let took = lab.ftn.wait_current("web", Some("b1"), Duration::from_secs(3));
+    println!("failover decided {:.0} ms after the service died", ms(took));
+    // A long-lived connection opened on the backup during the failover.
+    let on_backup = lab.open();
+    let (on_backup, r) = lab.ask(on_backup);
+    assert_eq!(r.as_deref(), Ok("backup"));
+    std::thread::sleep(Duration::from_millis(300));
+    let restarted = probe.now();
+    lab.primary = Some(Service::start(&lab.t.primary, "primary"));
+    // Hold: 2 s of health before failback.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(lab.ftn.current("web").as_deref(), Some("b1"), "failback before the hold time");
+    let back = lab.ftn.wait_current("web", Some("p1"), Duration::from_secs(5));
+    println!("failback {:.0} ms after the primary's service returned", ms(back) + 1000.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let samples = probe.finish();
+    let end = samples.last().unwrap().at;
+    let (fo_gap, fo_failed) = gap(&samples, killed, restarted);
+    let (fb_gap, fb_failed) = gap(&samples, restarted, end + Duration::from_millis(1));
+    println!(
+        "probes {}: failover gap {:.0} ms ({fo_failed} failed), failback gap {:.0} ms ({fb_failed} failed)",
+        samples.len(),
+        ms(fo_gap),
+        ms(fb_gap)
+    );
+    assert!(answered_by(&samples, killed, restarted, "backup") > 10);
+    assert!(answered_by(&samples, restarted + Duration::from_millis(1500), end, "primary") > 10);
+    assert_eq!(fb_failed, 0, "no probe may fail at failback");
+    let (_c, r) = lab.ask(on_backup);
+    assert_eq!(r.as_deref(), Ok("backup"), "the connection on the backup must survive failback");
+    let ev = lab.ftn.events();
+    assert!(ev.contains("failover") && ev.contains("web moved p1 -> b1"), "{ev}");
+    assert!(ev.contains("failback") && ev.contains("hold 2s"), "{ev}");
+}
+
+#[test]
+fn primary_link_down_fails_over_and_stuck_connections_move_at_once() {
+    let lab = Lab::start("", "failback = \"immediate\"");
+    let probe = lab.probe();
+    let stuck = lab.open();
+    let (stuck, r) = lab.ask(stuck);
+    assert_eq!(r.as_deref(), Ok("primary"));
+    std::thread::sleep(Duration::from_millis(300));
+    let down = probe.now();
+    lab.t.primary.ip(&["link", "set", "p0", "down"]);
+    let took = lab.ftn.wait_current("web", Some("b1"), Duration::from_secs(3));
+    println!("failover decided {:.0} ms after the primary's link went down", ms(took));
+    // The connection to the dead primary: its next packet goes to the backup, which resets it
+    // at once (no waiting for TCP's retransmission timeouts).
+    let t = Instant::now();
+    let (_stuck, r) = lab.ask(stuck);
+    let answer_after = t.elapsed();
+    println!("connection to the dead primary: {r:?} after {:.0} ms", ms(answer_after));
+    assert!(r.is_err(), "a connection to the dead primary cannot be answered: {r:?}");
+    assert!(answer_after < Duration::from_secs(1), "it must end at once, not after TCP timeouts");
+    std::thread::sleep(Duration::from_millis(300));
+    let up = probe.now();
+    lab.t.primary.ip(&["link", "set", "p0", "up"]);
+    lab.t.primary.ip(&["route", "replace", "default", "via", "198.18.2.1"]);
+    lab.t.primary.ip(&["-6", "route", "replace", "default", "via", "2001:2:2::1"]);
+    lab.ftn.wait_current("web", Some("p1"), Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let samples = probe.finish();
+    let (fo_gap, fo_failed) = gap(&samples, down, up);
+    println!("link down: failover gap {:.0} ms, {fo_failed} failed probes", ms(fo_gap));
+    assert!(answered_by(&samples, down, up, "backup") > 10);
+    assert!(lab.ftn.events().contains("server p1 is down"));
+}
+
+#[test]
+fn manual_failback_waits_for_switchover() {
+    let mut lab = Lab::start("", "failback = \"manual\"");
+    lab.primary = None;
+    lab.ftn.wait_current("web", Some("b1"), Duration::from_secs(3));
+    lab.primary = Some(Service::start(&lab.t.primary, "primary"));
+    // Rise: 3 checks of 50 ms; then manual policy keeps b1.
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = lab.ftn.status();
+    let p1 = st["servers"].as_array().unwrap().iter().find(|s| s["name"] == "p1").unwrap().clone();
+    assert_eq!(p1["health"], "up", "{st}");
+    assert_eq!(lab.ftn.current("web").as_deref(), Some("b1"));
+    assert_eq!(lab.ask_new(), "backup");
+    let out = lab.ftn.cli_ok(&["switchover", "web", "--to", "p1"]);
+    assert!(out.contains("web moved b1 -> p1"), "{out}");
+    assert_eq!(lab.ftn.current("web").as_deref(), Some("p1"));
+    assert_eq!(lab.ask_new(), "primary");
+    // Switchover to a server the resource does not list is refused with the reason.
+    let out = lab.ftn.cli(&["switchover", "web", "--to", "p6"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("409") && err.contains("not in resource \"web\"'s list"), "{err}");
+}
+
+#[test]
+fn controller_kill9_and_restart_lose_nothing() {
+    let lab_start = Instant::now();
+    let mut lab = Lab::start("", "");
+    let long = lab.open();
+    let probe = lab.probe();
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = probe.now();
+    lab.ftn.kill9();
+    std::thread::sleep(Duration::from_millis(700));
+    lab.ftn.start();
+    std::thread::sleep(Duration::from_millis(500));
+    let samples = probe.finish();
+    let end = samples.last().unwrap().at;
+    let (g, failed) = gap(&samples, killed, end + Duration::from_millis(1));
+    println!(
+        "controller down ~0.7 s and restarted: {} probes, {failed} failed, longest gap {:.0} ms",
+        samples.len(),
+        ms(g)
+    );
+    assert_eq!(failed, 0, "no probe may fail while the controller restarts");
+    assert_eq!(answered_by(&samples, killed, end + Duration::from_millis(1), "primary"), samples.iter().filter(|s| s.at >= killed).count());
+    let (_long, r) = lab.ask(long);
+    assert_eq!(r.as_deref(), Ok("primary"), "established connection kept its server");
+    let log = lab.ftn.log_text();
+    assert!(log.contains("adopted the pinned dataplane"), "{log}");
+    let ev = lab.ftn.events();
+    assert!(!ev.contains("moved p1 -> b1"), "no remap on restart: {ev}");
+    println!("lab took {:.1} s", lab_start.elapsed().as_secs_f64());
+}
+
+#[test]
+fn both_servers_down_then_recovery() {
+    let mut lab = Lab::start("", "on_no_server = \"reject\"\nfailback = \"immediate\"");
+    lab.primary = None;
+    lab._backup = None;
+    lab.ftn.wait_current("web", None, Duration::from_secs(3));
+    // reject: the client is refused at once instead of timing out.
+    let t = Instant::now();
+    let r = in_ns(&lab.t.client, || Conn::try_open(Lab::vip(), Duration::from_secs(2)).map(|_| ()));
+    let e = r.expect_err("no server: the connection must fail");
+    println!("both down: connect failed in {:.1} ms: {e}", ms(t.elapsed()));
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(lab.ftn.events().contains("no-server"));
+    lab._backup = Some(Service::start(&lab.t.backup, "backup"));
+    lab.ftn.wait_current("web", Some("b1"), Duration::from_secs(3));
+    assert_eq!(lab.ask_new(), "backup");
+    lab.primary = Some(Service::start(&lab.t.primary, "primary"));
+    lab.ftn.wait_current("web", Some("p1"), Duration::from_secs(3));
+    assert_eq!(lab.ask_new(), "primary");
+}
+
+#[test]
+fn flapping_primary_does_not_flap_traffic() {
+    let mut lab = Lab::start("", "");
+    let probe = lab.probe();
+    // Up/down every 200 ms (4 probe intervals) for 4 s.
+    let t = Instant::now();
+    let mut up = true;
+    while t.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(200));
+        up = !up;
+        lab.primary = if up { Some(Service::start(&lab.t.primary, "primary")) } else { None };
+    }
+    lab.primary = Some(Service::start(&lab.t.primary, "primary"));
+    std::thread::sleep(Duration::from_millis(500));
+    let samples = probe.finish();
+    let st = lab.ftn.status();
+    let moves = st["failovers"]["web"].as_u64().unwrap_or(0);
+    println!("flapping primary: web moved {moves} time(s); now on {:?}", lab.ftn.current("web"));
+    assert_eq!(moves, 1, "one failover, no failback while it flaps (hold time): {st}");
+    assert_eq!(lab.ftn.current("web").as_deref(), Some("b1"));
+    // Once on the backup, traffic stays there.
+    let first_backup = samples.iter().find(|s| s.answer.as_deref() == Some("backup")).unwrap().at;
+    assert_eq!(answered_by(&samples, first_backup, Duration::MAX, "primary"), 0);
+}
+
+#[test]
+fn invalid_config_and_api_input_are_refused_and_change_nothing() {
+    let lab = Lab::start("", "");
+    let good = std::fs::read_to_string(&lab.ftn.config).unwrap();
+    let before = lab.ftn.status();
+    let cases: [(&str, String, &str); 5] = [
+        ("unknown field", good.replace("[[resource]]\nname = \"web\"\n", "[[resource]]\nname = \"web\"\ncolour = \"red\"\n"), "unknown field `colour`"),
+        ("duplicate VIP", good.replace(ftn_tests::lab::VIP6, VIP4).replace("servers = [\"p6\", \"b6\"]", "servers = [\"p1\", \"b1\"]"), "198.18.100.1"),
+        ("unknown server", good.replace("servers = [\"p1\", \"b1\"]", "servers = [\"p1\", \"b9\"]"), "unknown server \"b9\""),
+        ("bad address", good.replace("address = \"198.18.3.10\"", "address = \"198.18.3.300\""), "198.18.3.300"),
+        ("primary twice", good.replace("servers = [\"p1\", \"b1\"]", "servers = [\"p1\", \"b1\", \"p1\"]"), "p1"),
+    ];
+    for (what, text, needle) in &cases {
+        let bad = lab.ftn.dir.join("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        let out = lab.ftn.cli(&["check-config", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{what}: {}", err.lines().next().unwrap_or(""));
+        assert!(!out.status.success(), "{what}: accepted");
+        assert!(err.contains(needle) && err.contains("bad.toml:"), "{what}: {err}");
+        // The same file as the running config: reload refused, state unchanged.
+        std::fs::write(&lab.ftn.config, text).unwrap();
+        let out = lab.ftn.cli(&["reload"]);
+        assert!(!out.status.success(), "{what}: reload accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("422") && err.contains(needle), "{what}: {err}");
+        lab.ftn.hup();
+        std::thread::sleep(Duration::from_millis(200));
+        let now = lab.ftn.status();
+        assert_eq!(now["resources"], before["resources"], "{what}: state changed");
+        assert_eq!(now["revision"], before["revision"], "{what}: directory changed");
+    }
+    std::fs::write(&lab.ftn.config, &good).unwrap();
+    assert_eq!(lab.ask_new(), "primary");
+    // API: no token, wrong token, malformed input, unknown names.
+    let (c, b) = lab.ftn.http("POST", "/v1/switchover", None, Some(r#"{"resource":"web","to":"b1"}"#));
+    assert_eq!(c, 401, "{b}");
+    let (c, b) = lab.ftn.http("POST", "/v1/switchover", Some("nope"), Some(r#"{"resource":"web","to":"b1"}"#));
+    assert_eq!(c, 403, "{b}");
+    let (c, b) = lab.ftn.http("POST", "/v1/switchover", Some(TOKEN), Some(r#"{"resource":"web""#));
+    assert_eq!(c, 400, "{b}");
+    assert!(b.contains("error"), "{b}");
+    let (c, b) = lab.ftn.http("POST", "/v1/switchover", Some(TOKEN), Some(r#"{"resource":"web","to":"b1","force":true}"#));
+    assert_eq!(c, 422, "{b}");
+    assert!(b.contains("force"), "{b}");
+    let (c, b) = lab.ftn.http("POST", "/v1/drain", Some(TOKEN), Some(r#"{"server":"zz"}"#));
+    assert_eq!(c, 404, "{b}");
+    assert!(b.contains("no server named \\\"zz\\\""), "{b}");
+    let (c, b) = lab.ftn.http("GET", "/v1/events?limit=abc", None, None);
+    assert_eq!(c, 400, "{b}");
+    let (c, _) = lab.ftn.http("GET", "/v1/nothing", None, None);
+    assert_eq!(c, 404);
+    assert_eq!(lab.ftn.status()["revision"], before["revision"], "refused calls changed the directory");
+    let (c, b) = lab.ftn.http("GET", "/metrics", None, None);
+    assert_eq!(c, 200);
+    assert!(b.contains("ftn_resource_server{resource=\"web\",server=\"p1\"} 1"), "{b}");
+    assert!(b.contains("ftn_dataplane_packets_total{outcome="), "{b}");
+}
+
+#[test]
+fn drain_moves_new_flows_and_keeps_established_ones() {
+    let lab = Lab::start("", "failback = \"immediate\"\ndrain = \"2s\"");
+    let long = lab.open();
+    let out = lab.ftn.cli_ok(&["drain", "p1"]);
+    assert!(out.contains("web moved p1 -> b1"), "{out}");
+    assert_eq!(lab.ask_new(), "backup");
+    let (long, r) = lab.ask(long);
+    assert_eq!(r.as_deref(), Ok("primary"), "established flows finish on the drained server");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_long, r) = lab.ask(long);
+    assert!(r.is_err(), "after the drain time the remaining flows move (and the backup resets them): {r:?}");
+    lab.ftn.cli_ok(&["undrain", "p1"]);
+    assert_eq!(lab.ftn.current("web").as_deref(), Some("p1"));
+    assert_eq!(lab.ask_new(), "primary");
+}
