@@ -484,7 +484,9 @@ impl Engine {
                 rec.generation = rec.generation.wrapping_add(1);
                 rec.since_ms = now_ms;
                 rec.reason = reason.clone();
-                moved.push(rc.name.clone());
+                if prev.is_some() {
+                    moved.push(rc.name.clone());
+                }
                 events.push(EventDraft {
                     kind: if rec.current.is_none() { "no-server".into() } else { kind.into() },
                     resource: Some(rc.name.clone()),

@@ -111,7 +111,22 @@ struct Target {
 }
 
 fn target(a: &ApiArgs) -> anyhow::Result<Target> {
-    let cfg = config::load(&a.config).ok();
+    let cfg = match config::load(&a.config) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            if a.api.is_none() || a.token_file.is_none() {
+                eprintln!(
+                    "note: the API address and token could not be read from {} ({} problem(s): {}); using {}{}",
+                    a.config.display(),
+                    e.problems.len(),
+                    e.problems.first().map(|p| p.message.as_str()).unwrap_or(""),
+                    a.api.map(|x| x.to_string()).unwrap_or_else(|| DEFAULT_API.to_string()),
+                    if a.token_file.is_none() { " and no token (use --token-file for changes)" } else { "" }
+                );
+            }
+            None
+        }
+    };
     let addr = match (a.api, &cfg) {
         (Some(addr), _) => addr,
         (None, Some(c)) => c.api.listen,

@@ -122,7 +122,7 @@ impl Ftn {
     /// Files for a controller in `ns` (nothing runs yet). `config` gets the paths through
     /// `lab_config`-style placeholders already filled by the caller via [`Ftn::paths`].
     pub fn new(ns: &Netns) -> Ftn {
-        let dir = std::env::temp_dir().join(unique_name("ftn-lab-"));
+        let dir = std::env::temp_dir().join(format!("ftn-lab-{}", unique_name("d")));
         std::fs::create_dir_all(&dir).unwrap();
         let token = dir.join("token");
         std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
@@ -260,6 +260,11 @@ impl Ftn {
             .expect("run the ftn cli")
     }
 
+    /// Runs `ftn <args>` as given (no --config added).
+    pub fn cli_raw(&self, args: &[&str]) -> Output {
+        self.in_gateway().args(args).output().expect("run the ftn cli")
+    }
+
     /// `ftn <args>` must succeed; returns its stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
@@ -371,8 +376,10 @@ pub struct Sample {
     pub answer: Option<String>,
 }
 
-/// A client in its namespace that opens a new TCP connection to `vip` every `every`, asks it
-/// who it is, and records the answer; bounded by `max` in time.
+/// A client in its namespace that starts a new TCP connection to `vip` every `every` (each in
+/// its own thread, so a connection stuck on a dead server does not delay the next one), asks
+/// it who it is, and records the answer; bounded by `max` in time. A probe that gets no answer
+/// within 200 ms counts as failed.
 pub struct Prober {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -391,16 +398,27 @@ impl Prober {
                 let ns = Netns { name };
                 let _in = ns.enter();
                 std::mem::forget(ns);
+                // Threads spawned from here inherit this thread's network namespace.
+                let mut running: Vec<JoinHandle<()>> = Vec::new();
+                let mut n: u32 = 0;
                 while !stop.load(Ordering::Relaxed) && start.elapsed() < max {
                     let at = start.elapsed();
-                    let answer = Conn::try_open(vip, Duration::from_millis(200))
-                        .ok()
-                        .and_then(|mut c| c.try_ask().ok());
-                    samples.lock().unwrap().push(Sample { at, answer });
-                    let next = at + every;
+                    let samples = samples.clone();
+                    running.push(std::thread::spawn(move || {
+                        let answer = Conn::try_open(vip, Duration::from_millis(200))
+                            .ok()
+                            .and_then(|mut c| c.try_ask().ok());
+                        samples.lock().unwrap().push(Sample { at, answer });
+                    }));
+                    running.retain(|t| !t.is_finished());
+                    n += 1;
+                    let next = every * n;
                     if let Some(wait) = next.checked_sub(start.elapsed()) {
                         std::thread::sleep(wait);
                     }
+                }
+                for t in running {
+                    let _ = t.join();
                 }
             })
         };
@@ -416,8 +434,11 @@ impl Prober {
         self.start.elapsed()
     }
 
+    /// The samples so far, in the order the probes started.
     pub fn samples(&self) -> Vec<Sample> {
-        self.samples.lock().unwrap().clone()
+        let mut v = self.samples.lock().unwrap().clone();
+        v.sort_by_key(|s| s.at);
+        v
     }
 
     pub fn finish(mut self) -> Vec<Sample> {
