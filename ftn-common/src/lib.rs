@@ -34,9 +34,14 @@ pub mod map_names {
     pub const GLOBAL_STATS: &str = "FTN_GLOBAL";
     /// `DevMapHash` keyed by ifindex: the interfaces XDP may redirect to.
     pub const DEVMAP: &str = "FTN_DEVMAP";
+    /// `Array<PassiveState>` indexed by server id: what the program saw of the server's
+    /// answers to new TCP connections (passive health).
+    pub const PASSIVE: &str = "FTN_PASSIVE";
+    /// `RingBuf` of [`crate::PassiveEvent`]s for the controller.
+    pub const EVENTS: &str = "FTN_EVENTS";
 
     /// Every map of the object, for checks and pinning.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
         RESOURCES,
         SERVERS,
         FLOWS,
@@ -46,6 +51,8 @@ pub mod map_names {
         SERVER_STATS,
         GLOBAL_STATS,
         DEVMAP,
+        PASSIVE,
+        EVENTS,
     ];
 }
 
@@ -208,13 +215,26 @@ pub struct DataplaneConfig {
     pub udp_idle_ns: u64,
     /// Idle time after which an ICMP echo flow is forgotten.
     pub icmp_idle_ns: u64,
+    /// Passive health: a server whose oldest unanswered new-connection SYN is at least this
+    /// old, with at least `passive_min` SYNs unanswered, is reported to the controller.
+    pub passive_window_ns: u64,
+    /// Passive health: at most one report per server per this time.
+    pub passive_rearm_ns: u64,
+    /// Passive health: SYNs unanswered (or RSTs in a row) before a report; `u32::MAX`: off.
+    pub passive_min: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 32);
+const _: () = assert!(size_of::<DataplaneConfig>() == 56);
 
 pub const DEFAULT_TCP_IDLE_NS: u64 = 900 * 1_000_000_000;
 pub const DEFAULT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
 pub const DEFAULT_UDP_IDLE_NS: u64 = 60 * 1_000_000_000;
 pub const DEFAULT_ICMP_IDLE_NS: u64 = 30 * 1_000_000_000;
+pub const DEFAULT_PASSIVE_WINDOW_NS: u64 = 20 * 1_000_000;
+pub const DEFAULT_PASSIVE_REARM_NS: u64 = 250 * 1_000_000;
+pub const DEFAULT_PASSIVE_MIN: u32 = 3;
+/// `passive_min` value that turns passive reports off.
+pub const PASSIVE_OFF: u32 = u32::MAX;
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
@@ -223,9 +243,51 @@ impl Default for DataplaneConfig {
             tcp_closing_ns: DEFAULT_TCP_CLOSING_NS,
             udp_idle_ns: DEFAULT_UDP_IDLE_NS,
             icmp_idle_ns: DEFAULT_ICMP_IDLE_NS,
+            passive_window_ns: DEFAULT_PASSIVE_WINDOW_NS,
+            passive_rearm_ns: DEFAULT_PASSIVE_REARM_NS,
+            passive_min: DEFAULT_PASSIVE_MIN,
+            _pad: 0,
         }
     }
 }
+
+/// Passive health of one server (element of [`map_names::PASSIVE`]). Updated by every CPU
+/// without atomics: a lost update only delays or advances a report by a packet, and a report
+/// only makes the controller probe the server at once; it never marks a server down.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PassiveState {
+    /// `bpf_ktime_get_ns()` of the oldest SYN not answered yet (valid when `unanswered > 0`).
+    pub unanswered_since_ns: u64,
+    /// Last report about this server.
+    pub last_report_ns: u64,
+    /// New-connection SYNs forwarded since the server last answered anything but a RST.
+    pub unanswered: u32,
+    /// RSTs from the server in a row.
+    pub rsts: u32,
+}
+const _: () = assert!(size_of::<PassiveState>() == 24);
+
+/// The server stopped answering new connections: SYNs left unanswered.
+pub const PASSIVE_UNANSWERED: u32 = 1;
+/// The server refuses new connections: RSTs in a row.
+pub const PASSIVE_RST: u32 = 2;
+/// Size of the events ring buffer.
+pub const EVENTS_BYTES: u32 = 64 * 1024;
+
+/// A passive health report (record of [`map_names::EVENTS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PassiveEvent {
+    pub server_id: u32,
+    /// `PASSIVE_UNANSWERED` or `PASSIVE_RST`.
+    pub kind: u32,
+    /// SYNs unanswered or RSTs in a row.
+    pub count: u32,
+    /// How long the oldest SYN has been unanswered, in microseconds (0 for RSTs).
+    pub age_us: u32,
+}
+const _: () = assert!(size_of::<PassiveEvent>() == 16);
 
 /// Per-resource counters (element of [`map_names::RESOURCE_STATS`], per CPU).
 #[repr(C)]
@@ -380,6 +442,8 @@ mod user {
     unsafe impl aya::Pod for ReverseKey {}
     unsafe impl aya::Pod for ReverseValue {}
     unsafe impl aya::Pod for DataplaneConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PassiveState {}
     unsafe impl aya::Pod for ResourceStats {}
     unsafe impl aya::Pod for ServerStats {}
 }

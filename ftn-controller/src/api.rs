@@ -371,6 +371,10 @@ pub fn render_metrics(st: &Status, c: Option<&Counters>, sync: &crate::daemon::S
             let _ = writeln!(o, "ftn_check_probes_total{{server=\"{}\",check=\"{}\",result=\"failed\"}} {}", esc(&s.name), esc(&ch.check), ch.probes_failed);
         }
     }
+    family(&mut o, "ftn_server_passive_reports_total", "counter", "Passive health reports from the dataplane (SYNs unanswered or refused), each followed by immediate checks.");
+    for s in &st.servers {
+        let _ = writeln!(o, "ftn_server_passive_reports_total{{server=\"{}\"}} {}", esc(&s.name), st.passive_signals.get(&s.name).copied().unwrap_or(0));
+    }
     family(&mut o, "ftn_directory_revision", "gauge", "Revision of the directory the controller decided from.");
     let _ = writeln!(o, "ftn_directory_revision{{backend=\"{}\"}} {}", esc(&st.directory), st.revision);
     family(&mut o, "ftn_directory_commit_errors_total", "counter", "Directory commits that failed (nothing was applied).");

@@ -335,7 +335,7 @@ mod ser {
     }
 
     pub fn dataplane<S: Serializer>(d: &DataplaneConfig, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("DataplaneConfig", 4)?;
+        let mut st = s.serialize_struct("DataplaneConfig", 8)?;
         st.serialize_field("tcp_idle", &human(Duration::from_nanos(d.tcp_idle_ns)))?;
         st.serialize_field(
             "tcp_closing_idle",
@@ -343,6 +343,18 @@ mod ser {
         )?;
         st.serialize_field("udp_idle", &human(Duration::from_nanos(d.udp_idle_ns)))?;
         st.serialize_field("icmp_idle", &human(Duration::from_nanos(d.icmp_idle_ns)))?;
+        st.serialize_field("passive", &(d.passive_min != ftn_common::PASSIVE_OFF))?;
+        st.serialize_field(
+            "passive_window",
+            &human(Duration::from_nanos(d.passive_window_ns)),
+        )?;
+        st.serialize_field(
+            "passive_rearm",
+            &human(Duration::from_nanos(d.passive_rearm_ns)),
+        )?;
+        if d.passive_min != ftn_common::PASSIVE_OFF {
+            st.serialize_field("passive_min", &d.passive_min)?;
+        }
         st.end()
     }
 }
@@ -1368,7 +1380,16 @@ fn read_directory(ctx: &mut Ctx, t: &Table) -> DirectoryConfig {
 fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {
     t.deny_unknown(
         ctx,
-        &["tcp_idle", "tcp_closing_idle", "udp_idle", "icmp_idle"],
+        &[
+            "tcp_idle",
+            "tcp_closing_idle",
+            "udp_idle",
+            "icmp_idle",
+            "passive",
+            "passive_window",
+            "passive_rearm",
+            "passive_min",
+        ],
     );
     let mut dp = DataplaneConfig::default();
     for (name, slot) in [
@@ -1376,6 +1397,8 @@ fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {
         ("tcp_closing_idle", &mut dp.tcp_closing_ns),
         ("udp_idle", &mut dp.udp_idle_ns),
         ("icmp_idle", &mut dp.icmp_idle_ns),
+        ("passive_window", &mut dp.passive_window_ns),
+        ("passive_rearm", &mut dp.passive_rearm_ns),
     ] {
         let Some(item) = t.get(name) else { continue };
         let field = t.field(name);
@@ -1389,6 +1412,18 @@ fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {
         match u64::try_from(d.as_nanos()) {
             Ok(ns) => *slot = ns,
             Err(_) => ctx.report(item.span, &field, format!("{} is too long", human(d))),
+        }
+    }
+    if let Some(item) = t.get("passive_min") {
+        if let Some(n) = want_range(ctx, item, &t.field("passive_min"), 1, 1_000_000) {
+            dp.passive_min = n as u32;
+        }
+    }
+    if let Some(item) = t.get("passive") {
+        match item.node {
+            Node::Bool(true) => {}
+            Node::Bool(false) => dp.passive_min = ftn_common::PASSIVE_OFF,
+            _ => wrong_type(ctx, item, &t.field("passive"), "true or false"),
         }
     }
     dp

@@ -29,6 +29,7 @@ use crate::dataplane::{
     AyaDataplane, AyaOptions, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats,
 };
 use crate::directory::{Directory, EmbeddedDirectory, Event, Health, Snapshot};
+use ftn_common::{PassiveEvent, PASSIVE_RST};
 use crate::engine::{Action, ActionError, Engine, Observation, Plan};
 
 /// The controller's clock in unix milliseconds, advancing with `tokio::time` (so tests that
@@ -331,6 +332,8 @@ pub struct Status {
     pub dataplane_errors: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// Passive health reports from the dataplane, by server, since the controller started.
+    pub passive_signals: HashMap<String, u64>,
 }
 
 /// An API request to the engine task.
@@ -375,6 +378,7 @@ pub struct Controller {
     commit_errors: u64,
     reloads_ok: u64,
     reloads_failed: u64,
+    passive_signals: HashMap<String, u64>,
     /// Token the API checks (updated on reload).
     pub token: Arc<std::sync::RwLock<Option<String>>>,
 }
@@ -438,6 +442,7 @@ impl Controller {
             commit_errors: 0,
             reloads_ok: 0,
             reloads_failed: 0,
+            passive_signals: HashMap::new(),
             token: Arc::new(std::sync::RwLock::new(config.api.token.clone())),
         };
         c.step(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -611,6 +616,7 @@ impl Controller {
                 .load(std::sync::atomic::Ordering::Relaxed),
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
+            passive_signals: self.passive_signals.clone(),
         }
     }
 
@@ -704,10 +710,38 @@ impl Controller {
 
     /// The engine loop. Returns when `shutdown` is cancelled (SIGTERM/SIGINT); the dataplane
     /// stays pinned and forwarding.
+    /// A passive health report from the dataplane: the server's checks run at once.
+    fn on_passive(&mut self, ev: PassiveEvent) {
+        let Some(name) = self
+            .engine
+            .snapshot()
+            .servers
+            .values()
+            .find(|s| s.id == ev.server_id)
+            .map(|s| s.name.clone())
+        else {
+            return;
+        };
+        let why = match ev.kind {
+            PASSIVE_RST => format!("{} new connections refused (RST) in a row", ev.count),
+            _ => format!(
+                "{} new connections unanswered for {:.1} ms",
+                ev.count,
+                f64::from(ev.age_us) / 1000.0
+            ),
+        };
+        *self.passive_signals.entry(name.clone()).or_default() += 1;
+        tracing::info!(server = %name, "passive health: {why}; checking it now");
+        if let Some((checker, _)) = self.checkers.get(&name) {
+            checker.suspect(&why);
+        }
+    }
+
     pub async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
         mut reload_signal: mpsc::Receiver<()>,
+        mut passive: mpsc::Receiver<PassiveEvent>,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -734,6 +768,7 @@ impl Controller {
                     let _ = self.step(None).await;
                 }
                 Some(req) = requests.recv() => self.handle(req).await,
+                Some(ev) = passive.recv() => self.on_passive(ev),
                 Some(()) = reload_signal.recv() => { let _ = self.reload().await; }
                 _ = sleep => { let _ = self.step(None).await; }
                 _ = resync_every, if self.sync.stats().needs_resync.load(std::sync::atomic::Ordering::Relaxed) => {
@@ -775,6 +810,38 @@ fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
             parent.display()
         );
     }
+    Ok(())
+}
+
+/// Reads passive health reports from the dataplane's ring buffer and forwards them.
+fn spawn_passive_reader(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    tx: mpsc::Sender<PassiveEvent>,
+) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer owns its file descriptor, open and unchanged until the AsyncFd
+    // (which owns the ring) is dropped.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("polling the passive-health ring buffer: {}", e.into_parts().1))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                break;
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<PassiveEvent>() {
+                    // SAFETY: the program writes whole `PassiveEvent`s (repr(C), plain
+                    // integers); read_unaligned copes with any alignment.
+                    let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PassiveEvent>()) };
+                    // Reports are hints: drop them rather than block when the engine is busy.
+                    let _ = tx.try_send(ev);
+                }
+            }
+            guard.clear_ready();
+        }
+    });
     Ok(())
 }
 
@@ -829,6 +896,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     dp.set_config(&config.dataplane)?;
+    let (passive_tx, passive_rx) = mpsc::channel(1024);
+    match dp.take_events() {
+        Some(ring) => spawn_passive_reader(ring, passive_tx)?,
+        None => tracing::warn!("no passive-health ring buffer: detection relies on active checks only"),
+    }
     let sync = MapSync::spawn(dp);
     let controller = Controller::start(config.clone(), directory, sync.clone(), attached, adopted).await?;
     let token = controller.token.clone();
@@ -863,7 +935,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         });
     }
     tracing::info!(config = %config_path.display(), api = %config.api.listen, "ftn controller running");
-    controller.run(req_rx, reload_rx, shutdown.clone()).await;
+    controller.run(req_rx, reload_rx, passive_rx, shutdown.clone()).await;
     shutdown.cancel();
     let _ = api.await;
     Ok(())

@@ -20,6 +20,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod passive;
 mod reject;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

@@ -6,12 +6,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use ftn_common::{
     DataplaneConfig, FlowKey, FlowValue, GlobalCounter, ResourceKey, ResourceStats, ResourceValue,
     ReverseKey, ReverseValue, ServerStats, ServerValue, DEFAULT_FLOW_CAPACITY, GLOBAL_COUNTERS,
-    MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_SERVERS,
+    MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_SERVERS, PassiveState, EVENTS_BYTES,
 };
 
 use crate::parse::Pkt;
@@ -46,6 +46,12 @@ pub static FTN_GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_C
 
 #[map]
 pub static FTN_DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+
+#[map]
+pub static FTN_PASSIVE: Array<PassiveState> = Array::with_max_entries(MAX_SERVERS, 0);
+
+#[map]
+pub static FTN_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[inline(always)]
 pub fn count(c: GlobalCounter) {
@@ -87,6 +93,15 @@ pub fn config() -> DataplaneConfig {
     }
     if c.icmp_idle_ns == 0 {
         c.icmp_idle_ns = d.icmp_idle_ns;
+    }
+    if c.passive_window_ns == 0 {
+        c.passive_window_ns = d.passive_window_ns;
+    }
+    if c.passive_rearm_ns == 0 {
+        c.passive_rearm_ns = d.passive_rearm_ns;
+    }
+    if c.passive_min == 0 {
+        c.passive_min = d.passive_min;
     }
     c
 }

@@ -6,9 +6,9 @@ use ftn_common::{GlobalCounter, ResourceValue, ReverseValue, PROTO_ICMPV6, PROTO
 use crate::{
     csum, flow,
     fwd::send,
-    maps::{count, res_stats, srv_stats},
-    parse::{read, write, Pkt, ETH_LEN},
-    reject,
+    maps::{config, count, res_stats, srv_stats},
+    parse::{read, write, Pkt, ETH_LEN, TCP_ACK, TCP_RST, TCP_SYN},
+    passive, reject,
 };
 
 /// Which address of the packet to rewrite.
@@ -53,6 +53,9 @@ pub fn forward(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, 
             s.flows_moved_away += 1;
         }
     }
+    if ch.new_flow && pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        passive::on_syn(ch.server_id, now, &config());
+    }
     flow::end_forward(pkt, &ch.server.addr);
     send(ctx, pkt, &pkt.src, &ch.server.addr)
 }
@@ -73,7 +76,11 @@ pub fn reply(ctx: &XdpContext, pkt: &Pkt, rev: &ReverseValue) -> Result<u32, ()>
         s.reply_packets += 1;
         s.reply_bytes += u64::from(pkt.frame_len);
     }
-    flow::on_reply(pkt, rev, flow::now());
+    let now = flow::now();
+    if pkt.proto == PROTO_TCP {
+        passive::on_reply(rev.server_id, pkt.tcp_flags & TCP_RST != 0, now, &config());
+    }
+    flow::on_reply(pkt, rev, now);
     send(ctx, pkt, &rev.vip, &pkt.dst)
 }
 

@@ -346,3 +346,35 @@ fn drain_moves_new_flows_and_keeps_established_ones() {
     assert_eq!(lab.ftn.current("web").as_deref(), Some("p1"));
     assert_eq!(lab.ask_new(), "primary");
 }
+
+#[test]
+fn passive_signals_catch_a_dead_server_between_slow_checks() {
+    // Active checks only every 2 s: without the dataplane's passive reports, a failure would
+    // take 2-4 s to notice.
+    let mut lab = Lab::start(", interval = \"2s\"", "failback = \"immediate\"");
+    let probe = lab.probe();
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = probe.now();
+    lab.primary = None;
+    let took = lab.ftn.wait_current("web", Some("b1"), Duration::from_millis(1500));
+    println!("service killed, checks every 2 s: failover decided after {:.0} ms", ms(took));
+    std::thread::sleep(Duration::from_millis(200));
+    lab.primary = Some(Service::start(&lab.t.primary, "primary"));
+    lab.ftn.wait_current("web", Some("p1"), Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let crashed = probe.now();
+    lab.t.primary.ip(&["link", "set", "p0", "down"]);
+    let took = lab.ftn.wait_current("web", Some("b1"), Duration::from_millis(1500));
+    println!("link down, checks every 2 s: failover decided after {:.0} ms", ms(took));
+    std::thread::sleep(Duration::from_millis(200));
+    let samples = probe.finish();
+    let (g1, _) = gap(&samples, killed, crashed);
+    let end = samples.last().unwrap().at + Duration::from_millis(1);
+    let (g2, _) = gap(&samples, crashed, end);
+    println!("client interruption: service killed {:.0} ms, link down {:.0} ms", ms(g1), ms(g2));
+    assert!(g1 < Duration::from_millis(1000) && g2 < Duration::from_millis(1000), "passive detection too slow");
+    let st = lab.ftn.status();
+    assert!(st["passive_signals"]["p1"].as_u64().unwrap_or(0) >= 2, "{st}");
+    let log = lab.ftn.log_text();
+    assert!(log.contains("refused (RST) in a row") && log.contains("unanswered for"), "{log}");
+}

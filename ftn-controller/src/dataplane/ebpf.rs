@@ -17,13 +17,13 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use ftn_common::{
-    map_names, FlowKey, FlowValue, ResourceKey, ResourceValue, ReverseKey, ReverseValue,
-    ServerValue, DEFAULT_FLOW_CAPACITY, PROGRAM_NAME,
+    map_names, FlowKey, FlowValue, PassiveState, ResourceKey, ResourceValue, ReverseKey,
+    ReverseValue, ServerValue, DEFAULT_FLOW_CAPACITY, PROGRAM_NAME,
 };
 
 use super::{
@@ -101,6 +101,9 @@ pub struct AyaDataplane {
     devmap: DevMapHash<MapData>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     reverse: HashMap<MapData, ReverseKey, ReverseValue>,
+    passive: Array<MapData, PassiveState>,
+    /// Passive health reports; taken by the controller's reader task.
+    events: Option<RingBuf<MapData>>,
     attached: Vec<Attached>,
     /// Links pinned by this process (kept so they are not detached on drop).
     _pinned_links: Vec<PinnedLink>,
@@ -246,6 +249,8 @@ impl AyaDataplane {
         let devmap = typed(take(map_names::DEVMAP)?, map_names::DEVMAP)?;
         let flows = typed(take(map_names::FLOWS)?, map_names::FLOWS)?;
         let reverse = typed(take(map_names::REVERSE)?, map_names::REVERSE)?;
+        let passive = typed(take(map_names::PASSIVE)?, map_names::PASSIVE)?;
+        let events = Some(typed(take(map_names::EVENTS)?, map_names::EVENTS)?);
         let mut dp = AyaDataplane {
             ebpf: Some(ebpf),
             resources,
@@ -257,6 +262,8 @@ impl AyaDataplane {
             devmap,
             flows,
             reverse,
+            passive,
+            events,
             attached: Vec::new(),
             _pinned_links: Vec::new(),
             adopted: false,
@@ -313,6 +320,8 @@ impl AyaDataplane {
             devmap: typed(open(map_names::DEVMAP)?, map_names::DEVMAP)?,
             flows: typed(open(map_names::FLOWS)?, map_names::FLOWS)?,
             reverse: typed(open(map_names::REVERSE)?, map_names::REVERSE)?,
+            passive: typed(open(map_names::PASSIVE)?, map_names::PASSIVE)?,
+            events: Some(typed(open(map_names::EVENTS)?, map_names::EVENTS)?),
             attached,
             _pinned_links: Vec::new(),
             adopted: true,
@@ -419,6 +428,18 @@ impl AyaDataplane {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(map_names::RESOURCES, "get")(e)),
         }
+    }
+
+    /// The passive-health report ring (once; the reader task owns it afterwards).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Passive-health state of a server (tests, status).
+    pub fn passive_state(&self, id: u32) -> Result<PassiveState, DataplaneError> {
+        self.passive
+            .get(&id, 0)
+            .map_err(map_err(map_names::PASSIVE, "get"))
     }
 
     /// Every resource match in the resource table.
@@ -539,6 +560,10 @@ fn sum_srv(v: &PerCpuValues<ServerStats>) -> ServerStats {
 impl Dataplane for AyaDataplane {
     fn set_server(&mut self, id: u32, server: &ServerEntry) -> Result<(), DataplaneError> {
         check_server_id(id)?;
+        // A server whose state changes starts its passive-health record afresh.
+        self.passive
+            .set(id, PassiveState::default(), 0)
+            .map_err(map_err(map_names::PASSIVE, "reset"))?;
         self.servers
             .set(id, server.to_value(), 0)
             .map_err(map_err(map_names::SERVERS, "set"))
@@ -548,7 +573,10 @@ impl Dataplane for AyaDataplane {
         check_server_id(id)?;
         self.servers
             .set(id, ServerValue::default(), 0)
-            .map_err(map_err(map_names::SERVERS, "clear"))
+            .map_err(map_err(map_names::SERVERS, "clear"))?;
+        self.passive
+            .set(id, PassiveState::default(), 0)
+            .map_err(map_err(map_names::PASSIVE, "reset"))
     }
 
     fn set_resource(
