@@ -2501,6 +2501,22 @@ failback = "manual"
     }
 
     #[test]
+    fn passive_settings() {
+        let c = ok(&with_gateway(
+            "[dataplane]\npassive_window = \"5ms\"\npassive_min = 2\npassive_rearm = \"1s\"\n",
+        ));
+        assert_eq!(c.dataplane.passive_window_ns, 5_000_000);
+        assert_eq!(c.dataplane.passive_min, 2);
+        assert_eq!(c.dataplane.passive_rearm_ns, 1_000_000_000);
+        let c = ok(&with_gateway("[dataplane]\npassive = false\n"));
+        assert_eq!(c.dataplane.passive_min, ftn_common::PASSIVE_OFF);
+        let text = with_gateway("[dataplane]\npassive_min = 0\npassive = \"yes\"\n");
+        let e = err(&text).to_string();
+        assert!(e.contains("[dataplane].passive_min: must be between 1 and 1000000, got 0") || e.contains("passive_min: must be between 1 and 1000000, got 0"), "{e}");
+        assert!(e.contains("passive") && e.contains("true or false"), "{e}");
+    }
+
+    #[test]
     fn default_check_derivation() {
         let text = with_gateway(
             r#"
