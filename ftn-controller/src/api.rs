@@ -218,28 +218,33 @@ async fn act(s: ApiState, headers: HeaderMap, action: Action) -> Response {
     }
 }
 
+/// A change request with a JSON body: token first, then the body, then the engine.
+async fn act_on<B>(
+    s: ApiState,
+    headers: HeaderMap,
+    body: Result<Json<B>, JsonRejection>,
+    action: impl FnOnce(B) -> Action,
+) -> Response {
+    match body {
+        Ok(Json(b)) => act(s, headers, action(b)).await,
+        // Unauthenticated callers learn nothing about the body's shape.
+        Err(e) => match authorize(&s, &headers) {
+            Err(r) => r,
+            Ok(()) => body_error(e),
+        },
+    }
+}
+
 async fn switchover(
     State(s): State<ApiState>,
     headers: HeaderMap,
     body: Result<Json<SwitchoverBody>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    match body {
-        Ok(Json(b)) => {
-            act(
-                s,
-                headers,
-                Action::Switchover {
-                    resource: b.resource,
-                    to: b.to,
-                },
-            )
-            .await
-        }
-        Err(e) => body_error(e),
-    }
+    act_on(s, headers, body, |b| Action::Switchover {
+        resource: b.resource,
+        to: b.to,
+    })
+    .await
 }
 
 async fn drain(
@@ -247,13 +252,7 @@ async fn drain(
     headers: HeaderMap,
     body: Result<Json<ServerBody>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    match body {
-        Ok(Json(b)) => act(s, headers, Action::Drain { server: b.server }).await,
-        Err(e) => body_error(e),
-    }
+    act_on(s, headers, body, |b| Action::Drain { server: b.server }).await
 }
 
 async fn undrain(
@@ -261,13 +260,7 @@ async fn undrain(
     headers: HeaderMap,
     body: Result<Json<ServerBody>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    match body {
-        Ok(Json(b)) => act(s, headers, Action::Undrain { server: b.server }).await,
-        Err(e) => body_error(e),
-    }
+    act_on(s, headers, body, |b| Action::Undrain { server: b.server }).await
 }
 
 async fn reload(State(s): State<ApiState>, headers: HeaderMap) -> Response {

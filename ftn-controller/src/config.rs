@@ -859,6 +859,24 @@ fn wrong_type(ctx: &mut Ctx, item: &Item, field: &str, expected: &str) {
     );
 }
 
+/// The required `name` of a server or resource, checked, with its span.
+fn read_name(ctx: &mut Ctx, t: &Table) -> (Option<String>, Option<Span>) {
+    let Some(item) = t.required(ctx, "name") else {
+        return (None, None);
+    };
+    let field = t.field("name");
+    let Some(name) = want_str(ctx, item, &field) else {
+        return (None, None);
+    };
+    match check_name(name) {
+        Ok(()) => (Some(name.to_owned()), item.span),
+        Err(why) => {
+            ctx.report(item.span, &field, why);
+            (None, item.span)
+        }
+    }
+}
+
 fn want_str<'a>(ctx: &mut Ctx, item: &'a Item, field: &str) -> Option<&'a str> {
     match &item.node {
         Node::Str(s) => Some(s),
@@ -1762,16 +1780,7 @@ fn read_server(ctx: &mut Ctx, item: &Item, index: usize, defaults: Timing) -> Op
         checks: None,
         table_span: item.span,
     };
-    if let Some(item) = t.required(ctx, "name") {
-        let field = t.field("name");
-        if let Some(name) = want_str(ctx, item, &field) {
-            match check_name(name) {
-                Ok(()) => raw.name = Some(name.to_owned()),
-                Err(why) => ctx.report(item.span, &field, why),
-            }
-            raw.name_span = item.span;
-        }
-    }
+    (raw.name, raw.name_span) = read_name(ctx, &t);
     if let Some(item) = t.required(ctx, "address") {
         raw.address = want_ip(ctx, item, &t.field("address"), "server address");
         raw.address_span = item.span;
@@ -1866,16 +1875,7 @@ fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<RawResource
         on_no_server: NoServerAction::default(),
         table_span: item.span,
     };
-    if let Some(item) = t.required(ctx, "name") {
-        let field = t.field("name");
-        if let Some(name) = want_str(ctx, item, &field) {
-            match check_name(name) {
-                Ok(()) => raw.name = Some(name.to_owned()),
-                Err(why) => ctx.report(item.span, &field, why),
-            }
-            raw.name_span = item.span;
-        }
-    }
+    (raw.name, raw.name_span) = read_name(ctx, &t);
     if let Some(item) = t.required(ctx, "vip") {
         raw.vip = want_ip(ctx, item, &t.field("vip"), "VIP");
         raw.vip_span = item.span;
