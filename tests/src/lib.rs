@@ -4,6 +4,7 @@
 //! Every name (namespace, link, pin directory) carries the process id and a counter, so two
 //! runs never collide, and every guard removes what it made on drop, also when a test panics.
 
+pub mod bench;
 pub mod ftn;
 pub mod lab;
 

@@ -20,6 +20,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
     ("procps", "sysctl"),
+    ("util-linux", "nsenter"),
+    ("nftables", "nft"),
 ];
 
 #[derive(Parser)]
@@ -47,11 +49,26 @@ enum Task {
     /// Set up, build, lint, then run every test, including those that need root, BPF and
     /// network namespaces (run one at a time).
     Test,
+    /// Set up, build in release mode, and run the benchmarks (docs/BENCHMARKS.md): per-packet
+    /// cost, forwarding rate, failover, controller scale, each beside its baseline.
+    Bench {
+        /// Small counts: checks that every part runs and every key is written (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the figures as one flat JSON object to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Only these parts (comma-separated: xdp, failover, scale).
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root()?;
+    // Paths given on the command line are relative to where xtask was invoked.
+    let invoked_from = std::env::current_dir().unwrap_or_else(|_| root.clone());
     std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
     match cli.task {
         Task::Setup => setup(),
@@ -66,21 +83,43 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup()?;
             if !is_root() {
-                bail!("the demo creates network namespaces and loads XDP: run `sudo cargo xtask demo`");
+                bail!("the demo creates network namespaces and loads XDP: run `cargo xtask demo` as root");
             }
-            Cmd::new(
-                "cargo",
-                &[
-                    "run",
-                    "--locked",
-                    "--quiet",
-                    "--package",
-                    "ftn-tests",
-                    "--bin",
-                    "ftn-lab-demo",
-                ],
-            )
-            .run()
+            // Builds the `ftn` daemon the demo runs, and the demo itself.
+            build(false)?;
+            Cmd::new("target/debug/ftn-lab-demo", &[])
+                .env("FTN_BIN", "target/debug/ftn")
+                .run()
+        }
+        Task::Bench { quick, json, only } => {
+            setup()?;
+            if !is_root() {
+                bail!("the benchmark loads XDP programs and creates network namespaces: run `cargo xtask bench` as root");
+            }
+            build(true)?;
+            let json = json.map(|p| {
+                if p.is_absolute() {
+                    p
+                } else {
+                    invoked_from.join(p)
+                }
+            });
+            let mut args: Vec<String> = Vec::new();
+            if quick {
+                args.push("--quick".into());
+            }
+            if let Some(p) = &json {
+                args.push("--json".into());
+                args.push(p.display().to_string());
+            }
+            if let Some(o) = only {
+                args.push("--only".into());
+                args.push(o);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Cmd::new("target/release/ftn-bench", &args)
+                .env("FTN_BIN", "target/release/ftn")
+                .run()
         }
         Task::Test => {
             setup()?;
