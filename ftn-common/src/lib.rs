@@ -507,3 +507,90 @@ mod tests {
         );
     }
 }
+
+// =============================================================================================
+// Bench-only items (`cargo xtask bench`, tests/src/bench/xdp.rs and ftn-ebpf/src/bench.rs).
+// The dataplane never uses them: the bench programs live in the same object so that they can
+// tail-call `ftn_xdp`, and their small maps are created with every load of the object.
+// =============================================================================================
+
+/// Bench-only programs and maps.
+pub mod bench {
+    use core::mem::size_of;
+
+    /// Wrapper: restores the frame from [`FRAME_MAP`] over the packet (optionally with a new
+    /// client port every run), then tail-calls slot 0 of [`JUMP_MAP`].
+    pub const PROG_WRAP: &str = "ftn_bench_wrap";
+    /// MAC swap + `XDP_TX`: the floor of the per-packet cost.
+    pub const PROG_FLOOR: &str = "ftn_bench_floor";
+    /// `XDP_TX` and nothing else: with the wrapper, measures the wrapper's own cost.
+    pub const PROG_NOP: &str = "ftn_bench_nop";
+    /// Traffic generator for `BPF_F_TEST_XDP_LIVE_FRAMES`: restores the frame, `XDP_TX`.
+    pub const PROG_GEN: &str = "ftn_bench_gen";
+    /// Receiver: counts the frames that match [`SINK_MAP`] (slot 0 of [`COUNT_MAP`]) and the
+    /// others (slot 1), drops everything.
+    pub const PROG_SINK: &str = "ftn_bench_sink";
+
+    /// `Array<BenchFrame>` with one element.
+    pub const FRAME_MAP: &str = "FTN_BENCH_FRAME";
+    /// `ProgramArray` with one slot: the program under test.
+    pub const JUMP_MAP: &str = "FTN_BENCH_JMP";
+    /// `PerCpuArray<u64>` with [`COUNT_SLOTS`] slots: frames the sink matched / did not match.
+    pub const COUNT_MAP: &str = "FTN_BENCH_CNT";
+    /// `Array<BenchSink>` with one element: what the sink counts.
+    pub const SINK_MAP: &str = "FTN_BENCH_SINK";
+
+    pub const COUNT_SLOTS: u32 = 2;
+    /// Largest frame the wrapper and the generator restore.
+    pub const FRAME_MAX: usize = 128;
+
+    /// The frame the wrapper / generator writes over the packet before every run.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct BenchFrame {
+        /// Bytes of `data` to restore, 14..=FRAME_MAX (the packet must be exactly this long).
+        pub len: u32,
+        /// When not 0: offset of a 16-bit port (network order) in the frame to which `seq` is
+        /// added every run, and ...
+        pub port_at: u32,
+        /// ... offset of the checksum that covers it, fixed incrementally (RFC 1624).
+        pub csum_at: u32,
+        /// Runs so far while `port_at` is set (the program increments it).
+        pub seq: u32,
+        pub data: [u8; FRAME_MAX],
+    }
+    const _: () = assert!(size_of::<BenchFrame>() == 16 + FRAME_MAX);
+
+    impl Default for BenchFrame {
+        fn default() -> Self {
+            Self {
+                len: 0,
+                port_at: 0,
+                csum_at: 0,
+                seq: 0,
+                data: [0; FRAME_MAX],
+            }
+        }
+    }
+
+    /// What the sink counts as delivered: IPv4 (no options), protocol, destination address and
+    /// port.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct BenchSink {
+        /// Destination IPv4 address, network byte order (as in the packet).
+        pub addr: u32,
+        /// Destination port, network byte order.
+        pub port: u16,
+        pub proto: u8,
+        pub _pad: u8,
+    }
+    const _: () = assert!(size_of::<BenchSink>() == 8);
+
+    #[cfg(feature = "user")]
+    mod user {
+        // SAFETY (both): `#[repr(C)]`, integer fields and arrays only, padding explicit.
+        unsafe impl aya::Pod for super::BenchFrame {}
+        unsafe impl aya::Pod for super::BenchSink {}
+    }
+}

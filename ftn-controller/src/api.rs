@@ -13,6 +13,7 @@
 //! | POST | `/v1/drain` | `{"server": "p1"}` | what moved |
 //! | POST | `/v1/undrain` | `{"server": "p1"}` | what moved |
 //! | POST | `/v1/reload` | | what changed, or why the file was refused |
+//! | GET | `/v1/config` | | the running configuration (never the token) |
 //! | GET | `/metrics` | | Prometheus text format |
 //! | GET | `/healthz` | | `ok` while the engine task answers |
 
@@ -108,7 +109,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 // A Response is the natural error of a handler step; handlers return it at once.
 #[allow(clippy::result_large_err)]
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
-    let token = state.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let token = state
+        .token
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let Some(token) = token else {
         return Err(error(
             StatusCode::FORBIDDEN,
@@ -138,14 +143,18 @@ async fn ask<T>(
     make: impl FnOnce(oneshot::Sender<T>) -> Request,
 ) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
-    state
-        .requests
-        .send(make(tx))
-        .await
-        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the controller is stopping"))?;
+    state.requests.send(make(tx)).await.map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller is stopping",
+        )
+    })?;
     match tokio::time::timeout(ENGINE_TIMEOUT, rx).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(_)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the controller is stopping")),
+        Ok(Err(_)) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller is stopping",
+        )),
         Err(_) => Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the controller did not answer within 10 s",
@@ -273,6 +282,13 @@ async fn reload(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     }
 }
 
+async fn running_config(State(s): State<ApiState>) -> Response {
+    match ask(&s, Request::Config).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
 async fn healthz(State(s): State<ApiState>) -> Response {
     match ask(&s, Request::Status).await {
         Ok(_) => "ok\n".into_response(),
@@ -288,7 +304,10 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     let counters = s
         .sync
         .counters(
-            st.resources.iter().map(|r| (r.name.clone(), r.id)).collect(),
+            st.resources
+                .iter()
+                .map(|r| (r.name.clone(), r.id))
+                .collect(),
             st.servers.iter().map(|s| (s.name.clone(), s.id)).collect(),
         )
         .await;
@@ -304,17 +323,28 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 }
 
 fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus text exposition of the controller's status and the dataplane's counters.
-pub fn render_metrics(st: &Status, c: Option<&Counters>, sync: &crate::daemon::SyncStats) -> String {
+pub fn render_metrics(
+    st: &Status,
+    c: Option<&Counters>,
+    sync: &crate::daemon::SyncStats,
+) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut o = String::new();
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    family(&mut o, "ftn_resource_server", "gauge", "1 for the server a resource's new flows go to now.");
+    family(
+        &mut o,
+        "ftn_resource_server",
+        "gauge",
+        "1 for the server a resource's new flows go to now.",
+    );
     for r in &st.resources {
         for s in &r.servers {
             let _ = writeln!(
@@ -326,7 +356,12 @@ pub fn render_metrics(st: &Status, c: Option<&Counters>, sync: &crate::daemon::S
             );
         }
     }
-    family(&mut o, "ftn_resource_on_primary", "gauge", "1 when the resource is served by the first server of its list.");
+    family(
+        &mut o,
+        "ftn_resource_on_primary",
+        "gauge",
+        "1 when the resource is served by the first server of its list.",
+    );
     for r in &st.resources {
         let _ = writeln!(
             o,
@@ -335,64 +370,210 @@ pub fn render_metrics(st: &Status, c: Option<&Counters>, sync: &crate::daemon::S
             u8::from(r.current.is_some() && r.current.as_ref() == r.servers.first())
         );
     }
-    family(&mut o, "ftn_resource_no_server", "gauge", "1 when no server of the resource is up.");
+    family(
+        &mut o,
+        "ftn_resource_no_server",
+        "gauge",
+        "1 when no server of the resource is up.",
+    );
     for r in &st.resources {
-        let _ = writeln!(o, "ftn_resource_no_server{{resource=\"{}\"}} {}", esc(&r.name), u8::from(r.current.is_none()));
+        let _ = writeln!(
+            o,
+            "ftn_resource_no_server{{resource=\"{}\"}} {}",
+            esc(&r.name),
+            u8::from(r.current.is_none())
+        );
     }
     family(&mut o, "ftn_resource_moves_total", "counter", "Changes of a resource's current server since the controller started (failover, failback, switchover).");
     for r in &st.resources {
-        let _ = writeln!(o, "ftn_resource_moves_total{{resource=\"{}\"}} {}", esc(&r.name), st.failovers.get(&r.name).copied().unwrap_or(0));
+        let _ = writeln!(
+            o,
+            "ftn_resource_moves_total{{resource=\"{}\"}} {}",
+            esc(&r.name),
+            st.failovers.get(&r.name).copied().unwrap_or(0)
+        );
     }
-    family(&mut o, "ftn_server_up", "gauge", "1 when the server's checks say it is up.");
+    family(
+        &mut o,
+        "ftn_server_up",
+        "gauge",
+        "1 when the server's checks say it is up.",
+    );
     for s in &st.servers {
-        let _ = writeln!(o, "ftn_server_up{{server=\"{}\"}} {}", esc(&s.name), u8::from(s.health == crate::directory::Health::Up));
+        let _ = writeln!(
+            o,
+            "ftn_server_up{{server=\"{}\"}} {}",
+            esc(&s.name),
+            u8::from(s.health == crate::directory::Health::Up)
+        );
     }
-    family(&mut o, "ftn_server_drained", "gauge", "1 while the server is drained for maintenance.");
+    family(
+        &mut o,
+        "ftn_server_drained",
+        "gauge",
+        "1 while the server is drained for maintenance.",
+    );
     for s in &st.servers {
-        let _ = writeln!(o, "ftn_server_drained{{server=\"{}\"}} {}", esc(&s.name), u8::from(s.drained));
+        let _ = writeln!(
+            o,
+            "ftn_server_drained{{server=\"{}\"}} {}",
+            esc(&s.name),
+            u8::from(s.drained)
+        );
     }
-    family(&mut o, "ftn_check_latency_seconds", "gauge", "Latency of the last successful probe of a check.");
+    family(
+        &mut o,
+        "ftn_check_latency_seconds",
+        "gauge",
+        "Latency of the last successful probe of a check.",
+    );
     for s in &st.servers {
         for ch in &s.checks {
-            let _ = writeln!(o, "ftn_check_latency_seconds{{server=\"{}\",check=\"{}\"}} {:.6}", esc(&s.name), esc(&ch.check), ch.last_latency_us as f64 / 1e6);
+            let _ = writeln!(
+                o,
+                "ftn_check_latency_seconds{{server=\"{}\",check=\"{}\"}} {:.6}",
+                esc(&s.name),
+                esc(&ch.check),
+                ch.last_latency_us as f64 / 1e6
+            );
         }
     }
-    family(&mut o, "ftn_check_probes_total", "counter", "Probes run by a check, by result.");
+    family(
+        &mut o,
+        "ftn_check_probes_total",
+        "counter",
+        "Probes run by a check, by result.",
+    );
     for s in &st.servers {
         for ch in &s.checks {
-            let _ = writeln!(o, "ftn_check_probes_total{{server=\"{}\",check=\"{}\",result=\"ok\"}} {}", esc(&s.name), esc(&ch.check), ch.probes_ok);
-            let _ = writeln!(o, "ftn_check_probes_total{{server=\"{}\",check=\"{}\",result=\"failed\"}} {}", esc(&s.name), esc(&ch.check), ch.probes_failed);
+            let _ = writeln!(
+                o,
+                "ftn_check_probes_total{{server=\"{}\",check=\"{}\",result=\"ok\"}} {}",
+                esc(&s.name),
+                esc(&ch.check),
+                ch.probes_ok
+            );
+            let _ = writeln!(
+                o,
+                "ftn_check_probes_total{{server=\"{}\",check=\"{}\",result=\"failed\"}} {}",
+                esc(&s.name),
+                esc(&ch.check),
+                ch.probes_failed
+            );
         }
     }
     family(&mut o, "ftn_server_passive_reports_total", "counter", "Passive health reports from the dataplane (SYNs unanswered or refused), each followed by immediate checks.");
     for s in &st.servers {
-        let _ = writeln!(o, "ftn_server_passive_reports_total{{server=\"{}\"}} {}", esc(&s.name), st.passive_signals.get(&s.name).copied().unwrap_or(0));
+        let _ = writeln!(
+            o,
+            "ftn_server_passive_reports_total{{server=\"{}\"}} {}",
+            esc(&s.name),
+            st.passive_signals.get(&s.name).copied().unwrap_or(0)
+        );
     }
-    family(&mut o, "ftn_directory_revision", "gauge", "Revision of the directory the controller decided from.");
-    let _ = writeln!(o, "ftn_directory_revision{{backend=\"{}\"}} {}", esc(&st.directory), st.revision);
-    family(&mut o, "ftn_directory_commit_errors_total", "counter", "Directory commits that failed (nothing was applied).");
+    family(
+        &mut o,
+        "ftn_directory_revision",
+        "gauge",
+        "Revision of the directory the controller decided from.",
+    );
+    let _ = writeln!(
+        o,
+        "ftn_directory_revision{{backend=\"{}\"}} {}",
+        esc(&st.directory),
+        st.revision
+    );
+    family(
+        &mut o,
+        "ftn_directory_commit_errors_total",
+        "counter",
+        "Directory commits that failed (nothing was applied).",
+    );
     let _ = writeln!(o, "ftn_directory_commit_errors_total {}", st.commit_errors);
-    family(&mut o, "ftn_config_reloads_total", "counter", "Configuration reloads, by result.");
+    family(
+        &mut o,
+        "ftn_config_reloads_total",
+        "counter",
+        "Configuration reloads, by result.",
+    );
     let _ = writeln!(o, "ftn_config_reloads_total{{result=\"ok\"}} {}\nftn_config_reloads_total{{result=\"refused\"}} {}", st.reloads_ok, st.reloads_failed);
-    family(&mut o, "ftn_map_sync_batches_total", "counter", "Batches of map writes applied by the map-sync task.");
-    let _ = writeln!(o, "ftn_map_sync_batches_total {}", sync.batches.load(Relaxed));
-    family(&mut o, "ftn_map_sync_writes_total", "counter", "Map entries written by the map-sync task.");
+    family(
+        &mut o,
+        "ftn_map_sync_batches_total",
+        "counter",
+        "Batches of map writes applied by the map-sync task.",
+    );
+    let _ = writeln!(
+        o,
+        "ftn_map_sync_batches_total {}",
+        sync.batches.load(Relaxed)
+    );
+    family(
+        &mut o,
+        "ftn_map_sync_writes_total",
+        "counter",
+        "Map entries written by the map-sync task.",
+    );
     let _ = writeln!(o, "ftn_map_sync_writes_total {}", sync.writes.load(Relaxed));
-    family(&mut o, "ftn_map_sync_errors_total", "counter", "Map writes that failed (followed by a full resync).");
+    family(
+        &mut o,
+        "ftn_map_sync_errors_total",
+        "counter",
+        "Map writes that failed (followed by a full resync).",
+    );
     let _ = writeln!(o, "ftn_map_sync_errors_total {}", sync.errors.load(Relaxed));
-    family(&mut o, "ftn_dataplane_up", "gauge", "1 when the dataplane's counters could be read.");
+    family(
+        &mut o,
+        "ftn_dataplane_up",
+        "gauge",
+        "1 when the dataplane's maps could be read (it says nothing about the XDP attachment).",
+    );
     let _ = writeln!(o, "ftn_dataplane_up {}", u8::from(c.is_some()));
     if let Some(c) = c {
-        type ResField = (&'static str, &'static str, fn(&ftn_common::ResourceStats) -> u64);
+        type ResField = (
+            &'static str,
+            &'static str,
+            fn(&ftn_common::ResourceStats) -> u64,
+        );
         let res_fields: [ResField; 8] = [
-            ("ftn_resource_packets_total", "Client to server packets forwarded.", |s| s.packets),
-            ("ftn_resource_bytes_total", "Client to server bytes forwarded.", |s| s.bytes),
-            ("ftn_resource_reply_packets_total", "Server to client packets translated back.", |s| s.reply_packets),
-            ("ftn_resource_reply_bytes_total", "Server to client bytes translated back.", |s| s.reply_bytes),
-            ("ftn_resource_new_flows_total", "Flows created.", |s| s.new_flows),
-            ("ftn_resource_flows_moved_total", "Flows moved because their server was marked down.", |s| s.flows_moved),
-            ("ftn_resource_dropped_no_server_total", "Packets dropped: no live server.", |s| s.drop_no_server),
-            ("ftn_resource_rejected_no_server_total", "Packets answered with RST/unreachable: no live server.", |s| s.reject_no_server),
+            (
+                "ftn_resource_packets_total",
+                "Client to server packets forwarded.",
+                |s| s.packets,
+            ),
+            (
+                "ftn_resource_bytes_total",
+                "Client to server bytes forwarded.",
+                |s| s.bytes,
+            ),
+            (
+                "ftn_resource_reply_packets_total",
+                "Server to client packets translated back.",
+                |s| s.reply_packets,
+            ),
+            (
+                "ftn_resource_reply_bytes_total",
+                "Server to client bytes translated back.",
+                |s| s.reply_bytes,
+            ),
+            ("ftn_resource_new_flows_total", "Flows created.", |s| {
+                s.new_flows
+            }),
+            (
+                "ftn_resource_flows_moved_total",
+                "Flows moved because their server was marked down.",
+                |s| s.flows_moved,
+            ),
+            (
+                "ftn_resource_dropped_no_server_total",
+                "Packets dropped: no live server.",
+                |s| s.drop_no_server,
+            ),
+            (
+                "ftn_resource_rejected_no_server_total",
+                "Packets answered with RST/unreachable: no live server.",
+                |s| s.reject_no_server,
+            ),
         ];
         for (name, help, f) in res_fields {
             family(&mut o, name, "counter", help);
@@ -400,13 +581,37 @@ pub fn render_metrics(st: &Status, c: Option<&Counters>, sync: &crate::daemon::S
                 let _ = writeln!(o, "{name}{{resource=\"{}\"}} {}", esc(r), f(s));
             }
         }
-        type SrvField = (&'static str, &'static str, fn(&ftn_common::ServerStats) -> u64);
+        type SrvField = (
+            &'static str,
+            &'static str,
+            fn(&ftn_common::ServerStats) -> u64,
+        );
         let srv_fields: [SrvField; 5] = [
-            ("ftn_server_packets_total", "Packets forwarded to the server.", |s| s.packets),
-            ("ftn_server_reply_packets_total", "Packets from the server translated back.", |s| s.reply_packets),
-            ("ftn_server_new_flows_total", "Flows created on the server.", |s| s.new_flows),
-            ("ftn_server_flows_moved_away_total", "Flows moved off the server because it was marked down.", |s| s.flows_moved_away),
-            ("ftn_server_icmp_errors_total", "ICMP errors about the server's flows translated.", |s| s.icmp_errors),
+            (
+                "ftn_server_packets_total",
+                "Packets forwarded to the server.",
+                |s| s.packets,
+            ),
+            (
+                "ftn_server_reply_packets_total",
+                "Packets from the server translated back.",
+                |s| s.reply_packets,
+            ),
+            (
+                "ftn_server_new_flows_total",
+                "Flows created on the server.",
+                |s| s.new_flows,
+            ),
+            (
+                "ftn_server_flows_moved_away_total",
+                "Flows moved off the server because it was marked down.",
+                |s| s.flows_moved_away,
+            ),
+            (
+                "ftn_server_icmp_errors_total",
+                "ICMP errors about the server's flows translated.",
+                |s| s.icmp_errors,
+            ),
         ];
         for (name, help, f) in srv_fields {
             family(&mut o, name, "counter", help);
@@ -414,9 +619,18 @@ pub fn render_metrics(st: &Status, c: Option<&Counters>, sync: &crate::daemon::S
                 let _ = writeln!(o, "{name}{{server=\"{}\"}} {}", esc(n), f(s));
             }
         }
-        family(&mut o, "ftn_dataplane_packets_total", "counter", "Every packet the XDP program saw, by what it did.");
+        family(
+            &mut o,
+            "ftn_dataplane_packets_total",
+            "counter",
+            "Every packet the XDP program saw, by what it did.",
+        );
         for (k, v) in &c.global {
-            let _ = writeln!(o, "ftn_dataplane_packets_total{{outcome=\"{}\"}} {v}", k.name());
+            let _ = writeln!(
+                o,
+                "ftn_dataplane_packets_total{{outcome=\"{}\"}} {v}",
+                k.name()
+            );
         }
     }
     o
@@ -426,7 +640,7 @@ async fn fallback(method: Method, uri: Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
         format!(
-            "no such endpoint: {method} {}; see GET /v1/status, GET /v1/events, POST /v1/switchover, POST /v1/drain, POST /v1/undrain, POST /v1/reload, GET /metrics",
+            "no such endpoint: {method} {}; see GET /v1/status, GET /v1/events, GET /v1/config, POST /v1/switchover, POST /v1/drain, POST /v1/undrain, POST /v1/reload, GET /metrics",
             uri.path()
         ),
     )
@@ -440,6 +654,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/drain", post(drain))
         .route("/v1/undrain", post(undrain))
         .route("/v1/reload", post(reload))
+        .route("/v1/config", get(running_config))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(fallback)

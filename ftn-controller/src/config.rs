@@ -2512,7 +2512,11 @@ failback = "manual"
         assert_eq!(c.dataplane.passive_min, ftn_common::PASSIVE_OFF);
         let text = with_gateway("[dataplane]\npassive_min = 0\npassive = \"yes\"\n");
         let e = err(&text).to_string();
-        assert!(e.contains("[dataplane].passive_min: must be between 1 and 1000000, got 0") || e.contains("passive_min: must be between 1 and 1000000, got 0"), "{e}");
+        assert!(
+            e.contains("[dataplane].passive_min: must be between 1 and 1000000, got 0")
+                || e.contains("passive_min: must be between 1 and 1000000, got 0"),
+            "{e}"
+        );
         assert!(e.contains("passive") && e.contains("true or false"), "{e}");
     }
 

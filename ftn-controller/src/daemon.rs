@@ -23,14 +23,14 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::checks::{CheckSpec, HealthChange, Probe, ServerChecker};
+use crate::checks::{CheckSpec, HealthChange, NetProber, Probe, Prober, ServerChecker};
 use crate::config::{self, CheckKind, Config, DirectoryConfig};
 use crate::dataplane::{
     AyaDataplane, AyaOptions, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats,
 };
-use crate::directory::{Directory, EmbeddedDirectory, Event, Health, Snapshot};
-use ftn_common::{PassiveEvent, PASSIVE_RST};
+use crate::directory::{Directory, EmbeddedDirectory, Event, EventDraft, Health, Snapshot, Update};
 use crate::engine::{Action, ActionError, Engine, Observation, Plan};
+use ftn_common::{PassiveEvent, PASSIVE_RST};
 
 /// The controller's clock in unix milliseconds, advancing with `tokio::time` (so tests that
 /// pause time drive hold and drain timers too).
@@ -117,26 +117,34 @@ impl MapSync {
         let stats = Arc::new(SyncStats::default());
         let st = stats.clone();
         use std::sync::atomic::Ordering::Relaxed;
-        tokio::task::spawn_blocking(move || {
-            while let Some(first) = rx.blocking_recv() {
-                // Batch: everything queued behind the first message goes in the same pass.
-                let mut batch = vec![first];
-                while let Ok(m) = rx.try_recv() {
-                    batch.push(m);
-                }
-                let mut pending: Vec<Change> = Vec::new();
-                for m in batch {
-                    match m {
-                        SyncMsg::Apply(c) => pending.extend(c),
-                        other => {
-                            flush(&mut dp, &mut pending, &st);
-                            handle_other(&mut dp, other, &st);
+        // A thread of its own (not the runtime's blocking pool): it lives as long as the
+        // controller and does blocking map syscalls.
+        let spawned = std::thread::Builder::new()
+            .name("ftn-map-sync".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    // Batch: everything queued behind the first message goes in the same pass.
+                    let mut batch = vec![first];
+                    while let Ok(m) = rx.try_recv() {
+                        batch.push(m);
+                    }
+                    let mut pending: Vec<Change> = Vec::new();
+                    for m in batch {
+                        match m {
+                            SyncMsg::Apply(c) => pending.extend(c),
+                            other => {
+                                flush(&mut dp, &mut pending, &st);
+                                handle_other(&mut dp, other, &st);
+                            }
                         }
                     }
+                    flush(&mut dp, &mut pending, &st);
                 }
-                flush(&mut dp, &mut pending, &st);
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            // Without the thread every request answers "the map-sync task is gone".
+            tracing::error!("cannot start the map-sync thread: {e}");
+        }
         fn flush<D: Dataplane>(dp: &mut D, pending: &mut Vec<Change>, st: &SyncStats) {
             if pending.is_empty() {
                 return;
@@ -165,12 +173,16 @@ impl MapSync {
                     done,
                 } => {
                     let r = (|| -> Result<(), String> {
-                        dp.apply(&changes).map_err(|(i, e)| format!("{e} (writing {:?})", changes[i]))?;
+                        dp.apply(&changes)
+                            .map_err(|(i, e)| format!("{e} (writing {:?})", changes[i]))?;
                         st.writes.fetch_add(changes.len() as u64, Relaxed);
                         for m in dp.resource_matches()? {
                             if !resources.contains(&m) {
                                 dp.remove_resource(&m).map_err(|e| e.to_string())?;
-                                tracing::info!(?m, "removed a resource entry that is not in the configuration");
+                                tracing::info!(
+                                    ?m,
+                                    "removed a resource entry that is not in the configuration"
+                                );
                             }
                         }
                         for id in dp.server_ids()? {
@@ -195,10 +207,12 @@ impl MapSync {
                     let r = (|| -> Result<Counters, String> {
                         let mut c = Counters::default();
                         for (name, id) in resources {
-                            c.resources.push((name, dp.resource_stats(id).map_err(|e| e.to_string())?));
+                            c.resources
+                                .push((name, dp.resource_stats(id).map_err(|e| e.to_string())?));
                         }
                         for (name, id) in servers {
-                            c.servers.push((name, dp.server_stats(id).map_err(|e| e.to_string())?));
+                            c.servers
+                                .push((name, dp.server_stats(id).map_err(|e| e.to_string())?));
                         }
                         c.global = dp.global_stats().map_err(|e| e.to_string())?;
                         Ok(c)
@@ -227,7 +241,8 @@ impl MapSync {
                 done,
             })
             .map_err(|_| "the map-sync task is gone".to_string())?;
-        rx.await.map_err(|_| "the map-sync task is gone".to_string())?
+        rx.await
+            .map_err(|_| "the map-sync task is gone".to_string())?
     }
 
     pub async fn counters(
@@ -243,7 +258,8 @@ impl MapSync {
                 reply,
             })
             .map_err(|_| "the map-sync task is gone".to_string())?;
-        rx.await.map_err(|_| "the map-sync task is gone".to_string())?
+        rx.await
+            .map_err(|_| "the map-sync task is gone".to_string())?
     }
 
     pub fn stats(&self) -> &SyncStats {
@@ -287,7 +303,7 @@ pub struct ResourceStatus {
     pub servers: Vec<String>,
     pub current: Option<String>,
     pub pinned: Option<String>,
-    /// serving (on its primary) | failed-over | no-server | pinned
+    /// on-primary | failed-over | no-server | pinned
     pub state: String,
     pub since_ms: u64,
     pub reason: String,
@@ -346,6 +362,8 @@ pub enum Request {
     },
     Action(Action, oneshot::Sender<Result<String, RequestError>>),
     Reload(oneshot::Sender<Result<String, RequestError>>),
+    /// The running configuration (the token is never included).
+    Config(oneshot::Sender<serde_json::Value>),
 }
 
 /// Why a request failed: the caller's fault (4xx) or ours (5xx).
@@ -379,6 +397,9 @@ pub struct Controller {
     reloads_ok: u64,
     reloads_failed: u64,
     passive_signals: HashMap<String, u64>,
+    /// The last directory commit failed: retried every second.
+    commit_failed: bool,
+    prober: Arc<dyn Prober>,
     /// Token the API checks (updated on reload).
     pub token: Arc<std::sync::RwLock<Option<String>>>,
 }
@@ -422,7 +443,30 @@ impl Controller {
         interfaces: Vec<String>,
         adopted: bool,
     ) -> anyhow::Result<Controller> {
-        let snapshot: Snapshot = directory.snapshot().await.context("reading the directory")?;
+        Self::start_with_prober(
+            config,
+            directory,
+            sync,
+            interfaces,
+            adopted,
+            Arc::new(NetProber),
+        )
+        .await
+    }
+
+    /// [`Controller::start`] with the probes run by `prober` (tests inject outcomes).
+    pub async fn start_with_prober(
+        config: Arc<Config>,
+        directory: Arc<dyn Directory>,
+        sync: MapSync,
+        interfaces: Vec<String>,
+        adopted: bool,
+        prober: Arc<dyn Prober>,
+    ) -> anyhow::Result<Controller> {
+        let snapshot: Snapshot = directory
+            .snapshot()
+            .await
+            .context("reading the directory")?;
         let clock = Clock::new();
         let engine = Engine::new(config.clone(), snapshot);
         let (health_tx, health_rx) = mpsc::channel(1024);
@@ -443,13 +487,37 @@ impl Controller {
             reloads_ok: 0,
             reloads_failed: 0,
             passive_signals: HashMap::new(),
+            commit_failed: false,
+            prober,
             token: Arc::new(std::sync::RwLock::new(config.api.token.clone())),
         };
         c.step(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        c.sync
-            .resync(&c.engine)
+        let start = Update {
+            events: vec![EventDraft {
+                kind: "start".into(),
+                resource: None,
+                server: None,
+                message: format!(
+                    "controller started with {} ({})",
+                    c.config_path.display(),
+                    if adopted {
+                        "adopted the pinned dataplane: it kept forwarding, no flow remapped"
+                    } else {
+                        "loaded the XDP dataplane"
+                    }
+                ),
+            }],
+            ..Default::default()
+        };
+        let rev = c
+            .directory
+            .commit(c.engine.snapshot().revision, start.clone())
             .await
-            .map_err(|e| anyhow::anyhow!("writing the directory's state into the dataplane: {e}"))?;
+            .context("recording the start in the directory")?;
+        c.engine.committed(&start, rev);
+        c.sync.resync(&c.engine).await.map_err(|e| {
+            anyhow::anyhow!("writing the directory's state into the dataplane: {e}")
+        })?;
         c.sync_checkers();
         Ok(c)
     }
@@ -475,13 +543,14 @@ impl Controller {
             }
             // Start from what the directory says, so a restart does not replay the rise count.
             let initial_up = self.engine.recorded_health(&s.name) != Some(Health::Down);
-            let checker = ServerChecker::spawn(
+            let checker = ServerChecker::spawn_with_prober(
                 s.name.clone(),
                 s.address,
                 s.checks.iter().map(spec).collect(),
                 initial_up,
                 self.health_tx.clone(),
                 self.cancel.child_token(),
+                self.prober.clone(),
             );
             self.checkers.insert(s.name.clone(), (checker, s.clone()));
         }
@@ -492,11 +561,16 @@ impl Controller {
         let now = self.clock.now_ms();
         let plan: Plan = self.engine.plan(now, action)?;
         if plan.is_empty() {
+            self.commit_failed = false;
             return Ok("nothing to change".into());
         }
         let expected = self.engine.snapshot().revision;
         match self.directory.commit(expected, plan.update.clone()).await {
             Ok(rev) => {
+                if self.commit_failed {
+                    tracing::info!(revision = rev, "directory commits work again");
+                }
+                self.commit_failed = false;
                 self.engine.committed(&plan.update, rev);
                 for e in &plan.update.events {
                     tracing::info!(kind = %e.kind, resource = e.resource.as_deref().unwrap_or(""), server = e.server.as_deref().unwrap_or(""), revision = rev, "{}", e.message);
@@ -518,11 +592,14 @@ impl Controller {
             }
             Err(e) => {
                 self.commit_errors += 1;
-                tracing::error!(error = %e, "directory commit failed; nothing applied, retrying from the directory's state");
+                self.commit_failed = true;
+                tracing::error!(error = %e, "directory commit failed; nothing applied, retrying every second from the directory's state");
                 if let Ok(s) = self.directory.snapshot().await {
                     self.engine.resync(s);
                 }
-                Err(RequestError::Internal(format!("directory commit failed: {e}")))
+                Err(RequestError::Internal(format!(
+                    "directory commit failed: {e}"
+                )))
             }
         }
     }
@@ -559,7 +636,9 @@ impl Controller {
                     failback: match rc.failback {
                         config::Failback::Immediate => "immediate".into(),
                         config::Failback::Manual => "manual".into(),
-                        config::Failback::Hold(d) => format!("hold {}", humantime::format_duration(d)),
+                        config::Failback::Hold(d) => {
+                            format!("hold {}", humantime::format_duration(d))
+                        }
                     },
                 }
             })
@@ -631,14 +710,17 @@ impl Controller {
             }
             Err(e) => {
                 self.reloads_failed += 1;
-                tracing::error!("configuration reload refused, the running configuration stays: {e}");
+                tracing::error!(
+                    "configuration reload refused, the running configuration stays: {e}"
+                );
             }
         }
         r
     }
 
     async fn try_reload(&mut self) -> Result<String, RequestError> {
-        let new = config::load(&self.config_path).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let new =
+            config::load(&self.config_path).map_err(|e| RequestError::Invalid(e.to_string()))?;
         let old = self.engine.config().clone();
         let mut restart_only = Vec::new();
         if new.gateway != old.gateway {
@@ -705,6 +787,11 @@ impl Controller {
                 let r = self.reload().await;
                 let _ = reply.send(r);
             }
+            Request::Config(reply) => {
+                let v = serde_json::to_value(&**self.engine.config())
+                    .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+                let _ = reply.send(v);
+            }
         }
     }
 
@@ -744,6 +831,11 @@ impl Controller {
         mut passive: mpsc::Receiver<PassiveEvent>,
         shutdown: CancellationToken,
     ) {
+        // Every second: retry a failed directory commit (the plan is recomputed from the
+        // directory's state and the latest observations) and rewrite the maps after a failed
+        // map write.
+        let mut repair = tokio::time::interval(Duration::from_secs(1));
+        repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .engine
@@ -755,7 +847,6 @@ impl Controller {
                     None => std::future::pending().await,
                 }
             };
-            let resync_every = tokio::time::sleep(Duration::from_secs(1));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(h) = self.health_rx.recv() => {
@@ -771,9 +862,14 @@ impl Controller {
                 Some(ev) = passive.recv() => self.on_passive(ev),
                 Some(()) = reload_signal.recv() => { let _ = self.reload().await; }
                 _ = sleep => { let _ = self.step(None).await; }
-                _ = resync_every, if self.sync.stats().needs_resync.load(std::sync::atomic::Ordering::Relaxed) => {
-                    if let Err(e) = self.sync.resync(&self.engine).await {
-                        tracing::error!("dataplane resync failed: {e}");
+                _ = repair.tick() => {
+                    if self.commit_failed {
+                        let _ = self.step(None).await;
+                    }
+                    if self.sync.stats().needs_resync.load(std::sync::atomic::Ordering::Relaxed) {
+                        if let Err(e) = self.sync.resync(&self.engine).await {
+                            tracing::error!("dataplane resync failed: {e}");
+                        }
                     }
                 }
             }
@@ -823,7 +919,12 @@ fn spawn_passive_reader(
     let mut fd = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
     }
-    .map_err(|e| anyhow::anyhow!("polling the passive-health ring buffer: {}", e.into_parts().1))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "polling the passive-health ring buffer: {}",
+            e.into_parts().1
+        )
+    })?;
     tokio::spawn(async move {
         loop {
             let Ok(mut guard) = fd.readable_mut().await else {
@@ -834,7 +935,8 @@ fn spawn_passive_reader(
                 if item.len() >= std::mem::size_of::<PassiveEvent>() {
                     // SAFETY: the program writes whole `PassiveEvent`s (repr(C), plain
                     // integers); read_unaligned copes with any alignment.
-                    let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PassiveEvent>()) };
+                    let ev =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PassiveEvent>()) };
                     // Reports are hints: drop them rather than block when the engine is busy.
                     let _ = tx.try_send(ev);
                 }
@@ -861,6 +963,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ),
     };
     check_bpffs(&config.gateway.pin_dir)?;
+    if config.gateway.pin_dir.exists()
+        && !crate::dataplane::pinned_dataplane_exists(&config.gateway.pin_dir)
+    {
+        tracing::warn!(
+            pin_dir = %config.gateway.pin_dir.display(),
+            "the pin directory holds an incomplete or older dataplane (not every map of this ftn version is pinned there): \
+             it is replaced by a fresh load, which forgets established flows; this upgrade is not hitless"
+        );
+    }
     let opts = AyaOptions {
         interfaces: config.gateway.interfaces.clone(),
         mode: config.gateway.xdp_mode,
@@ -881,7 +992,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let have: BTreeSet<&String> = attached.iter().collect();
         if want != have {
             anyhow::bail!(
-                "the pinned dataplane under {} is attached to [{}] but the configuration says [{}];                  run `ftn detach --pin-dir {}` first (traffic is not forwarded by ftn until the next start)",
+                "the pinned dataplane under {} is attached to [{}] but the configuration says [{}]; run `ftn detach --pin-dir {}` first (traffic is not forwarded by ftn until the next start)",
                 config.gateway.pin_dir.display(),
                 attached.join(", "),
                 config.gateway.interfaces.join(", "),
@@ -899,10 +1010,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (passive_tx, passive_rx) = mpsc::channel(1024);
     match dp.take_events() {
         Some(ring) => spawn_passive_reader(ring, passive_tx)?,
-        None => tracing::warn!("no passive-health ring buffer: detection relies on active checks only"),
+        None => {
+            tracing::warn!("no passive-health ring buffer: detection relies on active checks only")
+        }
     }
     let sync = MapSync::spawn(dp);
-    let controller = Controller::start(config.clone(), directory, sync.clone(), attached, adopted).await?;
+    let controller =
+        Controller::start(config.clone(), directory, sync.clone(), attached, adopted).await?;
     let token = controller.token.clone();
     let (req_tx, req_rx) = mpsc::channel(64);
     let (reload_tx, reload_rx) = mpsc::channel(4);
@@ -935,8 +1049,215 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         });
     }
     tracing::info!(config = %config_path.display(), api = %config.api.listen, "ftn controller running");
-    controller.run(req_rx, reload_rx, passive_rx, shutdown.clone()).await;
+    controller
+        .run(req_rx, reload_rx, passive_rx, shutdown.clone())
+        .await;
     shutdown.cancel();
     let _ = api.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The whole controller (checkers, engine, embedded directory, map-sync task) on an
+    //! in-memory dataplane, with injected probe outcomes and paused time.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::checks::{ProbeFailure, ProbeFuture};
+    use crate::dataplane::{
+        DataplaneError, MemoryDataplane, Protocol, ResourceAssignment, ResourceMatch, ServerEntry,
+    };
+
+    /// The dataplane the map-sync task owns, shared so the test can look at it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<MemoryDataplane>>);
+
+    impl Dataplane for Shared {
+        fn set_server(&mut self, id: u32, s: &ServerEntry) -> Result<(), DataplaneError> {
+            self.0.lock().unwrap().set_server(id, s)
+        }
+        fn remove_server(&mut self, id: u32) -> Result<(), DataplaneError> {
+            self.0.lock().unwrap().remove_server(id)
+        }
+        fn set_resource(
+            &mut self,
+            m: &ResourceMatch,
+            a: &ResourceAssignment,
+        ) -> Result<(), DataplaneError> {
+            self.0.lock().unwrap().set_resource(m, a)
+        }
+        fn remove_resource(&mut self, m: &ResourceMatch) -> Result<(), DataplaneError> {
+            self.0.lock().unwrap().remove_resource(m)
+        }
+        fn set_config(
+            &mut self,
+            c: &crate::dataplane::DataplaneConfig,
+        ) -> Result<(), DataplaneError> {
+            self.0.lock().unwrap().set_config(c)
+        }
+        fn resource_stats(&self, id: u32) -> Result<ResourceStats, DataplaneError> {
+            self.0.lock().unwrap().resource_stats(id)
+        }
+        fn server_stats(&self, id: u32) -> Result<ServerStats, DataplaneError> {
+            self.0.lock().unwrap().server_stats(id)
+        }
+        fn global_stats(&self) -> Result<Vec<(GlobalCounter, u64)>, DataplaneError> {
+            self.0.lock().unwrap().global_stats()
+        }
+    }
+
+    impl ListKeys for Shared {
+        fn server_ids(&self) -> Result<Vec<u32>, String> {
+            self.0.lock().unwrap().server_ids()
+        }
+        fn resource_matches(&self) -> Result<Vec<ResourceMatch>, String> {
+            ListKeys::resource_matches(&*self.0.lock().unwrap())
+        }
+    }
+
+    /// p1's probes fail while `p1_down` is set; everything else answers in 1 ms.
+    #[derive(Default)]
+    struct Script {
+        p1_down: AtomicBool,
+    }
+
+    impl Prober for Script {
+        fn probe<'a>(
+            &'a self,
+            _: &'a Probe,
+            addr: std::net::IpAddr,
+            _: Duration,
+        ) -> ProbeFuture<'a> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if addr.to_string() == "198.18.2.10" && self.p1_down.load(Ordering::Relaxed) {
+                    Err(ProbeFailure::new("connection refused"))
+                } else {
+                    Ok(Duration::from_millis(1))
+                }
+            })
+        }
+    }
+
+    const CONFIG: &str = r#"
+[gateway]
+interfaces = ["gw0"]
+
+[[server]]
+name = "p1"
+address = "198.18.2.10"
+checks = [{ type = "tcp", port = 80 }]
+
+[[server]]
+name = "b1"
+address = "198.18.3.10"
+checks = [{ type = "tcp", port = 80 }]
+
+[[resource]]
+name = "web"
+vip = "198.18.100.1"
+protocol = "tcp"
+ports = [80]
+servers = ["p1", "b1"]
+"#;
+
+    fn web_server(dp: &Shared) -> Option<u32> {
+        let m = ResourceMatch {
+            vip: "198.18.100.1".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        dp.0.lock().unwrap().resource(&m).map(|v| v.server_id)
+    }
+
+    async fn status(tx: &mpsc::Sender<Request>) -> Status {
+        let (reply, rx) = oneshot::channel();
+        tx.send(Request::Status(reply)).await.unwrap();
+        rx.await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failover_and_hold_failback_through_the_whole_controller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = crate::config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        cfg.directory = DirectoryConfig::Embedded {
+            path: tmp.path().into(),
+        };
+        let cfg = Arc::new(cfg);
+        let dir: Arc<dyn Directory> = Arc::new(EmbeddedDirectory::open(tmp.path()).unwrap());
+        let dp = Shared::default();
+        let sync = MapSync::spawn(dp.clone());
+        let script = Arc::new(Script::default());
+        let c =
+            Controller::start_with_prober(cfg, dir.clone(), sync, vec![], false, script.clone())
+                .await
+                .unwrap();
+        let (req_tx, req_rx) = mpsc::channel(8);
+        let (_reload_tx, reload_rx) = mpsc::channel(1);
+        let (_passive_tx, passive_rx) = mpsc::channel(1);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(c.run(req_rx, reload_rx, passive_rx, shutdown.clone()));
+        let ids = status(&req_tx).await;
+        let id = |n: &str| ids.servers.iter().find(|s| s.name == n).unwrap().id;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(web_server(&dp), Some(id("p1")));
+
+        // p1 fails: 2 failed checks at 50 ms, then the map points to b1.
+        script.p1_down.store(true, Ordering::Relaxed);
+        let t = tokio::time::Instant::now();
+        while web_server(&dp) != Some(id("b1")) {
+            assert!(t.elapsed() < Duration::from_secs(1), "no failover");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let failover = t.elapsed();
+        assert!(
+            failover <= Duration::from_millis(160),
+            "failover took {failover:?}"
+        );
+        assert!(
+            failover >= Duration::from_millis(50),
+            "one failed check moved traffic ({failover:?})"
+        );
+
+        // p1 returns: up after 3 checks, back only after the 10 s default hold.
+        script.p1_down.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            web_server(&dp),
+            Some(id("b1")),
+            "failback before the hold time"
+        );
+        let st = status(&req_tx).await;
+        assert_eq!(
+            st.servers.iter().find(|s| s.name == "p1").unwrap().health,
+            Health::Up
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(
+            web_server(&dp),
+            Some(id("p1")),
+            "no failback after the hold time"
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+
+        // The directory on disk says the same, with the events that explain it.
+        let reopened = EmbeddedDirectory::open(tmp.path()).unwrap();
+        assert_eq!(
+            reopened.current().resources["web"].current.as_deref(),
+            Some("p1")
+        );
+        let kinds: Vec<String> = reopened
+            .events(0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        for k in ["server-down", "failover", "server-up", "failback"] {
+            assert!(kinds.iter().any(|x| x == k), "{k} missing from {kinds:?}");
+        }
+    }
 }

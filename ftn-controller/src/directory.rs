@@ -205,7 +205,10 @@ impl Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
     #[error("the directory moved on: the change was decided at revision {expected} but it is at {actual}")]
-    Conflict { expected: Revision, actual: Revision },
+    Conflict {
+        expected: Revision,
+        actual: Revision,
+    },
     #[error("directory store {path}: {detail}")]
     Store { path: PathBuf, detail: String },
     #[error("directory store {path}: {source}")]
@@ -327,7 +330,7 @@ impl EmbeddedDirectory {
             Ok(bytes) => {
                 serde_json::from_slice::<Snapshot>(&bytes).map_err(|e| DirectoryError::Store {
                     path: state_path.clone(),
-                    detail: format!("unreadable snapshot ({e}); refusing to start with a guessed directory — restore it or move it away to start empty"),
+                    detail: format!("unreadable snapshot ({e}); refusing to start with a guessed directory — restore it from a backup, or move the whole directory away to start empty (moving only state.json would replay the log onto nothing)"),
                 })?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
@@ -474,7 +477,13 @@ impl Directory for EmbeddedDirectory {
         // fdatasync takes a few milliseconds at most on a local disk; the controller's
         // engine task is the only committer, so blocking it briefly is what we want (the
         // map write must wait for the record anyway).
-        tokio::task::block_in_place(|| self.commit_sync(expected, update))
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| self.commit_sync(expected, update))
+            }
+            // A current-thread runtime (tests) cannot hand its thread over; it waits.
+            _ => self.commit_sync(expected, update),
+        }
     }
 
     async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, DirectoryError> {
@@ -615,7 +624,13 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(
-                matches!(err, DirectoryError::Conflict { expected: 0, actual: 1 }),
+                matches!(
+                    err,
+                    DirectoryError::Conflict {
+                        expected: 0,
+                        actual: 1
+                    }
+                ),
                 "{err}"
             );
             assert_eq!(dir.events(0, 10).await.unwrap().len(), 0);
@@ -663,7 +678,8 @@ mod tests {
             .append(true)
             .open(tmp.path().join("wal.jsonl"))
             .unwrap();
-        wal.write_all(b"{\"revision\":2,\"update\":{\"set_reso").unwrap();
+        wal.write_all(b"{\"revision\":2,\"update\":{\"set_reso")
+            .unwrap();
         drop((ev, wal));
 
         let again = EmbeddedDirectory::open(tmp.path()).unwrap();
@@ -692,10 +708,7 @@ mod tests {
             Some("b1")
         );
         let events = rt().block_on(third.events(0, 10)).unwrap();
-        assert_eq!(
-            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(events[1].message, "failover happened");
     }
 
@@ -703,7 +716,13 @@ mod tests {
     fn corrupt_snapshot_is_refused_loudly() {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("state.json"), b"{not json").unwrap();
-        let err = EmbeddedDirectory::open(tmp.path()).err().unwrap().to_string();
-        assert!(err.contains("state.json") && err.contains("unreadable snapshot"), "{err}");
+        let err = EmbeddedDirectory::open(tmp.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("state.json") && err.contains("unreadable snapshot"),
+            "{err}"
+        );
     }
 }

@@ -109,7 +109,9 @@ fn all_matchers(c: &Config) -> BTreeMap<ResourceMatch, String> {
 }
 
 fn alloc(next: u32, max: u32, used: &BTreeSet<u32>) -> Option<u32> {
-    (next..max).chain(0..next.min(max)).find(|i| !used.contains(i))
+    (next..max)
+        .chain(0..next.min(max))
+        .find(|i| !used.contains(i))
 }
 
 impl Engine {
@@ -196,7 +198,11 @@ impl Engine {
             let Some(cur) = rec.current.as_deref() else {
                 continue;
             };
-            let cur_idx = r.servers.iter().position(|s| s == cur).unwrap_or(usize::MAX);
+            let cur_idx = r
+                .servers
+                .iter()
+                .position(|s| s == cur)
+                .unwrap_or(usize::MAX);
             for s in r.servers.iter().take(cur_idx) {
                 if let Some(sr) = self.snapshot.servers.get(s) {
                     if sr.health == Health::Up && sr.drained_at_ms.is_none() {
@@ -253,10 +259,11 @@ impl Engine {
                 _ => {
                     // New server, or a new address: a new id, so flows that named the old
                     // address never follow the id to the new one.
-                    let id = alloc(next_id, MAX_SERVERS, &used_ids).ok_or(ActionError::Capacity {
-                        what: "servers",
-                        max: MAX_SERVERS,
-                    })?;
+                    let id =
+                        alloc(next_id, MAX_SERVERS, &used_ids).ok_or(ActionError::Capacity {
+                            what: "servers",
+                            max: MAX_SERVERS,
+                        })?;
                     used_ids.insert(id);
                     next_id = id + 1;
                     let (health, evidence) = match self.health.get(&sc.name) {
@@ -264,7 +271,10 @@ impl Engine {
                             if o.up { Health::Up } else { Health::Down },
                             o.evidence.clone(),
                         ),
-                        None => (Health::Up, "new server: up until its checks say otherwise".to_string()),
+                        None => (
+                            Health::Up,
+                            "new server: up until its checks say otherwise".to_string(),
+                        ),
                     };
                     events.push(EventDraft {
                         kind: "config".into(),
@@ -430,7 +440,11 @@ impl Engine {
                     } else {
                         Some(to.to_string())
                     };
-                    (Some(to.to_string()), "switchover", "switchover by the operator".to_string())
+                    (
+                        Some(to.to_string()),
+                        "switchover",
+                        "switchover by the operator".to_string(),
+                    )
                 } else if let Some(p) = rec.pinned.clone() {
                     (Some(p), "", String::new())
                 } else {
@@ -463,9 +477,19 @@ impl Engine {
                         }
                         Some(c) => {
                             let why = format!("{c} is {}", state_of(c));
-                            (first.clone(), if first.is_some() { "failover" } else { "no-server" }, why)
+                            (
+                                first.clone(),
+                                if first.is_some() {
+                                    "failover"
+                                } else {
+                                    "no-server"
+                                },
+                                why,
+                            )
                         }
-                        None if prev.is_none() => (first.clone(), "config", "resource added".to_string()),
+                        None if prev.is_none() => {
+                            (first.clone(), "config", "resource added".to_string())
+                        }
                         None => match &first {
                             Some(f) => (Some(f.clone()), "failover", format!("{f} is up")),
                             None => (None, "", String::new()),
@@ -476,7 +500,11 @@ impl Engine {
                 let from = rec.current.clone().unwrap_or_else(|| "no server".into());
                 let to = target.clone().unwrap_or_else(|| "no server".into());
                 let reason = if kind == "no-server" || (target.is_none() && !why.is_empty()) {
-                    format!("{why}; no server of {} is up ({})", rc.name, rc.servers.join(", "))
+                    format!(
+                        "{why}; no server of {} is up ({})",
+                        rc.name,
+                        rc.servers.join(", ")
+                    )
                 } else {
                     why
                 };
@@ -488,7 +516,11 @@ impl Engine {
                     moved.push(rc.name.clone());
                 }
                 events.push(EventDraft {
-                    kind: if rec.current.is_none() { "no-server".into() } else { kind.into() },
+                    kind: if rec.current.is_none() {
+                        "no-server".into()
+                    } else {
+                        kind.into()
+                    },
                     resource: Some(rc.name.clone()),
                     server: rec.current.clone(),
                     message: format!("{} moved {from} -> {to}: {reason}", rc.name),
@@ -770,7 +802,11 @@ drain = "5s"
         assert!(!r.dp_up("p1"), "established flows must leave a down server");
         assert_eq!(plan.moved, vec!["web".to_string()]);
         let ev = r.events.iter().find(|e| e.kind == "failover").unwrap();
-        assert!(ev.message.contains("p1 -> b1") && ev.message.contains("test says down"), "{}", ev.message);
+        assert!(
+            ev.message.contains("p1 -> b1") && ev.message.contains("test says down"),
+            "{}",
+            ev.message
+        );
         // 1 server + 2 resource entries, nothing else rewritten.
         assert_eq!(plan.changes.len(), 3, "{:?}", plan.changes);
     }
@@ -780,7 +816,11 @@ drain = "5s"
         let mut r = Rig::new(config("failback = \"hold\"\nhold = \"10s\"", ""));
         r.observe(T0 + 10, "p1", false);
         r.observe(T0 + 1_000, "p1", true);
-        assert_eq!(r.current().as_deref(), Some("b1"), "no failback before the hold time");
+        assert_eq!(
+            r.current().as_deref(),
+            Some("b1"),
+            "no failback before the hold time"
+        );
         assert!(r.dp_up("p1"));
         assert_eq!(r.engine.next_deadline(), Some(T0 + 11_000));
         assert!(r.step(T0 + 10_999, None).unwrap().moved.is_empty());
@@ -793,7 +833,10 @@ drain = "5s"
             .changes
             .iter()
             .all(|c| !matches!(c, Change::SetServer { .. })));
-        assert!(r.events.iter().any(|e| e.kind == "failback" && e.message.contains("hold 10s")));
+        assert!(r
+            .events
+            .iter()
+            .any(|e| e.kind == "failback" && e.message.contains("hold 10s")));
         assert_eq!(r.engine.next_deadline(), None);
     }
 
@@ -853,10 +896,32 @@ drain = "5s"
         let mut r = Rig::new(config("", ""));
         let before = r.engine.snapshot().clone();
         let bad = [
-            (Action::Switchover { resource: "nope".into(), to: "b1".into() }, "no resource named \"nope\""),
-            (Action::Switchover { resource: "web".into(), to: "zz".into() }, "no server named \"zz\""),
-            (Action::Drain { server: "zz".into() }, "no server named \"zz\""),
-            (Action::Undrain { server: "p1".into() }, "not drained"),
+            (
+                Action::Switchover {
+                    resource: "nope".into(),
+                    to: "b1".into(),
+                },
+                "no resource named \"nope\"",
+            ),
+            (
+                Action::Switchover {
+                    resource: "web".into(),
+                    to: "zz".into(),
+                },
+                "no server named \"zz\"",
+            ),
+            (
+                Action::Drain {
+                    server: "zz".into(),
+                },
+                "no server named \"zz\"",
+            ),
+            (
+                Action::Undrain {
+                    server: "p1".into(),
+                },
+                "not drained",
+            ),
         ];
         for (a, msg) in bad {
             let e = r.engine.plan(T0 + 1, Some(&a)).unwrap_err().to_string();
@@ -865,7 +930,13 @@ drain = "5s"
         r.observe(T0 + 2, "b1", false);
         let e = r
             .engine
-            .plan(T0 + 3, Some(&Action::Switchover { resource: "web".into(), to: "b1".into() }))
+            .plan(
+                T0 + 3,
+                Some(&Action::Switchover {
+                    resource: "web".into(),
+                    to: "b1".into(),
+                }),
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("b1") && e.contains("down"), "{e}");
@@ -875,18 +946,42 @@ drain = "5s"
     #[test]
     fn drain_moves_new_flows_now_and_cuts_established_ones_after_the_drain_time() {
         let mut r = Rig::new(config("failback = \"immediate\"", ""));
-        r.step(T0 + 10, Some(&Action::Drain { server: "p1".into() })).unwrap();
+        r.step(
+            T0 + 10,
+            Some(&Action::Drain {
+                server: "p1".into(),
+            }),
+        )
+        .unwrap();
         assert_eq!(r.current().as_deref(), Some("b1"));
         assert!(r.dp_up("p1"), "established flows keep p1 during the drain");
         assert_eq!(r.engine.next_deadline(), Some(T0 + 5_010));
         r.step(T0 + 5_010, None).unwrap();
         assert!(!r.dp_up("p1"), "drain time over: remaining flows move");
         assert_eq!(r.engine.next_deadline(), None);
-        let e = r.engine.plan(T0 + 5_011, Some(&Action::Drain { server: "p1".into() })).unwrap_err();
+        let e = r
+            .engine
+            .plan(
+                T0 + 5_011,
+                Some(&Action::Drain {
+                    server: "p1".into(),
+                }),
+            )
+            .unwrap_err();
         assert_eq!(e, ActionError::AlreadyDrained("p1".into()));
-        r.step(T0 + 6_000, Some(&Action::Undrain { server: "p1".into() })).unwrap();
+        r.step(
+            T0 + 6_000,
+            Some(&Action::Undrain {
+                server: "p1".into(),
+            }),
+        )
+        .unwrap();
         assert!(r.dp_up("p1"));
-        assert_eq!(r.current().as_deref(), Some("p1"), "immediate failback after undrain");
+        assert_eq!(
+            r.current().as_deref(),
+            Some("p1"),
+            "immediate failback after undrain"
+        );
     }
 
     #[test]
@@ -896,8 +991,15 @@ drain = "5s"
         r.observe(T0 + 20, "b1", false);
         assert_eq!(r.current(), None);
         assert_eq!(r.dp_server(), ftn_common::NO_SERVER);
-        let m = ResourceMatch { vip: "198.18.100.1".parse().unwrap(), protocol: Protocol::Tcp, port: 80 };
-        assert_eq!(r.dp.resource(&m).unwrap().flags, ftn_common::RES_FLAG_REJECT);
+        let m = ResourceMatch {
+            vip: "198.18.100.1".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        assert_eq!(
+            r.dp.resource(&m).unwrap().flags,
+            ftn_common::RES_FLAG_REJECT
+        );
         assert!(r.events.iter().any(|e| e.kind == "no-server"));
         // The backup comes back first: served at once (failover, no hold for a resource with nothing).
         r.observe(T0 + 30, "b1", true);
@@ -935,16 +1037,30 @@ servers = ["b1", "p1"]
 "#;
         r.engine.set_config(config("", extra));
         let plan = r.step(T0 + 10, None).unwrap();
-        assert_eq!(plan.changes.len(), 1, "only dns:53 is written: {:?}", plan.changes);
-        assert_eq!(r.engine.snapshot().resources["dns"].current.as_deref(), Some("b1"));
+        assert_eq!(
+            plan.changes.len(),
+            1,
+            "only dns:53 is written: {:?}",
+            plan.changes
+        );
+        assert_eq!(
+            r.engine.snapshot().resources["dns"].current.as_deref(),
+            Some("b1")
+        );
         // Change web's ports: 443 removed, 80 rewritten; dns untouched.
         let text_cfg = config("", extra);
         let mut c = (*text_cfg).clone();
         c.resources[0].ports = vec![80];
         r.engine.set_config(Arc::new(c));
         let plan = r.step(T0 + 20, None).unwrap();
-        assert!(plan.changes.iter().any(|c| matches!(c, Change::RemoveResource { matcher } if matcher.port == 443)));
-        assert!(plan.changes.iter().all(|c| !matches!(c, Change::SetResource { matcher, .. } if matcher.port == 53)));
+        assert!(plan
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::RemoveResource { matcher } if matcher.port == 443)));
+        assert!(plan
+            .changes
+            .iter()
+            .all(|c| !matches!(c, Change::SetResource { matcher, .. } if matcher.port == 53)));
         assert_eq!(r.dp.resources.len(), 2);
         // Remove dns entirely.
         r.engine.set_config(config("", ""));

@@ -20,7 +20,10 @@ pub fn bridge(ebpf: &mut aya::Ebpf) {
             } {
                 Ok(fd) => fd,
                 Err(e) => {
-                    tracing::warn!("eBPF log bridge: cannot poll the log buffer: {}", e.into_parts().1);
+                    tracing::warn!(
+                        "eBPF log bridge: cannot poll the log buffer: {}",
+                        e.into_parts().1
+                    );
                     return;
                 }
             };
@@ -37,7 +40,9 @@ pub fn bridge(ebpf: &mut aya::Ebpf) {
             tracing::info!("eBPF log records are bridged into this log");
         }
         Err(e) => {
-            tracing::debug!("no eBPF log buffer to bridge ({e}): the XDP program logs nothing, it counts");
+            tracing::debug!(
+                "no eBPF log buffer to bridge ({e}): the XDP program logs nothing, it counts"
+            );
         }
     }
 }

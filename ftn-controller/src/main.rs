@@ -185,7 +185,11 @@ fn print_status(st: &Status) {
         st.directory,
         st.revision,
         st.interfaces.join(","),
-        if st.adopted { "  (adopted a pinned dataplane)" } else { "" }
+        if st.adopted {
+            "  (adopted a pinned dataplane)"
+        } else {
+            ""
+        }
     );
     println!();
     let mut rows = vec![[
@@ -204,7 +208,11 @@ fn print_status(st: &Status) {
             format!(
                 "{}/{}",
                 r.protocol,
-                r.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+                r.ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             )
         };
         rows.push([
@@ -252,7 +260,11 @@ fn print_status(st: &Status) {
             s.address.clone(),
             health.into(),
             ago(s.since_ms),
-            if checks.is_empty() { "-".into() } else { checks },
+            if checks.is_empty() {
+                "-".into()
+            } else {
+                checks
+            },
             s.evidence.clone(),
         ]);
     }
@@ -296,13 +308,21 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
         }
         Err(e) => {
             eprintln!("{e}");
-            anyhow::bail!("{}: invalid, {} problem(s)", file.display(), e.problems.len())
+            anyhow::bail!(
+                "{}: invalid, {} problem(s)",
+                file.display(),
+                e.problems.len()
+            )
         }
     }
 }
 
 fn main() -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    // Logs go to stderr (stdout carries command output); colours only on a terminal.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -333,7 +353,8 @@ fn main() -> anyhow::Result<()> {
             json,
         } => rt.block_on(async {
             let t = target(&api)?;
-            let ev: Vec<Event> = get(&t, &format!("/v1/events?after={after}&limit={limit}")).await?;
+            let ev: Vec<Event> =
+                get(&t, &format!("/v1/events?after={after}&limit={limit}")).await?;
             for e in ev {
                 if json {
                     println!("{}", serde_json::to_string(&e)?);

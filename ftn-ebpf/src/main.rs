@@ -13,6 +13,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod csum;
 mod flow;
 mod fwd;

@@ -9,9 +9,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use ftn_common::{
-    DataplaneConfig, FlowKey, FlowValue, GlobalCounter, ResourceKey, ResourceStats, ResourceValue,
-    ReverseKey, ReverseValue, ServerStats, ServerValue, DEFAULT_FLOW_CAPACITY, GLOBAL_COUNTERS,
-    MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_SERVERS, PassiveState, EVENTS_BYTES,
+    DataplaneConfig, FlowKey, FlowValue, GlobalCounter, PassiveState, ResourceKey, ResourceStats,
+    ResourceValue, ReverseKey, ReverseValue, ServerStats, ServerValue, DEFAULT_FLOW_CAPACITY,
+    EVENTS_BYTES, GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_SERVERS,
 };
 
 use crate::parse::Pkt;

@@ -45,7 +45,13 @@ pub const BACKUP6: &str = "2001:2:3::10";
 /// A config for the standard lab topology: servers p1 (primary) and b1 (backup), each with a
 /// TCP check on port 80 (plus `check_extra` inside the check table), and resource `web`
 /// (VIP4:80/tcp) and `web6` (VIP6:80/tcp) with `resource_extra` lines added to both.
-pub fn lab_config(pin_dir: &Path, state_dir: &Path, token_file: &Path, check: &str, resource_extra: &str) -> String {
+pub fn lab_config(
+    pin_dir: &Path,
+    state_dir: &Path,
+    token_file: &Path,
+    check: &str,
+    resource_extra: &str,
+) -> String {
     format!(
         r#"# written by the ftn lab
 [gateway]
@@ -143,7 +149,9 @@ impl Ftn {
     /// pinned dataplane) from the process.
     fn in_gateway(&self) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.ns)).arg("--").arg(ftn_bin());
+        c.arg(format!("--net=/run/netns/{}", self.ns))
+            .arg("--")
+            .arg(ftn_bin());
         c
     }
 
@@ -153,7 +161,13 @@ impl Ftn {
 
     /// The standard lab config with these check options and resource lines.
     pub fn standard_config(&self, check: &str, resource_extra: &str) -> String {
-        lab_config(&self.pin_dir, &self.state_dir, &self.token_file(), check, resource_extra)
+        lab_config(
+            &self.pin_dir,
+            &self.state_dir,
+            &self.token_file(),
+            check,
+            resource_extra,
+        )
     }
 
     pub fn write_config(&self, text: &str) {
@@ -262,7 +276,10 @@ impl Ftn {
 
     /// Runs `ftn <args>` as given (no --config added).
     pub fn cli_raw(&self, args: &[&str]) -> Output {
-        self.in_gateway().args(args).output().expect("run the ftn cli")
+        self.in_gateway()
+            .args(args)
+            .output()
+            .expect("run the ftn cli")
     }
 
     /// `ftn <args>` must succeed; returns its stdout.
@@ -321,8 +338,16 @@ impl Ftn {
 
     /// Raw HTTP against the API from the gateway namespace (for malformed-input tests):
     /// returns (status code, body).
-    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
-        let ns = Netns { name: self.ns.clone() };
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let ns = Netns {
+            name: self.ns.clone(),
+        };
         let (method, path, token, body) = (
             method.to_string(),
             path.to_string(),
@@ -346,7 +371,11 @@ impl Ftn {
             s.write_all(req.as_bytes()).unwrap();
             let mut raw = String::new();
             let _ = s.read_to_string(&mut raw);
-            let code = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let code = raw
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
             let body = raw.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
             (code, body)
         });
@@ -363,7 +392,11 @@ impl Drop for Ftn {
             .arg(&self.pin_dir)
             .output();
         if std::thread::panicking() {
-            eprintln!("---- ftn log ({}) ----\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "---- ftn log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -489,4 +522,80 @@ pub fn answered_by(samples: &[Sample], from: Duration, to: Duration, who: &str) 
         .iter()
         .filter(|s| s.at >= from && s.at < to && s.answer.as_deref() == Some(who))
         .count()
+}
+
+impl Ftn {
+    /// Starts `ftn run` and waits, at most `within`, until its API accepts a TCP connection on
+    /// 127.0.0.1:7480 in the gateway's namespace (the API starts once the controller has
+    /// committed its first plan and written the dataplane). Lighter than [`Ftn::start`]'s
+    /// `status` poll for huge configurations, and returns an error (with the log) instead of
+    /// panicking. Ok: the time from the spawn to the first accepted connection.
+    pub fn start_within(&mut self, within: Duration) -> Result<Duration, String> {
+        if self.child.is_some() {
+            return Err("ftn is already running".into());
+        }
+        self.runs += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        let _ = writeln!(&log, "==== ftn run #{} ====", self.runs);
+        let err_log = log.try_clone().map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let child = self
+            .in_gateway()
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(log)
+            .stderr(err_log)
+            .spawn()
+            .map_err(|e| format!("spawn ftn run: {e}"))?;
+        self.child = Some(child);
+        let ns = Netns {
+            name: self.ns.clone(),
+        };
+        loop {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                std::mem::forget(ns);
+                return Err(format!(
+                    "ftn run exited early ({st}); its log:\n{}",
+                    self.log_text()
+                ));
+            }
+            let up = crate::lab::try_in_ns(&ns, || {
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], 7480)),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            })
+            .unwrap_or(false);
+            if up {
+                std::mem::forget(ns);
+                return Ok(t.elapsed());
+            }
+            if t.elapsed() > within {
+                std::mem::forget(ns);
+                self.kill9();
+                return Err(format!(
+                    "ftn run did not answer within {within:?}; its log (tail):\n{}",
+                    tail(&self.log_text(), 40)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

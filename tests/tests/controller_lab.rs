@@ -46,7 +46,8 @@ impl Lab {
             _backup: backup,
             ftn,
         };
-        lab.ftn.wait_current("web", Some("p1"), Duration::from_secs(5));
+        lab.ftn
+            .wait_current("web", Some("p1"), Duration::from_secs(5));
         assert_eq!(lab.ask_new(), "primary");
         lab
     }
@@ -88,7 +89,9 @@ fn service_death_fails_over_and_hold_failback_breaks_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     let killed = probe.now();
     lab.primary = None; // port 80 closed; host and link alive
-    let took = lab.ftn.wait_current("web", Some("b1"), Duration::from_secs(3));
+    let took = lab
+        .ftn
+        .wait_current("web", Some("b1"), Duration::from_secs(3));
     println!("failover decided {:.0} ms after the service died", ms(took));
     // A long-lived connection opened on the backup during the failover.
     let on_backup = lab.open();
@@ -99,9 +102,18 @@ fn service_death_fails_over_and_hold_failback_breaks_nothing() {
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
     // Hold: 2 s of health before failback.
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(lab.ftn.current("web").as_deref(), Some("b1"), "failback before the hold time");
-    let back = lab.ftn.wait_current("web", Some("p1"), Duration::from_secs(5));
-    println!("failback {:.0} ms after the primary's service returned", ms(back) + 1000.0);
+    assert_eq!(
+        lab.ftn.current("web").as_deref(),
+        Some("b1"),
+        "failback before the hold time"
+    );
+    let back = lab
+        .ftn
+        .wait_current("web", Some("p1"), Duration::from_secs(5));
+    println!(
+        "failback {:.0} ms after the primary's service returned",
+        ms(back) + 1000.0
+    );
     std::thread::sleep(Duration::from_millis(300));
     let samples = probe.finish();
     let end = samples.last().unwrap().at;
@@ -114,12 +126,26 @@ fn service_death_fails_over_and_hold_failback_breaks_nothing() {
         ms(fb_gap)
     );
     assert!(answered_by(&samples, killed, restarted, "backup") > 10);
-    assert!(answered_by(&samples, restarted + Duration::from_millis(1500), end, "primary") > 10);
+    assert!(
+        answered_by(
+            &samples,
+            restarted + Duration::from_millis(1500),
+            end,
+            "primary"
+        ) > 10
+    );
     assert_eq!(fb_failed, 0, "no probe may fail at failback");
     let (_c, r) = lab.ask(on_backup);
-    assert_eq!(r.as_deref(), Ok("backup"), "the connection on the backup must survive failback");
+    assert_eq!(
+        r.as_deref(),
+        Ok("backup"),
+        "the connection on the backup must survive failback"
+    );
     let ev = lab.ftn.events();
-    assert!(ev.contains("failover") && ev.contains("web moved p1 -> b1"), "{ev}");
+    assert!(
+        ev.contains("failover") && ev.contains("web moved p1 -> b1"),
+        "{ev}"
+    );
     assert!(ev.contains("failback") && ev.contains("hold 2s"), "{ev}");
 }
 
@@ -133,21 +159,43 @@ fn primary_link_down_fails_over_and_stuck_connections_move_at_once() {
     std::thread::sleep(Duration::from_millis(300));
     let down = probe.now();
     lab.t.primary.ip(&["link", "set", "p0", "down"]);
-    let took = lab.ftn.wait_current("web", Some("b1"), Duration::from_secs(3));
-    println!("failover decided {:.0} ms after the primary's link went down", ms(took));
+    let took = lab
+        .ftn
+        .wait_current("web", Some("b1"), Duration::from_secs(3));
+    println!(
+        "failover decided {:.0} ms after the primary's link went down",
+        ms(took)
+    );
     // The connection to the dead primary: its next packet goes to the backup, which resets it
     // at once (no waiting for TCP's retransmission timeouts).
     let t = Instant::now();
     let (_stuck, r) = lab.ask(stuck);
     let answer_after = t.elapsed();
-    println!("connection to the dead primary: {r:?} after {:.0} ms", ms(answer_after));
-    assert!(r.is_err(), "a connection to the dead primary cannot be answered: {r:?}");
-    assert!(answer_after < Duration::from_secs(1), "it must end at once, not after TCP timeouts");
+    println!(
+        "connection to the dead primary: {r:?} after {:.0} ms",
+        ms(answer_after)
+    );
+    assert!(
+        r.is_err(),
+        "a connection to the dead primary cannot be answered: {r:?}"
+    );
+    assert!(
+        answer_after < Duration::from_secs(1),
+        "it must end at once, not after TCP timeouts"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let up = probe.now();
     lab.t.primary.ip(&["link", "set", "p0", "up"]);
     // IPv6 addresses do not survive a link down (keep_addr_on_down = 0).
-    lab.t.primary.ip(&["-6", "addr", "replace", "2001:2:2::10/64", "dev", "p0", "nodad"]);
+    lab.t.primary.ip(&[
+        "-6",
+        "addr",
+        "replace",
+        "2001:2:2::10/64",
+        "dev",
+        "p0",
+        "nodad",
+    ]);
     // Routes through a downed link are gone: put the defaults back (IPv6 needs the link's
     // prefix route first, which comes back shortly after the link).
     for args in [
@@ -156,15 +204,22 @@ fn primary_link_down_fails_over_and_stuck_connections_move_at_once() {
     ] {
         let t = Instant::now();
         while !ftn_tests::run_quiet(&[&["ip", "-n", &lab.t.primary.name][..], args].concat()) {
-            assert!(t.elapsed() < Duration::from_secs(5), "cannot restore the route {args:?}");
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "cannot restore the route {args:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    lab.ftn.wait_current("web", Some("p1"), Duration::from_secs(5));
+    lab.ftn
+        .wait_current("web", Some("p1"), Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     let samples = probe.finish();
     let (fo_gap, fo_failed) = gap(&samples, down, up);
-    println!("link down: failover gap {:.0} ms, {fo_failed} failed probes", ms(fo_gap));
+    println!(
+        "link down: failover gap {:.0} ms, {fo_failed} failed probes",
+        ms(fo_gap)
+    );
     assert!(answered_by(&samples, down, up, "backup") > 10);
     assert!(lab.ftn.events().contains("server p1 is down"));
 }
@@ -173,12 +228,19 @@ fn primary_link_down_fails_over_and_stuck_connections_move_at_once() {
 fn manual_failback_waits_for_switchover() {
     let mut lab = Lab::start("", "failback = \"manual\"");
     lab.primary = None;
-    lab.ftn.wait_current("web", Some("b1"), Duration::from_secs(3));
+    lab.ftn
+        .wait_current("web", Some("b1"), Duration::from_secs(3));
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
     // Rise: 3 checks of 50 ms; then manual policy keeps b1.
     std::thread::sleep(Duration::from_millis(1500));
     let st = lab.ftn.status();
-    let p1 = st["servers"].as_array().unwrap().iter().find(|s| s["name"] == "p1").unwrap().clone();
+    let p1 = st["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "p1")
+        .unwrap()
+        .clone();
     assert_eq!(p1["health"], "up", "{st}");
     assert_eq!(lab.ftn.current("web").as_deref(), Some("b1"));
     assert_eq!(lab.ask_new(), "backup");
@@ -190,7 +252,10 @@ fn manual_failback_waits_for_switchover() {
     let out = lab.ftn.cli(&["switchover", "web", "--to", "p6"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("409") && err.contains("not in resource \"web\"'s list"), "{err}");
+    assert!(
+        err.contains("409") && err.contains("not in resource \"web\"'s list"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -214,9 +279,16 @@ fn controller_kill9_and_restart_lose_nothing() {
         ms(g)
     );
     assert_eq!(failed, 0, "no probe may fail while the controller restarts");
-    assert_eq!(answered_by(&samples, killed, end + Duration::from_millis(1), "primary"), samples.iter().filter(|s| s.at >= killed).count());
+    assert_eq!(
+        answered_by(&samples, killed, end + Duration::from_millis(1), "primary"),
+        samples.iter().filter(|s| s.at >= killed).count()
+    );
     let (_long, r) = lab.ask(long);
-    assert_eq!(r.as_deref(), Ok("primary"), "established connection kept its server");
+    assert_eq!(
+        r.as_deref(),
+        Ok("primary"),
+        "established connection kept its server"
+    );
     let log = lab.ftn.log_text();
     assert!(log.contains("adopted the pinned dataplane"), "{log}");
     let ev = lab.ftn.events();
@@ -232,16 +304,23 @@ fn both_servers_down_then_recovery() {
     lab.ftn.wait_current("web", None, Duration::from_secs(3));
     // reject: the client is refused at once instead of timing out.
     let t = Instant::now();
-    let r = in_ns(&lab.t.client, || Conn::try_open(Lab::vip(), Duration::from_secs(2)).map(|_| ()));
+    let r = in_ns(&lab.t.client, || {
+        Conn::try_open(Lab::vip(), Duration::from_secs(2)).map(|_| ())
+    });
     let e = r.expect_err("no server: the connection must fail");
-    println!("both down: connect failed in {:.1} ms: {e}", ms(t.elapsed()));
+    println!(
+        "both down: connect failed in {:.1} ms: {e}",
+        ms(t.elapsed())
+    );
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
     assert!(lab.ftn.events().contains("no-server"));
     lab._backup = Some(Service::start(&lab.t.backup, "backup"));
-    lab.ftn.wait_current("web", Some("b1"), Duration::from_secs(3));
+    lab.ftn
+        .wait_current("web", Some("b1"), Duration::from_secs(3));
     assert_eq!(lab.ask_new(), "backup");
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
-    lab.ftn.wait_current("web", Some("p1"), Duration::from_secs(3));
+    lab.ftn
+        .wait_current("web", Some("p1"), Duration::from_secs(3));
     assert_eq!(lab.ask_new(), "primary");
 }
 
@@ -255,19 +334,36 @@ fn flapping_primary_does_not_flap_traffic() {
     while t.elapsed() < Duration::from_secs(4) {
         std::thread::sleep(Duration::from_millis(200));
         up = !up;
-        lab.primary = if up { Some(Service::start(&lab.t.primary, "primary")) } else { None };
+        lab.primary = if up {
+            Some(Service::start(&lab.t.primary, "primary"))
+        } else {
+            None
+        };
     }
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
     std::thread::sleep(Duration::from_millis(500));
     let samples = probe.finish();
     let st = lab.ftn.status();
     let moves = st["failovers"]["web"].as_u64().unwrap_or(0);
-    println!("flapping primary: web moved {moves} time(s); now on {:?}", lab.ftn.current("web"));
-    assert_eq!(moves, 1, "one failover, no failback while it flaps (hold time): {st}");
+    println!(
+        "flapping primary: web moved {moves} time(s); now on {:?}",
+        lab.ftn.current("web")
+    );
+    assert_eq!(
+        moves, 1,
+        "one failover, no failback while it flaps (hold time): {st}"
+    );
     assert_eq!(lab.ftn.current("web").as_deref(), Some("b1"));
     // Once on the backup, traffic stays there.
-    let first_backup = samples.iter().find(|s| s.answer.as_deref() == Some("backup")).unwrap().at;
-    assert_eq!(answered_by(&samples, first_backup, Duration::MAX, "primary"), 0);
+    let first_backup = samples
+        .iter()
+        .find(|s| s.answer.as_deref() == Some("backup"))
+        .unwrap()
+        .at;
+    assert_eq!(
+        answered_by(&samples, first_backup, Duration::MAX, "primary"),
+        0
+    );
 }
 
 #[test]
@@ -276,11 +372,38 @@ fn invalid_config_and_api_input_are_refused_and_change_nothing() {
     let good = std::fs::read_to_string(&lab.ftn.config).unwrap();
     let before = lab.ftn.status();
     let cases: [(&str, String, &str); 5] = [
-        ("unknown field", good.replace("[[resource]]\nname = \"web\"\n", "[[resource]]\nname = \"web\"\ncolour = \"red\"\n"), "unknown field `colour`"),
-        ("duplicate VIP", good.replace(ftn_tests::lab::VIP6, VIP4).replace("servers = [\"p6\", \"b6\"]", "servers = [\"p1\", \"b1\"]"), "198.18.100.1"),
-        ("unknown server", good.replace("servers = [\"p1\", \"b1\"]", "servers = [\"p1\", \"b9\"]"), "unknown server \"b9\""),
-        ("bad address", good.replace("address = \"198.18.3.10\"", "address = \"198.18.3.300\""), "198.18.3.300"),
-        ("primary twice", good.replace("servers = [\"p1\", \"b1\"]", "servers = [\"p1\", \"b1\", \"p1\"]"), "p1"),
+        (
+            "unknown field",
+            good.replace(
+                "[[resource]]\nname = \"web\"\n",
+                "[[resource]]\nname = \"web\"\ncolour = \"red\"\n",
+            ),
+            "unknown field `colour`",
+        ),
+        (
+            "duplicate VIP",
+            good.replace(ftn_tests::lab::VIP6, VIP4)
+                .replace("servers = [\"p6\", \"b6\"]", "servers = [\"p1\", \"b1\"]"),
+            "198.18.100.1",
+        ),
+        (
+            "unknown server",
+            good.replace("servers = [\"p1\", \"b1\"]", "servers = [\"p1\", \"b9\"]"),
+            "unknown server \"b9\"",
+        ),
+        (
+            "bad address",
+            good.replace("address = \"198.18.3.10\"", "address = \"198.18.3.300\""),
+            "198.18.3.300",
+        ),
+        (
+            "primary twice",
+            good.replace(
+                "servers = [\"p1\", \"b1\"]",
+                "servers = [\"p1\", \"b1\", \"p1\"]",
+            ),
+            "p1",
+        ),
     ];
     for (what, text, needle) in &cases {
         let bad = lab.ftn.dir.join("bad.toml");
@@ -289,44 +412,84 @@ fn invalid_config_and_api_input_are_refused_and_change_nothing() {
         let err = String::from_utf8_lossy(&out.stderr);
         println!("{what}: {}", err.lines().next().unwrap_or(""));
         assert!(!out.status.success(), "{what}: accepted");
-        assert!(err.contains(needle) && err.contains("bad.toml:"), "{what}: {err}");
+        assert!(
+            err.contains(needle) && err.contains("bad.toml:"),
+            "{what}: {err}"
+        );
         // The same file as the running config: reload refused, state unchanged.
         std::fs::write(&lab.ftn.config, text).unwrap();
         let token = lab.ftn.token_file();
-        let out = lab.ftn.cli(&["reload", "--token-file", token.to_str().unwrap()]);
+        let out = lab
+            .ftn
+            .cli(&["reload", "--token-file", token.to_str().unwrap()]);
         assert!(!out.status.success(), "{what}: reload accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("422") && err.contains(needle), "{what}: {err}");
         lab.ftn.hup();
         std::thread::sleep(Duration::from_millis(200));
         let now = lab.ftn.status();
-        assert_eq!(now["resources"], before["resources"], "{what}: state changed");
-        assert_eq!(now["revision"], before["revision"], "{what}: directory changed");
+        assert_eq!(
+            now["resources"], before["resources"],
+            "{what}: state changed"
+        );
+        assert_eq!(
+            now["revision"], before["revision"],
+            "{what}: directory changed"
+        );
     }
     std::fs::write(&lab.ftn.config, &good).unwrap();
     assert_eq!(lab.ask_new(), "primary");
     // API: no token, wrong token, malformed input, unknown names.
-    let (c, b) = lab.ftn.http("POST", "/v1/switchover", None, Some(r#"{"resource":"web","to":"b1"}"#));
+    let (c, b) = lab.ftn.http(
+        "POST",
+        "/v1/switchover",
+        None,
+        Some(r#"{"resource":"web","to":"b1"}"#),
+    );
     assert_eq!(c, 401, "{b}");
-    let (c, b) = lab.ftn.http("POST", "/v1/switchover", Some("nope"), Some(r#"{"resource":"web","to":"b1"}"#));
+    let (c, b) = lab.ftn.http(
+        "POST",
+        "/v1/switchover",
+        Some("nope"),
+        Some(r#"{"resource":"web","to":"b1"}"#),
+    );
     assert_eq!(c, 403, "{b}");
-    let (c, b) = lab.ftn.http("POST", "/v1/switchover", Some(TOKEN), Some(r#"{"resource":"web""#));
+    let (c, b) = lab.ftn.http(
+        "POST",
+        "/v1/switchover",
+        Some(TOKEN),
+        Some(r#"{"resource":"web""#),
+    );
     assert_eq!(c, 400, "{b}");
     assert!(b.contains("error"), "{b}");
-    let (c, b) = lab.ftn.http("POST", "/v1/switchover", Some(TOKEN), Some(r#"{"resource":"web","to":"b1","force":true}"#));
+    let (c, b) = lab.ftn.http(
+        "POST",
+        "/v1/switchover",
+        Some(TOKEN),
+        Some(r#"{"resource":"web","to":"b1","force":true}"#),
+    );
     assert_eq!(c, 422, "{b}");
     assert!(b.contains("force"), "{b}");
-    let (c, b) = lab.ftn.http("POST", "/v1/drain", Some(TOKEN), Some(r#"{"server":"zz"}"#));
+    let (c, b) = lab
+        .ftn
+        .http("POST", "/v1/drain", Some(TOKEN), Some(r#"{"server":"zz"}"#));
     assert_eq!(c, 404, "{b}");
     assert!(b.contains("no server named \\\"zz\\\""), "{b}");
     let (c, b) = lab.ftn.http("GET", "/v1/events?limit=abc", None, None);
     assert_eq!(c, 400, "{b}");
     let (c, _) = lab.ftn.http("GET", "/v1/nothing", None, None);
     assert_eq!(c, 404);
-    assert_eq!(lab.ftn.status()["revision"], before["revision"], "refused calls changed the directory");
+    assert_eq!(
+        lab.ftn.status()["revision"],
+        before["revision"],
+        "refused calls changed the directory"
+    );
     let (c, b) = lab.ftn.http("GET", "/metrics", None, None);
     assert_eq!(c, 200);
-    assert!(b.contains("ftn_resource_server{resource=\"web\",server=\"p1\"} 1"), "{b}");
+    assert!(
+        b.contains("ftn_resource_server{resource=\"web\",server=\"p1\"} 1"),
+        "{b}"
+    );
     assert!(b.contains("ftn_dataplane_packets_total{outcome="), "{b}");
 }
 
@@ -338,10 +501,17 @@ fn drain_moves_new_flows_and_keeps_established_ones() {
     assert!(out.contains("web moved p1 -> b1"), "{out}");
     assert_eq!(lab.ask_new(), "backup");
     let (long, r) = lab.ask(long);
-    assert_eq!(r.as_deref(), Ok("primary"), "established flows finish on the drained server");
+    assert_eq!(
+        r.as_deref(),
+        Ok("primary"),
+        "established flows finish on the drained server"
+    );
     std::thread::sleep(Duration::from_millis(2500));
     let (_long, r) = lab.ask(long);
-    assert!(r.is_err(), "after the drain time the remaining flows move (and the backup resets them): {r:?}");
+    assert!(
+        r.is_err(),
+        "after the drain time the remaining flows move (and the backup resets them): {r:?}"
+    );
     lab.ftn.cli_ok(&["undrain", "p1"]);
     assert_eq!(lab.ftn.current("web").as_deref(), Some("p1"));
     assert_eq!(lab.ask_new(), "primary");
@@ -356,25 +526,49 @@ fn passive_signals_catch_a_dead_server_between_slow_checks() {
     std::thread::sleep(Duration::from_millis(300));
     let killed = probe.now();
     lab.primary = None;
-    let took = lab.ftn.wait_current("web", Some("b1"), Duration::from_millis(1500));
-    println!("service killed, checks every 2 s: failover decided after {:.0} ms", ms(took));
+    let took = lab
+        .ftn
+        .wait_current("web", Some("b1"), Duration::from_millis(1500));
+    println!(
+        "service killed, checks every 2 s: failover decided after {:.0} ms",
+        ms(took)
+    );
     std::thread::sleep(Duration::from_millis(200));
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
-    lab.ftn.wait_current("web", Some("p1"), Duration::from_secs(10));
+    lab.ftn
+        .wait_current("web", Some("p1"), Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     let crashed = probe.now();
     lab.t.primary.ip(&["link", "set", "p0", "down"]);
-    let took = lab.ftn.wait_current("web", Some("b1"), Duration::from_millis(1500));
-    println!("link down, checks every 2 s: failover decided after {:.0} ms", ms(took));
+    let took = lab
+        .ftn
+        .wait_current("web", Some("b1"), Duration::from_millis(1500));
+    println!(
+        "link down, checks every 2 s: failover decided after {:.0} ms",
+        ms(took)
+    );
     std::thread::sleep(Duration::from_millis(200));
     let samples = probe.finish();
     let (g1, _) = gap(&samples, killed, crashed);
     let end = samples.last().unwrap().at + Duration::from_millis(1);
     let (g2, _) = gap(&samples, crashed, end);
-    println!("client interruption: service killed {:.0} ms, link down {:.0} ms", ms(g1), ms(g2));
-    assert!(g1 < Duration::from_millis(1000) && g2 < Duration::from_millis(1000), "passive detection too slow");
+    println!(
+        "client interruption: service killed {:.0} ms, link down {:.0} ms",
+        ms(g1),
+        ms(g2)
+    );
+    assert!(
+        g1 < Duration::from_millis(1000) && g2 < Duration::from_millis(1000),
+        "passive detection too slow"
+    );
     let st = lab.ftn.status();
-    assert!(st["passive_signals"]["p1"].as_u64().unwrap_or(0) >= 2, "{st}");
+    assert!(
+        st["passive_signals"]["p1"].as_u64().unwrap_or(0) >= 2,
+        "{st}"
+    );
     let log = lab.ftn.log_text();
-    assert!(log.contains("refused (RST) in a row") && log.contains("unanswered for"), "{log}");
+    assert!(
+        log.contains("refused (RST) in a row") && log.contains("unanswered for"),
+        "{log}"
+    );
 }

@@ -2030,17 +2030,20 @@ fn passive_health_reports() {
     })
     .unwrap();
     let mut ring = dp.take_events().expect("events ring");
-    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
+    let drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
         let mut v = Vec::new();
         while let Some(item) = ring.next() {
             assert_eq!(item.len(), std::mem::size_of::<ftn_common::PassiveEvent>());
             // SAFETY: the program writes whole PassiveEvents.
-            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ftn_common::PassiveEvent>()) });
+            v.push(unsafe {
+                std::ptr::read_unaligned(item.as_ptr().cast::<ftn_common::PassiveEvent>())
+            });
         }
         v
     };
     let syn = |port: u16| frame(CM, G0, a.c4, a.vip4, 64, tcp(port, 80, 1, 0, SYN), b"");
-    let from_p4 = |port: u16, flags: u8| frame(PM, G1, a.p4, a.c4, 64, tcp(80, port, 9, 2, flags), b"");
+    let from_p4 =
+        |port: u16, flags: u8| frame(PM, G1, a.p4, a.c4, 64, tcp(80, port, 9, 2, flags), b"");
     let prog_run = |dp: &mut AyaDataplane, ingress: u32, f: &[u8]| {
         let (action, _) = run_prog(dp.program_mut().unwrap(), ingress, f);
         assert_eq!(action, XDP_REDIRECT, "{}", hex(f));
@@ -2050,14 +2053,20 @@ fn passive_health_reports() {
     for p in 41000..41003 {
         prog_run(&mut dp, lab.fx0, &syn(p));
     }
-    assert!(drain(&mut ring).is_empty(), "reported before the window passed");
+    assert!(
+        drain(&mut ring).is_empty(),
+        "reported before the window passed"
+    );
     assert_eq!(dp.passive_state(P4).unwrap().unanswered, 3);
     std::thread::sleep(std::time::Duration::from_millis(25));
     prog_run(&mut dp, lab.fx0, &syn(41003));
     let ev = drain(&mut ring);
     println!("after 4 unanswered SYNs over 25 ms: {ev:?}");
     assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!((ev[0].server_id, ev[0].kind, ev[0].count), (P4, ftn_common::PASSIVE_UNANSWERED, 4));
+    assert_eq!(
+        (ev[0].server_id, ev[0].kind, ev[0].count),
+        (P4, ftn_common::PASSIVE_UNANSWERED, 4)
+    );
     assert!(ev[0].age_us >= 20_000, "{:?}", ev[0]);
 
     // A SYN-ACK from P4 clears the record.
@@ -2078,7 +2087,10 @@ fn passive_health_reports() {
     let ev = drain(&mut ring);
     println!("after 3 RSTs in a row: {ev:?}");
     assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!((ev[0].server_id, ev[0].kind, ev[0].count), (P4, ftn_common::PASSIVE_RST, 3));
+    assert_eq!(
+        (ev[0].server_id, ev[0].kind, ev[0].count),
+        (P4, ftn_common::PASSIVE_RST, 3)
+    );
 
     // Off: nothing is recorded.
     dp.set_config(&DataplaneConfig {
@@ -2086,10 +2098,21 @@ fn passive_health_reports() {
         ..DataplaneConfig::default()
     })
     .unwrap();
-    dp.set_server(P4, &ServerEntry { addr: a.p4, up: true, generation: 9 }).unwrap();
+    dp.set_server(
+        P4,
+        &ServerEntry {
+            addr: a.p4,
+            up: true,
+            generation: 9,
+        },
+    )
+    .unwrap();
     for p in 41020..41030 {
         prog_run(&mut dp, lab.fx0, &syn(p));
     }
-    assert_eq!(dp.passive_state(P4).unwrap(), ftn_common::PassiveState::default());
+    assert_eq!(
+        dp.passive_state(P4).unwrap(),
+        ftn_common::PassiveState::default()
+    );
     assert!(drain(&mut ring).is_empty());
 }

@@ -314,7 +314,10 @@ mod tests {
         };
         let k = m.to_key();
         assert_eq!((k.port, k.proto, k.family), (0, PROTO_ICMPV6, FAMILY_V6));
-        assert_eq!(ResourceMatch::from_key(&k), Some(ResourceMatch { port: 0, ..m }));
+        assert_eq!(
+            ResourceMatch::from_key(&k),
+            Some(ResourceMatch { port: 0, ..m })
+        );
         let m4 = ResourceMatch {
             vip: "198.18.0.10".parse().unwrap(),
             protocol: Protocol::Udp,

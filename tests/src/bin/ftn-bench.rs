@@ -81,11 +81,20 @@ fn main() {
     }
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the benchmark needs root (BPF, network namespaces): run `cargo xtask bench` as root");
+        eprintln!(
+            "the benchmark needs root (BPF, network namespaces): run `cargo xtask bench` as root"
+        );
         std::process::exit(2);
     }
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
-    println!("== ftn benchmark ({}) ==", if size == Size::Quick { "quick: small counts, figures NOT meaningful" } else { "full" });
+    println!(
+        "== ftn benchmark ({}) ==",
+        if size == Size::Quick {
+            "quick: small counts, figures NOT meaningful"
+        } else {
+            "full"
+        }
+    );
     println!("machine: {}", machine());
     let t0 = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
@@ -102,12 +111,19 @@ fn main() {
         let t = Instant::now();
         println!("-- {name} ...");
         let got = run(size);
-        println!("   {name}: {} figure(s) in {:.1} s", got.len(), t.elapsed().as_secs_f64());
+        println!(
+            "   {name}: {} figure(s) in {:.1} s",
+            got.len(),
+            t.elapsed().as_secs_f64()
+        );
         figures.extend(got);
     }
     let by_key: BTreeMap<&str, &Figure> = figures.iter().map(|f| (f.key, f)).collect();
     println!();
-    println!("{:<28} {:>14} {:<8} {:<9} {:<8} note", "figure", "value", "unit", "target", "status");
+    println!(
+        "{:<28} {:>14} {:<8} {:<9} {:<8} note",
+        "figure", "value", "unit", "target", "status"
+    );
     let mut missing_keys = Vec::new();
     let mut unmet = Vec::new();
     for (key, target) in KEYS {
@@ -146,7 +162,10 @@ fn main() {
     if size == Size::Quick {
         println!("\nquick mode: the figures above come from tiny counts; they show the benchmark runs, not how fast ftn is.");
     } else if !unmet.is_empty() {
-        println!("\ntargets NOT met: {} (see the notes: what limits each)", unmet.join(", "));
+        println!(
+            "\ntargets NOT met: {} (see the notes: what limits each)",
+            unmet.join(", ")
+        );
     }
     println!("benchmark took {:.1} s", t0.elapsed().as_secs_f64());
     if let Some(path) = json {
@@ -193,7 +212,9 @@ fn machine() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();

@@ -44,7 +44,10 @@ fn main() {
     let config = ftn.standard_config("", &format!("failback = \"hold\"\nhold = \"{HOLD}\""));
     ftn.write_config(&config);
     println!("-- the gateway's ftn.toml (checks use the defaults: every 50 ms, timeout 50 ms, fall 2, rise 3; hold shortened to {HOLD} for the demo, default 10s) --");
-    for l in config.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+    for l in config
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
         println!("  {l}");
     }
     ftn.start();
@@ -53,13 +56,21 @@ fn main() {
     print!("{}", indent(&ftn.cli_ok(&["status"])));
 
     let vip: IpAddr = VIP4.parse().unwrap();
-    let probe = Prober::start(&t.client, vip, Duration::from_millis(10), Duration::from_secs(60));
+    let probe = Prober::start(
+        &t.client,
+        vip,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     // 1. The primary's service dies; host and link stay up.
     let killed = probe.now();
     primary = drop_service(primary);
-    println!("\n[{:>6.3} s] primary's service killed (port 80 closed, host up)", killed.as_secs_f64());
+    println!(
+        "\n[{:>6.3} s] primary's service killed (port 80 closed, host up)",
+        killed.as_secs_f64()
+    );
     ftn.wait_current("web", Some("b1"), Duration::from_secs(5));
     println!("[{:>6.3} s] failover to b1", probe.now().as_secs_f64());
     let on_backup = in_ns(&t.client, move || Conn::open(vip));
@@ -71,7 +82,10 @@ fn main() {
     println!("[{:>6.3} s] primary's service back", returned.as_secs_f64());
     ftn.wait_current("web", Some("p1"), Duration::from_secs(10));
     let failed_back = probe.now();
-    println!("[{:>6.3} s] failback to p1 (hold {HOLD})", failed_back.as_secs_f64());
+    println!(
+        "[{:>6.3} s] failback to p1 (hold {HOLD})",
+        failed_back.as_secs_f64()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (on_backup, backup_after) = in_ns(&t.client, move || {
         let mut c = on_backup;
@@ -83,14 +97,26 @@ fn main() {
     // 3. The primary crashes: its link goes down.
     let crashed = probe.now();
     t.primary.ip(&["link", "set", "p0", "down"]);
-    println!("[{:>6.3} s] primary's link down (crash)", crashed.as_secs_f64());
+    println!(
+        "[{:>6.3} s] primary's link down (crash)",
+        crashed.as_secs_f64()
+    );
     ftn.wait_current("web", Some("b1"), Duration::from_secs(5));
     println!("[{:>6.3} s] failover to b1", probe.now().as_secs_f64());
     std::thread::sleep(Duration::from_millis(700));
     let relinked = probe.now();
     t.primary.ip(&["link", "set", "p0", "up"]);
-    t.primary.ip(&["-6", "addr", "replace", "2001:2:2::10/64", "dev", "p0", "nodad"]);
-    t.primary.ip(&["route", "replace", "default", "via", "198.18.2.1"]);
+    t.primary.ip(&[
+        "-6",
+        "addr",
+        "replace",
+        "2001:2:2::10/64",
+        "dev",
+        "p0",
+        "nodad",
+    ]);
+    t.primary
+        .ip(&["route", "replace", "default", "via", "198.18.2.1"]);
     println!("[{:>6.3} s] primary's link up", relinked.as_secs_f64());
     ftn.wait_current("web", Some("p1"), Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
@@ -104,11 +130,42 @@ fn main() {
     let (fb_gap, fb_failed) = gap(&samples, returned, crashed);
     let (crash_gap, crash_failed) = gap(&samples, crashed, relinked);
     let (fb2_gap, fb2_failed) = gap(&samples, relinked, end);
-    println!("\n-- client: a new TCP connection to {VIP4}:80 every 10 ms ({} probes) --", samples.len());
-    report("service killed", &samples, killed, returned, svc_gap, svc_failed);
-    report("failback      ", &samples, returned, crashed, fb_gap, fb_failed);
-    report("link down     ", &samples, crashed, relinked, crash_gap, crash_failed);
-    report("failback      ", &samples, relinked, end, fb2_gap, fb2_failed);
+    println!(
+        "\n-- client: a new TCP connection to {VIP4}:80 every 10 ms ({} probes) --",
+        samples.len()
+    );
+    report(
+        "service killed",
+        &samples,
+        killed,
+        returned,
+        svc_gap,
+        svc_failed,
+    );
+    report(
+        "failback      ",
+        &samples,
+        returned,
+        crashed,
+        fb_gap,
+        fb_failed,
+    );
+    report(
+        "link down     ",
+        &samples,
+        crashed,
+        relinked,
+        crash_gap,
+        crash_failed,
+    );
+    report(
+        "failback      ",
+        &samples,
+        relinked,
+        end,
+        fb2_gap,
+        fb2_failed,
+    );
     let survived = backup_after.as_deref() == Ok("backup");
     println!(
         "  connection opened on the backup during the failover, after failback: {}",
@@ -132,7 +189,10 @@ fn main() {
         fb2_failed,
         if survived { "yes" } else { "no" }
     );
-    println!("  lab removed (namespaces, XDP, pinned maps); demo took {:.1} s", total.elapsed().as_secs_f64());
+    println!(
+        "  lab removed (namespaces, XDP, pinned maps); demo took {:.1} s",
+        total.elapsed().as_secs_f64()
+    );
     let ok = survived
         && fb_failed == 0
         && fb2_failed == 0
@@ -149,7 +209,14 @@ fn drop_service(s: Option<Service>) -> Option<Service> {
     None
 }
 
-fn report(what: &str, samples: &[Sample], from: Duration, to: Duration, g: Duration, failed: usize) {
+fn report(
+    what: &str,
+    samples: &[Sample],
+    from: Duration,
+    to: Duration,
+    g: Duration,
+    failed: usize,
+) {
     println!(
         "  {what}: longest interruption {}, {failed} failed probes (primary answered {}, backup {})",
         ms(g),
