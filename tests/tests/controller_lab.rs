@@ -572,3 +572,35 @@ fn passive_signals_catch_a_dead_server_between_slow_checks() {
         "{log}"
     );
 }
+
+#[test]
+fn reload_applies_only_the_difference() {
+    let lab = Lab::start("", "");
+    let long = lab.open();
+    let text = std::fs::read_to_string(&lab.ftn.config).unwrap();
+    let added = format!(
+        "{text}\n[[resource]]\nname = \"dns\"\nvip = \"198.18.100.2\"\nprotocol = \"udp\"\nports = [53]\nservers = [\"b1\", \"p1\"]\n"
+    );
+    std::fs::write(&lab.ftn.config, added).unwrap();
+    let out = lab.ftn.cli_ok(&["reload"]);
+    println!("reload: {out}");
+    assert!(out.contains("dns moved no server -> b1: resource added"), "{out}");
+    let (answer, from) = in_ns(&lab.t.client, || ftn_tests::lab::udp_ask("198.18.100.2".parse().unwrap()));
+    assert_eq!((answer.as_str(), from.to_string().as_str()), ("backup", "198.18.100.2"));
+    let (_long, r) = lab.ask(long);
+    assert_eq!(r.as_deref(), Ok("primary"), "an unchanged resource's connection is untouched");
+    // SIGHUP with the original file removes dns again.
+    std::fs::write(&lab.ftn.config, text).unwrap();
+    lab.ftn.hup();
+    let t = Instant::now();
+    while lab.ftn.status()["resources"].as_array().unwrap().len() != 2 {
+        assert!(t.elapsed() < Duration::from_secs(5), "SIGHUP reload not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lab.ftn.events().contains("resource dns removed"));
+    let st = lab.ftn.status();
+    assert_eq!(st["reloads_ok"], 2, "{st}");
+    let (c, cfg) = lab.ftn.http("GET", "/v1/config", None, None);
+    assert_eq!(c, 200);
+    assert!(cfg.contains("\"token_set\":true") && !cfg.contains(TOKEN), "{cfg}");
+}
