@@ -39,9 +39,11 @@ pub mod map_names {
     pub const PASSIVE: &str = "FTN_PASSIVE";
     /// `RingBuf` of [`crate::PassiveEvent`]s for the controller.
     pub const EVENTS: &str = "FTN_EVENTS";
+    /// `LruHashMap<NexthopKey, NexthopValue>`: FIB answers cached for `nexthop_ttl_ns`.
+    pub const NEXTHOP: &str = "FTN_NEXTHOP";
 
     /// Every map of the object, for checks and pinning.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         RESOURCES,
         SERVERS,
         FLOWS,
@@ -53,6 +55,7 @@ pub mod map_names {
         DEVMAP,
         PASSIVE,
         EVENTS,
+        NEXTHOP,
     ];
 }
 
@@ -223,8 +226,11 @@ pub struct DataplaneConfig {
     /// Passive health: SYNs unanswered (or RSTs in a row) before a report; `u32::MAX`: off.
     pub passive_min: u32,
     pub _pad: u32,
+    /// How long a FIB answer (egress interface and MACs for a destination) is reused before the
+    /// program asks the FIB again; `u64::MAX`: never cache.
+    pub nexthop_ttl_ns: u64,
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 56);
+const _: () = assert!(size_of::<DataplaneConfig>() == 64);
 
 pub const DEFAULT_TCP_IDLE_NS: u64 = 900 * 1_000_000_000;
 pub const DEFAULT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
@@ -233,6 +239,11 @@ pub const DEFAULT_ICMP_IDLE_NS: u64 = 30 * 1_000_000_000;
 pub const DEFAULT_PASSIVE_WINDOW_NS: u64 = 20 * 1_000_000;
 pub const DEFAULT_PASSIVE_REARM_NS: u64 = 250 * 1_000_000;
 pub const DEFAULT_PASSIVE_MIN: u32 = 3;
+pub const DEFAULT_NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+/// `nexthop_ttl_ns` value that turns the next-hop cache off.
+pub const NEXTHOP_CACHE_OFF: u64 = u64::MAX;
+/// Entries of the next-hop cache.
+pub const NEXTHOP_CAPACITY: u32 = 65_536;
 /// `passive_min` value that turns passive reports off.
 pub const PASSIVE_OFF: u32 = u32::MAX;
 
@@ -247,9 +258,34 @@ impl Default for DataplaneConfig {
             passive_rearm_ns: DEFAULT_PASSIVE_REARM_NS,
             passive_min: DEFAULT_PASSIVE_MIN,
             _pad: 0,
+            nexthop_ttl_ns: DEFAULT_NEXTHOP_TTL_NS,
         }
     }
 }
+
+/// Key of [`map_names::NEXTHOP`]: where a packet to `dst` that came in on `ingress` goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NexthopKey {
+    /// Destination address, network byte order.
+    pub dst: [u32; 4],
+    pub ingress: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<NexthopKey>() == 24);
+
+/// Value of [`map_names::NEXTHOP`]: a FIB answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NexthopValue {
+    /// `bpf_ktime_get_coarse_ns()` when the FIB answered.
+    pub learned_ns: u64,
+    pub egress: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+const _: () = assert!(size_of::<NexthopValue>() == 24);
 
 /// Passive health of one server (element of [`map_names::PASSIVE`]). Updated by every CPU
 /// without atomics: a lost update only delays or advances a report by a packet, and a report
@@ -444,6 +480,10 @@ mod user {
     unsafe impl aya::Pod for DataplaneConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PassiveState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NexthopKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NexthopValue {}
     unsafe impl aya::Pod for ResourceStats {}
     unsafe impl aya::Pod for ServerStats {}
 }

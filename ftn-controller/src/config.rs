@@ -335,7 +335,7 @@ mod ser {
     }
 
     pub fn dataplane<S: Serializer>(d: &DataplaneConfig, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("DataplaneConfig", 8)?;
+        let mut st = s.serialize_struct("DataplaneConfig", 10)?;
         st.serialize_field("tcp_idle", &human(Duration::from_nanos(d.tcp_idle_ns)))?;
         st.serialize_field(
             "tcp_closing_idle",
@@ -354,6 +354,10 @@ mod ser {
         )?;
         if d.passive_min != ftn_common::PASSIVE_OFF {
             st.serialize_field("passive_min", &d.passive_min)?;
+        }
+        st.serialize_field("nexthop_cache", &(d.nexthop_ttl_ns != ftn_common::NEXTHOP_CACHE_OFF))?;
+        if d.nexthop_ttl_ns != ftn_common::NEXTHOP_CACHE_OFF {
+            st.serialize_field("nexthop_ttl", &human(Duration::from_nanos(d.nexthop_ttl_ns)))?;
         }
         st.end()
     }
@@ -1407,6 +1411,8 @@ fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {
             "passive_window",
             "passive_rearm",
             "passive_min",
+            "nexthop_ttl",
+            "nexthop_cache",
         ],
     );
     let mut dp = DataplaneConfig::default();
@@ -1417,6 +1423,7 @@ fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {
         ("icmp_idle", &mut dp.icmp_idle_ns),
         ("passive_window", &mut dp.passive_window_ns),
         ("passive_rearm", &mut dp.passive_rearm_ns),
+        ("nexthop_ttl", &mut dp.nexthop_ttl_ns),
     ] {
         let Some(item) = t.get(name) else { continue };
         let field = t.field(name);
@@ -1435,6 +1442,13 @@ fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {
     if let Some(item) = t.get("passive_min") {
         if let Some(n) = want_range(ctx, item, &t.field("passive_min"), 1, 1_000_000) {
             dp.passive_min = n as u32;
+        }
+    }
+    if let Some(item) = t.get("nexthop_cache") {
+        match item.node {
+            Node::Bool(true) => {}
+            Node::Bool(false) => dp.nexthop_ttl_ns = ftn_common::NEXTHOP_CACHE_OFF,
+            _ => wrong_type(ctx, item, &t.field("nexthop_cache"), "true or false"),
         }
     }
     if let Some(item) = t.get("passive") {
@@ -2508,8 +2522,11 @@ failback = "manual"
         assert_eq!(c.dataplane.passive_window_ns, 5_000_000);
         assert_eq!(c.dataplane.passive_min, 2);
         assert_eq!(c.dataplane.passive_rearm_ns, 1_000_000_000);
-        let c = ok(&with_gateway("[dataplane]\npassive = false\n"));
+        let c = ok(&with_gateway("[dataplane]\npassive = false\nnexthop_cache = false\n"));
         assert_eq!(c.dataplane.passive_min, ftn_common::PASSIVE_OFF);
+        assert_eq!(c.dataplane.nexthop_ttl_ns, ftn_common::NEXTHOP_CACHE_OFF);
+        let c = ok(&with_gateway("[dataplane]\nnexthop_ttl = \"250ms\"\n"));
+        assert_eq!(c.dataplane.nexthop_ttl_ns, 250_000_000);
         let text = with_gateway("[dataplane]\npassive_min = 0\npassive = \"yes\"\n");
         let e = err(&text).to_string();
         assert!(

@@ -10,15 +10,23 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use ftn_common::{GlobalCounter, PROTO_TCP, PROTO_UDP};
+use ftn_common::{
+    GlobalCounter, NexthopKey, NexthopValue, NEXTHOP_CACHE_OFF, PROTO_TCP, PROTO_UDP,
+};
 
 use crate::{
     csum,
-    maps::{count, FTN_DEVMAP},
+    flow::now,
+    maps::{config, count, FTN_DEVMAP, FTN_NEXTHOP},
     parse::{read, write, Pkt, ETH_LEN},
 };
 
 /// Sends a packet whose addresses are now `src` -> `dst`.
+///
+/// The FIB's answer for (`dst`, ingress interface) is cached in `FTN_NEXTHOP` for
+/// `nexthop_ttl_ns` (default 1 s): the lookup is the largest single cost of the fast path. The
+/// cost of the cache: a route or neighbour change is seen up to that long late, and ECMP or
+/// policy routing by source/port is resolved once per destination per cache lifetime.
 ///
 /// - FIB success: TTL/hop limit decremented (IPv4 checksum fixed), MACs from the FIB, then
 ///   `XDP_TX` when the egress is the ingress interface, else a redirect through `FTN_DEVMAP`.
@@ -26,6 +34,24 @@ use crate::{
 ///   rewritten packet (TTL untouched: the kernel forwards it and decrements it itself).
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> Result<u32, ()> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let ttl = config().nexthop_ttl_ns;
+    let key = NexthopKey {
+        dst: *dst,
+        ingress,
+        family: pkt.family,
+        _pad: [0; 3],
+    };
+    let now = now();
+    if ttl != NEXTHOP_CACHE_OFF {
+        if let Some(hop) = FTN_NEXTHOP.get_ptr(key) {
+            // SAFETY: pointer from a successful lookup (RCU-protected during the run).
+            let hop = unsafe { *hop };
+            if now.saturating_sub(hop.learned_ns) < ttl {
+                return out(ctx, pkt, ingress, hop.egress, &hop.dmac, &hop.smac);
+            }
+        }
+    }
     // SAFETY: plain C struct, all-zero is a valid value.
     let mut p: FibParams = unsafe { zeroed() };
     p.family = pkt.family;
@@ -35,7 +61,6 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> Resu
         p.dport = pkt.dport;
     }
     p.__bindgen_anon_1.tot_len = pkt.ip_len;
-    let ingress = ctx.ingress_ifindex() as u32;
     p.ifindex = ingress;
     if pkt.v6() {
         p.__bindgen_anon_3.ipv6_src = *src;
@@ -54,9 +79,31 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> Resu
         });
         return Ok(xdp_action::XDP_PASS);
     }
-    let egress = p.ifindex;
+    if ttl != NEXTHOP_CACHE_OFF {
+        let hop = NexthopValue {
+            learned_ns: now,
+            egress: p.ifindex,
+            dmac: p.dmac,
+            smac: p.smac,
+        };
+        // A failed insert only costs the next packet another FIB lookup.
+        let _ = FTN_NEXTHOP.insert(key, hop, 0);
+    }
+    out(ctx, pkt, ingress, p.ifindex, &p.dmac, &p.smac)
+}
+
+/// The packet leaves through `egress` to `dmac` from `smac`.
+#[inline(always)]
+fn out(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    ingress: u32,
+    egress: u32,
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+) -> Result<u32, ()> {
     if egress == ingress {
-        rewrite_l2(ctx, pkt, &p)?;
+        rewrite_l2(ctx, pkt, dmac, smac)?;
         count(GlobalCounter::Tx);
         return Ok(xdp_action::XDP_TX);
     }
@@ -64,7 +111,7 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> Resu
     // returns), so it doubles as the devmap membership check, before anything is rewritten.
     match FTN_DEVMAP.redirect(egress, 0) {
         Ok(action) => {
-            rewrite_l2(ctx, pkt, &p)?;
+            rewrite_l2(ctx, pkt, dmac, smac)?;
             count(GlobalCounter::Redirect);
             Ok(action)
         }
@@ -78,10 +125,10 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> Resu
 
 /// Fast-path hop: TTL / hop limit and MACs from the FIB answer.
 #[inline(always)]
-fn rewrite_l2(ctx: &XdpContext, pkt: &Pkt, p: &FibParams) -> Result<(), ()> {
+fn rewrite_l2(ctx: &XdpContext, pkt: &Pkt, dmac: &[u8; 6], smac: &[u8; 6]) -> Result<(), ()> {
     decrement_ttl(ctx, pkt)?;
-    write(ctx, 0, p.dmac)?;
-    write(ctx, 6, p.smac)
+    write(ctx, 0, *dmac)?;
+    write(ctx, 6, *smac)
 }
 
 #[inline(always)]

@@ -12,6 +12,7 @@ use ftn_common::{
     DataplaneConfig, FlowKey, FlowValue, GlobalCounter, PassiveState, ResourceKey, ResourceStats,
     ResourceValue, ReverseKey, ReverseValue, ServerStats, ServerValue, DEFAULT_FLOW_CAPACITY,
     EVENTS_BYTES, GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_SERVERS,
+    NexthopKey, NexthopValue, NEXTHOP_CAPACITY,
 };
 
 use crate::parse::Pkt;
@@ -49,6 +50,10 @@ pub static FTN_DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES,
 
 #[map]
 pub static FTN_PASSIVE: Array<PassiveState> = Array::with_max_entries(MAX_SERVERS, 0);
+
+#[map]
+pub static FTN_NEXTHOP: LruHashMap<NexthopKey, NexthopValue> =
+    LruHashMap::with_max_entries(NEXTHOP_CAPACITY, 0);
 
 #[map]
 pub static FTN_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -102,6 +107,9 @@ pub fn config() -> DataplaneConfig {
     }
     if c.passive_min == 0 {
         c.passive_min = d.passive_min;
+    }
+    if c.nexthop_ttl_ns == 0 {
+        c.nexthop_ttl_ns = d.nexthop_ttl_ns;
     }
     c
 }

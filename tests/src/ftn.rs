@@ -553,9 +553,11 @@ impl Ftn {
             .spawn()
             .map_err(|e| format!("spawn ftn run: {e}"))?;
         self.child = Some(child);
-        let ns = Netns {
+        // A handle on the gateway's namespace that never deletes it (it belongs to the caller),
+        // even if something below panics.
+        let ns = std::mem::ManuallyDrop::new(Netns {
             name: self.ns.clone(),
-        };
+        });
         loop {
             if let Some(st) = self
                 .child
@@ -563,7 +565,6 @@ impl Ftn {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 self.child = None;
-                std::mem::forget(ns);
                 return Err(format!(
                     "ftn run exited early ({st}); its log:\n{}",
                     self.log_text()
@@ -578,11 +579,9 @@ impl Ftn {
             })
             .unwrap_or(false);
             if up {
-                std::mem::forget(ns);
                 return Ok(t.elapsed());
             }
             if t.elapsed() > within {
-                std::mem::forget(ns);
                 self.kill9();
                 return Err(format!(
                     "ftn run did not answer within {within:?}; its log (tail):\n{}",

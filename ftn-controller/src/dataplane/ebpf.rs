@@ -251,6 +251,8 @@ impl AyaDataplane {
         let reverse = typed(take(map_names::REVERSE)?, map_names::REVERSE)?;
         let passive = typed(take(map_names::PASSIVE)?, map_names::PASSIVE)?;
         let events = Some(typed(take(map_names::EVENTS)?, map_names::EVENTS)?);
+        // Pinned with the rest (an adopted dataplane keeps its cache); never written here.
+        take(map_names::NEXTHOP)?;
         let mut dp = AyaDataplane {
             ebpf: Some(ebpf),
             resources,
