@@ -46,10 +46,12 @@
 //! evidence alone is not trusted to mark a server down — one unlucky client, a SYN flood or a
 //! client-side problem would otherwise evict healthy servers — but it is a good reason to look
 //! *now*. [`ServerChecker::suspect`] makes every check that is currently up probe immediately
-//! and then back to back (one probe every `timeout`) until the verdict is confirmed either way:
-//! `fall` consecutive failures (the check goes down through the normal hysteresis) or a single
-//! success (back to the normal pace). Detection time thus drops from about `fall * interval` to
-//! about `fall * timeout`, and the decision is still made by active probes only.
+//! and then back to back (a probe starts [`SUSPECT_PACE`] after the previous one started, or at
+//! once when that one took longer) until the verdict is confirmed either way: `fall`
+//! consecutive failures (the check goes down through the normal hysteresis) or a single success
+//! (back to the normal pace). Detection time thus drops from about `fall * interval` to about
+//! `fall * SUSPECT_PACE` for a refusing server and `fall * timeout` for a silent one, and the
+//! decision is still made by active probes only.
 
 use std::{
     future::Future,
@@ -711,6 +713,10 @@ impl Prober for NetProber {
 
 /// The smallest interval/timeout we accept (tokio's interval panics on zero).
 const MIN_PERIOD: Duration = Duration::from_millis(1);
+/// While a server is suspected, a probe starts at most this long after the previous one
+/// started (at once when that one took longer, e.g. timed out): a refused connection is
+/// confirmed in milliseconds, a silent server in `fall` timeouts.
+pub const SUSPECT_PACE: Duration = Duration::from_millis(10);
 
 /// Deterministic first-probe delay in `[0, interval)`, in whole milliseconds (tokio's timer
 /// resolution), for check `index` of `server` (FNV-1a of the name and the index), so checks
@@ -1034,7 +1040,7 @@ impl CheckTask {
                     tokio::select! {
                         biased;
                         _ = self.cancel.cancelled() => return,
-                        _ = tokio::time::sleep_until(started + timeout) => {}
+                        _ = tokio::time::sleep_until(started + timeout.min(SUSPECT_PACE)) => {}
                     }
                 }
             }
@@ -1653,8 +1659,8 @@ mod tests {
         }
     }
 
-    /// Real time, injected outcomes: suspect() finds a dead server in `fall * timeout` although
-    /// the interval is a minute (runs without tokio's `test-util`, unlike the tests below).
+    /// Real time, injected outcomes: suspect() finds a refusing server in `fall * SUSPECT_PACE`
+    /// although the interval is a minute (real time, unlike the tests below).
     #[tokio::test]
     async fn suspect_confirms_down_long_before_the_interval() {
         let s = Scripted::default();
@@ -1672,9 +1678,10 @@ mod tests {
         );
         let calls = h.prober.calls("tcp:80");
         assert_eq!(calls.len(), 3, "{calls:?}");
+        // Instant failures: one probe per SUSPECT_PACE (10 ms), not per timeout (20 ms).
         assert!(
-            calls[2] - calls[0] >= Duration::from_millis(40),
-            "one probe per timeout"
+            calls[2] - calls[0] >= SUSPECT_PACE * 2 && calls[2] - calls[0] < Duration::from_millis(40),
+            "one probe per SUSPECT_PACE: {calls:?}"
         );
         assert!(h.t0.elapsed() < Duration::from_secs(5));
     }
@@ -1791,7 +1798,7 @@ mod tests {
         }
 
         #[tokio::test(start_paused = true)]
-        async fn paused_suspect_confirms_down_at_timeout_pace() {
+        async fn paused_suspect_confirms_down_at_suspect_pace() {
             let mut h = harness(vec![spec(80, 60, 500, 2, 3)], true, Scripted::default());
             let offset = start_offset("srv", 0, Duration::from_secs(60));
             // Let the first regular probe pass, then the server dies.
@@ -1810,13 +1817,11 @@ mod tests {
                 change.evidence,
                 "3 consecutive tcp:80 checks failed: injected failure"
             );
-            let burst: Vec<Instant> = (0..3)
-                .map(|i| suspected_at + Duration::from_millis(500) * i)
-                .collect();
+            let burst: Vec<Instant> = (0..3).map(|i| suspected_at + SUSPECT_PACE * i).collect();
             assert_eq!(
                 h.prober.calls("tcp:80")[1..],
                 burst[..],
-                "probes at once, then every timeout"
+                "probes at once, then every SUSPECT_PACE (the failures come at once)"
             );
 
             // Confirmed down: back to the normal pace (next probe one interval later).

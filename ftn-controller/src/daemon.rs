@@ -526,10 +526,12 @@ impl Controller {
     /// configured checks; a checker whose server and checks did not change keeps running.
     fn sync_checkers(&mut self) {
         let cfg = self.engine.config().clone();
+        let wanted: HashMap<&str, &config::ServerConfig> =
+            cfg.servers.iter().map(|s| (s.name.as_str(), s)).collect();
         let stale: Vec<String> = self
             .checkers
             .iter()
-            .filter(|(name, (_, running))| cfg.server(name) != Some(running))
+            .filter(|(name, (_, running))| wanted.get(name.as_str()).copied() != Some(running))
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {

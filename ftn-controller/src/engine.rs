@@ -26,7 +26,7 @@
 //! including while drained, until the drain time has passed; a down server's flows move to
 //! their resource's current server on their next packet.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -555,12 +555,28 @@ impl Engine {
             }
         }
         let server_id = |n: &Option<String>| n.as_ref().and_then(|n| servers.get(n)).map(|s| s.id);
-        let new_matchers = all_matchers(cfg);
-        let old_matchers = all_matchers(&self.applied);
+        // Without a new configuration nothing was added, removed or reshaped: skip the
+        // configuration-wide comparisons (a plan must stay linear in the number of resources).
+        let same_config = Arc::ptr_eq(&self.applied, &self.config);
+        let applied_by_name: HashMap<&str, &crate::config::ResourceConfig> = if same_config {
+            HashMap::new()
+        } else {
+            self.applied
+                .resources
+                .iter()
+                .map(|r| (r.name.as_str(), r))
+                .collect()
+        };
+        let cfg_resources: HashSet<&str> = cfg.resources.iter().map(|r| r.name.as_str()).collect();
+        let cfg_servers: HashSet<&str> = cfg.servers.iter().map(|s| s.name.as_str()).collect();
         for rc in &cfg.resources {
             let rec = &resources[&rc.name];
             let prev = old.resources.get(&rc.name);
-            let old_rc = self.applied.resource(&rc.name);
+            let old_rc = if same_config {
+                Some(rc)
+            } else {
+                applied_by_name.get(rc.name.as_str()).copied()
+            };
             // Rewrite the entries when the assignment, the server's id, or how the resource
             // is matched changed; otherwise leave them (and their flows) alone.
             let id_changed = prev.is_some_and(|p| server_id(&p.current) != server_id(&rec.current))
@@ -589,27 +605,31 @@ impl Engine {
                 update.set_resources.push(rec.clone());
             }
         }
-        for (m, owner) in &old_matchers {
-            if !new_matchers.contains_key(m) {
-                changes.push(Change::RemoveResource { matcher: *m });
-                if cfg.resource(owner).is_none() && !update.remove_resources.contains(owner) {
-                    update.remove_resources.push(owner.clone());
-                    events.push(EventDraft {
-                        kind: "config".into(),
-                        resource: Some(owner.clone()),
-                        server: None,
-                        message: format!("resource {owner} removed"),
-                    });
+        let mut removed: HashSet<String> = HashSet::new();
+        if !same_config {
+            let new_matchers = all_matchers(cfg);
+            for (m, owner) in &all_matchers(&self.applied) {
+                if !new_matchers.contains_key(m) {
+                    changes.push(Change::RemoveResource { matcher: *m });
+                    if !cfg_resources.contains(owner.as_str()) && removed.insert(owner.clone()) {
+                        update.remove_resources.push(owner.clone());
+                        events.push(EventDraft {
+                            kind: "config".into(),
+                            resource: Some(owner.clone()),
+                            server: None,
+                            message: format!("resource {owner} removed"),
+                        });
+                    }
                 }
             }
         }
         for name in old.resources.keys() {
-            if cfg.resource(name).is_none() && !update.remove_resources.contains(name) {
+            if !cfg_resources.contains(name.as_str()) && removed.insert(name.clone()) {
                 update.remove_resources.push(name.clone());
             }
         }
         for (name, rec) in &old.servers {
-            let gone = cfg.server(name).is_none();
+            let gone = !cfg_servers.contains(name.as_str());
             let readdressed = servers.get(name).is_some_and(|s| s.id != rec.id);
             if gone || readdressed {
                 changes.push(Change::RemoveServer { id: rec.id });
