@@ -894,6 +894,7 @@ impl ServerChecker {
                 addr,
                 offset: start_offset(&server, index, spec.interval.max(MIN_PERIOD)),
                 hysteresis: Hysteresis::new(initial_up, spec.rise, spec.fall),
+                last_ok: initial_up,
                 spec,
                 stats: Arc::clone(&stats),
                 prober: Arc::clone(&prober),
@@ -979,71 +980,103 @@ struct CheckTask {
     suspect: mpsc::Receiver<String>,
     cancel: CancellationToken,
     hysteresis: Hysteresis,
+    /// The last probe succeeded.
+    last_ok: bool,
 }
 
 impl CheckTask {
+    /// Starts one probe in `inflight`; its result comes back with its start time.
+    fn launch(
+        &self,
+        inflight: &mut tokio::task::JoinSet<Result<Duration, ProbeFailure>>,
+        timeout: Duration,
+    ) {
+        let (prober, probe, addr) = (self.prober.clone(), self.spec.probe.clone(), self.addr);
+        inflight.spawn(async move {
+            // The prober bounds itself; this only guards against one that does not.
+            tokio::time::timeout(timeout + timeout / 2, prober.probe(&probe, addr, timeout))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProbeFailure::new(format!(
+                        "timed out after {}",
+                        fmt_duration(timeout)
+                    )))
+                })
+        });
+    }
+
     async fn run(mut self) {
         let interval = self.spec.interval.max(MIN_PERIOD);
         let timeout = self.spec.timeout.max(MIN_PERIOD);
+        let fall = self.hysteresis.fall().max(1) as usize;
         let mut ticker = tokio::time::interval_at(Instant::now() + self.offset, interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Some(why) while probing back to back because of passive evidence.
+        // Some(why) while probing at the suspect pace because of passive evidence.
         let mut suspicion: Option<String> = None;
+        // While suspected: when the next probe may start. Probes overlap (up to `fall` in
+        // flight), so a silent server is confirmed down in about `timeout + (fall - 1) *
+        // SUSPECT_PACE` rather than `fall * timeout`.
+        let mut next_start = Instant::now();
+        let mut inflight: tokio::task::JoinSet<Result<Duration, ProbeFailure>> =
+            tokio::task::JoinSet::new();
 
         loop {
-            if suspicion.is_none() {
-                tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => return,
-                    _ = ticker.tick() => {}
-                    why = self.suspect.recv() => {
-                        let Some(why) = why else { return };
-                        if !self.hysteresis.is_up() {
-                            // Already down: nothing to confirm; rise at the normal pace.
-                            continue;
-                        }
-                        debug!(server = %self.shared.server, check = %self.label, %why, "suspected: probing back to back");
-                        suspicion = Some(why);
-                    }
-                }
+            if suspicion.is_some() && inflight.len() < fall && Instant::now() >= next_start {
+                self.launch(&mut inflight, timeout);
+                next_start = Instant::now() + SUSPECT_PACE;
             }
-
-            let started = Instant::now();
-            let outcome = tokio::select! {
+            let can_start_more = suspicion.is_some() && inflight.len() < fall;
+            tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => return,
-                // The prober bounds itself; this only guards against one that does not.
-                r = tokio::time::timeout(timeout + timeout / 2, self.prober.probe(&self.spec.probe, self.addr, timeout)) => {
-                    r.unwrap_or_else(|_| Err(ProbeFailure::new(format!("timed out after {}", fmt_duration(timeout)))))
+                _ = self.cancel.cancelled() => {
+                    inflight.abort_all();
+                    return;
                 }
-            };
-            self.stats.record(&outcome);
-            let ok = outcome.is_ok();
-            if let Err(f) = &outcome {
-                debug!(server = %self.shared.server, check = %self.label, reason = %f.reason, "probe failed");
-            }
-
-            if let Some(up) = self.hysteresis.observe(ok) {
-                self.stats.up.store(up, Ordering::Relaxed);
-                let evidence = self.evidence(up, &outcome);
-                self.shared
-                    .check_flipped(self.index, up, evidence, &self.cancel)
-                    .await;
-            }
-
-            if suspicion.is_some() {
-                if ok || !self.hysteresis.is_up() {
-                    // Confirmed either way: back to the normal pace, counted from now.
-                    suspicion = None;
-                    ticker.reset();
-                } else {
-                    tokio::select! {
-                        biased;
-                        _ = self.cancel.cancelled() => return,
-                        _ = tokio::time::sleep_until(started + timeout.min(SUSPECT_PACE)) => {}
+                done = inflight.join_next(), if !inflight.is_empty() => {
+                    let outcome = match done {
+                        Some(Ok(outcome)) => outcome,
+                        // A probe task cannot panic short of a bug; count it as a failure.
+                        Some(Err(e)) => Err(ProbeFailure::new(format!("probe task failed: {e}"))),
+                        None => continue,
+                    };
+                    self.observe(outcome).await;
+                    if suspicion.is_some() && (self.last_ok || !self.hysteresis.is_up()) {
+                        // Confirmed either way: back to the normal pace, counted from now.
+                        suspicion = None;
+                        ticker.reset();
                     }
                 }
+                _ = tokio::time::sleep_until(next_start), if can_start_more => {}
+                _ = ticker.tick(), if suspicion.is_none() && inflight.is_empty() => {
+                    self.launch(&mut inflight, timeout);
+                }
+                why = self.suspect.recv(), if suspicion.is_none() => {
+                    let Some(why) = why else { return };
+                    if !self.hysteresis.is_up() {
+                        // Already down: nothing to confirm; rise at the normal pace.
+                        continue;
+                    }
+                    debug!(server = %self.shared.server, check = %self.label, %why, "suspected: probing at the suspect pace");
+                    suspicion = Some(why);
+                    next_start = Instant::now();
+                }
             }
+        }
+    }
+
+    /// Counts one probe's outcome and, when the check flips, tells the server's aggregate.
+    async fn observe(&mut self, outcome: Result<Duration, ProbeFailure>) {
+        self.stats.record(&outcome);
+        self.last_ok = outcome.is_ok();
+        if let Err(f) = &outcome {
+            debug!(server = %self.shared.server, check = %self.label, reason = %f.reason, "probe failed");
+        }
+        if let Some(up) = self.hysteresis.observe(self.last_ok) {
+            self.stats.up.store(up, Ordering::Relaxed);
+            let evidence = self.evidence(up, &outcome);
+            self.shared
+                .check_flipped(self.index, up, evidence, &self.cancel)
+                .await;
         }
     }
 
@@ -1795,6 +1828,44 @@ mod tests {
             assert!(change.up);
             assert_eq!(change.evidence, "2 consecutive tcp:443 checks passed");
             assert!(h.checker.is_up());
+        }
+
+        /// A server that answers nothing: every probe takes its whole timeout.
+        struct Silent;
+
+        impl Prober for Silent {
+            fn probe<'a>(&'a self, _: &'a Probe, _: IpAddr, timeout: Duration) -> ProbeFuture<'a> {
+                Box::pin(async move {
+                    tokio::time::sleep(timeout).await;
+                    Err(ProbeFailure::new(format!("timed out after {}", fmt_duration(timeout))))
+                })
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn paused_suspected_silent_server_is_confirmed_with_overlapping_probes() {
+            let (tx, mut rx) = mpsc::channel(8);
+            let checker = ServerChecker::spawn_with_prober(
+                "srv".into(),
+                IpAddr::from([198, 18, 2, 10]),
+                vec![spec(80, 60, 50, 3, 2)],
+                true,
+                tx,
+                CancellationToken::new(),
+                Arc::new(Silent),
+            );
+            // Before the first regular probe (its offset is under a minute but above 0).
+            let suspected_at = Instant::now();
+            checker.suspect("3 client SYNs unanswered for 20 ms");
+            let change = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a verdict")
+                .expect("a change");
+            assert!(!change.up);
+            // Probes at +0 and +10 ms, each failing after its 50 ms timeout: down at +60 ms,
+            // not at +100 ms (two probes back to back).
+            assert_eq!(Instant::now() - suspected_at, Duration::from_millis(60));
+            checker.stop();
         }
 
         #[tokio::test(start_paused = true)]
