@@ -40,7 +40,7 @@ pub const DEFAULT_API_LISTEN: SocketAddr =
 /// Default `directory.path` of the embedded directory.
 pub const DEFAULT_DIRECTORY_PATH: &str = "/var/lib/ftn";
 /// Built-in check defaults (overridden by `[check_defaults]`).
-pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_RISE: u32 = 3;
 pub const DEFAULT_FALL: u32 = 2;
@@ -2510,7 +2510,7 @@ failback = "manual"
         let check = &c.servers[0].checks[0];
         assert_eq!(
             (check.interval, check.timeout, check.rise, check.fall),
-            (Duration::from_millis(500), Duration::from_millis(50), 3, 2)
+            (Duration::from_secs(1), Duration::from_millis(50), 3, 2)
         );
     }
 

@@ -231,17 +231,24 @@ fn manual_failback_waits_for_switchover() {
     lab.ftn
         .wait_current("web", Some("b1"), Duration::from_secs(3));
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
-    // Rise: 3 checks of 50 ms; then manual policy keeps b1.
-    std::thread::sleep(Duration::from_millis(1500));
-    let st = lab.ftn.status();
-    let p1 = st["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "p1")
-        .unwrap()
-        .clone();
-    assert_eq!(p1["health"], "up", "{st}");
+    // Rise: 3 good checks at the default interval; then the manual policy keeps b1.
+    let t = Instant::now();
+    loop {
+        let st = lab.ftn.status();
+        let p1 = st["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "p1")
+            .unwrap()
+            .clone();
+        if p1["health"] == "up" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(8), "p1 not up again: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(lab.ftn.current("web").as_deref(), Some("b1"));
     assert_eq!(lab.ask_new(), "backup");
     let out = lab.ftn.cli_ok(&["switchover", "web", "--to", "p1"]);

@@ -402,7 +402,17 @@ pub fn run(size: Size) -> Vec<Figure> {
             Err(e) => errs[5].push(e),
         }
     }
-    let default_checks = "default settings (tcp:80 checks every 50ms, timeout 50ms, fall 2; passive health on: window 20ms, min 3)";
+    let d = ftn_common::DataplaneConfig::default();
+    let default_checks = format!(
+        "default settings (tcp:80 checks every {:?}, timeout {:?}, rise {}, fall {}; passive health on: window {:?}, min {})",
+        ftn_controller::config::DEFAULT_CHECK_INTERVAL,
+        ftn_controller::config::DEFAULT_CHECK_TIMEOUT,
+        ftn_controller::config::DEFAULT_RISE,
+        ftn_controller::config::DEFAULT_FALL,
+        std::time::Duration::from_nanos(d.passive_window_ns),
+        d.passive_min
+    );
+    let default_checks = default_checks.as_str();
     let probe_text = "client: a new TCP connection to the VIP every 10 ms; gap = longest time between starts of successful probes around the fault";
     let mut out = Vec::new();
 

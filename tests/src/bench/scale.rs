@@ -21,7 +21,7 @@
 //!   198.18.64.0/18 block is local (`ip route add local 198.18.64.0/18 dev lo`, so every address
 //!   answers without 1,000 neighbour entries) and one thread accepts and closes connections on
 //!   0.0.0.0:80. The configuration has 1,000 servers (198.18.64.1 …, each one `tcp:80` check
-//!   at the default timing: interval 50 ms, timeout 50 ms) and 10 resources. After a settling
+//!   at the default timing: `config::DEFAULT_CHECK_INTERVAL` and `DEFAULT_CHECK_TIMEOUT`) and 10 resources. After a settling
 //!   time, the controller's CPU time (utime + stime of the process, all threads, from
 //!   `/proc/<pid>/stat`) over a window (Full: 10 s, Quick: 2 s) divided by the window is the
 //!   cores used. The checks' socket work in the kernel (connect, the RST that closes a check, and
@@ -663,17 +663,20 @@ fn heartbeat(lab: &ServerLab, size: Size) -> Result<Figure, String> {
         run.cores,
         "cores",
         format!(
-            "CPU (utime+stime of the ftn process, /proc/<pid>/stat) over {} s / {} s (user {:.3}, system {:.3}), release build expected (FTN_BIN); 1,000 servers with one tcp:80 check each at the default timing (interval 50ms, timeout 50ms) against one accept-and-close responder in a servers namespace, 10 resources; {:.0} checks/s ran in the window ({} failed{}; expected 20,000/s), the responder accepted {:.0}/s; {} of {} servers up at the end; {:.1} us of CPU per check; includes the kernel's socket work done in the process's context (IRQ time accounting {}: softirq work of both ends of the veth, i.e. part of the servers' side of each handshake, may be charged to ftn, so this overstates what ftn would use against remote servers); whole machine busy {} cores in the window (ftn, the responder, the kernel and anything else running; loadavg at the end {}); baseline: {:.4} cores for the same process with 0 servers and 0 resources over the same window",
+            "CPU (utime+stime of the ftn process, /proc/<pid>/stat) over {} s / {} s (user {:.3}, system {:.3}), release build expected (FTN_BIN); 1,000 servers with one tcp:80 check each at the default timing (interval {:?}, timeout {:?}) against one accept-and-close responder in a servers namespace, 10 resources; {:.0} checks/s ran in the window ({} failed{}; expected {:.0}/s), the responder accepted {:.0}/s; {} of {} servers up at the end; {:.1} us of CPU per check; includes the kernel's socket work done in the process's context (IRQ time accounting {}: softirq work of both ends of the veth, i.e. part of the servers' side of each handshake, may be charged to ftn, so this overstates what ftn would use against remote servers); whole machine busy {} cores in the window (ftn, the responder, the kernel and anything else running; loadavg at the end {}); baseline: {:.4} cores for the same process with 0 servers and 0 resources over the same window",
             window.as_secs(),
             window.as_secs(),
             run.user,
             run.sys,
+            ftn_controller::config::DEFAULT_CHECK_INTERVAL,
+            ftn_controller::config::DEFAULT_CHECK_TIMEOUT,
             run.checks_per_s,
             run.failed,
             run.reason
                 .as_ref()
                 .map(|(r, n)| format!(", most common last failure: '{r}' on {n} checks"))
                 .unwrap_or_default(),
+            f64::from(HEARTBEAT_SERVERS) / ftn_controller::config::DEFAULT_CHECK_INTERVAL.as_secs_f64(),
             run.accepted_per_s,
             run.up,
             run.servers,

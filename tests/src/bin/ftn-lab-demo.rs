@@ -43,7 +43,7 @@ fn main() {
     let mut ftn = Ftn::new(&t.gateway);
     let config = ftn.standard_config("", &format!("failback = \"hold\"\nhold = \"{HOLD}\""));
     ftn.write_config(&config);
-    println!("-- the gateway's ftn.toml (checks use the defaults: every 500 ms, timeout 50 ms, fall 2, rise 3, with passive health; hold shortened to {HOLD} for the demo, default 10s) --");
+    println!("-- the gateway's ftn.toml (checks use the defaults: every 1 s, timeout 50 ms, fall 2, rise 3, with passive health; hold shortened to {HOLD} for the demo, default 10s) --");
     for l in config
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
