@@ -713,9 +713,9 @@ impl Prober for NetProber {
 
 /// The smallest interval/timeout we accept (tokio's interval panics on zero).
 const MIN_PERIOD: Duration = Duration::from_millis(1);
-/// While a server is suspected, a probe starts at most this long after the previous one
-/// started (at once when that one took longer, e.g. timed out): a refused connection is
-/// confirmed in milliseconds, a silent server in `fall` timeouts.
+/// While a server is suspected, a probe starts this long (or the check's timeout, if shorter)
+/// after the previous one started, with up to `fall` probes in flight: a refused connection is
+/// confirmed in milliseconds, a silent server in about one timeout.
 pub const SUSPECT_PACE: Duration = Duration::from_millis(10);
 
 /// Deterministic first-probe delay in `[0, interval)`, in whole milliseconds (tokio's timer
@@ -1023,7 +1023,7 @@ impl CheckTask {
         loop {
             if suspicion.is_some() && inflight.len() < fall && Instant::now() >= next_start {
                 self.launch(&mut inflight, timeout);
-                next_start = Instant::now() + SUSPECT_PACE;
+                next_start = Instant::now() + SUSPECT_PACE.min(timeout);
             }
             let can_start_more = suspicion.is_some() && inflight.len() < fall;
             tokio::select! {

@@ -180,25 +180,28 @@ impl Snapshot {
             self.resources.remove(r);
         }
         self.revision += 1;
-        let at_ms = now_ms();
-        let events = update
-            .events
-            .iter()
-            .map(|d| {
-                let e = Event {
-                    seq: self.next_event.max(1),
-                    revision: self.revision,
-                    at_ms,
-                    kind: d.kind.clone(),
-                    resource: d.resource.clone(),
-                    server: d.server.clone(),
-                    message: d.message.clone(),
-                };
-                self.next_event = e.seq + 1;
-                e
-            })
-            .collect();
+        let events = self.number_events(&update.events, self.revision, now_ms());
+        self.next_event = events.last().map_or(self.next_event, |e| e.seq + 1);
         events
+    }
+
+    /// The events `drafts` become at `revision` (numbered from `next_event`), without changing
+    /// anything.
+    pub fn number_events(&self, drafts: &[EventDraft], revision: Revision, at_ms: u64) -> Vec<Event> {
+        let first = self.next_event.max(1);
+        drafts
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Event {
+                seq: first + i as u64,
+                revision,
+                at_ms,
+                kind: d.kind.clone(),
+                resource: d.resource.clone(),
+                server: d.server.clone(),
+                message: d.message.clone(),
+            })
+            .collect()
     }
 }
 
@@ -249,6 +252,13 @@ struct Inner {
     wal_lines: u64,
     events: File,
     recent: VecDeque<Event>,
+}
+
+/// [`WalLine`] as written (borrowing the update).
+#[derive(Serialize)]
+struct WalLineRef<'a> {
+    revision: Revision,
+    update: &'a Update,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -395,38 +405,50 @@ impl EmbeddedDirectory {
         if actual != expected {
             return Err(DirectoryError::Conflict { expected, actual });
         }
-        let mut next = inner.snapshot.clone();
-        let events = next.apply(&update);
+        // No copy of the whole snapshot: number the events, make the change durable, then
+        // apply it in memory.
+        let revision = inner.snapshot.revision + 1;
+        let events = inner
+            .snapshot
+            .number_events(&update.events, revision, now_ms());
         // Events first: they carry the new revision, so if the WAL line never lands they are
-        // cut at the next open.
+        // cut at the next open (and at once, below, when writing the WAL line fails).
+        let events_path = self.dir.join("events.jsonl");
+        let events_len = inner.events.metadata().map_err(io_err(&events_path))?.len();
         if !events.is_empty() {
             let mut buf = Vec::new();
             for e in &events {
                 serde_json::to_writer(&mut buf, e).map_err(|e| DirectoryError::Store {
-                    path: self.dir.join("events.jsonl"),
+                    path: events_path.clone(),
                     detail: e.to_string(),
                 })?;
                 buf.push(b'\n');
             }
-            let p = self.dir.join("events.jsonl");
-            inner.events.write_all(&buf).map_err(io_err(&p))?;
-            inner.events.sync_data().map_err(io_err(&p))?;
+            inner.events.write_all(&buf).map_err(io_err(&events_path))?;
+            inner.events.sync_data().map_err(io_err(&events_path))?;
         }
-        let mut line = serde_json::to_vec(&WalLine {
-            revision: next.revision,
-            update,
-        })
-        .map_err(|e| DirectoryError::Store {
-            path: self.dir.join("wal.jsonl"),
-            detail: e.to_string(),
-        })?;
-        line.push(b'\n');
-        let p = self.dir.join("wal.jsonl");
-        inner.wal.write_all(&line).map_err(io_err(&p))?;
-        inner.wal.sync_data().map_err(io_err(&p))?;
+        let wal_path = self.dir.join("wal.jsonl");
+        let written = (|| -> Result<(), DirectoryError> {
+            let mut line = serde_json::to_vec(&WalLineRef {
+                revision,
+                update: &update,
+            })
+            .map_err(|e| DirectoryError::Store {
+                path: wal_path.clone(),
+                detail: e.to_string(),
+            })?;
+            line.push(b'\n');
+            inner.wal.write_all(&line).map_err(io_err(&wal_path))?;
+            inner.wal.sync_data().map_err(io_err(&wal_path))
+        })();
+        if let Err(e) = written {
+            // The commit did not happen: its events must not stay in the log.
+            let _ = inner.events.set_len(events_len);
+            return Err(e);
+        }
         inner.wal_lines += 1;
-        let revision = next.revision;
-        inner.snapshot = next;
+        inner.snapshot.apply(&update);
+        debug_assert_eq!(inner.snapshot.revision, revision);
         for e in events {
             if inner.recent.len() == EVENTS_IN_MEMORY {
                 inner.recent.pop_front();

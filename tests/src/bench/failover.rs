@@ -23,7 +23,7 @@
 //!   every check `interval = "5ms", timeout = "5ms", fall = 2` (5 ms is the smallest interval
 //!   the configuration accepts; the veth round trip is tens of microseconds, so a 5 ms timeout is
 //!   over 100 times it, and two late answers in a row, never one, decide) and
-//!   `[dataplane] passive_window = "5ms"` (5 ms without a SYN-ACK is already abnormal here). The
+//!   `[dataplane] passive_window = "5ms", passive_min = 1` (5 ms without a SYN-ACK is already abnormal here; one refused SYN is reason enough to probe, and the verdict still needs 2 failed probes). The
 //!   run counts spurious verdicts (a backup declared down, or the resource moving before the
 //!   fault) to show the setting holds on this machine; on a real network the timeout must stay
 //!   well above the servers' round trip under load. The figure is the worse of the two kinds'
@@ -65,8 +65,8 @@ const LONG_LIVED: usize = 5;
 const VRRP: &str = "keepalived VRRP reference from the issue: ~3000 ms default, ~300 ms tuned (not measured here: keepalived is not installed)";
 /// The tuned settings (documented in the note and the module docs).
 const TUNED_CHECK: &str = ", interval = \"5ms\", timeout = \"5ms\", fall = 2";
-const TUNED_DATAPLANE: &str = "\n[dataplane]\npassive_window = \"5ms\"\n";
-const TUNED_TEXT: &str = "every check interval 5ms (the smallest accepted), timeout 5ms (over 100x the lab's round trip), fall 2, rise 3; [dataplane] passive_window 5ms (passive_min 3, passive_rearm 250ms)";
+const TUNED_DATAPLANE: &str = "\n[dataplane]\npassive_window = \"5ms\"\npassive_min = 1\n";
+const TUNED_TEXT: &str = "every check interval 5ms (the smallest accepted), timeout 5ms (over 100x the lab's round trip), fall 2, rise 3; [dataplane] passive_window 5ms, passive_min 1 (one refused or 5 ms-old unanswered SYN makes the checks probe at once; the verdict still takes 2 failed probes), passive_rearm 250ms";
 
 /// A lab with the controller running; fields drop in order: controller, services, XDP
 /// pass-through programs, then the namespaces.
