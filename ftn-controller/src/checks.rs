@@ -1713,7 +1713,8 @@ mod tests {
         assert_eq!(calls.len(), 3, "{calls:?}");
         // Instant failures: one probe per SUSPECT_PACE (10 ms), not per timeout (20 ms).
         assert!(
-            calls[2] - calls[0] >= SUSPECT_PACE * 2 && calls[2] - calls[0] < Duration::from_millis(40),
+            calls[2] - calls[0] >= SUSPECT_PACE * 2
+                && calls[2] - calls[0] < Duration::from_millis(40),
             "one probe per SUSPECT_PACE: {calls:?}"
         );
         assert!(h.t0.elapsed() < Duration::from_secs(5));
@@ -1837,7 +1838,10 @@ mod tests {
             fn probe<'a>(&'a self, _: &'a Probe, _: IpAddr, timeout: Duration) -> ProbeFuture<'a> {
                 Box::pin(async move {
                     tokio::time::sleep(timeout).await;
-                    Err(ProbeFailure::new(format!("timed out after {}", fmt_duration(timeout))))
+                    Err(ProbeFailure::new(format!(
+                        "timed out after {}",
+                        fmt_duration(timeout)
+                    )))
                 })
             }
         }

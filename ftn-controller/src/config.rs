@@ -355,9 +355,15 @@ mod ser {
         if d.passive_min != ftn_common::PASSIVE_OFF {
             st.serialize_field("passive_min", &d.passive_min)?;
         }
-        st.serialize_field("nexthop_cache", &(d.nexthop_ttl_ns != ftn_common::NEXTHOP_CACHE_OFF))?;
+        st.serialize_field(
+            "nexthop_cache",
+            &(d.nexthop_ttl_ns != ftn_common::NEXTHOP_CACHE_OFF),
+        )?;
         if d.nexthop_ttl_ns != ftn_common::NEXTHOP_CACHE_OFF {
-            st.serialize_field("nexthop_ttl", &human(Duration::from_nanos(d.nexthop_ttl_ns)))?;
+            st.serialize_field(
+                "nexthop_ttl",
+                &human(Duration::from_nanos(d.nexthop_ttl_ns)),
+            )?;
         }
         st.end()
     }
@@ -2522,7 +2528,9 @@ failback = "manual"
         assert_eq!(c.dataplane.passive_window_ns, 5_000_000);
         assert_eq!(c.dataplane.passive_min, 2);
         assert_eq!(c.dataplane.passive_rearm_ns, 1_000_000_000);
-        let c = ok(&with_gateway("[dataplane]\npassive = false\nnexthop_cache = false\n"));
+        let c = ok(&with_gateway(
+            "[dataplane]\npassive = false\nnexthop_cache = false\n",
+        ));
         assert_eq!(c.dataplane.passive_min, ftn_common::PASSIVE_OFF);
         assert_eq!(c.dataplane.nexthop_ttl_ns, ftn_common::NEXTHOP_CACHE_OFF);
         let c = ok(&with_gateway("[dataplane]\nnexthop_ttl = \"250ms\"\n"));

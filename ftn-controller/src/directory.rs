@@ -187,7 +187,12 @@ impl Snapshot {
 
     /// The events `drafts` become at `revision` (numbered from `next_event`), without changing
     /// anything.
-    pub fn number_events(&self, drafts: &[EventDraft], revision: Revision, at_ms: u64) -> Vec<Event> {
+    pub fn number_events(
+        &self,
+        drafts: &[EventDraft],
+        revision: Revision,
+        at_ms: u64,
+    ) -> Vec<Event> {
         let first = self.next_event.max(1);
         drafts
             .iter()

@@ -110,26 +110,58 @@ struct Target {
     token: Option<String>,
 }
 
+/// The `[api]` settings of a configuration file that does not validate as a whole (e.g. an
+/// edited file about to be reloaded): read leniently, so that `ftn reload` can still reach the
+/// daemon and show the file's problems. Only `listen` and the token are taken.
+fn lenient_api(path: &Path) -> (Option<SocketAddr>, Option<String>) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return (None, None);
+    };
+    let Ok(v) = text.parse::<toml::Table>() else {
+        return (None, None);
+    };
+    let api = v.get("api").and_then(|a| a.as_table());
+    let listen = api
+        .and_then(|a| a.get("listen"))
+        .and_then(|l| l.as_str())
+        .and_then(|l| l.parse().ok());
+    let token = api.and_then(|a| {
+        if let Some(t) = a.get("token").and_then(|t| t.as_str()) {
+            return Some(t.to_string());
+        }
+        let file = a.get("token_file")?.as_str()?;
+        let file = path.parent().unwrap_or(Path::new("/")).join(file);
+        std::fs::read_to_string(file)
+            .ok()
+            .map(|t| t.trim().to_string())
+    });
+    (listen, token)
+}
+
 fn target(a: &ApiArgs) -> anyhow::Result<Target> {
-    let cfg = match config::load(&a.config) {
-        Ok(c) => Some(c),
+    let (listen, cfg_token) = match config::load(&a.config) {
+        Ok(c) => (Some(c.api.listen), c.api.token.clone()),
         Err(e) => {
+            let (listen, token) = lenient_api(&a.config);
             if a.api.is_none() || a.token_file.is_none() {
                 eprintln!(
-                    "note: the API address and token could not be read from {} ({} problem(s): {}); using {}{}",
+                    "note: {} does not validate ({} problem(s), first: {}); its [api] settings were read as they are{}",
                     a.config.display(),
                     e.problems.len(),
                     e.problems.first().map(|p| p.message.as_str()).unwrap_or(""),
-                    a.api.map(|x| x.to_string()).unwrap_or_else(|| DEFAULT_API.to_string()),
-                    if a.token_file.is_none() { " and no token (use --token-file for changes)" } else { "" }
+                    if token.is_none() && a.token_file.is_none() {
+                        "; no token found (use --token-file for changes)"
+                    } else {
+                        ""
+                    }
                 );
             }
-            None
+            (listen, token)
         }
     };
-    let addr = match (a.api, &cfg) {
+    let addr = match (a.api, listen) {
         (Some(addr), _) => addr,
-        (None, Some(c)) => c.api.listen,
+        (None, Some(l)) => l,
         (None, None) => DEFAULT_API.parse()?,
     };
     let token = match &a.token_file {
@@ -139,7 +171,7 @@ fn target(a: &ApiArgs) -> anyhow::Result<Target> {
                 .trim()
                 .to_string(),
         ),
-        None => cfg.and_then(|c| c.api.token.clone()),
+        None => cfg_token,
     };
     Ok(Target { addr, token })
 }

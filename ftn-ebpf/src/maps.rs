@@ -9,10 +9,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use ftn_common::{
-    DataplaneConfig, FlowKey, FlowValue, GlobalCounter, PassiveState, ResourceKey, ResourceStats,
-    ResourceValue, ReverseKey, ReverseValue, ServerStats, ServerValue, DEFAULT_FLOW_CAPACITY,
-    EVENTS_BYTES, GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_SERVERS,
-    NexthopKey, NexthopValue, NEXTHOP_CAPACITY,
+    DataplaneConfig, FlowKey, FlowValue, GlobalCounter, NexthopKey, NexthopValue, PassiveState,
+    ResourceKey, ResourceStats, ResourceValue, ReverseKey, ReverseValue, ServerStats, ServerValue,
+    DEFAULT_FLOW_CAPACITY, EVENTS_BYTES, GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES,
+    MAX_RESOURCE_KEYS, MAX_SERVERS, NEXTHOP_CAPACITY,
 };
 
 use crate::parse::Pkt;

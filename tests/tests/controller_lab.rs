@@ -245,7 +245,10 @@ fn manual_failback_waits_for_switchover() {
         if p1["health"] == "up" {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(8), "p1 not up again: {st}");
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "p1 not up again: {st}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -425,10 +428,8 @@ fn invalid_config_and_api_input_are_refused_and_change_nothing() {
         );
         // The same file as the running config: reload refused, state unchanged.
         std::fs::write(&lab.ftn.config, text).unwrap();
-        let token = lab.ftn.token_file();
-        let out = lab
-            .ftn
-            .cli(&["reload", "--token-file", token.to_str().unwrap()]);
+        // The CLI reads the token from the (invalid) file's [api] table as it is.
+        let out = lab.ftn.cli(&["reload"]);
         assert!(!out.status.success(), "{what}: reload accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("422") && err.contains(needle), "{what}: {err}");
@@ -591,17 +592,32 @@ fn reload_applies_only_the_difference() {
     std::fs::write(&lab.ftn.config, added).unwrap();
     let out = lab.ftn.cli_ok(&["reload"]);
     println!("reload: {out}");
-    assert!(out.contains("dns moved no server -> b1: resource added"), "{out}");
-    let (answer, from) = in_ns(&lab.t.client, || ftn_tests::lab::udp_ask("198.18.100.2".parse().unwrap()));
-    assert_eq!((answer.as_str(), from.to_string().as_str()), ("backup", "198.18.100.2"));
+    assert!(
+        out.contains("dns moved no server -> b1: resource added"),
+        "{out}"
+    );
+    let (answer, from) = in_ns(&lab.t.client, || {
+        ftn_tests::lab::udp_ask("198.18.100.2".parse().unwrap())
+    });
+    assert_eq!(
+        (answer.as_str(), from.to_string().as_str()),
+        ("backup", "198.18.100.2")
+    );
     let (_long, r) = lab.ask(long);
-    assert_eq!(r.as_deref(), Ok("primary"), "an unchanged resource's connection is untouched");
+    assert_eq!(
+        r.as_deref(),
+        Ok("primary"),
+        "an unchanged resource's connection is untouched"
+    );
     // SIGHUP with the original file removes dns again.
     std::fs::write(&lab.ftn.config, text).unwrap();
     lab.ftn.hup();
     let t = Instant::now();
     while lab.ftn.status()["resources"].as_array().unwrap().len() != 2 {
-        assert!(t.elapsed() < Duration::from_secs(5), "SIGHUP reload not applied");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "SIGHUP reload not applied"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(lab.ftn.events().contains("resource dns removed"));
@@ -609,5 +625,8 @@ fn reload_applies_only_the_difference() {
     assert_eq!(st["reloads_ok"], 2, "{st}");
     let (c, cfg) = lab.ftn.http("GET", "/v1/config", None, None);
     assert_eq!(c, 200);
-    assert!(cfg.contains("\"token_set\":true") && !cfg.contains(TOKEN), "{cfg}");
+    assert!(
+        cfg.contains("\"token_set\":true") && !cfg.contains(TOKEN),
+        "{cfg}"
+    );
 }
