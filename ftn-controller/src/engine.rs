@@ -401,6 +401,35 @@ impl Engine {
         let mut moved = Vec::new();
         for rc in &cfg.resources {
             let prev = old.resources.get(&rc.name);
+            // Fast path, without allocating: nothing about this resource can change now.
+            if let Some(p) = prev {
+                if pin_request.is_none_or(|(r, _)| r != rc.name) && p.servers == rc.servers {
+                    let stays = match (p.pinned.as_deref(), p.current.as_deref()) {
+                        (Some(pin), Some(c)) => pin == c && eligible(pin),
+                        (Some(_), None) => false,
+                        (None, Some(c)) if eligible(c) => {
+                            match rc.servers.iter().position(|s| s == c) {
+                                None => false,
+                                Some(ci) => match rc.servers[..ci].iter().find(|s| eligible(s)) {
+                                    None => true,
+                                    Some(b) => match rc.failback {
+                                        Failback::Manual => true,
+                                        Failback::Immediate => false,
+                                        Failback::Hold(hold) => {
+                                            now_ms < servers[b].since_ms + hold.as_millis() as u64
+                                        }
+                                    },
+                                },
+                            }
+                        }
+                        (None, Some(_)) => false,
+                        (None, None) => !rc.servers.iter().any(|s| eligible(s)),
+                    };
+                    if stays {
+                        continue;
+                    }
+                }
+            }
             let mut rec = match prev {
                 Some(p) => p.clone(),
                 None => {
@@ -570,8 +599,11 @@ impl Engine {
         let cfg_resources: HashSet<&str> = cfg.resources.iter().map(|r| r.name.as_str()).collect();
         let cfg_servers: HashSet<&str> = cfg.servers.iter().map(|s| s.name.as_str()).collect();
         for rc in &cfg.resources {
-            let rec = &resources[&rc.name];
             let prev = old.resources.get(&rc.name);
+            // Resources the fast path left alone keep their committed record.
+            let Some(rec) = resources.get(&rc.name).or(prev) else {
+                continue;
+            };
             let old_rc = if same_config {
                 Some(rc)
             } else {
