@@ -895,6 +895,8 @@ impl ServerChecker {
                 offset: start_offset(&server, index, spec.interval.max(MIN_PERIOD)),
                 hysteresis: Hysteresis::new(initial_up, spec.rise, spec.fall),
                 last_ok: initial_up,
+                launched: 0,
+                observed: 0,
                 spec,
                 stats: Arc::clone(&stats),
                 prober: Arc::clone(&prober),
@@ -982,26 +984,33 @@ struct CheckTask {
     hysteresis: Hysteresis,
     /// The last probe succeeded.
     last_ok: bool,
+    /// Probes launched, and the launch number of the newest result observed.
+    launched: u64,
+    observed: u64,
 }
 
 impl CheckTask {
-    /// Starts one probe in `inflight`; its result comes back with its start time.
+    /// Starts one probe in `inflight`; its result comes back with its launch number.
     fn launch(
-        &self,
-        inflight: &mut tokio::task::JoinSet<Result<Duration, ProbeFailure>>,
+        &mut self,
+        inflight: &mut tokio::task::JoinSet<(u64, Result<Duration, ProbeFailure>)>,
         timeout: Duration,
     ) {
+        self.launched += 1;
+        let seq = self.launched;
         let (prober, probe, addr) = (self.prober.clone(), self.spec.probe.clone(), self.addr);
         inflight.spawn(async move {
             // The prober bounds itself; this only guards against one that does not.
-            tokio::time::timeout(timeout + timeout / 2, prober.probe(&probe, addr, timeout))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ProbeFailure::new(format!(
-                        "timed out after {}",
-                        fmt_duration(timeout)
-                    )))
-                })
+            let r =
+                tokio::time::timeout(timeout + timeout / 2, prober.probe(&probe, addr, timeout))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ProbeFailure::new(format!(
+                            "timed out after {}",
+                            fmt_duration(timeout)
+                        )))
+                    });
+            (seq, r)
         });
     }
 
@@ -1017,7 +1026,7 @@ impl CheckTask {
         // flight), so a silent server is confirmed down in about `timeout + (fall - 1) *
         // SUSPECT_PACE` rather than `fall * timeout`.
         let mut next_start = Instant::now();
-        let mut inflight: tokio::task::JoinSet<Result<Duration, ProbeFailure>> =
+        let mut inflight: tokio::task::JoinSet<(u64, Result<Duration, ProbeFailure>)> =
             tokio::task::JoinSet::new();
 
         loop {
@@ -1033,12 +1042,19 @@ impl CheckTask {
                     return;
                 }
                 done = inflight.join_next(), if !inflight.is_empty() => {
-                    let outcome = match done {
-                        Some(Ok(outcome)) => outcome,
+                    let (seq, outcome) = match done {
+                        Some(Ok(done)) => done,
                         // A probe task cannot panic short of a bug; count it as a failure.
-                        Some(Err(e)) => Err(ProbeFailure::new(format!("probe task failed: {e}"))),
+                        Some(Err(e)) => (self.launched, Err(ProbeFailure::new(format!("probe task failed: {e}")))),
                         None => continue,
                     };
+                    if seq < self.observed {
+                        // Overtaken by a probe launched later: the verdict follows launch
+                        // order, so a late failure cannot count after a newer success.
+                        self.stats.record(&outcome);
+                        continue;
+                    }
+                    self.observed = seq;
                     self.observe(outcome).await;
                     if suspicion.is_some() && (self.last_ok || !self.hysteresis.is_up()) {
                         // Confirmed either way: back to the normal pace, counted from now.

@@ -544,7 +544,7 @@ impl Controller {
                 continue;
             }
             // Start from what the directory says, so a restart does not replay the rise count.
-            let initial_up = self.engine.recorded_health(&s.name) != Some(Health::Down);
+            let initial_up = self.engine.latest_health(&s.name) != Some(Health::Down);
             let checker = ServerChecker::spawn_with_prober(
                 s.name.clone(),
                 s.address,
@@ -750,6 +750,24 @@ impl Controller {
                     self.sync.apply(vec![Change::SetConfig(new.dataplane)]);
                 }
                 *self.token.write().unwrap_or_else(|p| p.into_inner()) = new.api.token.clone();
+                // Verdicts the old checkers already queued count before they are replaced, so
+                // that a new checker starts from the newest word on its server.
+                let now = self.clock.now_ms();
+                let mut queued = false;
+                while let Ok(h) = self.health_rx.try_recv() {
+                    queued = true;
+                    self.engine.observe(
+                        &h.server,
+                        Observation {
+                            up: h.up,
+                            evidence: h.evidence,
+                            at_ms: now,
+                        },
+                    );
+                }
+                if queued {
+                    let _ = Box::pin(self.step(None)).await;
+                }
                 self.sync_checkers();
                 Ok(summary)
             }
@@ -838,11 +856,16 @@ impl Controller {
         // map write.
         let mut repair = tokio::time::interval(Duration::from_secs(1));
         repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A deadline that already woke a step which changed nothing is not armed again (a
+        // deadline in the past would otherwise spin this loop).
+        let mut spent_deadline: Option<u64> = None;
         loop {
-            let deadline = self
+            // While commits fail, retries come from the `repair` tick only.
+            let deadline_ms = self
                 .engine
                 .next_deadline()
-                .map(|ms| self.clock.instant_at(ms));
+                .filter(|ms| !self.commit_failed && Some(*ms) != spent_deadline);
+            let deadline = deadline_ms.map(|ms| self.clock.instant_at(ms));
             let sleep = async {
                 match deadline {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -863,7 +886,13 @@ impl Controller {
                 Some(req) = requests.recv() => self.handle(req).await,
                 Some(ev) = passive.recv() => self.on_passive(ev),
                 Some(()) = reload_signal.recv() => { let _ = self.reload().await; }
-                _ = sleep => { let _ = self.step(None).await; }
+                _ = sleep => {
+                    let revision = self.engine.snapshot().revision;
+                    let _ = self.step(None).await;
+                    if self.engine.snapshot().revision == revision {
+                        spent_deadline = deadline_ms;
+                    }
+                }
                 _ = repair.tick() => {
                     if self.commit_failed {
                         let _ = self.step(None).await;

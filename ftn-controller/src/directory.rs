@@ -257,6 +257,9 @@ struct Inner {
     wal_lines: u64,
     events: File,
     recent: VecDeque<Event>,
+    /// Set when a failed commit could not be undone on disk: no further commit is accepted
+    /// (the files' state is unknown) until the directory is opened again.
+    poisoned: Option<String>,
 }
 
 /// [`WalLine`] as written (borrowing the update).
@@ -395,6 +398,7 @@ impl EmbeddedDirectory {
                 wal_lines,
                 events: events_file,
                 recent,
+                poisoned: None,
             }),
             revision_tx,
         })
@@ -416,39 +420,69 @@ impl EmbeddedDirectory {
         let events = inner
             .snapshot
             .number_events(&update.events, revision, now_ms());
-        // Events first: they carry the new revision, so if the WAL line never lands they are
-        // cut at the next open (and at once, below, when writing the WAL line fails).
-        let events_path = self.dir.join("events.jsonl");
-        let events_len = inner.events.metadata().map_err(io_err(&events_path))?.len();
-        if !events.is_empty() {
-            let mut buf = Vec::new();
-            for e in &events {
-                serde_json::to_writer(&mut buf, e).map_err(|e| DirectoryError::Store {
-                    path: events_path.clone(),
-                    detail: e.to_string(),
-                })?;
-                buf.push(b'\n');
-            }
-            inner.events.write_all(&buf).map_err(io_err(&events_path))?;
-            inner.events.sync_data().map_err(io_err(&events_path))?;
+        if let Some(why) = &inner.poisoned {
+            return Err(DirectoryError::Store {
+                path: self.dir.clone(),
+                detail: format!("refusing commits after an earlier write failure that could not be undone ({why}); restart ftn to reopen the directory from what is on disk"),
+            });
         }
+        // Events first: they carry the new revision, so if the WAL line never lands they are
+        // cut at the next open. Any failure undoes both files to their length before this
+        // commit; if that fails too, or a flush failed (what the disk holds is then unknown),
+        // the directory refuses further commits.
+        let events_path = self.dir.join("events.jsonl");
         let wal_path = self.dir.join("wal.jsonl");
-        let written = (|| -> Result<(), DirectoryError> {
-            let mut line = serde_json::to_vec(&WalLineRef {
-                revision,
-                update: &update,
-            })
-            .map_err(|e| DirectoryError::Store {
-                path: wal_path.clone(),
+        let events_len = inner.events.metadata().map_err(io_err(&events_path))?.len();
+        let wal_len = inner.wal.metadata().map_err(io_err(&wal_path))?.len();
+        let mut buf = Vec::new();
+        for e in &events {
+            serde_json::to_writer(&mut buf, e).map_err(|e| DirectoryError::Store {
+                path: events_path.clone(),
                 detail: e.to_string(),
             })?;
-            line.push(b'\n');
+            buf.push(b'\n');
+        }
+        let mut line = serde_json::to_vec(&WalLineRef {
+            revision,
+            update: &update,
+        })
+        .map_err(|e| DirectoryError::Store {
+            path: wal_path.clone(),
+            detail: e.to_string(),
+        })?;
+        line.push(b'\n');
+        let mut flush_failed = false;
+        let written = (|| -> Result<(), DirectoryError> {
+            if !buf.is_empty() {
+                inner.events.write_all(&buf).map_err(io_err(&events_path))?;
+                if let Err(e) = inner.events.sync_data() {
+                    flush_failed = true;
+                    return Err(io_err(&events_path)(e));
+                }
+            }
             inner.wal.write_all(&line).map_err(io_err(&wal_path))?;
-            inner.wal.sync_data().map_err(io_err(&wal_path))
+            if let Err(e) = inner.wal.sync_data() {
+                flush_failed = true;
+                return Err(io_err(&wal_path)(e));
+            }
+            Ok(())
         })();
         if let Err(e) = written {
-            // The commit did not happen: its events must not stay in the log.
-            let _ = inner.events.set_len(events_len);
+            // The commit did not happen: neither file may keep any of it.
+            let undone = inner
+                .wal
+                .set_len(wal_len)
+                .and_then(|_| inner.wal.sync_all())
+                .and_then(|_| inner.events.set_len(events_len))
+                .and_then(|_| inner.events.sync_all());
+            if flush_failed || undone.is_err() {
+                let why = match undone {
+                    Err(u) => format!("{e}; undoing it failed: {u}"),
+                    Ok(()) => format!("{e} (a failed flush leaves the disk's content unknown)"),
+                };
+                tracing::error!("directory store poisoned: {why}");
+                inner.poisoned = Some(why);
+            }
             return Err(e);
         }
         inner.wal_lines += 1;

@@ -139,6 +139,15 @@ impl Engine {
         self.snapshot.servers.get(server).map(|s| s.health)
     }
 
+    /// The newest word on a server's health: the last checker verdict, else the record.
+    pub fn latest_health(&self, server: &str) -> Option<Health> {
+        match self.health.get(server) {
+            Some(o) if o.up => Some(Health::Up),
+            Some(_) => Some(Health::Down),
+            None => self.recorded_health(server),
+        }
+    }
+
     /// Records a checker's verdict; the next [`Engine::plan`] acts on it.
     pub fn observe(&mut self, server: &str, obs: Observation) {
         self.health.insert(server.to_string(), obs);
@@ -195,6 +204,10 @@ impl Engine {
             let Some(rec) = self.snapshot.resources.get(&r.name) else {
                 continue;
             };
+            // A pinned resource stays where the operator put it: no failback to wait for.
+            if rec.pinned.is_some() {
+                continue;
+            }
             let Some(cur) = rec.current.as_deref() else {
                 continue;
             };
@@ -203,12 +216,15 @@ impl Engine {
                 .iter()
                 .position(|s| s == cur)
                 .unwrap_or(usize::MAX);
-            for s in r.servers.iter().take(cur_idx) {
-                if let Some(sr) = self.snapshot.servers.get(s) {
-                    if sr.health == Health::Up && sr.drained_at_ms.is_none() {
-                        consider(sr.since_ms + hold.as_millis() as u64);
-                    }
-                }
+            // Exactly what `plan` waits for: the first eligible server before the current one.
+            let first = r.servers.iter().take(cur_idx).find_map(|s| {
+                self.snapshot
+                    .servers
+                    .get(s)
+                    .filter(|sr| sr.health == Health::Up && sr.drained_at_ms.is_none())
+            });
+            if let Some(sr) = first {
+                consider(sr.since_ms + hold.as_millis() as u64);
             }
         }
         best
@@ -611,7 +627,15 @@ impl Engine {
             };
             // Rewrite the entries when the assignment, the server's id, or how the resource
             // is matched changed; otherwise leave them (and their flows) alone.
-            let id_changed = prev.is_some_and(|p| server_id(&p.current) != server_id(&rec.current))
+            // The id the dataplane holds (looked up in the committed servers: a readdressed
+            // server keeps its name but gets a new id) against the id it should hold.
+            let old_id = |p: &ResourceRecord| {
+                p.current
+                    .as_ref()
+                    .and_then(|n| old.servers.get(n))
+                    .map(|s| s.id)
+            };
+            let id_changed = prev.is_some_and(|p| old_id(p) != server_id(&rec.current))
                 || prev.is_none_or(|p| p.current != rec.current || p.id != rec.id);
             let shape_changed = old_rc.is_none_or(|o| {
                 o.vip != rc.vip
@@ -1119,6 +1143,34 @@ servers = ["b1", "p1"]
         let plan = r.step(T0 + 30, None).unwrap();
         assert_eq!(plan.update.remove_resources, vec!["dns".to_string()]);
         assert!(!r.engine.snapshot().resources.contains_key("dns"));
+    }
+
+    #[test]
+    fn a_pinned_resource_has_no_failback_deadline() {
+        let mut r = Rig::new(config("failback = \"hold\"\nhold = \"10s\"", ""));
+        let sw = Action::Switchover {
+            resource: "web".into(),
+            to: "b1".into(),
+        };
+        r.step(T0 + 60_000, Some(&sw)).unwrap();
+        assert_eq!(r.current().as_deref(), Some("b1"));
+        // p1 has been up far longer than the hold: without the pin this would be a deadline in
+        // the past, and the daemon's loop would spin on it.
+        assert_eq!(r.engine.next_deadline(), None);
+    }
+
+    #[test]
+    fn readdressing_the_current_server_rewrites_its_resources() {
+        let mut r = Rig::new(config("", ""));
+        let old = r.id("p1");
+        let mut c = (*config("", "")).clone();
+        c.servers[0].address = "198.18.2.11".parse().unwrap();
+        r.engine.set_config(Arc::new(c));
+        r.step(T0 + 10, None).unwrap();
+        assert_ne!(r.id("p1"), old);
+        assert_eq!(r.current().as_deref(), Some("p1"));
+        assert_eq!(r.dp_server(), r.id("p1"), "web must point to p1's new id");
+        assert!(!r.dp.servers.contains_key(&old));
     }
 
     #[test]
