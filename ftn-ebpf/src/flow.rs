@@ -9,8 +9,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use ftn_common::{
-    FlowKey, FlowValue, GlobalCounter, ResourceValue, ReverseKey, ReverseValue, ServerValue,
-    FLOW_FLAG_CLOSING, NO_SERVER, PROTO_TCP, PROTO_UDP, SERVER_UP,
+    DataplaneConfig, FlowKey, FlowValue, GlobalCounter, ResourceValue, ReverseKey, ReverseValue,
+    ServerValue, FLOW_FLAG_CLOSING, NO_SERVER, PROTO_TCP, PROTO_UDP, SERVER_UP,
 };
 
 use crate::{
@@ -60,8 +60,7 @@ fn reverse_key(pkt: &Pkt, server: &[u32; 4]) -> ReverseKey {
 }
 
 #[inline(always)]
-fn idle_limit(proto: u8, flags: u32) -> u64 {
-    let c = maps::config();
+fn idle_limit(c: &DataplaneConfig, proto: u8, flags: u32) -> u64 {
     match proto {
         PROTO_TCP if flags & FLOW_FLAG_CLOSING != 0 => c.tcp_closing_ns,
         PROTO_TCP => c.tcp_idle_ns,
@@ -82,7 +81,7 @@ fn fin_flag(pkt: &Pkt) -> u32 {
 /// Picks the server for a client -> VIP packet, creating or moving the flow as needed.
 /// `None`: the resource has no live server.
 #[inline(always)]
-pub fn select(pkt: &Pkt, res: &ResourceValue, now: u64) -> Option<Chosen> {
+pub fn select(pkt: &Pkt, res: &ResourceValue, now: u64, cfg: &DataplaneConfig) -> Option<Chosen> {
     let key = flow_key(pkt);
     let mut old: Option<(u32, ServerValue)> = None;
     let mut moved = false;
@@ -90,7 +89,7 @@ pub fn select(pkt: &Pkt, res: &ResourceValue, now: u64) -> Option<Chosen> {
         // SAFETY: pointer from a successful lookup; the LRU entry stays valid during the
         // program run (RCU).
         let fv = unsafe { *f };
-        let expired = now.saturating_sub(fv.last_seen_ns) > idle_limit(pkt.proto, fv.flags);
+        let expired = now.saturating_sub(fv.last_seen_ns) > idle_limit(cfg, pkt.proto, fv.flags);
         let restart = pkt.proto == PROTO_TCP
             && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             && fv.flags & FLOW_FLAG_CLOSING != 0;

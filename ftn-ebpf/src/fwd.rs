@@ -11,13 +11,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ftn_common::{
-    GlobalCounter, NexthopKey, NexthopValue, NEXTHOP_CACHE_OFF, PROTO_TCP, PROTO_UDP,
+    DataplaneConfig, GlobalCounter, NexthopKey, NexthopValue, NEXTHOP_CACHE_OFF, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
     csum,
-    flow::now,
-    maps::{config, count, FTN_DEVMAP, FTN_NEXTHOP},
+    maps::{count, FTN_DEVMAP, FTN_NEXTHOP},
     parse::{read, write, Pkt, ETH_LEN},
 };
 
@@ -33,16 +33,24 @@ use crate::{
 /// - Egress not in the devmap, neighbour unknown, or any other FIB answer: `XDP_PASS` of the
 ///   rewritten packet (TTL untouched: the kernel forwards it and decrements it itself).
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> Result<u32, ()> {
+///
+/// `cfg` and `now` are the caller's, read once per packet.
+pub fn send(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    cfg: &DataplaneConfig,
+    now: u64,
+) -> Result<u32, ()> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let ttl = config().nexthop_ttl_ns;
+    let ttl = cfg.nexthop_ttl_ns;
     let key = NexthopKey {
         dst: *dst,
         ingress,
         family: pkt.family,
         _pad: [0; 3],
     };
-    let now = now();
     if ttl != NEXTHOP_CACHE_OFF {
         if let Some(hop) = FTN_NEXTHOP.get_ptr(key) {
             // SAFETY: pointer from a successful lookup (RCU-protected during the run).

@@ -16,7 +16,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use ftn_common::{FlowKey, GlobalCounter, ReverseKey, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    csum,
+    csum, flow,
     fwd::send,
     maps::{self, count, srv_stats, FTN_FLOWS, FTN_REVERSE},
     parse::{read, write, Pkt, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_CSUM_OFF, UDP_CSUM_OFF},
@@ -123,7 +123,7 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
             if let Some(s) = srv_stats(f.server_id) {
                 s.icmp_errors += 1;
             }
-            return send(ctx, pkt, &pkt.src, &srv.addr);
+            return send(ctx, pkt, &pkt.src, &srv.addr, &maps::config(), flow::now());
         }
     }
     // Towards the client: the quoted packet went client -> server (after DNAT).
@@ -160,7 +160,7 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
             if let Some(s) = srv_stats(rev.server_id) {
                 s.icmp_errors += 1;
             }
-            return send(ctx, pkt, &outer_src, &pkt.dst);
+            return send(ctx, pkt, &outer_src, &pkt.dst, &maps::config(), flow::now());
         }
     }
     unmatched()
