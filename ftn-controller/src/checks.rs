@@ -79,37 +79,16 @@ use tracing::{debug, info, warn};
 // Input types
 // ------------------------------------------------------------------------------------------------
 
-/// What one health check does.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Probe {
-    /// Success = the TCP handshake completes.
-    Tcp { port: u16 },
-    /// Success = the HTTP status code of `GET path` equals `expect_status`.
-    Http {
-        port: u16,
-        path: String,
-        host: Option<String>,
-        expect_status: u16,
-    },
-    /// Success = a datagram comes back (containing `expect`, when given).
-    Udp {
-        port: u16,
-        send: Vec<u8>,
-        expect: Option<Vec<u8>>,
-    },
-    /// Success = an ICMP (v4 or v6) echo reply comes back.
-    Icmp,
-}
+/// What one health check does: the configuration's check kinds, one type for both.
+pub use crate::config::CheckKind as Probe;
 
 impl Probe {
     /// Short label naming the check in evidence, logs and stats: `tcp:80`, `http:8080`,
     /// `udp:53`, `icmp`.
     pub fn label(&self) -> String {
-        match self {
-            Probe::Tcp { port } => format!("tcp:{port}"),
-            Probe::Http { port, .. } => format!("http:{port}"),
-            Probe::Udp { port, .. } => format!("udp:{port}"),
-            Probe::Icmp => "icmp".to_string(),
+        match self.port() {
+            Some(port) => format!("{}:{port}", self.type_name()),
+            None => self.type_name().to_string(),
         }
     }
 }

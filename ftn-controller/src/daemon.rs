@@ -23,8 +23,8 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::checks::{CheckSpec, HealthChange, NetProber, Probe, Prober, ServerChecker};
-use crate::config::{self, CheckKind, Config, DirectoryConfig};
+use crate::checks::{CheckSpec, HealthChange, NetProber, Prober, ServerChecker};
+use crate::config::{self, Config, DirectoryConfig};
 use crate::dataplane::{
     AyaDataplane, AyaOptions, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats,
 };
@@ -406,26 +406,7 @@ pub struct Controller {
 
 fn spec(c: &config::CheckConfig) -> CheckSpec {
     CheckSpec {
-        probe: match &c.kind {
-            CheckKind::Tcp { port } => Probe::Tcp { port: *port },
-            CheckKind::Http {
-                port,
-                path,
-                host,
-                expect_status,
-            } => Probe::Http {
-                port: *port,
-                path: path.clone(),
-                host: host.clone(),
-                expect_status: *expect_status,
-            },
-            CheckKind::Udp { port, send, expect } => Probe::Udp {
-                port: *port,
-                send: send.clone(),
-                expect: expect.clone(),
-            },
-            CheckKind::Icmp => Probe::Icmp,
-        },
+        probe: c.kind.clone(),
         interval: c.interval,
         timeout: c.timeout,
         rise: c.rise,
@@ -1164,7 +1145,7 @@ mod tests {
     impl Prober for Script {
         fn probe<'a>(
             &'a self,
-            _: &'a Probe,
+            _: &'a crate::checks::Probe,
             addr: std::net::IpAddr,
             _: Duration,
         ) -> ProbeFuture<'a> {
