@@ -196,3 +196,21 @@ pub fn attach_pass(interface: &str) -> aya::Ebpf {
         .unwrap_or_else(|e| panic!("attach ftn_pass to {interface}: {e}"));
     ebpf
 }
+
+/// `struct xdp_md` for `BPF_PROG_TEST_RUN`'s `ctx_in`: { data = 0, data_end = len, data_meta = 0,
+/// ingress_ifindex, rx_queue_index = 0, egress_ifindex = 0 }.
+pub fn xdp_md(ingress: u32, len: usize) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(24);
+    for w in [0u32, len as u32, 0, ingress, 0, 0] {
+        ctx.extend_from_slice(&w.to_ne_bytes());
+    }
+    ctx
+}
+
+/// A MAC address as `ip link` takes it (`02:00:00:00:00:01`).
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

@@ -21,7 +21,7 @@ use ftn_controller::dataplane::{
     ip_words, AyaDataplane, AyaOptions, Dataplane, NoServerAction, Protocol, ResourceAssignment,
     ResourceMatch, ServerEntry,
 };
-use ftn_tests::{hex, require_root, Netns};
+use ftn_tests::{hex, mac_text, require_root, xdp_md, Netns};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -1645,13 +1645,6 @@ struct Lab {
     fx1: u32,
 }
 
-fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn lab() -> Lab {
     let ns = Netns::new("ftfx");
     ns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
@@ -1663,7 +1656,7 @@ fn lab() -> Lab {
             "add",
             dev,
             "address",
-            &mac(m),
+            &mac_text(m),
             "type",
             "veth",
             "peer",
@@ -1696,7 +1689,7 @@ fn lab() -> Lab {
             "replace",
             ip,
             "lladdr",
-            &mac(m),
+            &mac_text(m),
             "dev",
             dev,
             "nud",
@@ -1801,11 +1794,7 @@ fn provision(dp: &mut AyaDataplane, a: &Addrs) {
 
 fn run_prog(prog: &Xdp, ingress: u32, input: &[u8]) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; 4096];
-    let mut ctx = Vec::new();
-    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-    for w in [0u32, input.len() as u32, 0, ingress, 0, 0] {
-        ctx.extend_from_slice(&w.to_ne_bytes());
-    }
+    let ctx = xdp_md(ingress, input.len());
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(input);
     opts.data_out = Some(&mut out);

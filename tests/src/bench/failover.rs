@@ -46,11 +46,10 @@
 
 use std::{
     net::IpAddr,
-    panic::AssertUnwindSafe,
     time::{Duration, Instant},
 };
 
-use super::{median, Figure, Size};
+use super::{attempt, median, Figure, Size};
 use crate::{
     ftn::{answered_by, gap, Ftn, Prober, Sample},
     lab::{attach_pass_in, in_ns, topology, Conn, Service, Topology, VIP4},
@@ -129,21 +128,6 @@ impl Lab {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// Runs one repetition; a panic (a lab step that failed) becomes the error text. The guards
-/// (namespaces, controller, pins) clean up while it unwinds.
-fn attempt<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
-        p.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panicked".into())
-            .lines()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" / ")
-    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -377,27 +361,27 @@ pub fn run(size: Size) -> Vec<Figure> {
     let mut errs: [Vec<String>; 6] = Default::default();
     for rep in 0..reps {
         eprintln!("   failover: repetition {} of {reps}", rep + 1);
-        match attempt(|| gap_once(Fault::Crash, false)) {
+        match attempt(|| Ok(gap_once(Fault::Crash, false))) {
             Ok(r) => crash.push(r),
             Err(e) => errs[0].push(e),
         }
-        match attempt(|| gap_once(Fault::Service, false)) {
+        match attempt(|| Ok(gap_once(Fault::Service, false))) {
             Ok(r) => service.push(r),
             Err(e) => errs[1].push(e),
         }
-        match attempt(|| gap_once(Fault::Service, true)) {
+        match attempt(|| Ok(gap_once(Fault::Service, true))) {
             Ok(r) => tuned_service.push(r),
             Err(e) => errs[2].push(e),
         }
-        match attempt(|| gap_once(Fault::Crash, true)) {
+        match attempt(|| Ok(gap_once(Fault::Crash, true))) {
             Ok(r) => tuned_crash.push(r),
             Err(e) => errs[3].push(e),
         }
-        match attempt(failback_once) {
+        match attempt(|| Ok(failback_once())) {
             Ok(r) => failback.push(r),
             Err(e) => errs[4].push(e),
         }
-        match attempt(restart_once) {
+        match attempt(|| Ok(restart_once())) {
             Ok(r) => restart.push(r),
             Err(e) => errs[5].push(e),
         }

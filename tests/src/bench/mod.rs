@@ -58,3 +58,20 @@ pub fn median(v: &[f64]) -> f64 {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
 }
+
+/// Runs `f`; a panic (a lab step that failed) becomes the error text (its first lines). The
+/// guards (namespaces, programs, controllers) clean up while it unwinds.
+pub fn attempt<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".into())
+            .lines()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" / ")),
+    }
+}

@@ -39,7 +39,6 @@
 use std::{
     future::Future,
     net::{Ipv4Addr, TcpListener},
-    panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     pin::pin,
     sync::{
@@ -61,24 +60,8 @@ use ftn_controller::{
     engine::{Engine, Observation},
 };
 
-use super::{median, Figure, Size};
+use super::{attempt, median, Figure, Size};
 use crate::{ftn::Ftn, lab::veth, unique_name, Netns};
-
-/// Runs `f`; a panic becomes the error text (the guards clean up while it unwinds).
-fn attempt<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(p) => Err(p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panicked".into())
-            .lines()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" / ")),
-    }
-}
 
 /// Polls a future that completes without waiting (the embedded directory's calls run
 /// synchronously: its commit is `block_in_place`, which outside a runtime just runs).

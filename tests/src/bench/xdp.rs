@@ -98,7 +98,6 @@ use std::{
     collections::BTreeMap,
     error::Error,
     net::{Ipv4Addr, Ipv6Addr},
-    panic::AssertUnwindSafe,
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -122,8 +121,8 @@ use ftn_controller::dataplane::{
     ResourceMatch, ServerEntry, XdpAttachMode, EBPF_OBJECT,
 };
 
-use super::{median, Figure, Size};
-use crate::{attach_pass, lab::veth, run_quiet, unique_name, Netns};
+use super::{attempt, median, Figure, Size};
+use crate::{attach_pass, lab::veth, mac_text, run_quiet, unique_name, xdp_md, Netns};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -133,23 +132,6 @@ pub fn run(size: Size) -> Vec<Figure> {
     let mut out = per_packet(size);
     out.extend(forwarding(size));
     out
-}
-
-/// Runs `f`; a panic (a lab command that failed) becomes the error text. The guards
-/// (namespaces, programs) clean up while it unwinds.
-fn attempt<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(p) => Err(p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panicked".into())
-            .lines()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" / ")),
-    }
 }
 
 /// An error with its chain of sources, on one line.
@@ -179,16 +161,6 @@ fn short(text: &str) -> String {
 
 fn v6(s: &str) -> [u8; 16] {
     s.parse::<Ipv6Addr>().expect("IPv6 literal").octets()
-}
-
-/// `struct xdp_md` for `ctx_in`: { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-/// egress_ifindex }.
-fn xdp_md(ingress: u32, len: usize) -> Vec<u8> {
-    let mut ctx = Vec::with_capacity(24);
-    for w in [0u32, len as u32, 0, ingress, 0, 0] {
-        ctx.extend_from_slice(&w.to_ne_bytes());
-    }
-    ctx
 }
 
 /// One `BPF_PROG_TEST_RUN`: (action of the last run, mean ns per run, output frame if asked).
@@ -324,13 +296,6 @@ fn ns_mac(ns: &Netns, dev: &str) -> Result<[u8; 6], String> {
         m[i] = u8::from_str_radix(p, 16).map_err(|e| format!("MAC of {dev}: {e}"))?;
     }
     Ok(m)
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 // =============================================================================================
