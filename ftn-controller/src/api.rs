@@ -176,6 +176,7 @@ fn answer(r: Result<String, RequestError>) -> Response {
         }
         Err(RequestError::Invalid(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
         Err(RequestError::Internal(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(RequestError::NotLeader(e)) => error(StatusCode::CONFLICT, e),
     }
 }
 

@@ -93,6 +93,8 @@ impl Config {
 /// `[gateway]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GatewayConfig {
+    /// This gateway's name among the gateways sharing a directory (default: the host name).
+    pub name: String,
     /// Interfaces the XDP program is attached to (non-empty, no duplicates).
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpAttachMode,
@@ -134,7 +136,39 @@ impl fmt::Debug for ApiConfig {
 pub enum DirectoryConfig {
     /// On this gateway's disk.
     Embedded { path: PathBuf },
+    /// Shared by several gateways on an etcd cluster.
+    Etcd(EtcdConfig),
 }
+
+/// `[directory]` with `backend = "etcd"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EtcdConfig {
+    /// `http://host:port` or `https://host:port`, at least one.
+    pub endpoints: Vec<String>,
+    /// Key prefix, starts with `/`, no trailing `/` (default [`DEFAULT_ETCD_PREFIX`]).
+    pub prefix: String,
+    /// Time to connect at start (default 2 s).
+    #[serde(serialize_with = "ser::duration")]
+    pub dial_timeout: Duration,
+    /// Time limit of one etcd request (default 1 s).
+    #[serde(serialize_with = "ser::duration")]
+    pub request_timeout: Duration,
+    /// The gateway's lease: how long a gateway (and a leader) that stopped answering is still
+    /// counted live (default 3 s; etcd's minimum is 2 s).
+    #[serde(serialize_with = "ser::duration")]
+    pub lease_ttl: Duration,
+    /// CA certificate (PEM) that signs the etcd servers' certificates; needs https endpoints.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), both or neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub user: Option<String>,
+    /// From `password_file` (trimmed) or `password`; never serialized nor printed.
+    #[serde(rename = "password_set", serialize_with = "ser::token_set")]
+    pub password: Option<String>,
+}
+
+pub const DEFAULT_ETCD_PREFIX: &str = "/ftn";
 
 impl Default for DirectoryConfig {
     fn default() -> Self {
@@ -1250,7 +1284,17 @@ fn read_array_of_tables<'a>(ctx: &mut Ctx, root: &Table<'a>, name: &str) -> &'a 
 }
 
 fn read_gateway(ctx: &mut Ctx, t: &Table) -> GatewayConfig {
-    t.deny_unknown(ctx, &["interfaces", "xdp_mode", "pin_dir"]);
+    t.deny_unknown(ctx, &["name", "interfaces", "xdp_mode", "pin_dir"]);
+    let mut name = default_gateway_name();
+    if let Some(item) = t.get("name") {
+        let field = t.field("name");
+        if let Some(s) = want_str(ctx, item, &field) {
+            match check_name(s) {
+                Ok(()) => name = s.to_owned(),
+                Err(why) => ctx.report(item.span, &field, why),
+            }
+        }
+    }
     let mut interfaces: Vec<String> = Vec::new();
     if let Some(item) = t.required(ctx, "interfaces") {
         let field = t.field("interfaces");
@@ -1307,6 +1351,7 @@ fn read_gateway(ctx: &mut Ctx, t: &Table) -> GatewayConfig {
         .and_then(|item| want_abs_path(ctx, item, &t.field("pin_dir")))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
     GatewayConfig {
+        name,
         interfaces,
         xdp_mode,
         pin_dir,
@@ -1375,34 +1420,287 @@ fn read_api(ctx: &mut Ctx, t: &Table) -> ApiConfig {
     api
 }
 
+/// The host name, or "gateway" when it cannot be read or is not a valid name.
+pub fn default_gateway_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| check_name(s).is_ok())
+        .unwrap_or_else(|| "gateway".into())
+}
+
+const EMBEDDED_FIELDS: &[&str] = &["backend", "path"];
+const ETCD_FIELDS: &[&str] = &[
+    "backend",
+    "endpoints",
+    "prefix",
+    "dial_timeout",
+    "request_timeout",
+    "lease_ttl",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "user",
+    "password",
+    "password_file",
+];
+
 fn read_directory(ctx: &mut Ctx, t: &Table) -> DirectoryConfig {
-    t.deny_unknown(ctx, &["backend", "path"]);
     #[derive(Clone, Copy, PartialEq)]
     enum Backend {
         Embedded,
         Etcd,
     }
-    if let Some(item) = t.get("backend") {
-        let field = t.field("backend");
-        let backend = want_choice(
-            ctx,
-            item,
-            &field,
-            &[("embedded", Backend::Embedded), ("etcd", Backend::Etcd)],
-        );
-        if backend == Some(Backend::Etcd) {
-            ctx.report(
-                item.span,
-                &field,
-                "etcd backend is not available in this build yet (use backend = \"embedded\")",
-            );
-        }
+    let backend = t
+        .get("backend")
+        .and_then(|item| {
+            want_choice(
+                ctx,
+                item,
+                &t.field("backend"),
+                &[("embedded", Backend::Embedded), ("etcd", Backend::Etcd)],
+            )
+        })
+        .unwrap_or(Backend::Embedded);
+    if backend == Backend::Etcd {
+        t.deny_unknown(ctx, ETCD_FIELDS);
+        return DirectoryConfig::Etcd(read_etcd(ctx, t));
     }
+    t.deny_unknown(ctx, EMBEDDED_FIELDS);
     let path = t
         .get("path")
         .and_then(|item| want_abs_path(ctx, item, &t.field("path")))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIRECTORY_PATH));
     DirectoryConfig::Embedded { path }
+}
+
+/// `http://HOST:PORT` or `https://HOST:PORT` (HOST a name, an IPv4 address or `[IPv6]`).
+fn check_endpoint(e: &str) -> Result<bool, String> {
+    let (tls, rest) = if let Some(r) = e.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = e.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "invalid etcd endpoint {e:?}: expected http://HOST:PORT or https://HOST:PORT"
+        ));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+        format!("invalid etcd endpoint {e:?}: no port (etcd's client port is usually 2379)")
+    })?;
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("invalid etcd endpoint {e:?}: no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(tls),
+        _ => Err(format!(
+            "invalid etcd endpoint {e:?}: port {port:?} is not 1-65535"
+        )),
+    }
+}
+
+fn read_etcd(ctx: &mut Ctx, t: &Table) -> EtcdConfig {
+    let mut c = EtcdConfig {
+        endpoints: Vec::new(),
+        prefix: DEFAULT_ETCD_PREFIX.into(),
+        dial_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(1),
+        lease_ttl: Duration::from_secs(3),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        user: None,
+        password: None,
+    };
+    let mut tls_endpoints = Vec::new();
+    if let Some(item) = t.required(ctx, "endpoints") {
+        let field = t.field("endpoints");
+        if let Some(list) = want_array(ctx, item, &field) {
+            if list.is_empty() {
+                ctx.report(item.span, &field, "must list at least one etcd endpoint");
+            }
+            for (i, it) in list.iter().enumerate() {
+                let f = format!("{field}[{i}]");
+                let Some(e) = want_str(ctx, it, &f) else {
+                    continue;
+                };
+                match check_endpoint(e) {
+                    Err(why) => ctx.report(it.span, &f, why),
+                    Ok(_) if c.endpoints.iter().any(|x| x == e) => {
+                        ctx.report(it.span, &f, format!("endpoint {e:?} is listed twice"))
+                    }
+                    Ok(tls) => {
+                        tls_endpoints.push(tls);
+                        c.endpoints.push(e.to_owned());
+                    }
+                }
+            }
+            if tls_endpoints.iter().any(|t| *t) && tls_endpoints.iter().any(|t| !*t) {
+                ctx.report(
+                    item.span,
+                    &field,
+                    "mixes http:// and https:// endpoints: use one scheme for the whole cluster",
+                );
+            }
+        }
+    }
+    if let Some(item) = t.get("prefix") {
+        let field = t.field("prefix");
+        if let Some(p) = want_str(ctx, item, &field) {
+            let trimmed = p.trim_end_matches('/');
+            if !p.starts_with('/') || trimmed.is_empty() {
+                ctx.report(
+                    item.span,
+                    &field,
+                    format!("invalid key prefix {p:?}: it starts with '/' and names something, e.g. \"/ftn\""),
+                );
+            } else if p.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+                ctx.report(
+                    item.span,
+                    &field,
+                    format!("invalid key prefix {p:?}: no spaces or control characters"),
+                );
+            } else {
+                c.prefix = trimmed.to_owned();
+            }
+        }
+    }
+    for (name, slot) in [
+        ("dial_timeout", &mut c.dial_timeout),
+        ("request_timeout", &mut c.request_timeout),
+    ] {
+        if let Some(item) = t.get(name) {
+            let field = t.field(name);
+            if let Some(d) = want_duration(ctx, item, &field) {
+                if d < Duration::from_millis(10) || d > Duration::from_secs(60) {
+                    ctx.report(item.span, &field, "must be between 10ms and 60s");
+                } else {
+                    *slot = d;
+                }
+            }
+        }
+    }
+    if let Some(item) = t.get("lease_ttl") {
+        let field = t.field("lease_ttl");
+        if let Some(d) = want_duration(ctx, item, &field) {
+            if d < Duration::from_secs(2) || d > Duration::from_secs(60) || d.subsec_nanos() != 0 {
+                ctx.report(
+                    item.span,
+                    &field,
+                    "must be whole seconds between 2s and 60s (etcd leases count whole seconds; etcd refuses less than about 2 s)",
+                );
+            } else {
+                c.lease_ttl = d;
+            }
+        }
+    }
+    for (name, slot) in [
+        ("ca_file", &mut c.ca_file),
+        ("cert_file", &mut c.cert_file),
+        ("key_file", &mut c.key_file),
+    ] {
+        if let Some(item) = t.get(name) {
+            let field = t.field(name);
+            if let Some(s) = want_str(ctx, item, &field) {
+                let file = ctx.base_dir.join(s);
+                match std::fs::metadata(&file) {
+                    Ok(m) if m.is_file() => *slot = Some(file),
+                    Ok(_) => ctx.report(
+                        item.span,
+                        &field,
+                        format!("{} is not a file", file.display()),
+                    ),
+                    Err(e) => ctx.report(
+                        item.span,
+                        &field,
+                        format!("cannot read {}: {e}", file.display()),
+                    ),
+                }
+            }
+        }
+    }
+    match (t.get("cert_file"), t.get("key_file")) {
+        (Some(item), None) => ctx.report(
+            item.span,
+            &t.field("cert_file"),
+            "`cert_file` needs `key_file` too",
+        ),
+        (None, Some(item)) => ctx.report(
+            item.span,
+            &t.field("key_file"),
+            "`key_file` needs `cert_file` too",
+        ),
+        _ => {}
+    }
+    let tls_files = ["ca_file", "cert_file", "key_file"]
+        .into_iter()
+        .find_map(|n| t.get(n).map(|item| (n, item)));
+    if let Some((n, item)) = tls_files {
+        if tls_endpoints.iter().any(|tls| !*tls) {
+            ctx.report(
+                item.span,
+                &t.field(n),
+                "TLS files are set but the endpoints are http://: use https:// endpoints",
+            );
+        }
+    }
+    if let Some(item) = t.get("user") {
+        let field = t.field("user");
+        if let Some(u) = want_str(ctx, item, &field) {
+            if u.is_empty() || u.chars().any(|ch| ch.is_control()) {
+                ctx.report(item.span, &field, "must be a non-empty user name");
+            } else {
+                c.user = Some(u.to_owned());
+            }
+        }
+    }
+    match (t.get("password"), t.get("password_file")) {
+        (Some(_), Some(file)) => ctx.report(
+            file.span,
+            &t.field("password_file"),
+            "`password` and `password_file` are both set: set only one of them",
+        ),
+        (Some(item), None) => {
+            if let Some(p) = want_str(ctx, item, &t.field("password")) {
+                c.password = Some(p.to_owned());
+            }
+        }
+        (None, Some(item)) => {
+            let field = t.field("password_file");
+            if let Some(s) = want_str(ctx, item, &field) {
+                let file = ctx.base_dir.join(s);
+                match std::fs::read_to_string(&file) {
+                    Ok(p) => c.password = Some(p.trim().to_owned()),
+                    Err(e) => ctx.report(
+                        item.span,
+                        &field,
+                        format!("cannot read the password file {}: {e}", file.display()),
+                    ),
+                }
+            }
+        }
+        (None, None) => {}
+    }
+    match (t.get("user"), c.password.is_some()) {
+        (Some(item), false) => ctx.report(
+            item.span,
+            &t.field("user"),
+            "`user` needs `password` or `password_file`",
+        ),
+        (None, true) => {
+            let n = if t.get("password").is_some() {
+                "password"
+            } else {
+                "password_file"
+            };
+            if let Some(item) = t.get(n) {
+                ctx.report(item.span, &t.field(n), "a password needs `user` too");
+            }
+        }
+        _ => {}
+    }
+    c
 }
 
 fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {
@@ -2368,6 +2666,7 @@ failback = "manual"
         assert_eq!(
             c.gateway,
             GatewayConfig {
+                name: default_gateway_name(),
                 interfaces: vec!["eth0".into(), "eth1".into()],
                 xdp_mode: XdpAttachMode::Native,
                 pin_dir: "/sys/fs/bpf/ftn-test".into(),
@@ -2617,7 +2916,7 @@ servers = ["c"]
         let p = single(
             "[gateway]\ninterfaces = [\"eth0\"]\nmode = \"native\"\n",
             "gateway.mode",
-            "unknown field `mode`, expected one of `interfaces`, `xdp_mode`, `pin_dir`",
+            "unknown field `mode`, expected one of `name`, `interfaces`, `xdp_mode`, `pin_dir`",
             "mode =",
         );
         assert_eq!(p.column, Some(1));
@@ -3026,15 +3325,78 @@ checks = [
     }
 
     #[test]
-    fn etcd_backend_is_not_available_yet() {
-        let text = with_gateway("[directory]\nbackend = \"etcd\"\n");
-        let p = single(
-            &text,
-            "directory.backend",
-            "etcd backend is not available in this build yet",
-            "backend",
+    fn etcd_backend_settings_and_errors() {
+        let c = ok(&with_gateway(
+            "[directory]\nbackend = \"etcd\"\nendpoints = [\"http://198.18.200.1:2379\", \"http://etcd-2:2379\"]\nprefix = \"/ftn/lab/\"\nlease_ttl = \"5s\"\nrequest_timeout = \"300ms\"\nuser = \"ftn\"\npassword = \"pw\"\n",
+        ));
+        let DirectoryConfig::Etcd(e) = &c.directory else {
+            panic!("expected the etcd backend, got {:?}", c.directory)
+        };
+        assert_eq!(
+            e.endpoints,
+            ["http://198.18.200.1:2379", "http://etcd-2:2379"]
         );
-        assert_eq!((p.line, p.column), (Some(4), Some(11)));
+        assert_eq!(e.prefix, "/ftn/lab");
+        assert_eq!(e.lease_ttl, Duration::from_secs(5));
+        assert_eq!(e.request_timeout, Duration::from_millis(300));
+        assert_eq!(e.dial_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (e.user.as_deref(), e.password.as_deref()),
+            (Some("ftn"), Some("pw"))
+        );
+        // The password is never shown.
+        let shown = serde_json::to_string(&c).unwrap();
+        assert!(!shown.contains("\"pw\""), "{shown}");
+        assert!(shown.contains("\"password_set\":true"), "{shown}");
+
+        single(
+            &with_gateway("[directory]\nbackend = \"etcd\"\n"),
+            "directory.endpoints",
+            "missing field `endpoints` in directory",
+            "[directory]",
+        );
+        single(
+            &with_gateway("[directory]\nbackend = \"etcd\"\nendpoints = [\"198.18.200.1:2379\"]\n"),
+            "directory.endpoints[0]",
+            "invalid etcd endpoint \"198.18.200.1:2379\": expected http://HOST:PORT or https://HOST:PORT",
+            "\"198.18",
+        );
+        single(
+            &with_gateway("[directory]\nbackend = \"etcd\"\nendpoints = [\"http://e:0\"]\n"),
+            "directory.endpoints[0]",
+            "port \"0\" is not 1-65535",
+            "\"http",
+        );
+        single(
+            &with_gateway("[directory]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nlease_ttl = \"1s\"\n"),
+            "directory.lease_ttl",
+            "must be whole seconds between 2s and 60s",
+            "\"1s\"",
+        );
+        single(
+            &with_gateway("[directory]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\npath = \"/var/lib/ftn\"\n"),
+            "directory.path",
+            "unknown field `path`",
+            "path",
+        );
+        single(
+            &with_gateway("[directory]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nuser = \"ftn\"\n"),
+            "directory.user",
+            "`user` needs `password` or `password_file`",
+            "\"ftn\"",
+        );
+        single(
+            &with_gateway("[directory]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\", \"https://f:2379\"]\n"),
+            "directory.endpoints",
+            "mixes http:// and https:// endpoints",
+            "[\"http",
+        );
+        single(
+            &with_gateway("[directory]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nprefix = \"ftn\"\n"),
+            "directory.prefix",
+            "invalid key prefix \"ftn\"",
+            "\"ftn\"",
+        );
         single(
             &with_gateway("[directory]\nbackend = \"zookeeper\"\n"),
             "directory.backend",

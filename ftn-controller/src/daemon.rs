@@ -14,7 +14,7 @@
 //! between the commit and the map write, the next start writes the directory's state into the
 //! (pinned, still forwarding) maps, so the two agree again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +28,11 @@ use crate::config::{self, Config, DirectoryConfig};
 use crate::dataplane::{
     AyaDataplane, AyaOptions, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats,
 };
-use crate::directory::{Directory, EmbeddedDirectory, Event, EventDraft, Health, Snapshot, Update};
+use crate::directory::{
+    Directory, DirectoryError, EmbeddedDirectory, Event, EventDraft, Health, Snapshot, Update,
+};
 use crate::engine::{Action, ActionError, Engine, Observation, Plan};
+use crate::etcd::{ClusterEvent, EtcdDirectory, GatewayRecord, Observed, Session};
 use ftn_common::{PassiveEvent, PASSIVE_RST};
 
 /// The controller's clock in unix milliseconds, advancing with `tokio::time` (so tests that
@@ -86,6 +89,8 @@ enum SyncMsg {
         servers: Vec<(String, u32)>,
         reply: oneshot::Sender<Result<Counters, String>>,
     },
+    /// Answered once everything queued before it is written.
+    Barrier(oneshot::Sender<()>),
 }
 
 /// Handle to the map-sync task.
@@ -166,6 +171,9 @@ impl MapSync {
         fn handle_other<D: Dataplane + ListKeys>(dp: &mut D, m: SyncMsg, st: &SyncStats) {
             match m {
                 SyncMsg::Apply(_) => {}
+                SyncMsg::Barrier(done) => {
+                    let _ = done.send(());
+                }
                 SyncMsg::Resync {
                     changes,
                     servers,
@@ -262,6 +270,16 @@ impl MapSync {
             .map_err(|_| "the map-sync task is gone".to_string())?
     }
 
+    /// Waits until every change sent before is in the maps.
+    pub async fn barrier(&self) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(SyncMsg::Barrier(done))
+            .map_err(|_| "the map-sync task is gone".to_string())?;
+        rx.await
+            .map_err(|_| "the map-sync task is gone".to_string())
+    }
+
     pub fn stats(&self) -> &SyncStats {
         &self.stats
     }
@@ -350,6 +368,38 @@ pub struct Status {
     pub reloads_failed: u64,
     /// Passive health reports from the dataplane, by server, since the controller started.
     pub passive_signals: HashMap<String, u64>,
+    /// The shared directory's gateways (None with the embedded directory).
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// `ftn status`: the gateways sharing the directory, as this gateway sees them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ClusterStatus {
+    pub gateway: String,
+    /// "leader" or "follower".
+    pub role: String,
+    pub leader: Option<String>,
+    /// "connected" or "unreachable".
+    pub etcd: String,
+    pub etcd_error: Option<String>,
+    /// Since when (unix ms) etcd is as `etcd` says.
+    pub etcd_since_ms: u64,
+    /// The directory revision this gateway's maps hold.
+    pub applied_revision: u64,
+    /// Times this gateway became the leader since it started.
+    pub leaderships: u64,
+    pub gateways: Vec<GatewayStatus>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GatewayStatus {
+    pub name: String,
+    pub live: bool,
+    pub applied_revision: u64,
+    pub applied_at_ms: u64,
+    /// server -> "up" | "down"
+    pub observations: BTreeMap<String, String>,
 }
 
 /// An API request to the engine task.
@@ -375,6 +425,9 @@ pub enum RequestError {
     Invalid(String),
     #[error("{0}")]
     Internal(String),
+    /// Sent to a gateway that does not lead the shared directory.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -402,6 +455,149 @@ pub struct Controller {
     prober: Arc<dyn Prober>,
     /// Token the API checks (updated on reload).
     pub token: Arc<std::sync::RwLock<Option<String>>>,
+    /// Set with a shared (etcd) directory.
+    cluster: Option<ClusterView>,
+}
+
+/// This gateway's part in a shared directory: only the leader decides; every gateway checks
+/// the servers, publishes what it sees, and applies the directory's changes to its maps.
+pub struct ClusterView {
+    pub me: String,
+    pub dir: Arc<EtcdDirectory>,
+    pub session: Session,
+    leader: Option<String>,
+    /// Set while this gateway leads: the leader key's create-revision.
+    fence: Option<i64>,
+    etcd_ok: bool,
+    etcd_error: Option<String>,
+    etcd_since_ms: u64,
+    /// Live gateways' records (from etcd).
+    gateways: BTreeMap<String, GatewayRecord>,
+    /// This gateway's own verdicts.
+    local: BTreeMap<String, Observed>,
+    /// Majority verdicts already given to the engine (leader only).
+    fed: BTreeMap<String, bool>,
+    leaderships: u64,
+}
+
+impl ClusterView {
+    pub fn new(me: String, dir: Arc<EtcdDirectory>, session: Session) -> Self {
+        ClusterView {
+            me,
+            dir,
+            session,
+            leader: None,
+            fence: None,
+            etcd_ok: true,
+            etcd_error: None,
+            etcd_since_ms: crate::directory::now_ms(),
+            gateways: BTreeMap::new(),
+            local: BTreeMap::new(),
+            fed: BTreeMap::new(),
+            leaderships: 0,
+        }
+    }
+
+    fn leads(&self) -> bool {
+        self.fence.is_some()
+    }
+
+    /// Per server: up or down when more than half of the live gateways that report on it say
+    /// so; no verdict on a tie. This gateway counts with its own latest verdicts.
+    fn majority(&self) -> BTreeMap<String, (bool, String)> {
+        let mut records = self.gateways.clone();
+        records.entry(self.me.clone()).or_default().observations = self.local.clone();
+        // server -> (gateways that see it up, (gateway, evidence) that see it down)
+        type Votes<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+        let mut tally: BTreeMap<&str, Votes> = BTreeMap::new();
+        for (gw, r) in &records {
+            for (server, o) in &r.observations {
+                let t = tally.entry(server.as_str()).or_default();
+                if o.up {
+                    t.0.push(gw.as_str());
+                } else {
+                    t.1.push((gw.as_str(), o.evidence.as_str()));
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (server, (up, down)) in tally {
+            let n = up.len() + down.len();
+            if down.len() * 2 > n {
+                let why = down
+                    .iter()
+                    .map(|(g, e)| format!("{g}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                out.insert(
+                    server.to_owned(),
+                    (
+                        false,
+                        format!("{} of {n} gateways see it down ({why})", down.len()),
+                    ),
+                );
+            } else if up.len() * 2 > n {
+                out.insert(
+                    server.to_owned(),
+                    (
+                        true,
+                        format!("{} of {n} gateways see it up ({})", up.len(), up.join(", ")),
+                    ),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// The dataplane writes that take the maps from `old` to `new` (both full states).
+fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
+    let mut old_servers = BTreeMap::new();
+    let mut old_resources = BTreeMap::new();
+    for c in old {
+        match c {
+            Change::SetServer { id, server } => {
+                old_servers.insert(id, server);
+            }
+            Change::SetResource {
+                matcher,
+                assignment,
+            } => {
+                old_resources.insert(matcher, assignment);
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for c in new {
+        match &c {
+            Change::SetServer { id, server } => {
+                if old_servers.remove(id).as_ref() != Some(server) {
+                    out.push(c);
+                }
+            }
+            Change::SetResource {
+                matcher,
+                assignment,
+            } => {
+                if old_resources.remove(matcher).as_ref() != Some(assignment) {
+                    out.push(c);
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out.extend(
+        old_resources
+            .into_keys()
+            .map(|matcher| Change::RemoveResource { matcher }),
+    );
+    out.extend(
+        old_servers
+            .into_keys()
+            .map(|id| Change::RemoveServer { id }),
+    );
+    out
 }
 
 fn spec(c: &config::CheckConfig) -> CheckSpec {
@@ -431,6 +627,7 @@ impl Controller {
             interfaces,
             adopted,
             Arc::new(NetProber),
+            None,
         )
         .await
     }
@@ -443,6 +640,7 @@ impl Controller {
         interfaces: Vec<String>,
         adopted: bool,
         prober: Arc<dyn Prober>,
+        cluster: Option<ClusterView>,
     ) -> anyhow::Result<Controller> {
         let snapshot: Snapshot = directory
             .snapshot()
@@ -471,7 +669,18 @@ impl Controller {
             commit_failed: false,
             prober,
             token: Arc::new(std::sync::RwLock::new(config.api.token.clone())),
+            cluster,
         };
+        if c.cluster.is_some() {
+            // Shared directory: only the leader writes (once elected); this gateway's maps get
+            // the directory's state now.
+            c.sync.resync(&c.engine).await.map_err(|e| {
+                anyhow::anyhow!("writing the directory's state into the dataplane: {e}")
+            })?;
+            c.sync_checkers();
+            c.publish_applied().await;
+            return Ok(c);
+        }
         c.step(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let start = Update {
             events: vec![EventDraft {
@@ -519,6 +728,9 @@ impl Controller {
             if let Some((ch, _)) = self.checkers.remove(&name) {
                 ch.stop();
             }
+            if let Some(cv) = &mut self.cluster {
+                cv.local.remove(&name);
+            }
         }
         for s in &cfg.servers {
             if self.checkers.contains_key(&s.name) {
@@ -526,6 +738,15 @@ impl Controller {
             }
             // Start from what the directory says, so a restart does not replay the rise count.
             let initial_up = self.engine.latest_health(&s.name) != Some(Health::Down);
+            if let Some(cv) = &mut self.cluster {
+                cv.local.insert(
+                    s.name.clone(),
+                    Observed {
+                        up: initial_up,
+                        evidence: "not checked yet: as the directory says".into(),
+                    },
+                );
+            }
             let checker = ServerChecker::spawn_with_prober(
                 s.name.clone(),
                 s.address,
@@ -537,10 +758,197 @@ impl Controller {
             );
             self.checkers.insert(s.name.clone(), (checker, s.clone()));
         }
+        if let Some(cv) = &self.cluster {
+            let local = cv.local.clone();
+            cv.session.publish(|r| r.observations = local);
+        }
+    }
+
+    /// A verdict of this gateway's checks: to the engine (embedded directory), or published
+    /// to the other gateways (shared directory; the leader decides from the majority).
+    fn observe_local(&mut self, h: HealthChange, now: u64) {
+        match &mut self.cluster {
+            None => self.engine.observe(
+                &h.server,
+                Observation {
+                    up: h.up,
+                    evidence: h.evidence,
+                    at_ms: now,
+                },
+            ),
+            Some(cv) => {
+                cv.local.insert(
+                    h.server,
+                    Observed {
+                        up: h.up,
+                        evidence: h.evidence,
+                    },
+                );
+                let local = cv.local.clone();
+                cv.session.publish(|r| r.observations = local);
+            }
+        }
+    }
+
+    /// Leader: gives the engine the majority's verdicts that changed.
+    fn feed_majority(&mut self) {
+        let Some(cv) = &mut self.cluster else { return };
+        let now = self.clock.now_ms();
+        for (server, (up, evidence)) in cv.majority() {
+            if cv.fed.get(&server) == Some(&up) {
+                continue;
+            }
+            cv.fed.insert(server.clone(), up);
+            self.engine.observe(
+                &server,
+                Observation {
+                    up,
+                    evidence,
+                    at_ms: now,
+                },
+            );
+        }
+    }
+
+    /// After the maps hold the engine's state: tells the other gateways which revision.
+    async fn publish_applied(&mut self) {
+        let Some(cv) = &self.cluster else { return };
+        if let Err(e) = self.sync.barrier().await {
+            tracing::error!("map sync: {e}");
+            return;
+        }
+        let rev = self.engine.snapshot().revision;
+        cv.session.publish(|r| {
+            r.applied_revision = rev;
+            r.applied_at_ms = crate::directory::now_ms();
+        });
+    }
+
+    /// A directory state from etcd: newer ones replace ours and go into the maps (only what
+    /// differs); an older or equal revision is never applied.
+    async fn apply_snapshot(&mut self, snap: Snapshot) {
+        let have = self.engine.snapshot().revision;
+        if snap.revision <= have {
+            return;
+        }
+        let old = self.engine.full_state();
+        let rev = snap.revision;
+        self.engine.resync(snap);
+        let changes = state_diff(old, self.engine.full_state());
+        tracing::debug!(
+            revision = rev,
+            changes = changes.len(),
+            "applying the directory's changes"
+        );
+        self.sync.apply(changes);
+        self.publish_applied().await;
+    }
+
+    async fn on_cluster(&mut self, ev: ClusterEvent) {
+        let Some(cv) = &mut self.cluster else { return };
+        match ev {
+            ClusterEvent::Etcd { connected, error } => {
+                if cv.etcd_ok != connected {
+                    cv.etcd_since_ms = crate::directory::now_ms();
+                    if connected {
+                        tracing::info!("etcd answers again: catching up with the directory");
+                    }
+                }
+                cv.etcd_ok = connected;
+                cv.etcd_error = error;
+            }
+            ClusterEvent::Leader { name, fence } => {
+                let was = cv.fence;
+                cv.leader = name;
+                cv.fence = fence;
+                if fence.is_some() && was != fence {
+                    cv.leaderships += 1;
+                    cv.fed.clear();
+                    let current = cv.dir.current();
+                    let me = cv.me.clone();
+                    tracing::info!(
+                        fence = fence.unwrap_or(0),
+                        "this gateway leads: deciding from the majority of the live gateways"
+                    );
+                    self.apply_snapshot(current).await;
+                    let update = Update {
+                        events: vec![EventDraft {
+                            kind: "leader".into(),
+                            resource: None,
+                            server: None,
+                            message: format!(
+                                "gateway {me} leads the directory (fence {})",
+                                fence.unwrap_or(0)
+                            ),
+                        }],
+                        ..Default::default()
+                    };
+                    match self
+                        .directory
+                        .commit(self.engine.snapshot().revision, update.clone())
+                        .await
+                    {
+                        Ok(rev) => self.engine.committed(&update, rev),
+                        Err(e) => tracing::warn!("recording the leadership: {e}"),
+                    }
+                    let _ = self.step(None).await;
+                } else if fence.is_none() && was.is_some() {
+                    tracing::warn!("this gateway no longer leads");
+                }
+            }
+            ClusterEvent::Gateways(gateways) => {
+                // A peer that sees a server fail makes this gateway check it at once.
+                let mut suspects = Vec::new();
+                for (gw, r) in &gateways {
+                    if *gw == cv.me {
+                        continue;
+                    }
+                    for (server, o) in &r.observations {
+                        let before = cv
+                            .gateways
+                            .get(gw)
+                            .and_then(|p| p.observations.get(server))
+                            .is_none_or(|p| p.up);
+                        let ours_up = cv.local.get(server).is_none_or(|l| l.up);
+                        if !o.up && before && ours_up {
+                            suspects.push((
+                                server.clone(),
+                                format!("gateway {gw} sees it down: {}", o.evidence),
+                            ));
+                        }
+                    }
+                }
+                cv.gateways = gateways;
+                let leads = cv.leads();
+                for (server, why) in suspects {
+                    if let Some((checker, _)) = self.checkers.get(&server) {
+                        checker.suspect(&why);
+                    }
+                }
+                if leads {
+                    let _ = self.step(None).await;
+                }
+            }
+            ClusterEvent::State(snap) => self.apply_snapshot(*snap).await,
+        }
     }
 
     /// One reconcile step: plan, commit, apply. Returns a summary of what moved.
     async fn step(&mut self, action: Option<&Action>) -> Result<String, RequestError> {
+        if let Some(cv) = &self.cluster {
+            if !cv.leads() {
+                self.commit_failed = false;
+                return match action {
+                    None => Ok("this gateway does not lead: nothing decided".into()),
+                    Some(_) => Err(RequestError::NotLeader(format!(
+                        "gateway {} does not lead the shared directory; send this to the leader ({}) — only the leader decides",
+                        cv.me,
+                        cv.leader.as_deref().unwrap_or("none elected now: etcd unreachable or an election in progress")
+                    ))),
+                };
+            }
+            self.feed_majority();
+        }
         let now = self.clock.now_ms();
         let plan: Plan = self.engine.plan(now, action)?;
         if plan.is_empty() {
@@ -562,6 +970,7 @@ impl Controller {
                     *self.failovers.entry(r.clone()).or_default() += 1;
                 }
                 self.sync.apply(plan.changes);
+                self.publish_applied().await;
                 Ok(if plan.update.events.is_empty() {
                     format!("directory at revision {rev}")
                 } else {
@@ -575,6 +984,23 @@ impl Controller {
             }
             Err(e) => {
                 self.commit_errors += 1;
+                if let Some(cv) = &mut self.cluster {
+                    if matches!(e, DirectoryError::Fenced { .. } | DirectoryError::NotLeader) {
+                        tracing::warn!(error = %e, "directory commit refused: this gateway no longer leads; nothing applied");
+                        cv.fence = None;
+                        self.commit_failed = false;
+                        return Err(RequestError::NotLeader(format!(
+                            "directory commit refused: {e}"
+                        )));
+                    }
+                    let current = cv.dir.current();
+                    self.commit_failed = true;
+                    tracing::error!(error = %e, "directory commit failed; nothing applied, retrying every second from the directory's state");
+                    self.apply_snapshot(current).await;
+                    return Err(RequestError::Internal(format!(
+                        "directory commit failed: {e}"
+                    )));
+                }
                 self.commit_failed = true;
                 tracing::error!(error = %e, "directory commit failed; nothing applied, retrying every second from the directory's state");
                 if let Ok(s) = self.directory.snapshot().await {
@@ -660,8 +1086,58 @@ impl Controller {
                 }
             })
             .collect();
+        let cluster = self.cluster.as_ref().map(|cv| {
+            let mut names: BTreeSet<String> = cv.gateways.keys().cloned().collect();
+            names.insert(cv.me.clone());
+            let record = cv.session.record();
+            ClusterStatus {
+                gateway: cv.me.clone(),
+                role: if cv.leads() { "leader" } else { "follower" }.into(),
+                leader: cv.leader.clone(),
+                etcd: if cv.etcd_ok {
+                    "connected"
+                } else {
+                    "unreachable"
+                }
+                .into(),
+                etcd_error: cv.etcd_error.clone(),
+                etcd_since_ms: cv.etcd_since_ms,
+                applied_revision: record.applied_revision,
+                leaderships: cv.leaderships,
+                gateways: names
+                    .into_iter()
+                    .map(|name| {
+                        // This gateway from its own record; the others as etcd has them.
+                        let (live, r) = if name == cv.me {
+                            (cv.etcd_ok && cv.gateways.contains_key(&name), Some(&record))
+                        } else {
+                            (cv.gateways.contains_key(&name), cv.gateways.get(&name))
+                        };
+                        GatewayStatus {
+                            name: name.clone(),
+                            live,
+                            applied_revision: r.map_or(0, |r| r.applied_revision),
+                            applied_at_ms: r.map_or(0, |r| r.applied_at_ms),
+                            observations: r
+                                .map(|r| {
+                                    r.observations
+                                        .iter()
+                                        .map(|(s, o)| {
+                                            (
+                                                s.clone(),
+                                                if o.up { "up" } else { "down" }.to_string(),
+                                            )
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                        }
+                    })
+                    .collect(),
+            }
+        });
         Status {
-            gateway: hostname(),
+            gateway: cfg.gateway.name.clone(),
             config: self.config_path.display().to_string(),
             directory: self.directory.backend().into(),
             revision: snap.revision,
@@ -679,6 +1155,7 @@ impl Controller {
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
             passive_signals: self.passive_signals.clone(),
+            cluster,
         }
     }
 
@@ -715,6 +1192,14 @@ impl Controller {
         if new.api.listen != old.api.listen {
             restart_only.push("api.listen");
         }
+        if self.cluster.is_some() && (new.servers != old.servers || new.resources != old.resources)
+        {
+            return Err(RequestError::Invalid(format!(
+                "{}: the servers and resources of a shared directory are the same on every gateway (etcd key {}); changing them by a reload is not supported: nothing was applied (see the operations guide, \"Changing the declarations of several gateways\")",
+                self.config_path.display(),
+                self.cluster.as_ref().map(|cv| cv.dir.keys().declarations()).unwrap_or_default()
+            )));
+        }
         if !restart_only.is_empty() {
             return Err(RequestError::Invalid(format!(
                 "{}: {} changed; these take effect only at a restart (ftn keeps forwarding while it restarts), so nothing was applied",
@@ -737,14 +1222,7 @@ impl Controller {
                 let mut queued = false;
                 while let Ok(h) = self.health_rx.try_recv() {
                     queued = true;
-                    self.engine.observe(
-                        &h.server,
-                        Observation {
-                            up: h.up,
-                            evidence: h.evidence,
-                            at_ms: now,
-                        },
-                    );
+                    self.observe_local(h, now);
                 }
                 if queued {
                     let _ = Box::pin(self.step(None)).await;
@@ -830,6 +1308,7 @@ impl Controller {
         mut requests: mpsc::Receiver<Request>,
         mut reload_signal: mpsc::Receiver<()>,
         mut passive: mpsc::Receiver<PassiveEvent>,
+        mut cluster_rx: mpsc::Receiver<ClusterEvent>,
         shutdown: CancellationToken,
     ) {
         // Every second: retry a failed directory commit (the plan is recomputed from the
@@ -857,13 +1336,14 @@ impl Controller {
                 _ = shutdown.cancelled() => break,
                 Some(h) = self.health_rx.recv() => {
                     let now = self.clock.now_ms();
-                    self.engine.observe(&h.server, Observation { up: h.up, evidence: h.evidence, at_ms: now });
+                    self.observe_local(h, now);
                     // Verdicts that arrive together are decided together.
                     while let Ok(h) = self.health_rx.try_recv() {
-                        self.engine.observe(&h.server, Observation { up: h.up, evidence: h.evidence, at_ms: now });
+                        self.observe_local(h, now);
                     }
                     let _ = self.step(None).await;
                 }
+                Some(ev) = cluster_rx.recv() => self.on_cluster(ev).await,
                 Some(req) = requests.recv() => self.handle(req).await,
                 Some(ev) = passive.recv() => self.on_passive(ev),
                 Some(()) = reload_signal.recv() => { let _ = self.reload().await; }
@@ -959,20 +1439,28 @@ fn spawn_passive_reader(
     Ok(())
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "gateway".into())
-}
-
 /// `ftn run`: everything from the config file to the signal that stops it.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Arc::new(config::load(config_path)?);
+    let mut etcd_dir: Option<(Arc<EtcdDirectory>, std::time::Duration)> = None;
     let directory: Arc<dyn Directory> = match &config.directory {
         DirectoryConfig::Embedded { path } => Arc::new(
             EmbeddedDirectory::open(path)
                 .with_context(|| format!("opening the embedded directory at {}", path.display()))?,
         ),
+        DirectoryConfig::Etcd(ec) => {
+            let client = crate::etcd::connect(ec).await?;
+            let keys = crate::etcd::Keys::new(&ec.prefix);
+            crate::etcd::check_declarations(&client, &keys, &config).await?;
+            let dir = Arc::new(
+                EtcdDirectory::open(client, keys)
+                    .await
+                    .context("reading the shared directory from etcd")?,
+            );
+            tracing::info!(endpoints = %ec.endpoints.join(","), prefix = %ec.prefix, gateway = %config.gateway.name, "shared directory on etcd");
+            etcd_dir = Some((dir.clone(), ec.lease_ttl));
+            dir
+        }
     };
     check_bpffs(&config.gateway.pin_dir)?;
     if config.gateway.pin_dir.exists()
@@ -1027,8 +1515,35 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     let sync = MapSync::spawn(dp);
-    let controller =
-        Controller::start(config.clone(), directory, sync.clone(), attached, adopted).await?;
+    let shutdown = CancellationToken::new();
+    let (cluster_tx, cluster_rx) = mpsc::channel(256);
+    let cluster = etcd_dir.map(|(dir, ttl)| {
+        let record = GatewayRecord {
+            name: config.gateway.name.clone(),
+            api: config.api.listen.to_string(),
+            started_ms: crate::directory::now_ms(),
+            ..Default::default()
+        };
+        let session = Session::start(
+            dir.clone(),
+            config.gateway.name.clone(),
+            ttl,
+            record,
+            cluster_tx.clone(),
+            shutdown.clone(),
+        );
+        ClusterView::new(config.gateway.name.clone(), dir, session)
+    });
+    let controller = Controller::start_with_prober(
+        config.clone(),
+        directory,
+        sync.clone(),
+        attached,
+        adopted,
+        Arc::new(NetProber),
+        cluster,
+    )
+    .await?;
     // Start-up (parsing a large configuration, the first plan) leaves freed memory behind in the
     // allocator's arenas; hand it back to the system.
     #[cfg(target_env = "gnu")]
@@ -1039,7 +1554,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let token = controller.token.clone();
     let (req_tx, req_rx) = mpsc::channel(64);
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    let shutdown = CancellationToken::new();
     let api = crate::api::serve(
         config.api.listen,
         crate::api::ApiState::new(req_tx, token, sync.clone()),
@@ -1069,9 +1583,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!(config = %config_path.display(), api = %config.api.listen, "ftn controller running");
     controller
-        .run(req_rx, reload_rx, passive_rx, shutdown.clone())
+        .run(req_rx, reload_rx, passive_rx, cluster_rx, shutdown.clone())
         .await;
     shutdown.cancel();
+    // The etcd session revokes its lease on the way out (the leadership goes at once).
+    drop(cluster_tx);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let _ = api.await;
     Ok(())
 }
@@ -1220,15 +1737,23 @@ servers = ["p1", "b1"]
         let dp = Shared::default();
         let sync = MapSync::spawn(dp.clone());
         let script = Arc::new(Script::default());
-        let c =
-            Controller::start_with_prober(cfg, dir.clone(), sync, vec![], false, script.clone())
-                .await
-                .unwrap();
+        let c = Controller::start_with_prober(
+            cfg,
+            dir.clone(),
+            sync,
+            vec![],
+            false,
+            script.clone(),
+            None,
+        )
+        .await
+        .unwrap();
         let (req_tx, req_rx) = mpsc::channel(8);
         let (_reload_tx, reload_rx) = mpsc::channel(1);
         let (_passive_tx, passive_rx) = mpsc::channel(1);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(c.run(req_rx, reload_rx, passive_rx, shutdown.clone()));
+        let (_cluster_tx, cluster_rx) = mpsc::channel(1);
+        let task = tokio::spawn(c.run(req_rx, reload_rx, passive_rx, cluster_rx, shutdown.clone()));
         let ids = status(&req_tx).await;
         let id = |n: &str| ids.servers.iter().find(|s| s.name == n).unwrap().id;
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -217,6 +217,12 @@ pub enum DirectoryError {
         expected: Revision,
         actual: Revision,
     },
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("this gateway is not the leader of the shared directory: only the leader writes")]
+    NotLeader,
+    #[error("refused by the fence: this gateway's leadership (leader key created at etcd revision {fence}) has ended; the leader is now {leader}")]
+    Fenced { fence: i64, leader: String },
     #[error("directory store {path}: {detail}")]
     Store { path: PathBuf, detail: String },
     #[error("directory store {path}: {source}")]

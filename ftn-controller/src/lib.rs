@@ -7,4 +7,5 @@ pub mod daemon;
 pub mod dataplane;
 pub mod directory;
 pub mod engine;
+pub mod etcd;
 pub mod logs;

@@ -300,6 +300,24 @@ impl Ftn {
         serde_json::from_str(&self.cli_ok(&["status", "--json"])).expect("status json")
     }
 
+    /// The daemon's status as JSON, or why it could not be had (daemon not answering).
+    pub fn try_status(&self) -> Result<serde_json::Value, String> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return Err(format!(
+                "`ftn status --json` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("status json: {e}"))
+    }
+
+    /// Whether this harness started `ftn run` and has not stopped or killed it since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Current server of a resource, per the daemon.
     pub fn current(&self, resource: &str) -> Option<String> {
         let st = self.status();
@@ -422,6 +440,18 @@ pub struct Prober {
 
 impl Prober {
     pub fn start(client: &Netns, vip: IpAddr, every: Duration, max: Duration) -> Prober {
+        Prober::start_from(client, None, vip, every, max)
+    }
+
+    /// Like [`Prober::start`], every connection from the source address `src` when given
+    /// (so that the client's source-based routing picks the gateway).
+    pub fn start_from(
+        client: &Netns,
+        src: Option<IpAddr>,
+        vip: IpAddr,
+        every: Duration,
+        max: Duration,
+    ) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
         let start = Instant::now();
@@ -438,7 +468,7 @@ impl Prober {
                     let at = start.elapsed();
                     let samples = samples.clone();
                     running.push(std::thread::spawn(move || {
-                        let answer = Conn::try_open(vip, Duration::from_millis(200))
+                        let answer = Conn::try_open_from(src, vip, Duration::from_millis(200))
                             .ok()
                             .and_then(|mut c| c.try_ask().ok());
                         samples.lock().unwrap().push(Sample { at, answer });

@@ -215,7 +215,27 @@ impl Conn {
 
     /// Like [`Conn::open`] with a timeout, returning the error instead of panicking.
     pub fn try_open(vip: IpAddr, timeout: Duration) -> std::io::Result<Conn> {
-        let s = TcpStream::connect_timeout(&SocketAddr::new(vip, 80), timeout)?;
+        Conn::try_open_from(None, vip, timeout)
+    }
+
+    /// Like [`Conn::try_open`], from the source address `src` when given (the socket is bound
+    /// to it before connecting, so that source-based routing picks the path).
+    pub fn try_open_from(
+        src: Option<IpAddr>,
+        dst: IpAddr,
+        timeout: Duration,
+    ) -> std::io::Result<Conn> {
+        let addr = SocketAddr::new(dst, 80);
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        if let Some(src) = src {
+            sock.bind(&SocketAddr::new(src, 0).into())?;
+        }
+        sock.connect_timeout(&addr.into(), timeout)?;
+        let s: TcpStream = sock.into();
         s.set_read_timeout(Some(timeout))?;
         Ok(Conn {
             w: s.try_clone()?,

@@ -5,6 +5,7 @@
 //! runs never collide, and every guard removes what it made on drop, also when a test panics.
 
 pub mod bench;
+pub mod cluster;
 pub mod ftn;
 pub mod lab;
 
@@ -179,6 +180,17 @@ pub fn hex(frame: &[u8]) -> String {
 /// peer has an XDP program. The maps are shrunk to one entry: only the program is used.
 /// Detached when the returned object is dropped.
 pub fn attach_pass(interface: &str) -> aya::Ebpf {
+    let mut ebpf = load_pass();
+    pass_program(&mut ebpf)
+        .attach(interface, aya::programs::XdpMode::Driver)
+        .unwrap_or_else(|e| panic!("attach ftn_pass to {interface}: {e}"));
+    ebpf
+}
+
+/// The eBPF object with its pass-through program (`ftn_pass`) loaded into the kernel but not
+/// attached (maps shrunk to one entry: only the program is used). Attach it with
+/// [`pass_program`] and `attach`, once per interface: the links live as long as the object.
+pub fn load_pass() -> aya::Ebpf {
     let mut loader = aya::EbpfLoader::new();
     for name in [ftn_common::map_names::FLOWS, ftn_common::map_names::REVERSE] {
         loader.map_max_entries(name, 1);
@@ -186,15 +198,16 @@ pub fn attach_pass(interface: &str) -> aya::Ebpf {
     let mut ebpf = loader
         .load(ftn_controller::dataplane::EBPF_OBJECT)
         .expect("load the eBPF object for ftn_pass");
-    let prog: &mut aya::programs::Xdp = ebpf
-        .program_mut("ftn_pass")
+    pass_program(&mut ebpf).load().expect("load ftn_pass");
+    ebpf
+}
+
+/// `ftn_pass` in an object from [`load_pass`].
+pub fn pass_program(ebpf: &mut aya::Ebpf) -> &mut aya::programs::Xdp {
+    ebpf.program_mut("ftn_pass")
         .expect("ftn_pass in the object")
         .try_into()
-        .expect("ftn_pass is XDP");
-    prog.load().expect("load ftn_pass");
-    prog.attach(interface, aya::programs::XdpMode::Driver)
-        .unwrap_or_else(|e| panic!("attach ftn_pass to {interface}: {e}"));
-    ebpf
+        .expect("ftn_pass is XDP")
 }
 
 /// `struct xdp_md` for `BPF_PROG_TEST_RUN`'s `ctx_in`: { data = 0, data_end = len, data_meta = 0,

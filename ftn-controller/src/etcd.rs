@@ -1,0 +1,847 @@
+//! The shared directory on etcd, for several gateways.
+//!
+//! Keys under the configured prefix `P`:
+//! - `P/state`: the whole directory record ([`Snapshot`], JSON). Written only by the leader,
+//!   in a transaction that compares the key's mod-revision with the one the leader decided
+//!   from *and* the leader key's create-revision with the leader's own (the fence): a deposed
+//!   leader's late write fails.
+//! - `P/events/<revision, 20 digits>`: the events of one commit (JSON list), in the same
+//!   transaction.
+//! - `P/declarations`: the servers and resources (JSON). Written by the first gateway that
+//!   starts; every other gateway must declare exactly the same or it refuses to start.
+//! - `P/leader`: the leader's name, under the leader's lease. Created with "only if absent"
+//!   (create-revision == 0); its create-revision is the fence.
+//! - `P/gateways/<name>`: one record per gateway (its observations of every server, the
+//!   directory revision its maps hold), under the gateway's lease: a gateway is live while its
+//!   lease is.
+//!
+//! [`EtcdDirectory`] implements [`Directory`]; [`Session`] keeps the lease, the election, the
+//! gateway record and the watch, and reports to the controller through [`ClusterEvent`]s.
+//! Everything here tolerates etcd going away: requests fail after the request timeout, the
+//! session retries, and the controller keeps the dataplane as it is meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, EtcdConfig};
+use crate::directory::{Directory, DirectoryError, Event, Revision, Snapshot, Update};
+
+/// Keys under the prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+    pub fn all(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+    pub fn state(&self) -> String {
+        format!("{}/state", self.prefix)
+    }
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.prefix)
+    }
+    pub fn declarations(&self) -> String {
+        format!("{}/declarations", self.prefix)
+    }
+    pub fn events_prefix(&self) -> String {
+        format!("{}/events/", self.prefix)
+    }
+    pub fn events(&self, revision: Revision) -> String {
+        format!("{}/events/{revision:020}", self.prefix)
+    }
+    pub fn gateways_prefix(&self) -> String {
+        format!("{}/gateways/", self.prefix)
+    }
+    pub fn gateway(&self, name: &str) -> String {
+        format!("{}/gateways/{name}", self.prefix)
+    }
+}
+
+fn etcd_err(what: &str, e: etcd_client::Error) -> DirectoryError {
+    DirectoryError::Etcd(format!("{what}: {e}"))
+}
+
+/// Connects to etcd and checks that it answers within the dial timeout.
+pub async fn connect(cfg: &EtcdConfig) -> anyhow::Result<Client> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(cfg.dial_timeout)
+        .with_timeout(cfg.request_timeout)
+        .with_keep_alive(Duration::from_millis(500), cfg.request_timeout)
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    if cfg.ca_file.is_some() || cfg.cert_file.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("reading the etcd CA file {}: {e}", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
+            let c = std::fs::read(cert).map_err(|e| {
+                anyhow::anyhow!(
+                    "reading the etcd client certificate {}: {e}",
+                    cert.display()
+                )
+            })?;
+            let k = std::fs::read(key).map_err(|e| {
+                anyhow::anyhow!("reading the etcd client key {}: {e}", key.display())
+            })?;
+            tls = tls.identity(Identity::from_pem(c, k));
+        }
+        opts = opts.with_tls(tls);
+    }
+    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
+        opts = opts.with_user(user.clone(), password.clone());
+    }
+    let endpoints = cfg.endpoints.join(", ");
+    let attempt = async {
+        let mut client = Client::connect(&cfg.endpoints, Some(opts)).await?;
+        client.get(Keys::new(&cfg.prefix).state(), None).await?;
+        Ok::<Client, etcd_client::Error>(client)
+    };
+    match tokio::time::timeout(cfg.dial_timeout.max(cfg.request_timeout), attempt).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => anyhow::bail!(
+            "cannot reach etcd at {endpoints}: {e} (directory.endpoints; is etcd running and reachable from this gateway?)"
+        ),
+        Err(_) => anyhow::bail!(
+            "cannot reach etcd at {endpoints}: no answer within {} (directory.dial_timeout; is etcd running and reachable from this gateway?)",
+            humantime::format_duration(cfg.dial_timeout.max(cfg.request_timeout))
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Declarations.
+
+#[derive(Serialize, Deserialize)]
+struct Declarations {
+    gateway: String,
+    at_ms: u64,
+    servers: serde_json::Value,
+    resources: serde_json::Value,
+}
+
+/// Publishes this gateway's servers and resources if the directory has none yet, or checks
+/// that they are exactly the directory's. A gateway that declares anything else refuses to
+/// start: two gateways must never forward one VIP by different rules.
+pub async fn check_declarations(
+    client: &Client,
+    keys: &Keys,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let servers = serde_json::to_value(&config.servers)?;
+    let resources = serde_json::to_value(&config.resources)?;
+    let ours = Declarations {
+        gateway: config.gateway.name.clone(),
+        at_ms: crate::directory::now_ms(),
+        servers,
+        resources,
+    };
+    let mut kv = client.kv_client();
+    let put = Txn::new()
+        .when([Compare::create_revision(
+            keys.declarations(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then([TxnOp::put(
+            keys.declarations(),
+            serde_json::to_vec(&ours)?,
+            None,
+        )])
+        .or_else([TxnOp::get(keys.declarations(), None)]);
+    let resp = kv
+        .txn(put)
+        .await
+        .map_err(|e| anyhow::anyhow!("etcd: publishing the declarations: {e}"))?;
+    if resp.succeeded() {
+        tracing::info!(key = %keys.declarations(), "published this gateway's servers and resources as the shared declarations");
+        return Ok(());
+    }
+    let theirs: Declarations = resp
+        .op_responses()
+        .into_iter()
+        .find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("etcd: the declarations key vanished while reading it"))
+        .and_then(|v| {
+            serde_json::from_slice(&v).map_err(|e| {
+                anyhow::anyhow!(
+                    "etcd key {} is not ftn declarations: {e}",
+                    keys.declarations()
+                )
+            })
+        })?;
+    let mut diffs = Vec::new();
+    diff_named(&theirs.servers, &ours.servers, "server", &mut diffs);
+    diff_named(&theirs.resources, &ours.resources, "resource", &mut diffs);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{}: this gateway's servers and resources differ from the shared declarations in etcd (key {}, written by gateway {:?}): {}. Every gateway must declare the same servers and resources; fix this file, or, to change them for all gateways, stop every gateway, delete that key (etcdctl del {}) and start them with the new file",
+        config.source.display(),
+        keys.declarations(),
+        theirs.gateway,
+        diffs.join("; "),
+        keys.declarations(),
+    )
+}
+
+fn diff_named(
+    theirs: &serde_json::Value,
+    ours: &serde_json::Value,
+    what: &str,
+    out: &mut Vec<String>,
+) {
+    let by_name = |v: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| (x["name"].as_str().unwrap_or("?").to_owned(), x.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (t, o) = (by_name(theirs), by_name(ours));
+    for (name, v) in &o {
+        match t.get(name) {
+            None => out.push(format!("{what} {name:?} is not in the shared declarations")),
+            Some(tv) if tv != v => out.push(format!("{what} {name:?} is declared differently")),
+            _ => {}
+        }
+    }
+    for name in t.keys().filter(|n| !o.contains_key(*n)) {
+        out.push(format!(
+            "{what} {name:?} of the shared declarations is missing here"
+        ));
+    }
+    if out.is_empty() && theirs != ours {
+        out.push(format!("the {what}s are declared in another order"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The directory.
+
+struct Known {
+    snapshot: Snapshot,
+    /// etcd mod-revision of `P/state` for `snapshot` (0: the key does not exist).
+    mod_rev: i64,
+}
+
+/// [`Directory`] on etcd (see the module docs).
+pub struct EtcdDirectory {
+    client: Client,
+    keys: Keys,
+    known: Mutex<Known>,
+    /// The leader key's create-revision while this gateway leads.
+    fence: Mutex<Option<i64>>,
+    revision_tx: watch::Sender<Revision>,
+}
+
+impl EtcdDirectory {
+    /// Reads the directory's state.
+    pub async fn open(client: Client, keys: Keys) -> Result<Self, DirectoryError> {
+        let (snapshot, mod_rev) = read_state(&client, &keys).await?;
+        let (revision_tx, _) = watch::channel(snapshot.revision);
+        Ok(EtcdDirectory {
+            client,
+            keys,
+            known: Mutex::new(Known { snapshot, mod_rev }),
+            fence: Mutex::new(None),
+            revision_tx,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The latest state this gateway knows.
+    pub fn current(&self) -> Snapshot {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot
+            .clone()
+    }
+
+    /// A state read from etcd (watch or get): kept if newer than what we know.
+    pub fn observe_state(&self, snapshot: &Snapshot, mod_rev: i64) -> bool {
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if mod_rev > k.mod_rev {
+            k.snapshot = snapshot.clone();
+            k.mod_rev = mod_rev;
+            self.revision_tx.send_replace(snapshot.revision);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn set_fence(&self, fence: Option<i64>) {
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = fence;
+    }
+
+    pub fn fence(&self) -> Option<i64> {
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `update` on top of the state at `expected`, fenced by `fence` (the leader key's
+    /// create-revision the caller believes it holds).
+    pub async fn commit_fenced(
+        &self,
+        fence: i64,
+        expected: Revision,
+        update: Update,
+    ) -> Result<Revision, DirectoryError> {
+        let (mut next, mod_rev) = {
+            let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if k.snapshot.revision != expected {
+                return Err(DirectoryError::Conflict {
+                    expected,
+                    actual: k.snapshot.revision,
+                });
+            }
+            (k.snapshot.clone(), k.mod_rev)
+        };
+        let events = next.apply(&update);
+        let state = serde_json::to_vec(&next)
+            .map_err(|e| DirectoryError::Etcd(format!("encoding the state: {e}")))?;
+        let mut ops = vec![TxnOp::put(self.keys.state(), state, None)];
+        if !events.is_empty() {
+            let ev = serde_json::to_vec(&events)
+                .map_err(|e| DirectoryError::Etcd(format!("encoding the events: {e}")))?;
+            ops.push(TxnOp::put(self.keys.events(next.revision), ev, None));
+        }
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(self.keys.state(), CompareOp::Equal, mod_rev),
+                Compare::create_revision(self.keys.leader(), CompareOp::Equal, fence),
+            ])
+            .and_then(ops)
+            .or_else([
+                TxnOp::get(self.keys.leader(), None),
+                TxnOp::get(self.keys.state(), None),
+            ]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| etcd_err("committing", e))?;
+        if resp.succeeded() {
+            let rev = resp.header().map_or(0, |h| h.revision());
+            self.observe_state(&next, rev);
+            return Ok(next.revision);
+        }
+        // Refused: say why, and learn the current state.
+        let gets: Vec<_> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        let leader = gets.first().and_then(|g| g.kvs().first().cloned());
+        if let Some(kv) = gets.get(1).and_then(|g| g.kvs().first()) {
+            if let Ok(s) = serde_json::from_slice::<Snapshot>(kv.value()) {
+                self.observe_state(&s, kv.mod_revision());
+            }
+        }
+        if leader.as_ref().map(|kv| kv.create_revision()) != Some(fence) {
+            self.set_fence(None);
+            return Err(DirectoryError::Fenced {
+                fence,
+                leader: leader
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                    .unwrap_or_else(|| "none".into()),
+            });
+        }
+        let actual = self.current().revision;
+        Err(DirectoryError::Conflict { expected, actual })
+    }
+}
+
+async fn read_state(client: &Client, keys: &Keys) -> Result<(Snapshot, i64), DirectoryError> {
+    let resp = client
+        .kv_client()
+        .get(keys.state(), None)
+        .await
+        .map_err(|e| etcd_err("reading the state", e))?;
+    match resp.kvs().first() {
+        None => Ok((Snapshot::default(), 0)),
+        Some(kv) => {
+            let s: Snapshot = serde_json::from_slice(kv.value()).map_err(|e| {
+                DirectoryError::Etcd(format!(
+                    "etcd key {} is not an ftn state: {e}",
+                    keys.state()
+                ))
+            })?;
+            Ok((s, kv.mod_revision()))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Directory for EtcdDirectory {
+    async fn snapshot(&self) -> Result<Snapshot, DirectoryError> {
+        let (s, rev) = read_state(&self.client, &self.keys).await?;
+        self.observe_state(&s, rev);
+        Ok(self.current())
+    }
+
+    async fn commit(&self, expected: Revision, update: Update) -> Result<Revision, DirectoryError> {
+        let fence = self.fence().ok_or(DirectoryError::NotLeader)?;
+        self.commit_fenced(fence, expected, update).await
+    }
+
+    async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, DirectoryError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(
+                self.keys.events_prefix(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_sort(SortTarget::Key, SortOrder::Ascend),
+                ),
+            )
+            .await
+            .map_err(|e| etcd_err("reading the events", e))?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let Ok(events) = serde_json::from_slice::<Vec<Event>>(kv.value()) else {
+                continue;
+            };
+            out.extend(events.into_iter().filter(|e| e.seq > after));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn watch(&self) -> watch::Receiver<Revision> {
+        self.revision_tx.subscribe()
+    }
+
+    fn backend(&self) -> &'static str {
+        "etcd"
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The session: lease, gateway record, election, watch.
+
+/// One gateway's word on one server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub up: bool,
+    pub evidence: String,
+}
+
+/// What a gateway publishes about itself (under its lease).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayRecord {
+    pub name: String,
+    pub api: String,
+    pub started_ms: u64,
+    /// The directory revision its maps hold, and since when (unix ms).
+    pub applied_revision: Revision,
+    pub applied_at_ms: u64,
+    pub observations: BTreeMap<String, Observed>,
+}
+
+/// What the session tells the controller.
+#[derive(Debug)]
+pub enum ClusterEvent {
+    /// etcd answers (again) or stopped answering.
+    Etcd {
+        connected: bool,
+        error: Option<String>,
+    },
+    /// The leader changed; `fence` is set when this gateway is the leader.
+    Leader {
+        name: Option<String>,
+        fence: Option<i64>,
+    },
+    /// The live gateways' records (all of them, on every change).
+    Gateways(BTreeMap<String, GatewayRecord>),
+    /// A newer directory state.
+    State(Box<Snapshot>),
+}
+
+/// Handle to the session task.
+pub struct Session {
+    record_tx: watch::Sender<GatewayRecord>,
+}
+
+impl Session {
+    /// Starts the session task. It runs until `cancel`.
+    pub fn start(
+        dir: std::sync::Arc<EtcdDirectory>,
+        name: String,
+        lease_ttl: Duration,
+        record: GatewayRecord,
+        events: mpsc::Sender<ClusterEvent>,
+        cancel: CancellationToken,
+    ) -> Session {
+        let (record_tx, record_rx) = watch::channel(record);
+        let task = SessionTask {
+            dir,
+            name,
+            ttl: lease_ttl,
+            record_rx,
+            events,
+            cancel,
+            lease: None,
+            state_mod_rev: 0,
+            gateways: BTreeMap::new(),
+        };
+        tokio::spawn(task.run());
+        Session { record_tx }
+    }
+
+    /// Changes the published record (written to etcd by the session task).
+    pub fn publish(&self, f: impl FnOnce(&mut GatewayRecord)) {
+        self.record_tx.send_if_modified(|r| {
+            let before = r.clone();
+            f(r);
+            *r != before
+        });
+    }
+
+    pub fn record(&self) -> GatewayRecord {
+        self.record_tx.borrow().clone()
+    }
+}
+
+struct SessionTask {
+    dir: std::sync::Arc<EtcdDirectory>,
+    name: String,
+    ttl: Duration,
+    record_rx: watch::Receiver<GatewayRecord>,
+    events: mpsc::Sender<ClusterEvent>,
+    cancel: CancellationToken,
+    lease: Option<i64>,
+    state_mod_rev: i64,
+    gateways: BTreeMap<String, GatewayRecord>,
+}
+
+enum End {
+    Cancelled,
+    Failed(String),
+}
+
+impl SessionTask {
+    async fn run(mut self) {
+        let mut connected = true;
+        loop {
+            let end = self.session().await;
+            // Whatever happened, this gateway does not lead any more until it wins again.
+            if self.dir.fence().is_some() {
+                tracing::warn!("stepping down as the leader");
+            }
+            self.dir.set_fence(None);
+            let _ = self
+                .events
+                .send(ClusterEvent::Leader {
+                    name: None,
+                    fence: None,
+                })
+                .await;
+            match end {
+                End::Cancelled => break,
+                End::Failed(why) => {
+                    if connected {
+                        tracing::error!("etcd: {why}; the dataplane keeps the last directory it had, this gateway decides nothing until etcd answers again");
+                    }
+                    connected = false;
+                    let _ = self
+                        .events
+                        .send(ClusterEvent::Etcd {
+                            connected: false,
+                            error: Some(why),
+                        })
+                        .await;
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        // Leaving: hand the leadership and our record back at once.
+        if let Some(lease) = self.lease.take() {
+            let mut c = self.dir.client().lease_client();
+            let _ = tokio::time::timeout(Duration::from_millis(500), c.revoke(lease)).await;
+        }
+    }
+
+    async fn session(&mut self) -> End {
+        match self.session_inner().await {
+            Ok(()) => End::Cancelled,
+            Err(e) => End::Failed(e),
+        }
+    }
+
+    async fn session_inner(&mut self) -> Result<(), String> {
+        let client = self.dir.client().clone();
+        let keys = self.dir.keys().clone();
+        // A lease from an earlier session may still hold our keys (and the leadership):
+        // revoke it so that they go at once.
+        if let Some(old) = self.lease.take() {
+            let _ = client.lease_client().revoke(old).await;
+        }
+        let ttl_s = self.ttl.as_secs().max(2) as i64;
+        let lease = client
+            .lease_client()
+            .grant(ttl_s, None)
+            .await
+            .map_err(|e| format!("granting a lease: {e}"))?
+            .id();
+        self.lease = Some(lease);
+        let (mut keeper, mut ka_stream) = client
+            .lease_client()
+            .keep_alive(lease)
+            .await
+            .map_err(|e| format!("keeping the lease alive: {e}"))?;
+        self.put_record(&client, &keys, lease).await?;
+        let mut last_ok = Instant::now();
+        let mut ka_tick = tokio::time::interval(self.ttl / 4);
+        ka_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let _ = self
+            .events
+            .send(ClusterEvent::Etcd {
+                connected: true,
+                error: None,
+            })
+            .await;
+        tracing::info!(lease = format!("{lease:x}"), "etcd session started");
+        'watch: loop {
+            // Read everything, then watch from the next revision.
+            let resp = client
+                .kv_client()
+                .get(keys.all(), Some(GetOptions::new().with_prefix()))
+                .await
+                .map_err(|e| format!("reading the directory: {e}"))?;
+            let rev = resp.header().map_or(0, |h| h.revision());
+            let mut leader_kv = None;
+            self.gateways.clear();
+            for kv in resp.kvs() {
+                let key = kv.key_str().unwrap_or_default();
+                if key == keys.state() {
+                    self.on_state(kv.value(), kv.mod_revision()).await;
+                } else if key == keys.leader() {
+                    leader_kv = Some((kv.value().to_vec(), kv.create_revision()));
+                } else if let Some(name) = key.strip_prefix(&keys.gateways_prefix()) {
+                    if let Ok(r) = serde_json::from_slice::<GatewayRecord>(kv.value()) {
+                        self.gateways.insert(name.to_owned(), r);
+                    }
+                }
+            }
+            let _ = self
+                .events
+                .send(ClusterEvent::Gateways(self.gateways.clone()))
+                .await;
+            match leader_kv {
+                None => self.campaign(&client, &keys, lease).await?,
+                Some((v, create)) => self.on_leader(Some(v), create).await,
+            }
+            let (_watcher, mut stream) = client
+                .watch_client()
+                .watch(
+                    keys.all(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(rev + 1),
+                    ),
+                )
+                .await
+                .map_err(|e| format!("watching the directory: {e}"))?
+                .split();
+            loop {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Ok(()),
+                    _ = ka_tick.tick() => {
+                        if last_ok.elapsed() > self.ttl {
+                            return Err(format!("the lease was not renewed for {} (etcd unreachable or without quorum)", humantime::format_duration(self.ttl)));
+                        }
+                        // A failed send shows up as a missing answer.
+                        let _ = keeper.keep_alive().await;
+                    }
+                    m = ka_stream.message() => match m {
+                        Ok(Some(r)) if r.ttl() > 0 => last_ok = Instant::now(),
+                        Ok(Some(_)) => return Err("the lease expired".into()),
+                        Ok(None) | Err(_) => {
+                            // The keep-alive stream broke: open a new one on the same lease.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            match client.lease_client().keep_alive(lease).await {
+                                Ok((k, s)) => { keeper = k; ka_stream = s; }
+                                Err(e) if last_ok.elapsed() > self.ttl => return Err(format!("keeping the lease alive: {e}")),
+                                Err(_) => {}
+                            }
+                        }
+                    },
+                    changed = self.record_rx.changed() => {
+                        if changed.is_err() { return Ok(()); }
+                        self.put_record(&client, &keys, lease).await?;
+                    }
+                    m = stream.message() => {
+                        let resp = match m {
+                            Ok(Some(r)) => r,
+                            Ok(None) | Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue 'watch;
+                            }
+                        };
+                        if resp.canceled() {
+                            continue 'watch;
+                        }
+                        let mut gateways_changed = false;
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            let key = kv.key_str().unwrap_or_default();
+                            let put = ev.event_type() == EventType::Put;
+                            if key == keys.state() && put {
+                                self.on_state(kv.value(), kv.mod_revision()).await;
+                            } else if key == keys.leader() {
+                                if put {
+                                    self.on_leader(Some(kv.value().to_vec()), kv.create_revision()).await;
+                                } else {
+                                    self.on_leader(None, 0).await;
+                                    self.campaign(&client, &keys, lease).await?;
+                                }
+                            } else if let Some(name) = key.strip_prefix(&keys.gateways_prefix()) {
+                                gateways_changed = true;
+                                if put {
+                                    if let Ok(r) = serde_json::from_slice::<GatewayRecord>(kv.value()) {
+                                        self.gateways.insert(name.to_owned(), r);
+                                    }
+                                } else {
+                                    self.gateways.remove(name);
+                                }
+                            }
+                        }
+                        if gateways_changed {
+                            let _ = self.events.send(ClusterEvent::Gateways(self.gateways.clone())).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn put_record(&mut self, client: &Client, keys: &Keys, lease: i64) -> Result<(), String> {
+        let record = self.record_rx.borrow_and_update().clone();
+        let v = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        client
+            .kv_client()
+            .put(
+                keys.gateway(&self.name),
+                v,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(|e| format!("publishing this gateway's record: {e}"))?;
+        Ok(())
+    }
+
+    async fn on_state(&mut self, value: &[u8], mod_rev: i64) {
+        if mod_rev <= self.state_mod_rev {
+            return;
+        }
+        match serde_json::from_slice::<Snapshot>(value) {
+            Ok(s) => {
+                self.state_mod_rev = mod_rev;
+                self.dir.observe_state(&s, mod_rev);
+                let _ = self.events.send(ClusterEvent::State(Box::new(s))).await;
+            }
+            Err(e) => tracing::error!(
+                "etcd key {} is not an ftn state, ignored: {e}",
+                self.dir.keys().state()
+            ),
+        }
+    }
+
+    async fn on_leader(&mut self, value: Option<Vec<u8>>, create_rev: i64) {
+        let name = value.map(|v| String::from_utf8_lossy(&v).into_owned());
+        let mine =
+            name.as_deref() == Some(self.name.as_str()) && self.dir.fence() == Some(create_rev);
+        if !mine && self.dir.fence().is_some() {
+            tracing::warn!(
+                leader = name.as_deref().unwrap_or("none"),
+                "another leader: stepping down"
+            );
+            self.dir.set_fence(None);
+        }
+        let _ = self
+            .events
+            .send(ClusterEvent::Leader {
+                name,
+                fence: if mine { Some(create_rev) } else { None },
+            })
+            .await;
+    }
+
+    /// Becomes the leader if there is none: creates the leader key under our lease only if it
+    /// does not exist.
+    async fn campaign(&mut self, client: &Client, keys: &Keys, lease: i64) -> Result<(), String> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(keys.leader(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                keys.leader(),
+                self.name.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(keys.leader(), None)]);
+        let resp = client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| format!("campaigning for leader: {e}"))?;
+        if resp.succeeded() {
+            let fence = resp.header().map_or(0, |h| h.revision());
+            self.dir.set_fence(Some(fence));
+            tracing::info!(fence, "this gateway is the leader");
+            self.on_leader(Some(self.name.clone().into_bytes()), fence)
+                .await;
+        } else if let Some(kv) = resp.op_responses().into_iter().find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        }) {
+            self.on_leader(Some(kv.value().to_vec()), kv.create_revision())
+                .await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,655 @@
+//! Three gateways, one directory: `ftn run` on three gateways that share their directory on a
+//! real three-member etcd cluster (tests/src/cluster.rs draws the lab), real services on the
+//! primary and the backup, clients probing the VIP through every gateway, and faults injected
+//! by killing services, gateways and etcd members and by cutting links. Needs root; never
+//! skipped. The tests take a lock so that they run one at a time even without
+//! `--test-threads=1` (each lab runs three controllers and three etcd members).
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use ftn_tests::{
+    cluster::{
+        client_addr, count_events, gw_name, output_text, Cluster, BACKUP_ADDR, GATEWAYS, MEMBERS,
+        PRIMARY_ADDR,
+    },
+    ftn::{answered_by, gap, Prober, Sample},
+};
+
+/// One new connection through each gateway every 20 ms (three probers: 150 connections a
+/// second on a 2-core machine that also runs three controllers and three etcd members).
+const EVERY: Duration = Duration::from_millis(20);
+const PROBE_MAX: Duration = Duration::from_secs(90);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `t` on a prober's clock.
+fn at(p: &Prober, t: Instant) -> Duration {
+    t.saturating_duration_since(p.start)
+}
+
+/// Just after the last sample (the end of an interval that includes every sample).
+fn end_of(samples: &[Sample]) -> Duration {
+    samples.last().map_or(Duration::ZERO, |s| s.at) + Duration::from_millis(1)
+}
+
+fn failed_in(samples: &[Sample], from: Duration, to: Duration) -> Vec<Duration> {
+    samples
+        .iter()
+        .filter(|s| s.at >= from && s.at < to && s.answer.is_none())
+        .map(|s| s.at)
+        .collect()
+}
+
+fn probes_in(samples: &[Sample], from: Duration, to: Duration) -> usize {
+    samples.iter().filter(|s| s.at >= from && s.at < to).count()
+}
+
+/// The lab itself without ftn: the topology forwards through each gateway (the kernel, no
+/// XDP), the etcd cluster forms and is reachable from every gateway, and the fault helpers
+/// do what they say (server link cut and healed, etcd cut and healed, a member killed and
+/// restarted, all members stopped and restarted). Also prints what `ftn check-config` says of
+/// the generated gateway configuration.
+#[test]
+fn cluster_lab_topology_and_etcd_without_ftn() {
+    let _serial = serial();
+    let mut c = Cluster::new("failback = \"immediate\"");
+    // Direct routes to the servers through each gateway (only for this test: the lab routes
+    // only the VIP).
+    for k in 1..=GATEWAYS {
+        c.client.ip(&[
+            "route",
+            "add",
+            "198.18.50.0/24",
+            "via",
+            &ftn_tests::cluster::client_gw(k),
+            "table",
+            &format!("10{k}"),
+        ]);
+    }
+    let (p, b) = (PRIMARY_ADDR.parse().unwrap(), BACKUP_ADDR.parse().unwrap());
+    let timeout = Duration::from_secs(2);
+    for k in 1..=GATEWAYS {
+        assert_eq!(
+            c.ask_addr_via(k, p, timeout).as_deref(),
+            Ok("primary"),
+            "primary through gw{k}"
+        );
+        assert_eq!(
+            c.ask_addr_via(k, b, timeout).as_deref(),
+            Ok("backup"),
+            "backup through gw{k}"
+        );
+        // The path really goes through gateway k: the route the client takes from that
+        // source, and the primary's route back.
+        let out = c.client.ip(&[
+            "route",
+            "get",
+            PRIMARY_ADDR,
+            "from",
+            &client_addr(k).to_string(),
+        ]);
+        let route = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            route.contains(&format!("via 198.18.1{k}.1 dev c{k}")),
+            "{route}"
+        );
+        let out = c.primary.ip(&["route", "get", &client_addr(k).to_string()]);
+        let route = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            route.contains(&format!("via 198.18.6{k}.1 dev p{k}")),
+            "{route}"
+        );
+        c.gw_ns(k)
+            .exec(&["ping", "-c", "1", "-W", "2", PRIMARY_ADDR]);
+        c.gw_ns(k)
+            .exec(&["ping", "-c", "1", "-W", "2", BACKUP_ADDR]);
+    }
+    // etcd from every gateway.
+    for k in 1..=GATEWAYS {
+        let out = c.etcdctl_from_gateway(k, &["endpoint", "health"]);
+        let text = output_text(&out);
+        assert!(out.status.success(), "gw{k}: {text}");
+        assert_eq!(text.matches("is healthy").count(), MEMBERS, "gw{k}: {text}");
+        let key = format!("{}/probe/gw{k}", c.prefix);
+        let out = c.etcdctl_from_gateway(k, &["put", &key, &gw_name(k)]);
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let got = c
+        .etcd
+        .etcdctl_ok(&["get", "--prefix", &format!("{}/probe/", c.prefix)]);
+    for k in 1..=GATEWAYS {
+        assert!(got.contains(&gw_name(k)), "{got}");
+    }
+    let leader = c.etcd.leader_member().expect("an etcd leader");
+    println!("etcd leader: member {leader}");
+
+    // cut_server / heal_server: gw1 loses the primary, gw2 still reaches it.
+    c.cut_server(1, "primary");
+    assert!(
+        c.ask_addr_via(1, p, Duration::from_millis(500)).is_err(),
+        "primary still reachable through gw1 after cut_server"
+    );
+    assert_eq!(c.ask_addr_via(2, p, timeout).as_deref(), Ok("primary"));
+    c.heal_server(1, "primary");
+    let t = Instant::now();
+    let r = loop {
+        let r = c.ask_addr_via(1, p, Duration::from_millis(500));
+        if r.is_ok() || t.elapsed() > Duration::from_secs(5) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r.as_deref(), Ok("primary"), "after heal_server");
+
+    // cut_etcd / heal_etcd.
+    c.cut_etcd(2);
+    let out = c.etcdctl_from_gateway(2, &["endpoint", "health"]);
+    assert!(
+        !out.status.success(),
+        "etcd reachable from gw2 after cut_etcd"
+    );
+    assert!(c
+        .etcdctl_from_gateway(3, &["endpoint", "health"])
+        .status
+        .success());
+    c.heal_etcd(2);
+    let out = c.etcdctl_from_gateway(2, &["endpoint", "health"]);
+    assert!(
+        out.status.success(),
+        "after heal_etcd: {}",
+        output_text(&out)
+    );
+
+    // kill_member / start_member: two members keep the cluster working.
+    c.etcd.kill_member(1);
+    assert!(!c
+        .etcd
+        .etcdctl_on(&[1], &["endpoint", "health"])
+        .status
+        .success());
+    let t = Instant::now();
+    let out = c
+        .etcd
+        .etcdctl_on(&[2, 3], &["put", &format!("{}/k", c.prefix), "v"]);
+    println!(
+        "member 1 killed: a put on members 2, 3 took {:.0} ms",
+        ms(t.elapsed())
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.etcd.start_member(1);
+    let back = c.etcd.wait_healthy(&[1, 2, 3], Duration::from_secs(20));
+    println!("member 1 restarted: healthy after {:.0} ms", ms(back));
+    let got = c.etcd.etcdctl_ok(&["get", &format!("{}/k", c.prefix)]);
+    assert!(got.contains('v'), "{got}");
+
+    // stop_all_members / start_all_members.
+    c.etcd.stop_all_members();
+    assert!(c.etcd.running().is_empty());
+    assert!(!c.etcd.etcdctl(&["endpoint", "health"]).status.success());
+    let back = c.etcd.start_all_members();
+    println!("all members restarted: healthy after {:.0} ms", ms(back));
+    let got = c.etcd.etcdctl_ok(&["get", "--prefix", &c.prefix]);
+    assert!(got.contains(&format!("{}/k", c.prefix)), "data kept: {got}");
+
+    // kill_service / start_service.
+    c.kill_service("primary");
+    assert!(c.ask_addr_via(2, p, timeout).is_err());
+    c.start_service("primary");
+    assert_eq!(c.ask_addr_via(2, p, timeout).as_deref(), Ok("primary"));
+
+    match c.check_config(1) {
+        Ok(s) => println!("ftn check-config (gw1): {}", s.trim()),
+        Err(e) => println!("ftn check-config (gw1) refuses the cluster configuration:\n{e}"),
+    }
+}
+
+/// 1. The primary's service dies: every gateway moves `web` to the backup, and a client
+/// through each gateway is answered by the backup; the service returns: the failback
+/// (immediate) reaches every gateway. One failover and one failback event.
+#[test]
+fn primary_death_fails_over_on_every_gateway_and_fails_back() {
+    let _serial = serial();
+    let mut c = Cluster::start("failback = \"immediate\"");
+    let probes = c.probe_all(EVERY, PROBE_MAX);
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    c.kill_service("primary");
+    let took = c.wait_all_current("web", Some("backup"), Duration::from_secs(5));
+    println!(
+        "failover on all 3 gateways {:.0} ms after the service died",
+        ms(took)
+    );
+    for k in 1..=GATEWAYS {
+        assert_eq!(
+            c.ask_via_retry(k, Duration::from_secs(1)).as_deref(),
+            Ok("backup"),
+            "gw{k}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let restarted = Instant::now();
+    c.start_service("primary");
+    let back = c.wait_all_current("web", Some("primary"), Duration::from_secs(8));
+    println!(
+        "failback on all 3 gateways {:.0} ms after the service returned",
+        ms(back)
+    );
+    for k in 1..=GATEWAYS {
+        assert_eq!(
+            c.ask_via_retry(k, Duration::from_secs(1)).as_deref(),
+            Ok("primary"),
+            "gw{k}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, p) in probes.into_iter().enumerate() {
+        let k = i + 1;
+        let (kill_at, back_at) = (at(&p, killed), at(&p, restarted));
+        let samples = p.finish();
+        let end = end_of(&samples);
+        let (fo_gap, fo_failed) = gap(&samples, kill_at, back_at);
+        let (fb_gap, fb_failed) = gap(&samples, back_at, end);
+        println!(
+            "gw{k}: {} probes; failover gap {:.0} ms ({fo_failed} failed), failback gap {:.0} ms \
+             ({fb_failed} failed)",
+            samples.len(),
+            ms(fo_gap),
+            ms(fb_gap)
+        );
+        assert!(
+            answered_by(&samples, kill_at, back_at, "backup") >= 5,
+            "gw{k}: the backup answered too few probes during the failure"
+        );
+        assert!(
+            answered_by(&samples, back_at + back, end, "primary") >= 5,
+            "gw{k}: the primary answered too few probes after failback"
+        );
+        assert_eq!(fb_failed, 0, "gw{k}: no probe may fail at failback");
+    }
+    for k in 1..=GATEWAYS {
+        let ev = c.events(k);
+        assert_eq!(count_events(&ev, "failover", "web"), 1, "gw{k}: {ev:?}");
+        assert_eq!(count_events(&ev, "failback", "web"), 1, "gw{k}: {ev:?}");
+    }
+}
+
+/// 2. The leader gateway is killed (SIGKILL) right after the primary's service: another
+/// gateway becomes leader and finishes the failover; the event log holds exactly one failover
+/// of `web`, also after the killed gateway is restarted (not lost, not applied twice).
+#[test]
+fn leader_killed_during_failover_another_gateway_finishes_it_once() {
+    let _serial = serial();
+    let mut c = Cluster::start("failback = \"immediate\"");
+    let (leader, _) = c.wait_leader(Duration::from_secs(10));
+    let lk = c.index_of(&leader);
+    let survivors: Vec<usize> = (1..=GATEWAYS).filter(|&k| k != lk).collect();
+    println!("leader {leader} will be killed; survivors {survivors:?}");
+    let t = Instant::now();
+    c.kill_service("primary");
+    c.kill_gateway(lk);
+    let killed_after = t.elapsed();
+    let (new_leader, took_leader) = c.wait_leader(Duration::from_secs(10));
+    assert_ne!(new_leader, leader, "a killed gateway cannot stay leader");
+    c.wait_current_on(&survivors, "web", Some("backup"), Duration::from_secs(10));
+    let failed_over = t.elapsed();
+    println!(
+        "service and leader killed {:.0} ms apart; new leader {new_leader} {:.0} ms after \
+         that; failover on the survivors {:.0} ms after the service died",
+        ms(killed_after),
+        ms(took_leader),
+        ms(failed_over)
+    );
+    for &k in &survivors {
+        assert_eq!(
+            c.ask_via_retry(k, Duration::from_secs(1)).as_deref(),
+            Ok("backup"),
+            "gw{k}"
+        );
+        assert_eq!(c.failover_events(k, "web"), 1, "gw{k}: {:?}", c.events(k));
+    }
+    // The killed gateway comes back: it adopts its pinned dataplane and the directory's
+    // decision; nothing is decided again.
+    c.start_gateway(lk);
+    let t = Instant::now();
+    c.wait_current_on(&[lk], "web", Some("backup"), Duration::from_secs(10));
+    println!(
+        "{leader} restarted: on the backup {:.0} ms after its API answered",
+        ms(t.elapsed())
+    );
+    assert_eq!(
+        c.ask_via_retry(lk, Duration::from_secs(2)).as_deref(),
+        Ok("backup"),
+        "gw{lk} after restart"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for k in 1..=GATEWAYS {
+        assert_eq!(c.failover_events(k, "web"), 1, "gw{k}: {:?}", c.events(k));
+    }
+    let keys = c
+        .etcd
+        .etcdctl_ok(&["get", "--prefix", "--keys-only", &c.prefix]);
+    println!(
+        "directory keys under {}: {}",
+        c.prefix,
+        keys.lines().filter(|l| !l.is_empty()).count()
+    );
+}
+
+/// 3. One etcd member killed while clients probe through every gateway: no probe fails and
+/// nothing moves. The member killed is the lowest-numbered one that is not the raft leader
+/// (killing the leader adds an election, about 1 s with etcd's defaults, which the gateways
+/// must also ride out, but that is a different test).
+#[test]
+fn etcd_member_death_changes_nothing() {
+    let _serial = serial();
+    let mut c = Cluster::start("failback = \"immediate\"");
+    let leader = c.etcd.leader_member().expect("an etcd leader");
+    let victim = (1..=MEMBERS).find(|&i| i != leader).unwrap();
+    println!("etcd leader is member {leader}; killing member {victim}");
+    let probes = c.probe_all(EVERY, PROBE_MAX);
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    c.etcd.kill_member(victim);
+    // 3 s with one member down: every gateway keeps `web` on the primary.
+    let mut polls = 0;
+    while killed.elapsed() < Duration::from_secs(3) {
+        for k in 1..=GATEWAYS {
+            assert_eq!(
+                c.current_of(k, "web"),
+                Ok(Some("primary".to_string())),
+                "gw{k} with etcd member {victim} down:\n{}",
+                c.describe()
+            );
+        }
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for k in 1..=GATEWAYS {
+        let cl = c.cluster_status(k).unwrap();
+        assert_eq!(cl["etcd"], "connected", "gw{k}: {cl}");
+    }
+    let restarted = Instant::now();
+    c.etcd.start_member(victim);
+    let healthy = c.etcd.wait_healthy(&[1, 2, 3], Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    println!(
+        "member {victim} down {:.1} s ({polls} status rounds), healthy {:.0} ms after restart",
+        (restarted - killed).as_secs_f64(),
+        ms(healthy)
+    );
+    for (i, p) in probes.into_iter().enumerate() {
+        let k = i + 1;
+        let from = at(&p, killed);
+        let samples = p.finish();
+        let end = end_of(&samples);
+        let (g, failed) = gap(&samples, from, end);
+        let n = probes_in(&samples, from, end);
+        println!(
+            "gw{k}: {n} probes, {failed} failed, longest gap {:.0} ms",
+            ms(g)
+        );
+        assert!(n >= 100, "gw{k}: too few probes ({n})");
+        assert_eq!(
+            failed,
+            0,
+            "gw{k}: failed probes at {:?}",
+            failed_in(&samples, from, end)
+        );
+        assert_eq!(answered_by(&samples, from, end, "primary"), n, "gw{k}");
+    }
+    for k in 1..=GATEWAYS {
+        assert_eq!(c.failover_events(k, "web"), 0, "gw{k}: {:?}", c.events(k));
+        assert_eq!(c.current_of(k, "web"), Ok(Some("primary".to_string())));
+    }
+}
+
+/// 4. Gateway 3 cut off from etcd: it keeps forwarding (its probes are answered) and says
+/// etcd is unreachable; the primary dies: gateways 1 and 2 move `web` to the backup, gateway 3
+/// does not decide alone; after the heal, gateway 3 converges to the backup within a few
+/// seconds, and the directory holds one failover.
+#[test]
+fn gateway_cut_from_etcd_keeps_forwarding_and_does_not_decide_alone() {
+    let _serial = serial();
+    let mut c = Cluster::start("failback = \"immediate\"");
+    println!("leader before the cut: {:?}", c.leader());
+    let probe3 = c.probe_via(3, EVERY, PROBE_MAX);
+    std::thread::sleep(Duration::from_millis(500));
+    let cut = Instant::now();
+    c.cut_etcd(3);
+    let noticed = c.wait_etcd_state(3, "unreachable", Duration::from_secs(10));
+    println!(
+        "gw3 reports etcd unreachable {:.0} ms after the cut",
+        ms(noticed)
+    );
+    let cl = c.cluster_status(3).unwrap();
+    assert!(
+        cl["etcd_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "etcd_error must say why: {cl}"
+    );
+    // gw1 and gw2 keep (or elect) a leader among themselves.
+    let (leader, _) = c.wait_leader(Duration::from_secs(10));
+    assert_ne!(
+        leader, "gw3",
+        "a gateway cut from etcd cannot be the leader"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let killed = Instant::now();
+    c.kill_service("primary");
+    let took = c.wait_current_on(&[1, 2], "web", Some("backup"), Duration::from_secs(8));
+    println!(
+        "gw1, gw2 on the backup {:.0} ms after the service died",
+        ms(took)
+    );
+    // gw3 does not decide alone: for 1.5 s more it keeps the directory's last decision.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            c.current_of(3, "web"),
+            Ok(Some("primary".to_string())),
+            "gw3 moved web without etcd:\n{}",
+            c.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let healed = Instant::now();
+    c.heal_etcd(3);
+    let conv = c.wait_current_on(&[3], "web", Some("backup"), Duration::from_secs(5));
+    let connected = c.wait_etcd_state(3, "connected", Duration::from_secs(5));
+    println!(
+        "after the heal: gw3 on the backup after {:.0} ms, etcd connected after {:.0} ms",
+        ms(conv),
+        ms(connected)
+    );
+    assert_eq!(
+        c.ask_via_retry(3, Duration::from_secs(1)).as_deref(),
+        Ok("backup")
+    );
+    let (p_cut, p_kill) = (at(&probe3, cut), at(&probe3, killed));
+    let samples = probe3.finish();
+    let n = probes_in(&samples, p_cut, p_kill);
+    let (g, failed) = gap(&samples, p_cut, p_kill);
+    println!(
+        "gw3 cut from etcd, primary alive: {n} probes, {failed} failed, longest gap {:.0} ms",
+        ms(g)
+    );
+    assert!(n >= 50, "too few probes through gw3 ({n})");
+    assert_eq!(failed, 0, "gw3 must keep forwarding while cut from etcd");
+    assert_eq!(answered_by(&samples, p_cut, p_kill, "primary"), n);
+    for k in 1..=GATEWAYS {
+        assert_eq!(c.failover_events(k, "web"), 1, "gw{k}: {:?}", c.events(k));
+    }
+}
+
+/// 5. Gateway 1 loses its link to the primary only: gateway 1 sees the primary down, the
+/// others see it up: no failover for at least 3 s, and clients through gateways 2 and 3 keep
+/// being answered by the primary.
+#[test]
+fn one_gateway_losing_the_primary_does_not_fail_over() {
+    let _serial = serial();
+    let c = Cluster::start("failback = \"immediate\"");
+    let probes = [
+        c.probe_via(2, EVERY, PROBE_MAX),
+        c.probe_via(3, EVERY, PROBE_MAX),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    let cut = Instant::now();
+    c.cut_server(1, "primary");
+    // The cut is real: gw1 publishes that it sees the primary down.
+    let seen = c.wait_observation(2, 1, "primary", "down", Duration::from_secs(3));
+    println!(
+        "gw2 shows gw1's observation of the primary down {:.0} ms after the cut",
+        ms(seen)
+    );
+    assert_eq!(c.observation(2, 2, "primary").as_deref(), Some("up"));
+    assert_eq!(c.observation(2, 3, "primary").as_deref(), Some("up"));
+    let t = Instant::now();
+    let mut rounds = 0;
+    while t.elapsed() < Duration::from_millis(3500) {
+        for k in 1..=GATEWAYS {
+            assert_eq!(
+                c.current_of(k, "web"),
+                Ok(Some("primary".to_string())),
+                "gw{k}: a minority's observation failed web over:\n{}",
+                c.describe()
+            );
+        }
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let via1 = c.ask_via(1);
+    println!(
+        "{rounds} status rounds over 3.5 s: web stays on the primary; through gw1 now: {via1:?}"
+    );
+    let healed = Instant::now();
+    c.heal_server(1, "primary");
+    let up = c.wait_observation(2, 1, "primary", "up", Duration::from_secs(5));
+    println!(
+        "gw1 sees the primary up again {:.0} ms after the heal",
+        ms(up)
+    );
+    assert_eq!(
+        c.ask_via_retry(1, Duration::from_secs(2)).as_deref(),
+        Ok("primary")
+    );
+    for (i, p) in probes.into_iter().enumerate() {
+        let k = i + 2;
+        let (from, to) = (at(&p, cut), at(&p, healed));
+        let samples = p.finish();
+        let n = probes_in(&samples, from, to);
+        let (g, failed) = gap(&samples, from, to);
+        println!(
+            "gw{k}: {n} probes while gw1 was cut, {failed} failed, longest gap {:.0} ms",
+            ms(g)
+        );
+        assert!(n >= 100, "gw{k}: too few probes ({n})");
+        assert_eq!(
+            failed,
+            0,
+            "gw{k}: failed probes at {:?}",
+            failed_in(&samples, from, to)
+        );
+        assert_eq!(answered_by(&samples, from, to, "primary"), n, "gw{k}");
+    }
+    for k in 1..=GATEWAYS {
+        assert_eq!(c.failover_events(k, "web"), 0, "gw{k}: {:?}", c.events(k));
+    }
+}
+
+/// 6. Every etcd member stopped for 3 s: clients through every gateway keep being answered;
+/// each gateway says etcd is unreachable; after the restart the gateways reconnect, and a
+/// primary death is still decided and reaches every gateway.
+#[test]
+fn all_etcd_members_stopped_forwarding_continues_and_decisions_resume() {
+    let _serial = serial();
+    let mut c = Cluster::start("failback = \"immediate\"");
+    let probes = c.probe_all(EVERY, PROBE_MAX);
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    c.etcd.stop_all_members();
+    let stop_took = stopped.elapsed();
+    // 3 s without etcd; note when each gateway says so.
+    let mut noticed: [Option<Duration>; GATEWAYS] = [None; GATEWAYS];
+    while stopped.elapsed() < stop_took + Duration::from_secs(3) {
+        for k in 1..=GATEWAYS {
+            if noticed[k - 1].is_none()
+                && c.cluster_status(k)
+                    .is_ok_and(|cl| cl["etcd"] == "unreachable")
+            {
+                noticed[k - 1] = Some(stopped.elapsed());
+            }
+            assert_eq!(
+                c.current_of(k, "web"),
+                Ok(Some("primary".to_string())),
+                "gw{k}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "etcd stopped ({:.0} ms to stop); gateways reported unreachable after {noticed:?}",
+        ms(stop_took)
+    );
+    let restarted = Instant::now();
+    let healthy = c.etcd.start_all_members();
+    let mut reconnected = Vec::new();
+    for k in 1..=GATEWAYS {
+        reconnected.push(c.wait_etcd_state(k, "connected", Duration::from_secs(15)));
+    }
+    let (leader, _) = c.wait_leader(Duration::from_secs(15));
+    println!(
+        "etcd healthy {:.0} ms after restart; gateways connected after {:?} more; leader {leader} \
+         {:.0} ms after the restart",
+        ms(healthy),
+        reconnected,
+        ms(restarted.elapsed())
+    );
+    for (k, n) in noticed.iter().enumerate() {
+        assert!(
+            n.is_some(),
+            "gw{}: never reported etcd unreachable during the 3 s outage",
+            k + 1
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for (i, p) in probes.into_iter().enumerate() {
+        let k = i + 1;
+        let (from, to) = (at(&p, stopped), at(&p, Instant::now()));
+        let samples = p.finish();
+        let n = probes_in(&samples, from, to);
+        let (g, failed) = gap(&samples, from, to);
+        println!("gw{k}: {n} probes during the outage and restart, {failed} failed, longest gap {:.0} ms", ms(g));
+        assert!(n >= 150, "gw{k}: too few probes ({n})");
+        assert_eq!(
+            failed,
+            0,
+            "gw{k}: failed probes at {:?}",
+            failed_in(&samples, from, to)
+        );
+        assert_eq!(answered_by(&samples, from, to, "primary"), n, "gw{k}");
+    }
+    c.kill_service("primary");
+    let took = c.wait_all_current("web", Some("backup"), Duration::from_secs(10));
+    println!(
+        "after the etcd restart: failover on all 3 gateways {:.0} ms after the service died",
+        ms(took)
+    );
+    for k in 1..=GATEWAYS {
+        assert_eq!(
+            c.ask_via_retry(k, Duration::from_secs(1)).as_deref(),
+            Ok("backup"),
+            "gw{k}"
+        );
+        assert_eq!(c.failover_events(k, "web"), 1, "gw{k}: {:?}", c.events(k));
+    }
+}
