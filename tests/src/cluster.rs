@@ -4,11 +4,11 @@
 //! ```text
 //! client ns                gateway k ns (k = 1, 2, 3)            primary ns / backup ns
 //! ck 198.18.1k.10 -------- gc 198.18.1k.1
-//!                          gp 198.18.(60+k).1 ------------------ pk 198.18.(60+k).10   primary 198.18.50.1/32
-//!                          gb 198.18.(70+k).1 ------------------ bk 198.18.(70+k).10   backup  198.18.50.2/32
+//!                          gp 198.18.(60+k).1 ------------------ pk 198.18.(60+k).10   primary 198.18.50.1/32 (lo)
+//!                          gb 198.18.(70+k).1 ------------------ bk 198.18.(70+k).10   backup  198.18.50.2/32 (lo)
 //!                          ge 198.18.21k.2 ----- ek 198.18.21k.1 (etcd ns)
 //!
-//! etcd ns: members m1, m2, m3 on 198.18.200.1, .2, .3 (a dummy interface), peer port 2380,
+//! etcd ns: members m1, m2, m3 on 198.18.200.1, .2, .3 (on lo), peer port 2380,
 //! client port 2379; each gateway routes 198.18.200.0/24 via its etcd link.
 //! VIP 198.18.100.1 (tcp/80): the client reaches it through gateway k from 198.18.1k.10
 //! (`ip rule from 198.18.1k.10 table 10k`), through gateway 1 from any other source.
@@ -241,8 +241,8 @@ impl Etcd {
         let (peer, client) = (member_peer_url(i), member_client_url(i));
         let mut cmd = nsenter(&ns, ETCD_BIN);
         // Settings come from the command line only.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("ETCD") {
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD") {
                 cmd.env_remove(k);
             }
         }
@@ -515,21 +515,15 @@ impl Cluster {
         let etcd_ns = Netns::new("ftce");
         let gw_ns: Vec<Netns> = (1..=GATEWAYS).map(|_| Netns::new("ftcg")).collect();
 
-        for ns in [&client, &primary, &backup, &etcd_ns] {
-            no_rp_filter(ns);
-        }
-        // etcd: the three member addresses on a dummy interface.
+        // etcd: the three member addresses on the loopback interface (this kernel may have no
+        // dummy interfaces).
         etcd_ns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-        etcd_ns.ip(&["link", "add", "ed", "type", "dummy"]);
-        etcd_ns.ip(&["link", "set", "ed", "up"]);
         for i in 1..=MEMBERS {
-            etcd_ns.ip(&["addr", "add", &format!("{}/32", member_ip(i)), "dev", "ed"]);
+            etcd_ns.ip(&["addr", "add", &format!("{}/32", member_ip(i)), "dev", "lo"]);
         }
-        // Servers: one service address each, on a dummy interface.
+        // Servers: one service address each, on the loopback interface.
         for (ns, addr) in [(&primary, PRIMARY_ADDR), (&backup, BACKUP_ADDR)] {
-            ns.ip(&["link", "add", "svc", "type", "dummy"]);
-            ns.ip(&["link", "set", "svc", "up"]);
-            ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "svc"]);
+            ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"]);
         }
         for (i, g) in gw_ns.iter().enumerate() {
             let k = i + 1;

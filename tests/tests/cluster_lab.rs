@@ -437,6 +437,17 @@ fn gateway_cut_from_etcd_keeps_forwarding_and_does_not_decide_alone() {
         cl["etcd_error"].as_str().is_some_and(|e| !e.is_empty()),
         "etcd_error must say why: {cl}"
     );
+    // Without etcd, gw3 cannot hold the leader lease (2 s): it is a follower at the latest
+    // once the lease has run out.
+    let t = Instant::now();
+    while c.cluster_status(3).is_ok_and(|cl| cl["role"] == "leader") {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "gw3 still says it is the leader 5 s after losing etcd:\n{}",
+            c.describe()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // gw1 and gw2 keep (or elect) a leader among themselves.
     let (leader, _) = c.wait_leader(Duration::from_secs(10));
     assert_ne!(
@@ -462,7 +473,6 @@ fn gateway_cut_from_etcd_keeps_forwarding_and_does_not_decide_alone() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let healed = Instant::now();
     c.heal_etcd(3);
     let conv = c.wait_current_on(&[3], "web", Some("backup"), Duration::from_secs(5));
     let connected = c.wait_etcd_state(3, "connected", Duration::from_secs(5));
@@ -629,7 +639,7 @@ fn all_etcd_members_stopped_forwarding_continues_and_decisions_resume() {
         let n = probes_in(&samples, from, to);
         let (g, failed) = gap(&samples, from, to);
         println!("gw{k}: {n} probes during the outage and restart, {failed} failed, longest gap {:.0} ms", ms(g));
-        assert!(n >= 150, "gw{k}: too few probes ({n})");
+        assert!(n >= 100, "gw{k}: too few probes ({n})");
         assert_eq!(
             failed,
             0,

@@ -22,6 +22,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl"),
     ("util-linux", "nsenter"),
     ("nftables", "nft"),
+    // The shared directory's tests run a real etcd cluster.
+    ("etcd-server", "etcd"),
+    ("etcd-client", "etcdctl"),
+    // etcd-client (the crate) compiles etcd's protobuf definitions at build time.
+    ("protobuf-compiler", "protoc"),
 ];
 
 #[derive(Parser)]

@@ -1,0 +1,290 @@
+//! The shared directory on a real etcd (one member, in a network namespace of its own, on that
+//! namespace's loopback): commits with compare-and-swap, the election, and the fence that
+//! refuses a deposed leader's late write. Needs root (namespaces); never skipped.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ftn_controller::{
+    config::EtcdConfig,
+    directory::{Directory, DirectoryError, EventDraft, Update},
+    etcd::{self, ClusterEvent, EtcdDirectory, GatewayRecord, Keys, Session},
+};
+use ftn_tests::{lab::in_ns, require_root, Netns};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One etcd member on 127.0.0.1 of its own namespace; killed and its data removed on drop.
+struct Etcd {
+    ns: Netns,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        require_root();
+        let ns = Netns::new("ftne");
+        let dir = std::env::temp_dir().join(format!("ftn-etcd-{}", ns.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "etcd",
+                "--name",
+                "solo",
+                "--data-dir",
+            ])
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                "http://127.0.0.1:2379",
+                "--advertise-client-urls",
+                "http://127.0.0.1:2379",
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "solo=http://127.0.0.1:2380",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
+            .spawn()
+            .expect("start etcd (Debian package etcd-server; `cargo xtask test` installs it)");
+        let e = Etcd { ns, child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &e.ns.name,
+                    "etcdctl",
+                    "--endpoints=http://127.0.0.1:2379",
+                    "endpoint",
+                    "health",
+                ])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy within 10 s; its log:\n{}",
+                std::fs::read_to_string(e.dir.join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn settings() -> EtcdConfig {
+    EtcdConfig {
+        endpoints: vec!["http://127.0.0.1:2379".into()],
+        prefix: "/ftn-test".into(),
+        dial_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(1),
+        lease_ttl: Duration::from_secs(2),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        user: None,
+        password: None,
+    }
+}
+
+fn event(msg: &str) -> Update {
+    Update {
+        events: vec![EventDraft {
+            kind: "test".into(),
+            resource: None,
+            server: None,
+            message: msg.into(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// A gateway's directory and session; returns the fence once it leads (or None).
+struct Gw {
+    dir: Arc<EtcdDirectory>,
+    _session: Session,
+    events: mpsc::Receiver<ClusterEvent>,
+    cancel: CancellationToken,
+}
+
+async fn gateway(name: &str) -> Gw {
+    let cfg = settings();
+    let client = etcd::connect(&cfg).await.expect("connect to etcd");
+    let dir = Arc::new(
+        EtcdDirectory::open(client, Keys::new(&cfg.prefix))
+            .await
+            .unwrap(),
+    );
+    let (tx, events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let session = Session::start(
+        dir.clone(),
+        name.into(),
+        cfg.lease_ttl,
+        GatewayRecord {
+            name: name.into(),
+            ..Default::default()
+        },
+        tx,
+        cancel.clone(),
+    );
+    Gw {
+        dir,
+        _session: session,
+        events,
+        cancel,
+    }
+}
+
+/// Waits (at most 5 s) for a leader event; returns (leader name, our fence).
+async fn leader_event(gw: &mut Gw) -> (Option<String>, Option<i64>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, gw.events.recv())
+            .await
+            .expect("no leader event within 5 s")
+            .expect("session ended");
+        if let ClusterEvent::Leader {
+            name: Some(n),
+            fence,
+        } = ev
+        {
+            return (Some(n), fence);
+        }
+    }
+}
+
+#[test]
+fn a_deposed_leaders_late_write_is_refused_by_the_fence() {
+    let etcd = Etcd::start();
+    in_ns(&etcd.ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // A starts first and leads.
+            let mut a = gateway("gw-a").await;
+            let (leader, fence_a) = leader_event(&mut a).await;
+            assert_eq!(leader.as_deref(), Some("gw-a"));
+            let fence_a = fence_a.expect("gw-a should lead: it was alone");
+            let mut b = gateway("gw-b").await;
+            let (leader_b, fence_b) = leader_event(&mut b).await;
+            assert_eq!(
+                (leader_b.as_deref(), fence_b),
+                (Some("gw-a"), None),
+                "gw-b must follow gw-a"
+            );
+
+            // A commits while it leads.
+            let r1 = a
+                .dir
+                .commit(0, event("decided by gw-a while leading"))
+                .await
+                .expect("leader commit");
+            assert_eq!(r1, 1);
+            // A follower cannot commit at all.
+            let e = b
+                .dir
+                .commit(b.dir.current().revision, event("from a follower"))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, DirectoryError::NotLeader), "{e}");
+
+            // The race: A decides something at revision 1, then stalls (a long pause) past its
+            // lease; B becomes the leader and writes; then A's write arrives.
+            let stale_decision = event("late write of the deposed gw-a");
+            a.cancel.cancel(); // A's session ends: its lease goes, the leader key with it
+            let t = Instant::now();
+            let fence_b = loop {
+                let (name, fence) = leader_event(&mut b).await;
+                if name.as_deref() == Some("gw-b") {
+                    break fence.expect("gw-b leads: it holds the fence");
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "gw-b did not take over"
+                );
+            };
+            assert!(fence_b > fence_a, "fences grow: {fence_a} then {fence_b}");
+            eprintln!(
+                "gw-b took over in {:?} (fence {fence_a} -> {fence_b})",
+                t.elapsed()
+            );
+            let rev_b = b
+                .dir
+                .commit(b.dir.current().revision, event("decided by gw-b"))
+                .await
+                .expect("new leader commits");
+            assert_eq!(rev_b, 2);
+
+            // A's late write, with the fence and the revision it decided from: refused.
+            let e = a
+                .dir
+                .commit_fenced(fence_a, 1, stale_decision.clone())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, DirectoryError::Fenced { fence, .. } if fence == fence_a),
+                "{e}"
+            );
+            // Even after A learns the newest revision, its old fence is refused: the fence, not
+            // only the revision, protects the directory.
+            let now = a.dir.snapshot().await.unwrap();
+            assert_eq!(now.revision, 2);
+            let e = a
+                .dir
+                .commit_fenced(fence_a, 2, stale_decision)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, DirectoryError::Fenced { .. }), "{e}");
+            eprintln!("late write refused: {e}");
+
+            // Nothing of A's late write is in etcd.
+            let events = b.dir.events(0, 100).await.unwrap();
+            let texts: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+            assert_eq!(texts, ["decided by gw-a while leading", "decided by gw-b"]);
+            assert_eq!(b.dir.snapshot().await.unwrap().revision, 2);
+
+            // B's own CAS: a commit decided from an older revision is refused too.
+            let e = b
+                .dir
+                .commit(1, event("decided from revision 1"))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DirectoryError::Conflict {
+                        expected: 1,
+                        actual: 2
+                    }
+                ),
+                "{e}"
+            );
+            b.cancel.cancel();
+        });
+    });
+}
