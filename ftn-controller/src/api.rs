@@ -357,6 +357,56 @@ pub fn render_metrics(
             );
         }
     }
+    if let Some(c) = &st.cluster {
+        family(
+            &mut o,
+            "ftn_cluster_leader",
+            "gauge",
+            "1 while this gateway leads the shared directory (only the leader decides).",
+        );
+        let _ = writeln!(o, "ftn_cluster_leader {}", u8::from(c.role == "leader"));
+        family(
+            &mut o,
+            "ftn_cluster_has_leader",
+            "gauge",
+            "1 when this gateway knows a leader of the shared directory.",
+        );
+        let _ = writeln!(o, "ftn_cluster_has_leader {}", u8::from(c.leader.is_some()));
+        family(&mut o, "ftn_etcd_connected", "gauge", "1 while etcd answers this gateway; 0: the dataplane keeps its last state and this gateway decides nothing.");
+        let _ = writeln!(o, "ftn_etcd_connected {}", u8::from(c.etcd == "connected"));
+        family(
+            &mut o,
+            "ftn_cluster_gateways_live",
+            "gauge",
+            "Gateways whose lease is live, as this gateway sees them.",
+        );
+        let _ = writeln!(
+            o,
+            "ftn_cluster_gateways_live {}",
+            c.gateways.iter().filter(|g| g.live).count()
+        );
+        family(
+            &mut o,
+            "ftn_cluster_applied_revision",
+            "gauge",
+            "Directory revision each gateway's maps hold, as published in etcd.",
+        );
+        for g in &c.gateways {
+            let _ = writeln!(
+                o,
+                "ftn_cluster_applied_revision{{gateway=\"{}\"}} {}",
+                esc(&g.name),
+                g.applied_revision
+            );
+        }
+        family(
+            &mut o,
+            "ftn_cluster_leaderships_total",
+            "counter",
+            "Times this gateway became the leader since it started.",
+        );
+        let _ = writeln!(o, "ftn_cluster_leaderships_total {}", c.leaderships);
+    }
     family(
         &mut o,
         "ftn_resource_on_primary",

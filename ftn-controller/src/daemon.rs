@@ -502,52 +502,58 @@ impl ClusterView {
         self.fence.is_some()
     }
 
-    /// Per server: up or down when more than half of the live gateways that report on it say
-    /// so; no verdict on a tie. This gateway counts with its own latest verdicts.
+    /// The majority verdicts (see [`majority`]), this gateway counting with its own latest
+    /// verdicts.
     fn majority(&self) -> BTreeMap<String, (bool, String)> {
         let mut records = self.gateways.clone();
         records.entry(self.me.clone()).or_default().observations = self.local.clone();
-        // server -> (gateways that see it up, (gateway, evidence) that see it down)
-        type Votes<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
-        let mut tally: BTreeMap<&str, Votes> = BTreeMap::new();
-        for (gw, r) in &records {
-            for (server, o) in &r.observations {
-                let t = tally.entry(server.as_str()).or_default();
-                if o.up {
-                    t.0.push(gw.as_str());
-                } else {
-                    t.1.push((gw.as_str(), o.evidence.as_str()));
-                }
-            }
-        }
-        let mut out = BTreeMap::new();
-        for (server, (up, down)) in tally {
-            let n = up.len() + down.len();
-            if down.len() * 2 > n {
-                let why = down
-                    .iter()
-                    .map(|(g, e)| format!("{g}: {e}"))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                out.insert(
-                    server.to_owned(),
-                    (
-                        false,
-                        format!("{} of {n} gateways see it down ({why})", down.len()),
-                    ),
-                );
-            } else if up.len() * 2 > n {
-                out.insert(
-                    server.to_owned(),
-                    (
-                        true,
-                        format!("{} of {n} gateways see it up ({})", up.len(), up.join(", ")),
-                    ),
-                );
-            }
-        }
-        out
+        majority(&records)
     }
+}
+
+/// Per server: up or down when more than half of the live gateways that report on it say so
+/// (with the evidence); no verdict on a tie.
+pub fn majority(records: &BTreeMap<String, GatewayRecord>) -> BTreeMap<String, (bool, String)> {
+    // server -> (gateways that see it up, (gateway, evidence) that see it down)
+    type Votes<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let mut tally: BTreeMap<&str, Votes> = BTreeMap::new();
+    for (gw, r) in records {
+        for (server, o) in &r.observations {
+            let t = tally.entry(server.as_str()).or_default();
+            if o.up {
+                t.0.push(gw.as_str());
+            } else {
+                t.1.push((gw.as_str(), o.evidence.as_str()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (server, (up, down)) in tally {
+        let n = up.len() + down.len();
+        if down.len() * 2 > n {
+            let why = down
+                .iter()
+                .map(|(g, e)| format!("{g}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            out.insert(
+                server.to_owned(),
+                (
+                    false,
+                    format!("{} of {n} gateways see it down ({why})", down.len()),
+                ),
+            );
+        } else if up.len() * 2 > n {
+            out.insert(
+                server.to_owned(),
+                (
+                    true,
+                    format!("{} of {n} gateways see it up ({})", up.len(), up.join(", ")),
+                ),
+            );
+        }
+    }
+    out
 }
 
 /// The dataplane writes that take the maps from `old` to `new` (both full states).
@@ -1723,6 +1729,71 @@ servers = ["p1", "b1"]
         let (reply, rx) = oneshot::channel();
         tx.send(Request::Status(reply)).await.unwrap();
         rx.await.unwrap()
+    }
+
+    #[test]
+    fn majority_needs_more_than_half_of_the_reporting_gateways() {
+        let rec = |obs: &[(&str, bool)]| GatewayRecord {
+            observations: obs
+                .iter()
+                .map(|(s, up)| {
+                    (
+                        s.to_string(),
+                        Observed {
+                            up: *up,
+                            evidence: if *up { "ok".into() } else { "refused".into() },
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut r = BTreeMap::new();
+        r.insert("gw1".to_string(), rec(&[("p", false), ("b", true)]));
+        r.insert("gw2".to_string(), rec(&[("p", true), ("b", true)]));
+        r.insert("gw3".to_string(), rec(&[("p", true), ("b", true)]));
+        let m = majority(&r);
+        // One gateway that cannot reach p does not fail it for everyone.
+        assert!(m["p"].0, "{:?}", m["p"]);
+        assert_eq!(m["p"].1, "2 of 3 gateways see it up (gw2, gw3)");
+        r.insert("gw2".to_string(), rec(&[("p", false), ("b", true)]));
+        let m = majority(&r);
+        assert!(!m["p"].0);
+        assert_eq!(
+            m["p"].1,
+            "2 of 3 gateways see it down (gw1: refused; gw2: refused)"
+        );
+        // Two live gateways that disagree: no verdict (the directory keeps what it has).
+        r.remove("gw3");
+        r.insert("gw2".to_string(), rec(&[("p", true), ("b", true)]));
+        let m = majority(&r);
+        assert!(!m.contains_key("p"), "{m:?}");
+        assert!(m["b"].0);
+        // A gateway that reports nothing on a server does not count for it.
+        r.insert("gw3".to_string(), rec(&[("b", false)]));
+        assert!(!majority(&r).contains_key("p"));
+        assert!(majority(&r)["b"].0);
+    }
+
+    #[test]
+    fn state_diff_writes_only_what_changed_and_removes_what_went() {
+        use crate::dataplane::ServerEntry;
+        let srv = |id: u32, up: bool| Change::SetServer {
+            id,
+            server: ServerEntry {
+                addr: "198.18.50.1".parse().unwrap(),
+                up,
+                generation: 1,
+            },
+        };
+        let old = vec![srv(1, true), srv(2, true), srv(3, true)];
+        let new = vec![srv(1, true), srv(2, false), srv(4, true)];
+        let d = state_diff(old, new);
+        assert_eq!(
+            d,
+            vec![srv(2, false), srv(4, true), Change::RemoveServer { id: 3 }]
+        );
+        assert!(state_diff(vec![srv(1, true)], vec![srv(1, true)]).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

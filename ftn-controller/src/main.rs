@@ -301,6 +301,50 @@ fn print_status(st: &Status) {
         ]);
     }
     table(&rows);
+    if let Some(c) = &st.cluster {
+        println!();
+        println!(
+            "shared directory: this gateway {} is the {}; leader {}; etcd {}{} ({}); maps at revision {}",
+            c.gateway,
+            c.role,
+            c.leader.as_deref().unwrap_or("none"),
+            c.etcd,
+            c.etcd_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
+            ago(c.etcd_since_ms),
+            c.applied_revision
+        );
+        let mut rows = vec![[
+            "GATEWAY".to_string(),
+            "LIVE".into(),
+            "ROLE".into(),
+            "MAPS AT".into(),
+            "SINCE".into(),
+            "SEES".into(),
+        ]];
+        for g in &c.gateways {
+            rows.push([
+                g.name.clone(),
+                if g.live { "yes" } else { "no" }.into(),
+                if c.leader.as_deref() == Some(g.name.as_str()) {
+                    "leader"
+                } else {
+                    "follower"
+                }
+                .into(),
+                format!("revision {}", g.applied_revision),
+                ago(g.applied_at_ms),
+                g.observations
+                    .iter()
+                    .map(|(s, h)| format!("{s} {h}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]);
+        }
+        table(&rows);
+    }
 }
 
 fn table<const N: usize>(rows: &[[String; N]]) {

@@ -420,7 +420,7 @@ impl Drop for Etcd {
             }
         }
         if std::thread::panicking() {
-            eprintln!("{}", self.logs_tail(30));
+            eprintln!("{}", self.logs_tail(15));
         }
     }
 }

@@ -16,6 +16,7 @@ use ftn_tests::{
         PRIMARY_ADDR,
     },
     ftn::{answered_by, gap, Prober, Sample},
+    lab::{in_ns, Conn},
 };
 
 /// One new connection through each gateway every 20 ms (three probers: 150 connections a
@@ -110,10 +111,15 @@ fn cluster_lab_topology_and_etcd_without_ftn() {
             route.contains(&format!("via 198.18.6{k}.1 dev p{k}")),
             "{route}"
         );
-        c.gw_ns(k)
-            .exec(&["ping", "-c", "1", "-W", "2", PRIMARY_ADDR]);
-        c.gw_ns(k)
-            .exec(&["ping", "-c", "1", "-W", "2", BACKUP_ADDR]);
+        // And from the gateway itself (what its checks do).
+        for (addr, name) in [(p, "primary"), (b, "backup")] {
+            let r = in_ns(c.gw_ns(k), move || {
+                Conn::try_open(addr, timeout)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut conn| conn.try_ask())
+            });
+            assert_eq!(r.as_deref(), Ok(name), "{name} from gw{k}");
+        }
     }
     // etcd from every gateway.
     for k in 1..=GATEWAYS {
