@@ -2,12 +2,13 @@
 //! cluster, with one client, one primary and one backup reachable through every gateway.
 //!
 //! ```text
-//! client ns                gateway k ns (k = 1, 2, 3)            primary ns / backup ns
-//! ck 198.18.1k.10 -------- gc 198.18.1k.1
-//!                          gp 198.18.(60+k).1 ------------------ pk 198.18.(60+k).10   primary 198.18.50.1/32 (lo)
-//!                          gb 198.18.(70+k).1 ------------------ bk 198.18.(70+k).10   backup  198.18.50.2/32 (lo)
-//!                          ge 198.18.21k.2 ----- ek 198.18.21k.1 (etcd ns)
+//! client ns           gateway k ns (k = 1, 2, 3)           primary ns / backup ns
+//! ck 198.18.1k.10 --- gc 198.18.1k.1
+//!                     gp 198.18.(60+k).1 ----------------- pk 198.18.(60+k).10
+//!                     gb 198.18.(70+k).1 ----------------- bk 198.18.(70+k).10
+//!                     ge 198.18.21k.2 --- ek 198.18.21k.1 (etcd ns)
 //!
+//! primary ns: service address 198.18.50.1/32 (on lo); backup ns: 198.18.50.2/32 (on lo).
 //! etcd ns: members m1, m2, m3 on 198.18.200.1, .2, .3 (on lo), peer port 2380,
 //! client port 2379; each gateway routes 198.18.200.0/24 via its etcd link.
 //! VIP 198.18.100.1 (tcp/80): the client reaches it through gateway k from 198.18.1k.10
@@ -302,29 +303,51 @@ impl Etcd {
         self.spawn(i, "existing");
     }
 
-    /// SIGTERM to every running member, SIGKILL after 10 s.
-    pub fn stop_all_members(&mut self) {
-        let mut children: Vec<Child> = self
-            .members
-            .iter_mut()
-            .filter_map(|m| m.child.take())
-            .collect();
-        for c in &children {
-            // SAFETY: as in kill_member.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for c in &mut children {
-            while c.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    // SAFETY: as above.
-                    unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    /// Stops every running member with SIGTERM (SIGKILL after 10 s): the followers first,
+    /// then, 300 ms later, the raft leader. (A leader that gets SIGTERM while it still sees a
+    /// follower connected first hands its leadership over to it; when that follower is
+    /// stopping too, the leader waits for etcd's request timeout, 5 s + 2 election timeouts
+    /// = 7 s with the defaults, before it exits. Stopped alone, it exits at once.) Returns
+    /// how long the stop took.
+    pub fn stop_all_members(&mut self) -> Duration {
+        let t = Instant::now();
+        let leader = self.leader_member();
+        let (followers, last): (Vec<usize>, Vec<usize>) =
+            self.running().into_iter().partition(|&i| Some(i) != leader);
+        let mut took = Vec::new();
+        for (n, group) in [followers, last].into_iter().enumerate() {
+            if n == 1 {
+                // Let the leader see its followers' connections close (see above).
+                std::thread::sleep(Duration::from_millis(300));
             }
+            let g = Instant::now();
+            let mut children: Vec<Child> = group
+                .iter()
+                .filter_map(|&i| self.members[i - 1].child.take())
+                .collect();
+            for c in &children {
+                // SAFETY: as in kill_member.
+                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for c in &mut children {
+                while c.try_wait().ok().flatten().is_none() {
+                    if Instant::now() > deadline {
+                        // SAFETY: as above.
+                        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+                        let _ = c.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            took.push(format!("{group:?} in {} ms", g.elapsed().as_millis()));
         }
+        eprintln!(
+            "etcd: stopped the followers, then the leader (member {leader:?}): {}",
+            took.join(", ")
+        );
+        t.elapsed()
     }
 
     /// Starts every stopped member on its data directory and waits until all are healthy
@@ -932,13 +955,26 @@ impl Cluster {
         }
     }
 
-    /// Gateway k's event log (`ftn events --json`), one JSON object per event.
-    pub fn events(&self, k: usize) -> Vec<serde_json::Value> {
-        let out = self.gw(k).cli_ok(&["events", "--json", "--limit", "1000"]);
-        out.lines()
+    /// Gateway k's event log (`ftn events --json`), one JSON object per event, or why it
+    /// could not be read.
+    pub fn try_events(&self, k: usize) -> Result<Vec<serde_json::Value>, String> {
+        let out = self.gw(k).cli(&["events", "--json", "--limit", "1000"]);
+        if !out.status.success() {
+            return Err(format!(
+                "`ftn events` on gw{k} failed: {}",
+                output_text(&out)
+            ));
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event {l:?}: {e}")))
+            .map(|l| serde_json::from_str(l).map_err(|e| format!("event {l:?}: {e}")))
             .collect()
+    }
+
+    /// [`Cluster::try_events`], panicking on failure.
+    pub fn events(&self, k: usize) -> Vec<serde_json::Value> {
+        self.try_events(k).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// How many `failover` events of `resource` gateway k's event log holds.
@@ -1026,8 +1062,14 @@ impl Cluster {
             &script,
             format!(
                 "table inet {CUT_TABLE} {{\n\
-                 \tchain input {{ type filter hook input priority 0; policy accept; ip saddr 198.18.200.0/24 drop; }}\n\
-                 \tchain output {{ type filter hook output priority 0; policy accept; ip daddr 198.18.200.0/24 drop; }}\n\
+                 \tchain input {{\n\
+                 \t\ttype filter hook input priority 0; policy accept;\n\
+                 \t\tip saddr 198.18.200.0/24 drop\n\
+                 \t}}\n\
+                 \tchain output {{\n\
+                 \t\ttype filter hook output priority 0; policy accept;\n\
+                 \t\tip daddr 198.18.200.0/24 drop\n\
+                 \t}}\n\
                  }}\n"
             ),
         )
