@@ -1455,11 +1455,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the embedded directory at {}", path.display()))?,
         ),
         DirectoryConfig::Etcd(ec) => {
-            let client = crate::etcd::connect(ec).await?;
+            let pool = crate::etcd::Pool::connect(ec).await?;
             let keys = crate::etcd::Keys::new(&ec.prefix);
-            crate::etcd::check_declarations(&client, &keys, &config).await?;
+            crate::etcd::check_declarations(&pool, &keys, &config).await?;
             let dir = Arc::new(
-                EtcdDirectory::open(client, keys)
+                EtcdDirectory::open(pool, keys)
                     .await
                     .context("reading the shared directory from etcd")?,
             );

@@ -21,12 +21,14 @@
 //! session retries, and the controller keeps the dataplane as it is meanwhile.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
+    WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -77,53 +79,164 @@ fn etcd_err(what: &str, e: etcd_client::Error) -> DirectoryError {
     DirectoryError::Etcd(format!("{what}: {e}"))
 }
 
-/// Connects to etcd and checks that it answers within the dial timeout.
-pub async fn connect(cfg: &EtcdConfig) -> anyhow::Result<Client> {
-    let mut opts = ConnectOptions::new()
-        .with_connect_timeout(cfg.dial_timeout)
-        .with_timeout(cfg.request_timeout)
-        .with_keep_alive(Duration::from_millis(500), cfg.request_timeout)
-        .with_keep_alive_while_idle(true)
-        .with_require_leader(true);
-    if cfg.ca_file.is_some() || cfg.cert_file.is_some() {
-        let mut tls = TlsOptions::new();
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| anyhow::anyhow!("reading the etcd CA file {}: {e}", ca.display()))?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
-            let c = std::fs::read(cert).map_err(|e| {
-                anyhow::anyhow!(
-                    "reading the etcd client certificate {}: {e}",
-                    cert.display()
-                )
-            })?;
-            let k = std::fs::read(key).map_err(|e| {
-                anyhow::anyhow!("reading the etcd client key {}: {e}", key.display())
-            })?;
-            tls = tls.identity(Identity::from_pem(c, k));
-        }
-        opts = opts.with_tls(tls);
-    }
-    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
-        opts = opts.with_user(user.clone(), password.clone());
-    }
-    let endpoints = cfg.endpoints.join(", ");
-    let attempt = async {
-        let mut client = Client::connect(&cfg.endpoints, Some(opts)).await?;
-        client.get(Keys::new(&cfg.prefix).state(), None).await?;
-        Ok::<Client, etcd_client::Error>(client)
-    };
-    match tokio::time::timeout(cfg.dial_timeout.max(cfg.request_timeout), attempt).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => anyhow::bail!(
-            "cannot reach etcd at {endpoints}: {e} (directory.endpoints; is etcd running and reachable from this gateway?)"
+/// One etcd client per endpoint, used one at a time: a request that cannot reach its member
+/// (connection refused, timeout, a member without a leader) is tried on the next member. (One
+/// client over all endpoints balances requests blindly and returns the error of a dead member.)
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    clients: Vec<(String, Client)>,
+    current: AtomicUsize,
+}
+
+/// Errors worth trying on another member: the request got no answer from a member that has a
+/// leader.
+fn retryable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
         ),
-        Err(_) => anyhow::bail!(
-            "cannot reach etcd at {endpoints}: no answer within {} (directory.dial_timeout; is etcd running and reachable from this gateway?)",
-            humantime::format_duration(cfg.dial_timeout.max(cfg.request_timeout))
-        ),
+        _ => false,
+    }
+}
+
+impl Pool {
+    /// Builds the clients (connections are made on first use) and checks that etcd answers.
+    pub async fn connect(cfg: &EtcdConfig) -> anyhow::Result<Pool> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(cfg.dial_timeout)
+            .with_timeout(cfg.request_timeout)
+            .with_keep_alive(Duration::from_millis(500), cfg.request_timeout)
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        if cfg.ca_file.is_some() || cfg.cert_file.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &cfg.ca_file {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    anyhow::anyhow!("reading the etcd CA file {}: {e}", ca.display())
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
+                let c = std::fs::read(cert).map_err(|e| {
+                    anyhow::anyhow!(
+                        "reading the etcd client certificate {}: {e}",
+                        cert.display()
+                    )
+                })?;
+                let k = std::fs::read(key).map_err(|e| {
+                    anyhow::anyhow!("reading the etcd client key {}: {e}", key.display())
+                })?;
+                tls = tls.identity(Identity::from_pem(c, k));
+            }
+            opts = opts.with_tls(tls);
+        }
+        if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        let limit = cfg.dial_timeout.max(cfg.request_timeout);
+        let mut clients = Vec::new();
+        let mut problems = Vec::new();
+        for e in &cfg.endpoints {
+            // Without authentication this makes no connection; with it, it asks for a token.
+            let connect = Client::connect([e.as_str()], Some(opts.clone()));
+            match tokio::time::timeout(limit, connect).await {
+                Ok(Ok(c)) => clients.push((e.clone(), c)),
+                Ok(Err(err)) => problems.push(format!("{e}: {err}")),
+                Err(_) => problems.push(format!(
+                    "{e}: no answer within {}",
+                    humantime::format_duration(limit)
+                )),
+            }
+        }
+        if clients.is_empty() {
+            anyhow::bail!(
+                "cannot reach etcd: {} (directory.endpoints; is etcd running and reachable from this gateway?)",
+                problems.join("; ")
+            );
+        }
+        for p in &problems {
+            tracing::warn!("etcd endpoint left out: {p}");
+        }
+        let n = clients.len() as u32;
+        let pool = Pool {
+            inner: Arc::new(PoolInner {
+                clients,
+                current: AtomicUsize::new(0),
+            }),
+        };
+        let key = Keys::new(&cfg.prefix).state();
+        let probe = pool.call(|mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        });
+        match tokio::time::timeout(limit * n, probe).await {
+            Ok(Ok(_)) => Ok(pool),
+            Ok(Err(e)) => anyhow::bail!(
+                "cannot reach etcd at {}: {e} (directory.endpoints; is etcd running, with a quorum, and reachable from this gateway?)",
+                cfg.endpoints.join(", ")
+            ),
+            Err(_) => anyhow::bail!(
+                "cannot reach etcd at {}: no answer within {} per endpoint (directory.dial_timeout; is etcd running and reachable from this gateway?)",
+                cfg.endpoints.join(", "),
+                humantime::format_duration(limit)
+            ),
+        }
+    }
+
+    /// The client in use now, and its index.
+    pub fn current(&self) -> (usize, Client) {
+        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.clients.len();
+        (i, self.inner.clients[i].1.clone())
+    }
+
+    /// The member at `from` failed: use the next one (unless another caller already moved on).
+    pub fn rotate(&self, from: usize) {
+        let n = self.inner.clients.len();
+        if n > 1
+            && self
+                .inner
+                .current
+                .compare_exchange(from, (from + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::info!(
+                failed = %self.inner.clients[from].0,
+                next = %self.inner.clients[(from + 1) % n].0,
+                "etcd: using the next endpoint"
+            );
+        }
+    }
+
+    /// Runs `f` on the current member, then on the others while the error says the member
+    /// could not answer.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.inner.clients.len();
+        let mut attempt = 0;
+        loop {
+            let (i, c) = self.current();
+            match f(c).await {
+                Ok(v) => return Ok(v),
+                Err(e) if retryable(&e) => {
+                    tracing::debug!(endpoint = %self.inner.clients[i].0, "etcd request failed: {e}");
+                    self.rotate(i);
+                    attempt += 1;
+                    if attempt >= n {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -141,11 +254,7 @@ struct Declarations {
 /// Publishes this gateway's servers and resources if the directory has none yet, or checks
 /// that they are exactly the directory's. A gateway that declares anything else refuses to
 /// start: two gateways must never forward one VIP by different rules.
-pub async fn check_declarations(
-    client: &Client,
-    keys: &Keys,
-    config: &Config,
-) -> anyhow::Result<()> {
+pub async fn check_declarations(pool: &Pool, keys: &Keys, config: &Config) -> anyhow::Result<()> {
     let servers = serde_json::to_value(&config.servers)?;
     let resources = serde_json::to_value(&config.resources)?;
     let ours = Declarations {
@@ -154,21 +263,20 @@ pub async fn check_declarations(
         servers,
         resources,
     };
-    let mut kv = client.kv_client();
-    let put = Txn::new()
+    let value = serde_json::to_vec(&ours)?;
+    let txn = Txn::new()
         .when([Compare::create_revision(
             keys.declarations(),
             CompareOp::Equal,
             0,
         )])
-        .and_then([TxnOp::put(
-            keys.declarations(),
-            serde_json::to_vec(&ours)?,
-            None,
-        )])
+        .and_then([TxnOp::put(keys.declarations(), value, None)])
         .or_else([TxnOp::get(keys.declarations(), None)]);
-    let resp = kv
-        .txn(put)
+    let resp = pool
+        .call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
         .await
         .map_err(|e| anyhow::anyhow!("etcd: publishing the declarations: {e}"))?;
     if resp.succeeded() {
@@ -251,7 +359,7 @@ struct Known {
 
 /// [`Directory`] on etcd (see the module docs).
 pub struct EtcdDirectory {
-    client: Client,
+    pool: Pool,
     keys: Keys,
     known: Mutex<Known>,
     /// The leader key's create-revision while this gateway leads.
@@ -261,11 +369,11 @@ pub struct EtcdDirectory {
 
 impl EtcdDirectory {
     /// Reads the directory's state.
-    pub async fn open(client: Client, keys: Keys) -> Result<Self, DirectoryError> {
-        let (snapshot, mod_rev) = read_state(&client, &keys).await?;
+    pub async fn open(pool: Pool, keys: Keys) -> Result<Self, DirectoryError> {
+        let (snapshot, mod_rev) = read_state(&pool, &keys).await?;
         let (revision_tx, _) = watch::channel(snapshot.revision);
         Ok(EtcdDirectory {
-            client,
+            pool,
             keys,
             known: Mutex::new(Known { snapshot, mod_rev }),
             fence: Mutex::new(None),
@@ -277,8 +385,8 @@ impl EtcdDirectory {
         &self.keys
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// The latest state this gateway knows.
@@ -349,9 +457,11 @@ impl EtcdDirectory {
                 TxnOp::get(self.keys.state(), None),
             ]);
         let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
+            .pool
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await
             .map_err(|e| etcd_err("committing", e))?;
         if resp.succeeded() {
@@ -388,10 +498,13 @@ impl EtcdDirectory {
     }
 }
 
-async fn read_state(client: &Client, keys: &Keys) -> Result<(Snapshot, i64), DirectoryError> {
-    let resp = client
-        .kv_client()
-        .get(keys.state(), None)
+async fn read_state(pool: &Pool, keys: &Keys) -> Result<(Snapshot, i64), DirectoryError> {
+    let key = keys.state();
+    let resp = pool
+        .call(|mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })
         .await
         .map_err(|e| etcd_err("reading the state", e))?;
     match resp.kvs().first() {
@@ -411,7 +524,7 @@ async fn read_state(client: &Client, keys: &Keys) -> Result<(Snapshot, i64), Dir
 #[async_trait::async_trait]
 impl Directory for EtcdDirectory {
     async fn snapshot(&self) -> Result<Snapshot, DirectoryError> {
-        let (s, rev) = read_state(&self.client, &self.keys).await?;
+        let (s, rev) = read_state(&self.pool, &self.keys).await?;
         self.observe_state(&s, rev);
         Ok(self.current())
     }
@@ -422,17 +535,16 @@ impl Directory for EtcdDirectory {
     }
 
     async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, DirectoryError> {
+        let key = self.keys.events_prefix();
         let resp = self
-            .client
-            .kv_client()
-            .get(
-                self.keys.events_prefix(),
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_sort(SortTarget::Key, SortOrder::Ascend),
-                ),
-            )
+            .pool
+            .call(|mut c| {
+                let key = key.clone();
+                let opts = GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Ascend);
+                async move { c.get(key, Some(opts)).await }
+            })
             .await
             .map_err(|e| etcd_err("reading the events", e))?;
         let mut out = Vec::new();
@@ -556,11 +668,6 @@ struct SessionTask {
     gateways: BTreeMap<String, GatewayRecord>,
 }
 
-enum End {
-    Cancelled,
-    Failed(String),
-}
-
 impl SessionTask {
     async fn run(mut self) {
         let mut connected = true;
@@ -579,8 +686,8 @@ impl SessionTask {
                 })
                 .await;
             match end {
-                End::Cancelled => break,
-                End::Failed(why) => {
+                Ok(()) => break,
+                Err(why) => {
                     if connected {
                         tracing::error!("etcd: {why}; the dataplane keeps the last directory it had, this gateway decides nothing until etcd answers again");
                     }
@@ -601,43 +708,41 @@ impl SessionTask {
         }
         // Leaving: hand the leadership and our record back at once.
         if let Some(lease) = self.lease.take() {
-            let mut c = self.dir.client().lease_client();
-            let _ = tokio::time::timeout(Duration::from_millis(500), c.revoke(lease)).await;
+            let pool = self.dir.pool().clone();
+            let revoke = pool.call(|mut c| async move { c.lease_revoke(lease).await });
+            let _ = tokio::time::timeout(Duration::from_millis(500), revoke).await;
         }
     }
 
-    async fn session(&mut self) -> End {
-        match self.session_inner().await {
-            Ok(()) => End::Cancelled,
-            Err(e) => End::Failed(e),
-        }
-    }
-
-    async fn session_inner(&mut self) -> Result<(), String> {
-        let client = self.dir.client().clone();
+    /// One lease: from its grant until it is lost (Err) or the controller stops (Ok).
+    async fn session(&mut self) -> Result<(), String> {
+        let pool = self.dir.pool().clone();
         let keys = self.dir.keys().clone();
         // A lease from an earlier session may still hold our keys (and the leadership):
         // revoke it so that they go at once.
         if let Some(old) = self.lease.take() {
-            let _ = client.lease_client().revoke(old).await;
+            let _ = pool
+                .call(|mut c| async move { c.lease_revoke(old).await })
+                .await;
         }
         let ttl_s = self.ttl.as_secs().max(2) as i64;
-        let lease = client
-            .lease_client()
-            .grant(ttl_s, None)
+        let lease = pool
+            .call(|mut c| async move { c.lease_grant(ttl_s, None).await })
             .await
             .map_err(|e| format!("granting a lease: {e}"))?
             .id();
         self.lease = Some(lease);
-        let (mut keeper, mut ka_stream) = client
-            .lease_client()
-            .keep_alive(lease)
-            .await
-            .map_err(|e| format!("keeping the lease alive: {e}"))?;
-        self.put_record(&client, &keys, lease).await?;
-        let mut last_ok = Instant::now();
-        let mut ka_tick = tokio::time::interval(self.ttl / 4);
-        ka_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (lost_tx, mut lost_rx) = watch::channel(None::<String>);
+        let stop_keepalive = self.cancel.child_token();
+        tokio::spawn(keep_lease(
+            pool.clone(),
+            lease,
+            self.ttl,
+            lost_tx,
+            stop_keepalive.clone(),
+        ));
+        let _guard = stop_keepalive.drop_guard();
+        self.put_record(&pool, &keys, lease).await?;
         let _ = self
             .events
             .send(ClusterEvent::Etcd {
@@ -646,133 +751,151 @@ impl SessionTask {
             })
             .await;
         tracing::info!(lease = format!("{lease:x}"), "etcd session started");
-        'watch: loop {
-            // Read everything, then watch from the next revision.
-            let resp = client
-                .kv_client()
-                .get(keys.all(), Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(|e| format!("reading the directory: {e}"))?;
-            let rev = resp.header().map_or(0, |h| h.revision());
-            let mut leader_kv = None;
-            self.gateways.clear();
-            for kv in resp.kvs() {
-                let key = kv.key_str().unwrap_or_default();
-                if key == keys.state() {
-                    self.on_state(kv.value(), kv.mod_revision()).await;
-                } else if key == keys.leader() {
-                    leader_kv = Some((kv.value().to_vec(), kv.create_revision()));
-                } else if let Some(name) = key.strip_prefix(&keys.gateways_prefix()) {
-                    if let Ok(r) = serde_json::from_slice::<GatewayRecord>(kv.value()) {
-                        self.gateways.insert(name.to_owned(), r);
-                    }
-                }
+        let mut failures = 0u32;
+        loop {
+            if let Some(why) = lost_rx.borrow().clone() {
+                return Err(why);
             }
-            let _ = self
-                .events
-                .send(ClusterEvent::Gateways(self.gateways.clone()))
-                .await;
-            match leader_kv {
-                None => self.campaign(&client, &keys, lease).await?,
-                Some((v, create)) => self.on_leader(Some(v), create).await,
-            }
-            let (_watcher, mut stream) = client
-                .watch_client()
-                .watch(
-                    keys.all(),
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(rev + 1),
-                    ),
-                )
-                .await
-                .map_err(|e| format!("watching the directory: {e}"))?
-                .split();
-            loop {
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return Ok(()),
-                    _ = ka_tick.tick() => {
-                        if last_ok.elapsed() > self.ttl {
-                            return Err(format!("the lease was not renewed for {} (etcd unreachable or without quorum)", humantime::format_duration(self.ttl)));
-                        }
-                        // A failed send shows up as a missing answer.
-                        let _ = keeper.keep_alive().await;
+            // Read everything, then watch from the next revision; a failure of either is
+            // tried again (on the next member) while the lease lives.
+            let (i, client) = pool.current();
+            match self.follow(&pool, client, &keys, lease, &mut lost_rx).await {
+                Ok(()) => return Ok(()),
+                Err(Follow::Lost(why)) => return Err(why),
+                Err(Follow::Broken(why)) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(20) {
+                        tracing::warn!("etcd watch: {why}; trying again");
                     }
-                    m = ka_stream.message() => match m {
-                        Ok(Some(r)) if r.ttl() > 0 => last_ok = Instant::now(),
-                        Ok(Some(_)) => return Err("the lease expired".into()),
-                        Ok(None) | Err(_) => {
-                            // The keep-alive stream broke: open a new one on the same lease.
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            match client.lease_client().keep_alive(lease).await {
-                                Ok((k, s)) => { keeper = k; ka_stream = s; }
-                                Err(e) if last_ok.elapsed() > self.ttl => return Err(format!("keeping the lease alive: {e}")),
-                                Err(_) => {}
-                            }
-                        }
-                    },
-                    changed = self.record_rx.changed() => {
-                        if changed.is_err() { return Ok(()); }
-                        self.put_record(&client, &keys, lease).await?;
-                    }
-                    m = stream.message() => {
-                        let resp = match m {
-                            Ok(Some(r)) => r,
-                            Ok(None) | Err(_) => {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                continue 'watch;
-                            }
-                        };
-                        if resp.canceled() {
-                            continue 'watch;
-                        }
-                        let mut gateways_changed = false;
-                        for ev in resp.events() {
-                            let Some(kv) = ev.kv() else { continue };
-                            let key = kv.key_str().unwrap_or_default();
-                            let put = ev.event_type() == EventType::Put;
-                            if key == keys.state() && put {
-                                self.on_state(kv.value(), kv.mod_revision()).await;
-                            } else if key == keys.leader() {
-                                if put {
-                                    self.on_leader(Some(kv.value().to_vec()), kv.create_revision()).await;
-                                } else {
-                                    self.on_leader(None, 0).await;
-                                    self.campaign(&client, &keys, lease).await?;
-                                }
-                            } else if let Some(name) = key.strip_prefix(&keys.gateways_prefix()) {
-                                gateways_changed = true;
-                                if put {
-                                    if let Ok(r) = serde_json::from_slice::<GatewayRecord>(kv.value()) {
-                                        self.gateways.insert(name.to_owned(), r);
-                                    }
-                                } else {
-                                    self.gateways.remove(name);
-                                }
-                            }
-                        }
-                        if gateways_changed {
-                            let _ = self.events.send(ClusterEvent::Gateways(self.gateways.clone())).await;
-                        }
+                    pool.rotate(i);
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                 }
             }
         }
     }
 
-    async fn put_record(&mut self, client: &Client, keys: &Keys, lease: i64) -> Result<(), String> {
-        let record = self.record_rx.borrow_and_update().clone();
-        let v = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-        client
+    /// Reads the directory, then follows its changes until something breaks.
+    async fn follow(
+        &mut self,
+        pool: &Pool,
+        client: Client,
+        keys: &Keys,
+        lease: i64,
+        lost_rx: &mut watch::Receiver<Option<String>>,
+    ) -> Result<(), Follow> {
+        let broken = |what: &str, e: etcd_client::Error| Follow::Broken(format!("{what}: {e}"));
+        let resp = client
             .kv_client()
-            .put(
-                keys.gateway(&self.name),
-                v,
-                Some(PutOptions::new().with_lease(lease)),
+            .get(keys.all(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| broken("reading the directory", e))?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let mut leader_kv = None;
+        self.gateways.clear();
+        for kv in resp.kvs() {
+            let key = kv.key_str().unwrap_or_default();
+            if key == keys.state() {
+                self.on_state(kv.value(), kv.mod_revision()).await;
+            } else if key == keys.leader() {
+                leader_kv = Some((kv.value().to_vec(), kv.create_revision()));
+            } else if let Some(name) = key.strip_prefix(&keys.gateways_prefix()) {
+                if let Ok(r) = serde_json::from_slice::<GatewayRecord>(kv.value()) {
+                    self.gateways.insert(name.to_owned(), r);
+                }
+            }
+        }
+        let _ = self
+            .events
+            .send(ClusterEvent::Gateways(self.gateways.clone()))
+            .await;
+        match leader_kv {
+            None => self.campaign(pool, keys, lease).await?,
+            Some((v, create)) => self.on_leader(Some(v), create).await,
+        }
+        let (_watcher, mut stream) = client
+            .watch_client()
+            .watch(
+                keys.all(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1),
+                ),
             )
             .await
-            .map_err(|e| format!("publishing this gateway's record: {e}"))?;
+            .map_err(|e| broken("watching the directory", e))?
+            .split();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Ok(()),
+                changed = lost_rx.changed() => {
+                    let why = lost_rx.borrow().clone();
+                    if changed.is_err() || why.is_some() {
+                        return Err(Follow::Lost(why.unwrap_or_else(|| "the lease keeper stopped".into())));
+                    }
+                }
+                changed = self.record_rx.changed() => {
+                    if changed.is_err() { return Ok(()); }
+                    self.put_record(pool, keys, lease).await.map_err(Follow::Broken)?;
+                }
+                m = stream.message() => {
+                    let resp = match m {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Err(Follow::Broken("the watch ended".into())),
+                        Err(e) => return Err(broken("the watch broke", e)),
+                    };
+                    if resp.canceled() {
+                        return Err(Follow::Broken(format!("the watch was cancelled: {}", resp.cancel_reason())));
+                    }
+                    let mut gateways_changed = false;
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let key = kv.key_str().unwrap_or_default();
+                        let put = ev.event_type() == EventType::Put;
+                        if key == keys.state() && put {
+                            self.on_state(kv.value(), kv.mod_revision()).await;
+                        } else if key == keys.leader() {
+                            if put {
+                                self.on_leader(Some(kv.value().to_vec()), kv.create_revision()).await;
+                            } else {
+                                self.on_leader(None, 0).await;
+                                self.campaign(pool, keys, lease).await?;
+                            }
+                        } else if let Some(name) = key.strip_prefix(&keys.gateways_prefix()) {
+                            gateways_changed = true;
+                            if put {
+                                if let Ok(r) = serde_json::from_slice::<GatewayRecord>(kv.value()) {
+                                    self.gateways.insert(name.to_owned(), r);
+                                }
+                            } else {
+                                self.gateways.remove(name);
+                            }
+                        }
+                    }
+                    if gateways_changed {
+                        let _ = self.events.send(ClusterEvent::Gateways(self.gateways.clone())).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn put_record(&mut self, pool: &Pool, keys: &Keys, lease: i64) -> Result<(), String> {
+        let record = self.record_rx.borrow_and_update().clone();
+        let v = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        let key = keys.gateway(&self.name);
+        pool.call(|mut c| {
+            let (key, v) = (key.clone(), v.clone());
+            async move {
+                c.put(key, v, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await
+        .map_err(|e| format!("publishing this gateway's record: {e}"))?;
         Ok(())
     }
 
@@ -815,7 +938,7 @@ impl SessionTask {
 
     /// Becomes the leader if there is none: creates the leader key under our lease only if it
     /// does not exist.
-    async fn campaign(&mut self, client: &Client, keys: &Keys, lease: i64) -> Result<(), String> {
+    async fn campaign(&mut self, pool: &Pool, keys: &Keys, lease: i64) -> Result<(), Follow> {
         let txn = Txn::new()
             .when([Compare::create_revision(keys.leader(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -824,11 +947,13 @@ impl SessionTask {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(keys.leader(), None)]);
-        let resp = client
-            .kv_client()
-            .txn(txn)
+        let resp = pool
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await
-            .map_err(|e| format!("campaigning for leader: {e}"))?;
+            .map_err(|e| Follow::Broken(format!("campaigning for leader: {e}")))?;
         if resp.succeeded() {
             let fence = resp.header().map_or(0, |h| h.revision());
             self.dir.set_fence(Some(fence));
@@ -843,5 +968,77 @@ impl SessionTask {
                 .await;
         }
         Ok(())
+    }
+}
+
+enum Follow {
+    /// The lease is gone: the session ends.
+    Lost(String),
+    /// The read or the watch failed: try again on the same lease.
+    Broken(String),
+}
+
+/// Renews `lease` every ttl/4 on whichever member answers; reports on `lost` once it was not
+/// renewed for a whole ttl, or etcd says it expired.
+async fn keep_lease(
+    pool: Pool,
+    lease: i64,
+    ttl: Duration,
+    lost: watch::Sender<Option<String>>,
+    stop: CancellationToken,
+) {
+    let mut last_ok = Instant::now();
+    let mut stream: Option<(usize, LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let mut tick = tokio::time::interval(ttl / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let next = async {
+            match &mut stream {
+                Some((_, _, s)) => s.message().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if last_ok.elapsed() > ttl {
+                    let _ = lost.send(Some(format!(
+                        "the lease was not renewed for {} (etcd unreachable or without quorum)",
+                        humantime::format_duration(ttl)
+                    )));
+                    return;
+                }
+                if stream.is_none() {
+                    let (i, c) = pool.current();
+                    let mut leases = c.lease_client();
+                    let open = tokio::time::timeout(ttl / 4, leases.keep_alive(lease));
+                    match open.await {
+                        Ok(Ok((k, s))) => {
+                            // Opening the stream renews the lease once.
+                            last_ok = Instant::now();
+                            stream = Some((i, k, s));
+                        }
+                        _ => pool.rotate(i),
+                    }
+                } else if let Some((i, k, _)) = &mut stream {
+                    if k.keep_alive().await.is_err() {
+                        pool.rotate(*i);
+                        stream = None;
+                    }
+                }
+            }
+            m = next => match m {
+                Ok(Some(r)) if r.ttl() > 0 => last_ok = Instant::now(),
+                Ok(Some(_)) => {
+                    let _ = lost.send(Some("the lease expired".into()));
+                    return;
+                }
+                Ok(None) | Err(_) => {
+                    if let Some((i, _, _)) = stream.take() {
+                        pool.rotate(i);
+                    }
+                }
+            },
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use ftn_controller::{
     config::EtcdConfig,
     directory::{Directory, DirectoryError, EventDraft, Update},
-    etcd::{self, ClusterEvent, EtcdDirectory, GatewayRecord, Keys, Session},
+    etcd::{ClusterEvent, EtcdDirectory, GatewayRecord, Keys, Pool, Session},
 };
 use ftn_tests::{lab::in_ns, require_root, Netns};
 use tokio::sync::mpsc;
@@ -131,9 +131,9 @@ struct Gw {
 
 async fn gateway(name: &str) -> Gw {
     let cfg = settings();
-    let client = etcd::connect(&cfg).await.expect("connect to etcd");
+    let pool = Pool::connect(&cfg).await.expect("connect to etcd");
     let dir = Arc::new(
-        EtcdDirectory::open(client, Keys::new(&cfg.prefix))
+        EtcdDirectory::open(pool, Keys::new(&cfg.prefix))
             .await
             .unwrap(),
     );
