@@ -720,10 +720,17 @@ impl SessionTask {
         let keys = self.dir.keys().clone();
         // A lease from an earlier session may still hold our keys (and the leadership):
         // revoke it so that they go at once.
-        if let Some(old) = self.lease.take() {
-            let _ = pool
+        // Until that revoke succeeds (or etcd says the lease is gone) no new lease is taken:
+        // a leader key left under the old lease would block the election for a whole ttl.
+        if let Some(old) = self.lease {
+            match pool
                 .call(|mut c| async move { c.lease_revoke(old).await })
-                .await;
+                .await
+            {
+                Ok(_) => self.lease = None,
+                Err(e) if !retryable(&e) => self.lease = None, // not found: already expired
+                Err(e) => return Err(format!("revoking the previous lease: {e}")),
+            }
         }
         let ttl_s = self.ttl.as_secs().max(2) as i64;
         let lease = pool
