@@ -2,6 +2,7 @@
 //! docs/BENCHMARKS.md). Every part returns [`Figure`]s; a figure that could not be measured has
 //! no value and says why.
 
+pub mod cluster;
 pub mod failover;
 pub mod scale;
 pub mod xdp;

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: measures the dataplane, failover and the controller's scale, each beside
 //! a baseline measured in the same run, prints a table and optionally writes a flat JSON object.
 //!
-//! Usage: `ftn-bench [--quick] [--json PATH] [--only xdp,failover,scale]` (as root).
+//! Usage: `ftn-bench [--quick] [--json PATH] [--only xdp,failover,scale,cluster]` (as root).
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -30,6 +30,8 @@ const KEYS: &[(&str, Option<Target>)] = &[
     ("remap_10k_ms", Some(Target::AtMost(20.0))),
     ("heartbeat_cpu_1000", Some(Target::AtMost(0.1))),
     ("rss_mb_100k", Some(Target::AtMost(150.0))),
+    ("etcd_propagation_ms", Some(Target::AtMost(50.0))),
+    ("failover_3gw_gap_ms", Some(Target::AtMost(300.0))),
 ];
 
 #[derive(Clone, Copy)]
@@ -54,7 +56,7 @@ impl Target {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: ftn-bench [--quick] [--json PATH] [--only xdp,failover,scale]");
+    eprintln!("usage: ftn-bench [--quick] [--json PATH] [--only xdp,failover,scale,cluster]");
     std::process::exit(2);
 }
 
@@ -99,10 +101,11 @@ fn main() {
     let t0 = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
     type Part = (&'static str, fn(Size) -> Vec<Figure>);
-    let parts: [Part; 3] = [
+    let parts: [Part; 4] = [
         ("xdp", bench::xdp::run),
         ("failover", bench::failover::run),
         ("scale", bench::scale::run),
+        ("cluster", bench::cluster::run),
     ];
     for (name, run) in parts {
         if !wants(name) {

@@ -1,0 +1,229 @@
+//! Several gateways on etcd (the cluster lab: 3 gateways, a 3-member etcd cluster, real `ftn`
+//! processes): how long a leader's decision takes to reach every gateway's maps, beside etcd's
+//! own put-to-watch latency measured in the same lab; and the client's interruption through each
+//! gateway when the primary crashes, with the default configuration.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    bench::{attempt, median, Figure, Size},
+    cluster::{self, Cluster, GATEWAYS},
+    ftn::gap,
+    lab::in_ns,
+};
+
+const EVERY: Duration = Duration::from_millis(10);
+
+/// etcd's own latency from a put to the watch event, seen from gateway 1's namespace: the floor
+/// under any propagation through etcd.
+fn etcd_put_watch_ms(c: &Cluster, n: usize) -> Vec<f64> {
+    let endpoints: Vec<String> = (1..=cluster::MEMBERS)
+        .map(cluster::member_client_url)
+        .collect();
+    let key = format!("{}/bench-put-watch", c.prefix);
+    in_ns(c.gw_ns(1), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut client = etcd_client::Client::connect(&endpoints, None)
+                .await
+                .expect("connect to etcd");
+            let (_w, mut stream) = client
+                .watch(key.clone(), None)
+                .await
+                .expect("watch")
+                .split();
+            let mut out = Vec::new();
+            for i in 0..n {
+                let t = Instant::now();
+                client
+                    .put(key.clone(), i.to_string(), None)
+                    .await
+                    .expect("put");
+                loop {
+                    let r = tokio::time::timeout(Duration::from_secs(2), stream.message())
+                        .await
+                        .expect("watch event within 2 s")
+                        .expect("watch")
+                        .expect("watch stream");
+                    if r.events().iter().any(|e| {
+                        e.kv()
+                            .is_some_and(|kv| kv.value() == i.to_string().as_bytes())
+                    }) {
+                        break;
+                    }
+                }
+                out.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            let _ = client.delete(key, None).await;
+            out
+        })
+    })
+}
+
+/// Switchovers through the leader's API, alternately to the backup and back; for each, the time
+/// from the leader's directory write (the event's timestamp) to the last gateway's maps holding
+/// it (each gateway publishes when its map writes are done).
+fn propagation_ms(c: &Cluster, n: usize) -> Result<(Vec<f64>, String), String> {
+    let leader = c.leader().ok_or("no leader")?;
+    let lk = c.index_of(&leader);
+    let mut out = Vec::new();
+    for i in 0..n {
+        let to = if i % 2 == 0 { "backup" } else { "primary" };
+        c.gw(lk).cli_ok(&["switchover", "web", "--to", to]);
+        let events = c.events(lk);
+        let ev = events
+            .iter()
+            .rev()
+            .find(|e| e["kind"] == "switchover")
+            .ok_or("no switchover event")?;
+        let (rev, at) = (
+            ev["revision"].as_u64().ok_or("event without revision")?,
+            ev["at_ms"].as_u64().ok_or("event without at_ms")?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut applied_at = Vec::new();
+        for k in 1..=GATEWAYS {
+            loop {
+                let cs = c.cluster_status(k)?;
+                let own = cs["gateways"]
+                    .as_array()
+                    .and_then(|g| g.iter().find(|g| g["name"] == cluster::gw_name(k)).cloned())
+                    .ok_or("no own record")?;
+                if own["applied_revision"].as_u64().unwrap_or(0) >= rev {
+                    applied_at.push(own["applied_at_ms"].as_u64().unwrap_or(0));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "gateway {k} did not apply revision {rev} within 5 s"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let last = applied_at.iter().copied().max().unwrap_or(at);
+        out.push(last.saturating_sub(at) as f64);
+    }
+    Ok((out, leader))
+}
+
+/// The primary crashes (all its links down) with the default checks; client probes through
+/// every gateway; returns the longest interruption over the gateways, and the time until every
+/// gateway's status shows the backup.
+fn crash_once() -> Result<(f64, f64, Vec<f64>), String> {
+    let mut c = Cluster::new("");
+    // The default checks: remove the lab's 100 ms check interval.
+    for k in 1..=GATEWAYS {
+        let f = c.gw(k);
+        let text = std::fs::read_to_string(&f.config).map_err(|e| e.to_string())?;
+        let text = text.replace(
+            "checks = [{ type = \"tcp\", port = 80, interval = \"100ms\" }]",
+            "checks = [{ type = \"tcp\", port = 80 }]",
+        );
+        // And etcd's timings: the defaults too.
+        let text = text
+            .replace("dial_timeout = \"500ms\"\n", "")
+            .replace("request_timeout = \"1s\"\n", "")
+            .replace("lease_ttl = \"2s\"\n", "");
+        assert!(
+            !text.contains("100ms") && !text.contains("lease_ttl"),
+            "the lab config changed shape:\n{text}"
+        );
+        f.write_config(&text);
+    }
+    c.start_gateways();
+    let probers = c.probe_all(EVERY, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let t_fault = probers[0].now();
+    let t0 = Instant::now();
+    for k in 1..=GATEWAYS {
+        c.primary.ip(&["link", "set", &format!("p{k}"), "down"]);
+    }
+    let moved = c.wait_all_current("web", Some("backup"), Duration::from_secs(10));
+    let _ = moved;
+    let all_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut gaps = Vec::new();
+    for p in probers {
+        let until = p.now();
+        let samples = p.finish();
+        let (g, _) = gap(&samples, t_fault, until);
+        gaps.push((g.as_secs_f64() * 1000.0).round());
+    }
+    let worst = gaps.iter().copied().fold(0.0, f64::max);
+    Ok((worst, all_ms, gaps))
+}
+
+pub fn run(size: Size) -> Vec<Figure> {
+    let (n_prop, n_floor, reps) = match size {
+        Size::Quick => (3, 5, 1),
+        Size::Full => (20, 50, 3),
+    };
+    let mut out = Vec::new();
+    match attempt(|| {
+        let c = Cluster::start("");
+        let floor = etcd_put_watch_ms(&c, n_floor);
+        let (prop, leader) = propagation_ms(&c, n_prop)?;
+        Ok((floor, prop, leader))
+    }) {
+        Ok((floor, prop, leader)) => {
+            let fl = median(&floor);
+            out.push(Figure::new(
+                "etcd_propagation_ms",
+                median(&prop),
+                "ms",
+                format!(
+                    "median of {} switchovers through the leader {leader}: its directory write (event time) to the last of 3 gateways' maps holding it (ms resolution; runs {:?}); baseline in the same lab: etcd put -> watch event {fl:.2} ms (median of {})",
+                    prop.len(),
+                    prop.iter().map(|v| *v as u64).collect::<Vec<_>>(),
+                    floor.len()
+                ),
+            ));
+            out.push(Figure::new(
+                "etcd_put_watch_ms",
+                fl,
+                "ms",
+                "baseline: etcd's own put -> watch event latency from a gateway's namespace (3-member cluster)",
+            ));
+        }
+        Err(e) => {
+            out.push(Figure::missing("etcd_propagation_ms", "ms", e.clone()));
+            out.push(Figure::missing("etcd_put_watch_ms", "ms", e));
+        }
+    }
+    let mut worst = Vec::new();
+    let mut all = Vec::new();
+    let mut errs = Vec::new();
+    let mut per_gw = Vec::new();
+    for rep in 0..reps {
+        eprintln!("   cluster: crash repetition {} of {reps}", rep + 1);
+        match attempt(crash_once) {
+            Ok((w, a, g)) => {
+                worst.push(w);
+                all.push(a);
+                per_gw.push(g);
+            }
+            Err(e) => errs.push(e),
+        }
+    }
+    out.push(if worst.is_empty() {
+        Figure::missing("failover_3gw_gap_ms", "ms", errs.join(" / "))
+    } else {
+        Figure::new(
+            "failover_3gw_gap_ms",
+            median(&worst),
+            "ms",
+            format!(
+                "median over {} crash(es) of the longest client interruption through any of 3 gateways (probes every 10 ms through each), default config (checks every 1 s, passive health on, etcd timings default); per gateway {:?}; every gateway's status on the backup {:.0} ms after the crash (median); single-gateway baseline: failover_crash_gap_ms{}",
+                worst.len(),
+                per_gw,
+                median(&all),
+                if errs.is_empty() { String::new() } else { format!("; failed runs: {}", errs.join(" / ")) }
+            ),
+        )
+    });
+    out
+}
