@@ -3766,6 +3766,27 @@ hold = "5s"
     }
 
     #[test]
+    fn dist_etcd_example_parses() {
+        let text = include_str!("../../dist/ftn-etcd.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = text.to_string();
+        for f in ["token", "etcd-ca.pem", "etcd-client.pem", "etcd-client-key.pem"] {
+            let p = dir.path().join(f);
+            std::fs::write(&p, "x\n").unwrap();
+            let from = format!("/etc/ftn/{f}\"");
+            assert!(text.contains(&from), "{from}");
+            text = text.replace(&from, &format!("{}\"", p.display()));
+        }
+        let c = ok(&text);
+        let DirectoryConfig::Etcd(e) = &c.directory else {
+            panic!("the etcd example must use the etcd backend")
+        };
+        assert_eq!(e.endpoints.len(), 3);
+        assert_eq!(c.gateway.name, "gw1");
+        assert!(e.ca_file.is_some() && e.cert_file.is_some() && e.key_file.is_some());
+    }
+
+    #[test]
     fn dist_example_parses() {
         let text = include_str!("../../dist/ftn.toml");
         let dir = tempfile::tempdir().unwrap();

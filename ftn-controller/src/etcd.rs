@@ -771,7 +771,7 @@ impl SessionTask {
                 Err(Follow::Lost(why)) => return Err(why),
                 Err(Follow::Broken(why)) => {
                     failures += 1;
-                    if failures == 1 || failures.is_multiple_of(20) {
+                    if failures == 1 || failures % 20 == 0 {
                         tracing::warn!("etcd watch: {why}; trying again");
                     }
                     pool.rotate(i);
