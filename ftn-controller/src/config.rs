@@ -3770,7 +3770,12 @@ hold = "5s"
         let text = include_str!("../../dist/ftn-etcd.toml");
         let dir = tempfile::tempdir().unwrap();
         let mut text = text.to_string();
-        for f in ["token", "etcd-ca.pem", "etcd-client.pem", "etcd-client-key.pem"] {
+        for f in [
+            "token",
+            "etcd-ca.pem",
+            "etcd-client.pem",
+            "etcd-client-key.pem",
+        ] {
             let p = dir.path().join(f);
             std::fs::write(&p, "x\n").unwrap();
             let from = format!("/etc/ftn/{f}\"");

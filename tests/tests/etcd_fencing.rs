@@ -11,7 +11,7 @@ use std::{
 use ftn_controller::{
     config::EtcdConfig,
     directory::{Directory, DirectoryError, EventDraft, Update},
-    etcd::{ClusterEvent, EtcdDirectory, GatewayRecord, Keys, Pool, Session},
+    etcd::{self, ClusterEvent, EtcdDirectory, GatewayRecord, Keys, Pool, Session},
 };
 use ftn_tests::{lab::in_ns, require_root, Netns};
 use tokio::sync::mpsc;
@@ -285,6 +285,107 @@ fn a_deposed_leaders_late_write_is_refused_by_the_fence() {
                 "{e}"
             );
             b.cancel.cancel();
+        });
+    });
+}
+
+fn config(name: &str, backup_address: &str) -> ftn_controller::config::Config {
+    let text = format!(
+        r#"
+[gateway]
+name = "{name}"
+interfaces = ["eth0"]
+[directory]
+backend = "etcd"
+endpoints = ["http://127.0.0.1:2379"]
+prefix = "/ftn-decl"
+[[server]]
+name = "primary"
+address = "198.18.50.1"
+[[server]]
+name = "backup"
+address = "{backup_address}"
+[[resource]]
+name = "web"
+vip = "198.18.100.1"
+protocol = "tcp"
+ports = [80]
+servers = ["primary", "backup"]
+"#
+    );
+    ftn_controller::config::parse(&text, std::path::Path::new("/etc/ftn/ftn.toml"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn declarations_are_shared_and_a_differing_gateway_is_refused() {
+    let etcd = Etcd::start();
+    in_ns(&etcd.ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut cfg = settings();
+            cfg.prefix = "/ftn-decl".into();
+            let pool = Pool::connect(&cfg).await.expect("connect");
+            let keys = Keys::new(&cfg.prefix);
+            // The first gateway publishes; a second with the same declarations is accepted.
+            etcd::check_declarations(&pool, &keys, &config("gw1", "198.18.50.2"))
+                .await
+                .expect("first gateway");
+            etcd::check_declarations(&pool, &keys, &config("gw2", "198.18.50.2"))
+                .await
+                .expect("same declarations, other gateway name");
+            // A third that declares the backup elsewhere is refused, and says what differs.
+            let e = etcd::check_declarations(&pool, &keys, &config("gw3", "198.18.50.3"))
+                .await
+                .unwrap_err()
+                .to_string();
+            eprintln!("refused: {e}");
+            assert!(
+                e.contains("/etc/ftn/ftn.toml")
+                    && e.contains("server \"backup\" is declared differently")
+                    && e.contains("written by gateway \"gw1\""),
+                "{e}"
+            );
+        });
+    });
+}
+
+#[test]
+fn etcd_unreachable_at_start_is_a_clear_error() {
+    require_root();
+    // A namespace of our own with nothing listening: connections are refused at once.
+    let ns = Netns::new("ftnx");
+    in_ns(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut cfg = settings();
+            cfg.endpoints = vec![
+                "http://127.0.0.1:2379".into(),
+                "http://127.0.0.1:2381".into(),
+            ];
+            cfg.dial_timeout = Duration::from_millis(300);
+            let t = Instant::now();
+            let e = match Pool::connect(&cfg).await {
+                Ok(_) => panic!("connecting to nothing must fail"),
+                Err(e) => e.to_string(),
+            };
+            eprintln!("refused after {:?}: {e}", t.elapsed());
+            assert!(
+                e.starts_with("cannot reach etcd at http://127.0.0.1:2379, http://127.0.0.1:2381:"),
+                "{e}"
+            );
+            assert!(e.contains("directory.endpoints"), "{e}");
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "took {:?}",
+                t.elapsed()
+            );
         });
     });
 }
