@@ -30,6 +30,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A new connection through every gateway is answered by `who`.
+fn answered_through_all(c: &Cluster, who: &str) {
+    for k in 1..=GATEWAYS {
+        assert_eq!(
+            c.ask_via_retry(k, Duration::from_secs(1)).as_deref(),
+            Ok(who),
+            "gw{k}"
+        );
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -243,13 +254,7 @@ fn primary_death_fails_over_on_every_gateway_and_fails_back() {
         "failover on all 3 gateways {:.0} ms after the service died",
         ms(took)
     );
-    for k in 1..=GATEWAYS {
-        assert_eq!(
-            c.ask_via_retry(k, Duration::from_secs(1)).as_deref(),
-            Ok("backup"),
-            "gw{k}"
-        );
-    }
+    answered_through_all(&c, "backup");
     std::thread::sleep(Duration::from_millis(500));
     let restarted = Instant::now();
     c.start_service("primary");
@@ -258,13 +263,7 @@ fn primary_death_fails_over_on_every_gateway_and_fails_back() {
         "failback on all 3 gateways {:.0} ms after the service returned",
         ms(back)
     );
-    for k in 1..=GATEWAYS {
-        assert_eq!(
-            c.ask_via_retry(k, Duration::from_secs(1)).as_deref(),
-            Ok("primary"),
-            "gw{k}"
-        );
-    }
+    answered_through_all(&c, "primary");
     std::thread::sleep(Duration::from_millis(500));
     for (i, p) in probes.into_iter().enumerate() {
         let k = i + 1;

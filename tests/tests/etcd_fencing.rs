@@ -94,6 +94,21 @@ impl Drop for Etcd {
     }
 }
 
+/// Runs the future `f` makes on a single-threaded runtime in a thread inside `ns`.
+fn block_on_in<F, Fut>(ns: &Netns, f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    in_ns(ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+}
+
 fn settings() -> EtcdConfig {
     EtcdConfig {
         endpoints: vec!["http://127.0.0.1:2379".into()],
@@ -179,113 +194,107 @@ async fn leader_event(gw: &mut Gw) -> (Option<String>, Option<i64>) {
 #[test]
 fn a_deposed_leaders_late_write_is_refused_by_the_fence() {
     let etcd = Etcd::start();
-    in_ns(&etcd.ns, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            // A starts first and leads.
-            let mut a = gateway("gw-a").await;
-            let (leader, fence_a) = leader_event(&mut a).await;
-            assert_eq!(leader.as_deref(), Some("gw-a"));
-            let fence_a = fence_a.expect("gw-a should lead: it was alone");
-            let mut b = gateway("gw-b").await;
-            let (leader_b, fence_b) = leader_event(&mut b).await;
-            assert_eq!(
-                (leader_b.as_deref(), fence_b),
-                (Some("gw-a"), None),
-                "gw-b must follow gw-a"
+    block_on_in(&etcd.ns, || async {
+        // A starts first and leads.
+        let mut a = gateway("gw-a").await;
+        let (leader, fence_a) = leader_event(&mut a).await;
+        assert_eq!(leader.as_deref(), Some("gw-a"));
+        let fence_a = fence_a.expect("gw-a should lead: it was alone");
+        let mut b = gateway("gw-b").await;
+        let (leader_b, fence_b) = leader_event(&mut b).await;
+        assert_eq!(
+            (leader_b.as_deref(), fence_b),
+            (Some("gw-a"), None),
+            "gw-b must follow gw-a"
+        );
+
+        // A commits while it leads.
+        let r1 = a
+            .dir
+            .commit(0, event("decided by gw-a while leading"))
+            .await
+            .expect("leader commit");
+        assert_eq!(r1, 1);
+        // A follower cannot commit at all.
+        let e = b
+            .dir
+            .commit(b.dir.current().revision, event("from a follower"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DirectoryError::NotLeader), "{e}");
+
+        // The race: A decides something at revision 1, then stalls (a long pause) past its
+        // lease; B becomes the leader and writes; then A's write arrives.
+        let stale_decision = event("late write of the deposed gw-a");
+        a.cancel.cancel(); // A's session ends: its lease goes, the leader key with it
+        let t = Instant::now();
+        let fence_b = loop {
+            let (name, fence) = leader_event(&mut b).await;
+            if name.as_deref() == Some("gw-b") {
+                break fence.expect("gw-b leads: it holds the fence");
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "gw-b did not take over"
             );
+        };
+        assert!(fence_b > fence_a, "fences grow: {fence_a} then {fence_b}");
+        eprintln!(
+            "gw-b took over in {:?} (fence {fence_a} -> {fence_b})",
+            t.elapsed()
+        );
+        let rev_b = b
+            .dir
+            .commit(b.dir.current().revision, event("decided by gw-b"))
+            .await
+            .expect("new leader commits");
+        assert_eq!(rev_b, 2);
 
-            // A commits while it leads.
-            let r1 = a
-                .dir
-                .commit(0, event("decided by gw-a while leading"))
-                .await
-                .expect("leader commit");
-            assert_eq!(r1, 1);
-            // A follower cannot commit at all.
-            let e = b
-                .dir
-                .commit(b.dir.current().revision, event("from a follower"))
-                .await
-                .unwrap_err();
-            assert!(matches!(e, DirectoryError::NotLeader), "{e}");
+        // A's late write, with the fence and the revision it decided from: refused.
+        let e = a
+            .dir
+            .commit_fenced(fence_a, 1, stale_decision.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, DirectoryError::Fenced { fence, .. } if fence == fence_a),
+            "{e}"
+        );
+        // Even after A learns the newest revision, its old fence is refused: the fence, not
+        // only the revision, protects the directory.
+        let now = a.dir.snapshot().await.unwrap();
+        assert_eq!(now.revision, 2);
+        let e = a
+            .dir
+            .commit_fenced(fence_a, 2, stale_decision)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DirectoryError::Fenced { .. }), "{e}");
+        eprintln!("late write refused: {e}");
 
-            // The race: A decides something at revision 1, then stalls (a long pause) past its
-            // lease; B becomes the leader and writes; then A's write arrives.
-            let stale_decision = event("late write of the deposed gw-a");
-            a.cancel.cancel(); // A's session ends: its lease goes, the leader key with it
-            let t = Instant::now();
-            let fence_b = loop {
-                let (name, fence) = leader_event(&mut b).await;
-                if name.as_deref() == Some("gw-b") {
-                    break fence.expect("gw-b leads: it holds the fence");
+        // Nothing of A's late write is in etcd.
+        let events = b.dir.events(0, 100).await.unwrap();
+        let texts: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(texts, ["decided by gw-a while leading", "decided by gw-b"]);
+        assert_eq!(b.dir.snapshot().await.unwrap().revision, 2);
+
+        // B's own CAS: a commit decided from an older revision is refused too.
+        let e = b
+            .dir
+            .commit(1, event("decided from revision 1"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DirectoryError::Conflict {
+                    expected: 1,
+                    actual: 2
                 }
-                assert!(
-                    t.elapsed() < Duration::from_secs(5),
-                    "gw-b did not take over"
-                );
-            };
-            assert!(fence_b > fence_a, "fences grow: {fence_a} then {fence_b}");
-            eprintln!(
-                "gw-b took over in {:?} (fence {fence_a} -> {fence_b})",
-                t.elapsed()
-            );
-            let rev_b = b
-                .dir
-                .commit(b.dir.current().revision, event("decided by gw-b"))
-                .await
-                .expect("new leader commits");
-            assert_eq!(rev_b, 2);
-
-            // A's late write, with the fence and the revision it decided from: refused.
-            let e = a
-                .dir
-                .commit_fenced(fence_a, 1, stale_decision.clone())
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(e, DirectoryError::Fenced { fence, .. } if fence == fence_a),
-                "{e}"
-            );
-            // Even after A learns the newest revision, its old fence is refused: the fence, not
-            // only the revision, protects the directory.
-            let now = a.dir.snapshot().await.unwrap();
-            assert_eq!(now.revision, 2);
-            let e = a
-                .dir
-                .commit_fenced(fence_a, 2, stale_decision)
-                .await
-                .unwrap_err();
-            assert!(matches!(e, DirectoryError::Fenced { .. }), "{e}");
-            eprintln!("late write refused: {e}");
-
-            // Nothing of A's late write is in etcd.
-            let events = b.dir.events(0, 100).await.unwrap();
-            let texts: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
-            assert_eq!(texts, ["decided by gw-a while leading", "decided by gw-b"]);
-            assert_eq!(b.dir.snapshot().await.unwrap().revision, 2);
-
-            // B's own CAS: a commit decided from an older revision is refused too.
-            let e = b
-                .dir
-                .commit(1, event("decided from revision 1"))
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(
-                    e,
-                    DirectoryError::Conflict {
-                        expected: 1,
-                        actual: 2
-                    }
-                ),
-                "{e}"
-            );
-            b.cancel.cancel();
-        });
+            ),
+            "{e}"
+        );
+        b.cancel.cancel();
     });
 }
 
@@ -320,36 +329,30 @@ servers = ["primary", "backup"]
 #[test]
 fn declarations_are_shared_and_a_differing_gateway_is_refused() {
     let etcd = Etcd::start();
-    in_ns(&etcd.ns, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut cfg = settings();
-            cfg.prefix = "/ftn-decl".into();
-            let pool = Pool::connect(&cfg).await.expect("connect");
-            let keys = Keys::new(&cfg.prefix);
-            // The first gateway publishes; a second with the same declarations is accepted.
-            etcd::check_declarations(&pool, &keys, &config("gw1", "198.18.50.2"))
-                .await
-                .expect("first gateway");
-            etcd::check_declarations(&pool, &keys, &config("gw2", "198.18.50.2"))
-                .await
-                .expect("same declarations, other gateway name");
-            // A third that declares the backup elsewhere is refused, and says what differs.
-            let e = etcd::check_declarations(&pool, &keys, &config("gw3", "198.18.50.3"))
-                .await
-                .unwrap_err()
-                .to_string();
-            eprintln!("refused: {e}");
-            assert!(
-                e.contains("/etc/ftn/ftn.toml")
-                    && e.contains("server \"backup\" is declared differently")
-                    && e.contains("written by gateway \"gw1\""),
-                "{e}"
-            );
-        });
+    block_on_in(&etcd.ns, || async {
+        let mut cfg = settings();
+        cfg.prefix = "/ftn-decl".into();
+        let pool = Pool::connect(&cfg).await.expect("connect");
+        let keys = Keys::new(&cfg.prefix);
+        // The first gateway publishes; a second with the same declarations is accepted.
+        etcd::check_declarations(&pool, &keys, &config("gw1", "198.18.50.2"))
+            .await
+            .expect("first gateway");
+        etcd::check_declarations(&pool, &keys, &config("gw2", "198.18.50.2"))
+            .await
+            .expect("same declarations, other gateway name");
+        // A third that declares the backup elsewhere is refused, and says what differs.
+        let e = etcd::check_declarations(&pool, &keys, &config("gw3", "198.18.50.3"))
+            .await
+            .unwrap_err()
+            .to_string();
+        eprintln!("refused: {e}");
+        assert!(
+            e.contains("/etc/ftn/ftn.toml")
+                && e.contains("server \"backup\" is declared differently")
+                && e.contains("written by gateway \"gw1\""),
+            "{e}"
+        );
     });
 }
 
@@ -358,34 +361,28 @@ fn etcd_unreachable_at_start_is_a_clear_error() {
     require_root();
     // A namespace of our own with nothing listening: connections are refused at once.
     let ns = Netns::new("ftnx");
-    in_ns(&ns, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut cfg = settings();
-            cfg.endpoints = vec![
-                "http://127.0.0.1:2379".into(),
-                "http://127.0.0.1:2381".into(),
-            ];
-            cfg.dial_timeout = Duration::from_millis(300);
-            let t = Instant::now();
-            let e = match Pool::connect(&cfg).await {
-                Ok(_) => panic!("connecting to nothing must fail"),
-                Err(e) => e.to_string(),
-            };
-            eprintln!("refused after {:?}: {e}", t.elapsed());
-            assert!(
-                e.starts_with("cannot reach etcd at http://127.0.0.1:2379, http://127.0.0.1:2381:"),
-                "{e}"
-            );
-            assert!(e.contains("directory.endpoints"), "{e}");
-            assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "took {:?}",
-                t.elapsed()
-            );
-        });
+    block_on_in(&ns, || async {
+        let mut cfg = settings();
+        cfg.endpoints = vec![
+            "http://127.0.0.1:2379".into(),
+            "http://127.0.0.1:2381".into(),
+        ];
+        cfg.dial_timeout = Duration::from_millis(300);
+        let t = Instant::now();
+        let e = match Pool::connect(&cfg).await {
+            Ok(_) => panic!("connecting to nothing must fail"),
+            Err(e) => e.to_string(),
+        };
+        eprintln!("refused after {:?}: {e}", t.elapsed());
+        assert!(
+            e.starts_with("cannot reach etcd at http://127.0.0.1:2379, http://127.0.0.1:2381:"),
+            "{e}"
+        );
+        assert!(e.contains("directory.endpoints"), "{e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t.elapsed()
+        );
     });
 }
