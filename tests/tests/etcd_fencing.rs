@@ -1,6 +1,8 @@
 //! The shared directory on a real etcd (one member, in a network namespace of its own, on that
-//! namespace's loopback): commits with compare-and-swap, the election, and the fence that
-//! refuses a deposed leader's late write. Needs root (namespaces); never skipped.
+//! namespace's loopback): commits with compare-and-swap, the election, the fence that refuses a
+//! deposed leader's late write (the race is forced), the shared declarations (a gateway that
+//! declares other servers is refused), and the error when etcd cannot be reached at start.
+//! Needs root (namespaces); never skipped. The three-gateway behaviour is in cluster_lab.rs.
 
 use std::{
     process::{Child, Command, Stdio},
