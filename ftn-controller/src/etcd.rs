@@ -857,7 +857,26 @@ impl SessionTask {
                     if resp.canceled() {
                         return Err(Follow::Broken(format!("the watch was cancelled: {}", resp.cancel_reason())));
                     }
+                    // Gateway records first: when a lease expires, its gateway record and
+                    // (for a leader) the leader key go in the same revision, and a new leader
+                    // must not count the dead gateway.
                     let mut gateways_changed = false;
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let key = kv.key_str().unwrap_or_default();
+                        let Some(name) = key.strip_prefix(&keys.gateways_prefix()) else { continue };
+                        gateways_changed = true;
+                        if ev.event_type() == EventType::Put {
+                            if let Ok(r) = serde_json::from_slice::<GatewayRecord>(kv.value()) {
+                                self.gateways.insert(name.to_owned(), r);
+                            }
+                        } else {
+                            self.gateways.remove(name);
+                        }
+                    }
+                    if gateways_changed {
+                        let _ = self.events.send(ClusterEvent::Gateways(self.gateways.clone())).await;
+                    }
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let key = kv.key_str().unwrap_or_default();
@@ -871,19 +890,7 @@ impl SessionTask {
                                 self.on_leader(None, 0).await;
                                 self.campaign(pool, keys, lease).await?;
                             }
-                        } else if let Some(name) = key.strip_prefix(&keys.gateways_prefix()) {
-                            gateways_changed = true;
-                            if put {
-                                if let Ok(r) = serde_json::from_slice::<GatewayRecord>(kv.value()) {
-                                    self.gateways.insert(name.to_owned(), r);
-                                }
-                            } else {
-                                self.gateways.remove(name);
-                            }
                         }
-                    }
-                    if gateways_changed {
-                        let _ = self.events.send(ClusterEvent::Gateways(self.gateways.clone())).await;
                     }
                 }
             }

@@ -50,7 +50,11 @@ enum Task {
     Lint,
     /// Set up, build, and run the live demo lab (client, gateway, primary, backup in network
     /// namespaces): failover when the primary's service dies, failback when it returns.
-    Demo,
+    Demo {
+        /// Three gateways sharing one directory on a three-member etcd cluster instead.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Set up, build, lint, then run every test, including those that need root, BPF and
     /// network namespaces (run one at a time).
     Test,
@@ -63,7 +67,7 @@ enum Task {
         /// Also write the figures as one flat JSON object to this file.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Only these parts (comma-separated: xdp, failover, scale).
+        /// Only these parts (comma-separated: xdp, failover, scale, cluster).
         #[arg(long)]
         only: Option<String>,
     },
@@ -85,16 +89,19 @@ fn main() -> Result<()> {
             setup()?;
             lint()
         }
-        Task::Demo => {
+        Task::Demo { cluster } => {
             setup()?;
             if !is_root() {
                 bail!("the demo creates network namespaces and loads XDP: run `cargo xtask demo` as root");
             }
             // Builds the `ftn` daemon the demo runs, and the demo itself.
             build(false)?;
-            Cmd::new("target/debug/ftn-lab-demo", &[])
-                .env("FTN_BIN", "target/debug/ftn")
-                .run()
+            let demo = if cluster {
+                "target/debug/ftn-cluster-demo"
+            } else {
+                "target/debug/ftn-lab-demo"
+            };
+            Cmd::new(demo, &[]).env("FTN_BIN", "target/debug/ftn").run()
         }
         Task::Bench { quick, json, only } => {
             setup()?;
