@@ -870,6 +870,7 @@ impl Controller {
                 if fence.is_some() && was != fence {
                     cv.leaderships += 1;
                     cv.fed.clear();
+                    self.engine.clear_observations();
                     let current = cv.dir.current();
                     let me = cv.me.clone();
                     tracing::info!(
@@ -993,7 +994,15 @@ impl Controller {
                 if let Some(cv) = &mut self.cluster {
                     if matches!(e, DirectoryError::Fenced { .. } | DirectoryError::NotLeader) {
                         tracing::warn!(error = %e, "directory commit refused: this gateway no longer leads; nothing applied");
-                        cv.fence = None;
+                        // Only the leadership this commit was made under ends (the session may
+                        // already have won a newer one).
+                        if let DirectoryError::Fenced { fence, .. } = &e {
+                            if cv.fence == Some(*fence) {
+                                cv.fence = None;
+                            }
+                        } else {
+                            cv.fence = cv.dir.fence();
+                        }
                         self.commit_failed = false;
                         return Err(RequestError::NotLeader(format!(
                             "directory commit refused: {e}"
@@ -1253,12 +1262,15 @@ impl Controller {
                 limit,
                 reply,
             } => {
-                let r = self
-                    .directory
-                    .events(after, limit)
-                    .await
-                    .map_err(|e| e.to_string());
-                let _ = reply.send(r);
+                // Off the engine task: reading the log may wait on etcd.
+                let directory = self.directory.clone();
+                tokio::spawn(async move {
+                    let r = directory
+                        .events(after, limit)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(r);
+                });
             }
             Request::Action(action, reply) => {
                 let r = self.step(Some(&action)).await;
@@ -1375,6 +1387,10 @@ impl Controller {
         self.cancel.cancel();
         for (_, (c, _)) in self.checkers.drain() {
             c.stop();
+        }
+        if let Some(cv) = &self.cluster {
+            // The session hands the lease back: another gateway leads at once.
+            cv.session.finished(Duration::from_secs(1)).await;
         }
     }
 }
@@ -1592,9 +1608,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .run(req_rx, reload_rx, passive_rx, cluster_rx, shutdown.clone())
         .await;
     shutdown.cancel();
-    // The etcd session revokes its lease on the way out (the leadership goes at once).
     drop(cluster_tx);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let _ = api.await;
     Ok(())
 }

@@ -148,6 +148,12 @@ impl Engine {
         }
     }
 
+    /// Forgets every verdict (a gateway that becomes the leader of a shared directory again
+    /// must not decide from what it was told during an earlier leadership).
+    pub fn clear_observations(&mut self) {
+        self.health.clear();
+    }
+
     /// Records a checker's verdict; the next [`Engine::plan`] acts on it.
     pub fn observe(&mut self, server: &str, obs: Observation) {
         self.health.insert(server.to_string(), obs);

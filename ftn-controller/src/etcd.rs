@@ -64,8 +64,9 @@ impl Keys {
     pub fn events_prefix(&self) -> String {
         format!("{}/events/", self.prefix)
     }
-    pub fn events(&self, revision: Revision) -> String {
-        format!("{}/events/{revision:020}", self.prefix)
+    /// The events of one commit, under the sequence number of its first event.
+    pub fn events(&self, first_seq: u64) -> String {
+        format!("{}/events/{first_seq:020}", self.prefix)
     }
     pub fn gateways_prefix(&self) -> String {
         format!("{}/gateways/", self.prefix)
@@ -73,6 +74,14 @@ impl Keys {
     pub fn gateway(&self, name: &str) -> String {
         format!("{}/gateways/{name}", self.prefix)
     }
+}
+
+/// Responses larger than this are refused by the client (tonic's default is 4 MiB).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// A KV client that accepts responses up to [`MAX_RESPONSE_BYTES`] (the state and event reads).
+fn kv_big(c: &Client) -> etcd_client::KvClient {
+    c.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 fn etcd_err(what: &str, e: etcd_client::Error) -> DirectoryError {
@@ -99,7 +108,11 @@ fn retryable(e: &etcd_client::Error) -> bool {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         etcd_client::Error::GRpcStatus(s) => matches!(
             s.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            // Cancelled: tonic's own request timeout.
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown
         ),
         _ => false,
     }
@@ -113,7 +126,9 @@ impl Pool {
             .with_timeout(cfg.request_timeout)
             .with_keep_alive(Duration::from_millis(500), cfg.request_timeout)
             .with_keep_alive_while_idle(true)
-            .with_require_leader(true);
+            .with_require_leader(true)
+            // etcd's simple tokens expire and do not survive an etcd restart.
+            .with_auto_token_refresh(true);
         if cfg.ca_file.is_some() || cfg.cert_file.is_some() {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &cfg.ca_file {
@@ -415,6 +430,14 @@ impl EtcdDirectory {
         *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = fence;
     }
 
+    /// Clears the fence only if it is still `fence` (a newer leadership is kept).
+    pub fn clear_fence(&self, fence: i64) {
+        let mut f = self.fence.lock().unwrap_or_else(|p| p.into_inner());
+        if *f == Some(fence) {
+            *f = None;
+        }
+    }
+
     pub fn fence(&self) -> Option<i64> {
         *self.fence.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -444,7 +467,7 @@ impl EtcdDirectory {
         if !events.is_empty() {
             let ev = serde_json::to_vec(&events)
                 .map_err(|e| DirectoryError::Etcd(format!("encoding the events: {e}")))?;
-            ops.push(TxnOp::put(self.keys.events(next.revision), ev, None));
+            ops.push(TxnOp::put(self.keys.events(events[0].seq), ev, None));
         }
         let txn = Txn::new()
             .when([
@@ -481,11 +504,17 @@ impl EtcdDirectory {
         let leader = gets.first().and_then(|g| g.kvs().first().cloned());
         if let Some(kv) = gets.get(1).and_then(|g| g.kvs().first()) {
             if let Ok(s) = serde_json::from_slice::<Snapshot>(kv.value()) {
+                // A first attempt that was applied but whose answer was lost, then retried on
+                // another member: the state is exactly ours.
+                if s == next && leader.as_ref().map(|kv| kv.create_revision()) == Some(fence) {
+                    self.observe_state(&s, kv.mod_revision());
+                    return Ok(next.revision);
+                }
                 self.observe_state(&s, kv.mod_revision());
             }
         }
         if leader.as_ref().map(|kv| kv.create_revision()) != Some(fence) {
-            self.set_fence(None);
+            self.clear_fence(fence);
             return Err(DirectoryError::Fenced {
                 fence,
                 leader: leader
@@ -501,9 +530,9 @@ impl EtcdDirectory {
 async fn read_state(pool: &Pool, keys: &Keys) -> Result<(Snapshot, i64), DirectoryError> {
     let key = keys.state();
     let resp = pool
-        .call(|mut c| {
+        .call(|c| {
             let key = key.clone();
-            async move { c.get(key, None).await }
+            async move { kv_big(&c).get(key, None).await }
         })
         .await
         .map_err(|e| etcd_err("reading the state", e))?;
@@ -535,28 +564,54 @@ impl Directory for EtcdDirectory {
     }
 
     async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, DirectoryError> {
-        let key = self.keys.events_prefix();
+        // Keys are the first sequence number of each commit: the commit holding `after + 1`
+        // is the last key at or below it, then the following ones; at most `limit` keys
+        // (each holds at least one event).
+        let from = self.keys.events(after.saturating_add(1));
+        let end = {
+            let mut e = self.keys.events_prefix().into_bytes();
+            if let Some(last) = e.last_mut() {
+                *last += 1; // '/' + 1: the end of the prefix
+            }
+            e
+        };
+        let before = GetOptions::new()
+            .with_range(from.clone())
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(1);
+        let after_opts = GetOptions::new()
+            .with_range(end)
+            .with_sort(SortTarget::Key, SortOrder::Ascend)
+            .with_limit(limit.max(1) as i64);
+        let txn = Txn::new().and_then([
+            TxnOp::get(self.keys.events_prefix(), Some(before)),
+            TxnOp::get(from, Some(after_opts)),
+        ]);
         let resp = self
             .pool
-            .call(|mut c| {
-                let key = key.clone();
-                let opts = GetOptions::new()
-                    .with_prefix()
-                    .with_sort(SortTarget::Key, SortOrder::Ascend);
-                async move { c.get(key, Some(opts)).await }
+            .call(|c| {
+                let txn = txn.clone();
+                async move { kv_big(&c).txn(txn).await }
             })
             .await
             .map_err(|e| etcd_err("reading the events", e))?;
         let mut out = Vec::new();
-        for kv in resp.kvs() {
-            let Ok(events) = serde_json::from_slice::<Vec<Event>>(kv.value()) else {
+        for r in resp.op_responses() {
+            let etcd_client::TxnOpResponse::Get(g) = r else {
                 continue;
             };
-            out.extend(events.into_iter().filter(|e| e.seq > after));
-            if out.len() >= limit {
-                break;
+            for kv in g.kvs() {
+                match serde_json::from_slice::<Vec<Event>>(kv.value()) {
+                    Ok(events) => out.extend(events.into_iter().filter(|e| e.seq > after)),
+                    Err(e) => tracing::warn!(
+                        key = kv.key_str().unwrap_or("?"),
+                        "etcd: an event record that is not ftn's, skipped: {e}"
+                    ),
+                }
             }
         }
+        out.sort_by_key(|e| e.seq);
+        out.dedup_by_key(|e| e.seq);
         out.truncate(limit);
         Ok(out)
     }
@@ -580,8 +635,10 @@ pub struct Observed {
     pub evidence: String,
 }
 
-/// What a gateway publishes about itself (under its lease).
+/// What a gateway publishes about itself (under its lease). Fields added by later versions
+/// must have defaults, so that gateways of two versions read each other's records.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GatewayRecord {
     pub name: String,
     pub api: String,
@@ -614,10 +671,12 @@ pub enum ClusterEvent {
 /// Handle to the session task.
 pub struct Session {
     record_tx: watch::Sender<GatewayRecord>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Session {
-    /// Starts the session task. It runs until `cancel`.
+    /// Starts the session task. It runs until `cancel`; then it revokes its lease (the
+    /// leadership and this gateway's record go at once): await [`Session::finished`].
     pub fn start(
         dir: std::sync::Arc<EtcdDirectory>,
         name: String,
@@ -636,10 +695,23 @@ impl Session {
             cancel,
             lease: None,
             state_mod_rev: 0,
+            leader_rev: 0,
             gateways: BTreeMap::new(),
+            connected: true,
         };
-        tokio::spawn(task.run());
-        Session { record_tx }
+        let handle = tokio::spawn(task.run());
+        Session {
+            record_tx,
+            task: Mutex::new(Some(handle)),
+        }
+    }
+
+    /// After the cancel: waits (at most `limit`) for the session to hand its lease back.
+    pub async fn finished(&self, limit: Duration) {
+        let handle = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = tokio::time::timeout(limit, h).await;
+        }
     }
 
     /// Changes the published record (written to etcd by the session task).
@@ -665,12 +737,33 @@ struct SessionTask {
     cancel: CancellationToken,
     lease: Option<i64>,
     state_mod_rev: i64,
+    /// etcd revision of the last leader-key change handled (older ones, replayed by a new
+    /// watch, are ignored).
+    leader_rev: i64,
     gateways: BTreeMap<String, GatewayRecord>,
+    /// What the controller was last told about etcd.
+    connected: bool,
+}
+
+/// The leader key as read from etcd.
+struct LeaderKey {
+    name: String,
+    create_rev: i64,
+    lease: i64,
+}
+
+impl LeaderKey {
+    fn of(kv: &etcd_client::KeyValue) -> LeaderKey {
+        LeaderKey {
+            name: String::from_utf8_lossy(kv.value()).into_owned(),
+            create_rev: kv.create_revision(),
+            lease: kv.lease(),
+        }
+    }
 }
 
 impl SessionTask {
     async fn run(mut self) {
-        let mut connected = true;
         loop {
             let end = self.session().await;
             // Whatever happened, this gateway does not lead any more until it wins again.
@@ -687,19 +780,7 @@ impl SessionTask {
                 .await;
             match end {
                 Ok(()) => break,
-                Err(why) => {
-                    if connected {
-                        tracing::error!("etcd: {why}; the dataplane keeps the last directory it had, this gateway decides nothing until etcd answers again");
-                    }
-                    connected = false;
-                    let _ = self
-                        .events
-                        .send(ClusterEvent::Etcd {
-                            connected: false,
-                            error: Some(why),
-                        })
-                        .await;
-                }
+                Err(why) => self.report(false, Some(why)).await,
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
@@ -710,8 +791,33 @@ impl SessionTask {
         if let Some(lease) = self.lease.take() {
             let pool = self.dir.pool().clone();
             let revoke = pool.call(|mut c| async move { c.lease_revoke(lease).await });
-            let _ = tokio::time::timeout(Duration::from_millis(500), revoke).await;
+            match tokio::time::timeout(Duration::from_millis(800), revoke).await {
+                Ok(Ok(_)) => tracing::info!("etcd: lease revoked (leadership and record handed back)"),
+                Ok(Err(e)) => tracing::warn!("etcd: revoking the lease at exit: {e}; the other gateways wait for it to expire"),
+                Err(_) => tracing::warn!("etcd: revoking the lease at exit timed out; the other gateways wait for it to expire"),
+            }
         }
+    }
+
+    /// Tells the controller whether etcd works (on changes only, and every error when down).
+    async fn report(&mut self, connected: bool, error: Option<String>) {
+        if connected == self.connected && connected {
+            return;
+        }
+        if !connected && self.connected {
+            tracing::error!(
+                "etcd: {}; the dataplane keeps the last directory it had, this gateway decides nothing until etcd answers again",
+                error.as_deref().unwrap_or("unreachable")
+            );
+        }
+        if connected && !self.connected {
+            tracing::info!("etcd: the directory is followed again");
+        }
+        self.connected = connected;
+        let _ = self
+            .events
+            .send(ClusterEvent::Etcd { connected, error })
+            .await;
     }
 
     /// One lease: from its grant until it is lost (Err) or the controller stops (Ok).
@@ -719,51 +825,55 @@ impl SessionTask {
         let pool = self.dir.pool().clone();
         let keys = self.dir.keys().clone();
         // A lease from an earlier session may still hold our keys (and the leadership):
-        // revoke it so that they go at once.
-        // Until that revoke succeeds (or etcd says the lease is gone) no new lease is taken:
-        // a leader key left under the old lease would block the election for a whole ttl.
+        // revoke it so that they go at once. Until that revoke succeeds (or etcd says the
+        // lease is gone) no new lease is taken: a leader key left under the old lease would
+        // block the election for a whole ttl.
         if let Some(old) = self.lease {
             match pool
                 .call(|mut c| async move { c.lease_revoke(old).await })
                 .await
             {
                 Ok(_) => self.lease = None,
-                Err(e) if !retryable(&e) => self.lease = None, // not found: already expired
+                Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                    self.lease = None // already expired
+                }
                 Err(e) => return Err(format!("revoking the previous lease: {e}")),
             }
         }
         let ttl_s = self.ttl.as_secs().max(2) as i64;
-        let lease = pool
+        let granted = pool
             .call(|mut c| async move { c.lease_grant(ttl_s, None).await })
             .await
-            .map_err(|e| format!("granting a lease: {e}"))?
-            .id();
+            .map_err(|e| format!("granting a lease: {e}"))?;
+        let lease = granted.id();
         self.lease = Some(lease);
+        // etcd may grant more than asked (its minimum TTL): the keeper works with what it got.
+        let ttl = Duration::from_secs(granted.ttl().max(ttl_s) as u64);
+        if ttl != self.ttl {
+            tracing::warn!(
+                asked = ttl_s,
+                granted = granted.ttl(),
+                "etcd granted a longer lease than directory.lease_ttl"
+            );
+        }
         let (lost_tx, mut lost_rx) = watch::channel(None::<String>);
         let stop_keepalive = self.cancel.child_token();
         tokio::spawn(keep_lease(
             pool.clone(),
             lease,
-            self.ttl,
+            ttl,
             lost_tx,
             stop_keepalive.clone(),
         ));
         let _guard = stop_keepalive.drop_guard();
         self.put_record(&pool, &keys, lease).await?;
-        let _ = self
-            .events
-            .send(ClusterEvent::Etcd {
-                connected: true,
-                error: None,
-            })
-            .await;
         tracing::info!(lease = format!("{lease:x}"), "etcd session started");
         let mut failures = 0u32;
         loop {
             if let Some(why) = lost_rx.borrow().clone() {
                 return Err(why);
             }
-            // Read everything, then watch from the next revision; a failure of either is
+            // Read the directory, then watch from the next revision; a failure of either is
             // tried again (on the next member) while the lease lives.
             let (i, client) = pool.current();
             match self.follow(&pool, client, &keys, lease, &mut lost_rx).await {
@@ -773,6 +883,10 @@ impl SessionTask {
                     failures += 1;
                     if failures == 1 || failures % 20 == 0 {
                         tracing::warn!("etcd watch: {why}; trying again");
+                    }
+                    if failures == 3 {
+                        // The lease lives but the directory is not followed: say so.
+                        self.report(false, Some(why)).await;
                     }
                     pool.rotate(i);
                     tokio::select! {
@@ -784,7 +898,8 @@ impl SessionTask {
         }
     }
 
-    /// Reads the directory, then follows its changes until something breaks.
+    /// Reads the directory (the state, the leader, the gateways' records: not the event log),
+    /// then follows its changes until something breaks.
     async fn follow(
         &mut self,
         pool: &Pool,
@@ -794,36 +909,54 @@ impl SessionTask {
         lost_rx: &mut watch::Receiver<Option<String>>,
     ) -> Result<(), Follow> {
         let broken = |what: &str, e: etcd_client::Error| Follow::Broken(format!("{what}: {e}"));
-        let resp = client
-            .kv_client()
-            .get(keys.all(), Some(GetOptions::new().with_prefix()))
+        let read = Txn::new().and_then([
+            TxnOp::get(keys.state(), None),
+            TxnOp::get(keys.leader(), None),
+            TxnOp::get(
+                keys.gateways_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        ]);
+        let resp = kv_big(&client)
+            .txn(read)
             .await
             .map_err(|e| broken("reading the directory", e))?;
         let rev = resp.header().map_or(0, |h| h.revision());
-        let mut leader_kv = None;
+        let gets: Vec<_> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        let [state, leader, gateways] = gets.as_slice() else {
+            return Err(Follow::Broken(
+                "etcd answered the read with other parts".into(),
+            ));
+        };
+        if let Some(kv) = state.kvs().first() {
+            self.on_state(kv.value(), kv.mod_revision()).await;
+        }
         self.gateways.clear();
-        for kv in resp.kvs() {
+        for kv in gateways.kvs() {
             let key = kv.key_str().unwrap_or_default();
-            if key == keys.state() {
-                self.on_state(kv.value(), kv.mod_revision()).await;
-            } else if key == keys.leader() {
-                leader_kv = Some((kv.value().to_vec(), kv.create_revision()));
-            } else if let Some(name) = key.strip_prefix(&keys.gateways_prefix()) {
-                if let Ok(r) = serde_json::from_slice::<GatewayRecord>(kv.value()) {
-                    self.gateways.insert(name.to_owned(), r);
-                }
+            if let Some(name) = key.strip_prefix(&keys.gateways_prefix()) {
+                self.insert_record(name, kv.value());
             }
         }
         let _ = self
             .events
             .send(ClusterEvent::Gateways(self.gateways.clone()))
             .await;
-        match leader_kv {
+        self.leader_rev = self.leader_rev.max(rev);
+        match leader.kvs().first() {
             None => self.campaign(pool, keys, lease).await?,
-            Some((v, create)) => self.on_leader(Some(v), create).await,
+            Some(kv) => self.on_leader(Some(LeaderKey::of(kv)), lease).await,
         }
         let (_watcher, mut stream) = client
             .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .watch(
                 keys.all(),
                 Some(
@@ -835,6 +968,7 @@ impl SessionTask {
             .await
             .map_err(|e| broken("watching the directory", e))?
             .split();
+        self.report(true, None).await;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ok(()),
@@ -867,9 +1001,7 @@ impl SessionTask {
                         let Some(name) = key.strip_prefix(&keys.gateways_prefix()) else { continue };
                         gateways_changed = true;
                         if ev.event_type() == EventType::Put {
-                            if let Ok(r) = serde_json::from_slice::<GatewayRecord>(kv.value()) {
-                                self.gateways.insert(name.to_owned(), r);
-                            }
+                            self.insert_record(name, kv.value());
                         } else {
                             self.gateways.remove(name);
                         }
@@ -884,16 +1016,34 @@ impl SessionTask {
                         if key == keys.state() && put {
                             self.on_state(kv.value(), kv.mod_revision()).await;
                         } else if key == keys.leader() {
+                            // A change older than one already handled (a campaign between the
+                            // read and the watch's start) is history.
+                            if kv.mod_revision() <= self.leader_rev {
+                                continue;
+                            }
+                            self.leader_rev = kv.mod_revision();
                             if put {
-                                self.on_leader(Some(kv.value().to_vec()), kv.create_revision()).await;
+                                self.on_leader(Some(LeaderKey::of(kv)), lease).await;
                             } else {
-                                self.on_leader(None, 0).await;
+                                self.on_leader(None, lease).await;
                                 self.campaign(pool, keys, lease).await?;
                             }
                         }
                     }
                 }
             }
+        }
+    }
+
+    fn insert_record(&mut self, name: &str, value: &[u8]) {
+        match serde_json::from_slice::<GatewayRecord>(value) {
+            Ok(r) => {
+                self.gateways.insert(name.to_owned(), r);
+            }
+            Err(e) => tracing::warn!(
+                gateway = name,
+                "etcd: a gateway record this version cannot read, not counted: {e}"
+            ),
         }
     }
 
@@ -930,22 +1080,35 @@ impl SessionTask {
         }
     }
 
-    async fn on_leader(&mut self, value: Option<Vec<u8>>, create_rev: i64) {
-        let name = value.map(|v| String::from_utf8_lossy(&v).into_owned());
-        let mine =
-            name.as_deref() == Some(self.name.as_str()) && self.dir.fence() == Some(create_rev);
-        if !mine && self.dir.fence().is_some() {
-            tracing::warn!(
-                leader = name.as_deref().unwrap_or("none"),
-                "another leader: stepping down"
-            );
-            self.dir.set_fence(None);
-        }
+    /// The leader key as it is now. A key under this session's own lease is ours whatever
+    /// happened to the answer of the campaign that created it: its create-revision is the
+    /// fence.
+    async fn on_leader(&mut self, key: Option<LeaderKey>, lease: i64) {
+        let ours = key
+            .as_ref()
+            .is_some_and(|k| k.name == self.name && k.lease == lease && lease != 0);
+        let fence = if ours {
+            let f = key.as_ref().map(|k| k.create_rev);
+            if self.dir.fence() != f {
+                tracing::info!(fence = f.unwrap_or(0), "this gateway is the leader");
+                self.dir.set_fence(f);
+            }
+            f
+        } else {
+            if self.dir.fence().is_some() {
+                tracing::warn!(
+                    leader = key.as_ref().map_or("none", |k| k.name.as_str()),
+                    "another leader: stepping down"
+                );
+                self.dir.set_fence(None);
+            }
+            None
+        };
         let _ = self
             .events
             .send(ClusterEvent::Leader {
-                name,
-                fence: if mine { Some(create_rev) } else { None },
+                name: key.map(|k| k.name),
+                fence,
             })
             .await;
     }
@@ -969,17 +1132,20 @@ impl SessionTask {
             .await
             .map_err(|e| Follow::Broken(format!("campaigning for leader: {e}")))?;
         if resp.succeeded() {
-            let fence = resp.header().map_or(0, |h| h.revision());
-            self.dir.set_fence(Some(fence));
-            tracing::info!(fence, "this gateway is the leader");
-            self.on_leader(Some(self.name.clone().into_bytes()), fence)
-                .await;
+            let rev = resp.header().map_or(0, |h| h.revision());
+            self.leader_rev = self.leader_rev.max(rev);
+            let key = LeaderKey {
+                name: self.name.clone(),
+                create_rev: rev,
+                lease,
+            };
+            self.on_leader(Some(key), lease).await;
         } else if let Some(kv) = resp.op_responses().into_iter().find_map(|r| match r {
             etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
             _ => None,
         }) {
-            self.on_leader(Some(kv.value().to_vec()), kv.create_revision())
-                .await;
+            self.leader_rev = self.leader_rev.max(kv.mod_revision());
+            self.on_leader(Some(LeaderKey::of(&kv)), lease).await;
         }
         Ok(())
     }

@@ -278,6 +278,19 @@ fn a_deposed_leaders_late_write_is_refused_by_the_fence() {
         let events = b.dir.events(0, 100).await.unwrap();
         let texts: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(texts, ["decided by gw-a while leading", "decided by gw-b"]);
+        // The log is read in pages: after a sequence number, at most `limit`.
+        let page = |ev: Vec<ftn_controller::directory::Event>| {
+            ev.into_iter().map(|e| e.message).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            page(b.dir.events(0, 1).await.unwrap()),
+            ["decided by gw-a while leading"]
+        );
+        assert_eq!(
+            page(b.dir.events(1, 10).await.unwrap()),
+            ["decided by gw-b"]
+        );
+        assert!(b.dir.events(2, 10).await.unwrap().is_empty());
         assert_eq!(b.dir.snapshot().await.unwrap().revision, 2);
 
         // B's own CAS: a commit decided from an older revision is refused too.
