@@ -714,3 +714,33 @@ fn all_etcd_members_stopped_forwarding_continues_and_decisions_resume() {
         assert_eq!(c.failover_events(k, "web"), 1, "gw{k}: {:?}", c.events(k));
     }
 }
+
+/// A leader stopped normally (SIGTERM) revokes its lease on the way out: another gateway leads
+/// at once, not a lease time later; nothing moves.
+#[test]
+fn leader_stopped_normally_hands_over_at_once() {
+    let _serial = serial();
+    let mut c = Cluster::start("failback = \"immediate\"");
+    let (leader, _) = c.wait_leader(Duration::from_secs(10));
+    let lk = c.index_of(&leader);
+    let t = Instant::now();
+    c.gws[lk - 1].stop();
+    let stopped = t.elapsed();
+    let (next, took) = c.wait_leader(Duration::from_secs(10));
+    println!(
+        "{leader} stopped (SIGTERM) in {:.0} ms; {next} leads {:.0} ms after that",
+        ms(stopped),
+        ms(took)
+    );
+    assert_ne!(next, leader);
+    // The lab's lease is 2 s: a hand-over within 1 s can only come from the revoke.
+    assert!(
+        took < Duration::from_secs(1),
+        "the next leader took {took:?}: the stopped leader's lease was not revoked"
+    );
+    let survivors: Vec<usize> = (1..=GATEWAYS).filter(|&k| k != lk).collect();
+    for &k in &survivors {
+        assert_eq!(c.current_of(k, "web"), Ok(Some("primary".to_string())));
+        assert_eq!(c.failover_events(k, "web"), 0);
+    }
+}
