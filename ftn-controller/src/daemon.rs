@@ -1474,6 +1474,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             let pool = crate::etcd::Pool::connect(ec).await?;
             let keys = crate::etcd::Keys::new(&ec.prefix);
             crate::etcd::check_declarations(&pool, &keys, &config).await?;
+            crate::etcd::check_name_free(
+                &pool,
+                &keys,
+                &config.gateway.name,
+                &crate::etcd::machine_id(),
+            )
+            .await?;
             let dir = Arc::new(
                 EtcdDirectory::open(pool, keys)
                     .await
@@ -1544,6 +1551,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             name: config.gateway.name.clone(),
             api: config.api.listen.to_string(),
             started_ms: crate::directory::now_ms(),
+            machine: crate::etcd::machine_id(),
             ..Default::default()
         };
         let session = Session::start(

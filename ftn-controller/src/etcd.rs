@@ -363,6 +363,58 @@ fn diff_named(
     }
 }
 
+/// This host's identity: `/etc/machine-id`, else the host name.
+pub fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(crate::config::default_gateway_name)
+}
+
+/// Refuses to start when a live gateway of another host uses this gateway's name (a copied
+/// configuration): the two would overwrite each other's record. The same host (a restart) is
+/// fine.
+pub async fn check_name_free(
+    pool: &Pool,
+    keys: &Keys,
+    name: &str,
+    machine: &str,
+) -> anyhow::Result<()> {
+    let key = keys.gateway(name);
+    let resp = pool
+        .call(|mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("etcd: reading {key}: {e}"))?;
+    let Some(kv) = resp.kvs().first() else {
+        return Ok(());
+    };
+    let Ok(other) = serde_json::from_slice::<GatewayRecord>(kv.value()) else {
+        return Ok(()); // a record this version cannot read: its writer is another version
+    };
+    if !other.machine.is_empty() && other.machine != machine {
+        let since = if other.started_ms == 0 {
+            String::new()
+        } else {
+            format!(
+                ", started {}",
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + Duration::from_millis(other.started_ms)
+                )
+            )
+        };
+        anyhow::bail!(
+            "gateway.name {name:?} is already used by a live gateway on another host (machine id {}, API {}{since}): give each gateway its own [gateway] name",
+            other.machine,
+            other.api,
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The directory.
 
@@ -643,6 +695,8 @@ pub struct GatewayRecord {
     pub name: String,
     pub api: String,
     pub started_ms: u64,
+    /// The host it runs on (`/etc/machine-id`): two hosts must not use one gateway name.
+    pub machine: String,
     /// The directory revision its maps hold, and since when (unix ms).
     pub applied_revision: Revision,
     pub applied_at_ms: u64,

@@ -401,3 +401,67 @@ fn etcd_unreachable_at_start_is_a_clear_error() {
         );
     });
 }
+
+#[test]
+fn a_gateway_name_used_on_another_host_is_refused() {
+    let etcd = Etcd::start();
+    block_on_in(&etcd.ns, || async {
+        let cfg = settings();
+        let pool = Pool::connect(&cfg).await.expect("connect");
+        let keys = Keys::new(&cfg.prefix);
+        // Nobody uses the name yet.
+        etcd::check_name_free(&pool, &keys, "gw1", "host-a")
+            .await
+            .expect("free name");
+        // gw1 runs on host-a (its session publishes its record).
+        let dir = Arc::new(
+            EtcdDirectory::open(pool.clone(), keys.clone())
+                .await
+                .unwrap(),
+        );
+        let (tx, _events) = mpsc::channel(64);
+        let cancel = CancellationToken::new();
+        let session = Session::start(
+            dir,
+            "gw1".into(),
+            cfg.lease_ttl,
+            GatewayRecord {
+                name: "gw1".into(),
+                api: "127.0.0.1:7480".into(),
+                machine: "host-a".into(),
+                ..Default::default()
+            },
+            tx,
+            cancel.clone(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while etcd::check_name_free(&pool, &keys, "gw1", "host-b")
+            .await
+            .is_ok()
+        {
+            assert!(Instant::now() < deadline, "gw1's record never appeared");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The same host (a restart) may use the name; another host may not.
+        etcd::check_name_free(&pool, &keys, "gw1", "host-a")
+            .await
+            .expect("same host");
+        let e = etcd::check_name_free(&pool, &keys, "gw1", "host-b")
+            .await
+            .unwrap_err()
+            .to_string();
+        eprintln!("refused: {e}");
+        assert!(
+            e.contains(
+                "\"gw1\" is already used by a live gateway on another host (machine id host-a"
+            ),
+            "{e}"
+        );
+        // Once gw1 stops (its lease revoked), the name is free again.
+        cancel.cancel();
+        session.finished(Duration::from_secs(2)).await;
+        etcd::check_name_free(&pool, &keys, "gw1", "host-b")
+            .await
+            .expect("free after the stop");
+    });
+}
