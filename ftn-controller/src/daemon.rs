@@ -505,25 +505,31 @@ impl ClusterView {
     /// The majority verdicts (see [`majority`]), this gateway counting with its own latest
     /// verdicts.
     fn majority(&self) -> BTreeMap<String, (bool, String)> {
-        let mut records = self.gateways.clone();
-        records.entry(self.me.clone()).or_default().observations = self.local.clone();
-        majority(&records)
+        let peers = self
+            .gateways
+            .iter()
+            .filter(|(name, _)| **name != self.me)
+            .map(|(name, r)| (name.as_str(), &r.observations));
+        majority(peers.chain([(self.me.as_str(), &self.local)]))
     }
 }
 
 /// Per server: up or down when more than half of the live gateways that report on it say so
 /// (with the evidence); no verdict on a tie.
-pub fn majority(records: &BTreeMap<String, GatewayRecord>) -> BTreeMap<String, (bool, String)> {
+/// `records`: each live gateway's name and observations.
+pub fn majority<'a>(
+    records: impl IntoIterator<Item = (&'a str, &'a BTreeMap<String, Observed>)>,
+) -> BTreeMap<String, (bool, String)> {
     // server -> (gateways that see it up, (gateway, evidence) that see it down)
     type Votes<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
     let mut tally: BTreeMap<&str, Votes> = BTreeMap::new();
-    for (gw, r) in records {
-        for (server, o) in &r.observations {
+    for (gw, observations) in records {
+        for (server, o) in observations {
             let t = tally.entry(server.as_str()).or_default();
             if o.up {
-                t.0.push(gw.as_str());
+                t.0.push(gw);
             } else {
-                t.1.push((gw.as_str(), o.evidence.as_str()));
+                t.1.push((gw, o.evidence.as_str()));
             }
         }
     }
@@ -1770,16 +1776,19 @@ servers = ["p1", "b1"]
                 .collect(),
             ..Default::default()
         };
+        fn of(r: &BTreeMap<String, GatewayRecord>) -> BTreeMap<String, (bool, String)> {
+            majority(r.iter().map(|(g, rec)| (g.as_str(), &rec.observations)))
+        }
         let mut r = BTreeMap::new();
         r.insert("gw1".to_string(), rec(&[("p", false), ("b", true)]));
         r.insert("gw2".to_string(), rec(&[("p", true), ("b", true)]));
         r.insert("gw3".to_string(), rec(&[("p", true), ("b", true)]));
-        let m = majority(&r);
+        let m = of(&r);
         // One gateway that cannot reach p does not fail it for everyone.
         assert!(m["p"].0, "{:?}", m["p"]);
         assert_eq!(m["p"].1, "2 of 3 gateways see it up (gw2, gw3)");
         r.insert("gw2".to_string(), rec(&[("p", false), ("b", true)]));
-        let m = majority(&r);
+        let m = of(&r);
         assert!(!m["p"].0);
         assert_eq!(
             m["p"].1,
@@ -1788,13 +1797,13 @@ servers = ["p1", "b1"]
         // Two live gateways that disagree: no verdict (the directory keeps what it has).
         r.remove("gw3");
         r.insert("gw2".to_string(), rec(&[("p", true), ("b", true)]));
-        let m = majority(&r);
+        let m = of(&r);
         assert!(!m.contains_key("p"), "{m:?}");
         assert!(m["b"].0);
         // A gateway that reports nothing on a server does not count for it.
         r.insert("gw3".to_string(), rec(&[("b", false)]));
-        assert!(!majority(&r).contains_key("p"));
-        assert!(majority(&r)["b"].0);
+        assert!(!of(&r).contains_key("p"));
+        assert!(of(&r)["b"].0);
     }
 
     #[test]

@@ -84,6 +84,22 @@ fn kv_big(c: &Client) -> etcd_client::KvClient {
     c.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
+/// The answers of a transaction's get operations, in order.
+fn gets(resp: &etcd_client::TxnResponse) -> Vec<etcd_client::GetResponse> {
+    resp.op_responses()
+        .into_iter()
+        .filter_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first key-value of a transaction's first get, if any.
+fn first_kv(resp: &etcd_client::TxnResponse) -> Option<etcd_client::KeyValue> {
+    gets(resp).first().and_then(|g| g.kvs().first().cloned())
+}
+
 fn etcd_err(what: &str, e: etcd_client::Error) -> DirectoryError {
     DirectoryError::Etcd(format!("{what}: {e}"))
 }
@@ -298,13 +314,8 @@ pub async fn check_declarations(pool: &Pool, keys: &Keys, config: &Config) -> an
         tracing::info!(key = %keys.declarations(), "published this gateway's servers and resources as the shared declarations");
         return Ok(());
     }
-    let theirs: Declarations = resp
-        .op_responses()
-        .into_iter()
-        .find_map(|r| match r {
-            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
-            _ => None,
-        })
+    let theirs: Declarations = first_kv(&resp)
+        .map(|kv| kv.value().to_vec())
         .ok_or_else(|| anyhow::anyhow!("etcd: the declarations key vanished while reading it"))
         .and_then(|v| {
             serde_json::from_slice(&v).map_err(|e| {
@@ -545,14 +556,7 @@ impl EtcdDirectory {
             return Ok(next.revision);
         }
         // Refused: say why, and learn the current state.
-        let gets: Vec<_> = resp
-            .op_responses()
-            .into_iter()
-            .filter_map(|r| match r {
-                etcd_client::TxnOpResponse::Get(g) => Some(g),
-                _ => None,
-            })
-            .collect();
+        let gets = gets(&resp);
         let leader = gets.first().and_then(|g| g.kvs().first().cloned());
         if let Some(kv) = gets.get(1).and_then(|g| g.kvs().first()) {
             if let Ok(s) = serde_json::from_slice::<Snapshot>(kv.value()) {
@@ -648,10 +652,7 @@ impl Directory for EtcdDirectory {
             .await
             .map_err(|e| etcd_err("reading the events", e))?;
         let mut out = Vec::new();
-        for r in resp.op_responses() {
-            let etcd_client::TxnOpResponse::Get(g) = r else {
-                continue;
-            };
+        for g in gets(&resp) {
             for kv in g.kvs() {
                 match serde_json::from_slice::<Vec<Event>>(kv.value()) {
                     Ok(events) => out.extend(events.into_iter().filter(|e| e.seq > after)),
@@ -976,14 +977,7 @@ impl SessionTask {
             .await
             .map_err(|e| broken("reading the directory", e))?;
         let rev = resp.header().map_or(0, |h| h.revision());
-        let gets: Vec<_> = resp
-            .op_responses()
-            .into_iter()
-            .filter_map(|r| match r {
-                etcd_client::TxnOpResponse::Get(g) => Some(g),
-                _ => None,
-            })
-            .collect();
+        let gets = gets(&resp);
         let [state, leader, gateways] = gets.as_slice() else {
             return Err(Follow::Broken(
                 "etcd answered the read with other parts".into(),
@@ -1194,10 +1188,7 @@ impl SessionTask {
                 lease,
             };
             self.on_leader(Some(key), lease).await;
-        } else if let Some(kv) = resp.op_responses().into_iter().find_map(|r| match r {
-            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
-            _ => None,
-        }) {
+        } else if let Some(kv) = first_kv(&resp) {
             self.leader_rev = self.leader_rev.max(kv.mod_revision());
             self.on_leader(Some(LeaderKey::of(&kv)), lease).await;
         }
