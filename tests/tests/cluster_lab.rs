@@ -30,6 +30,31 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Every probe in [from, to) was answered, by the primary, and there were at least `min`:
+/// prints the figures under `what` and asserts them.
+fn all_answered_by_primary(
+    samples: &[Sample],
+    from: Duration,
+    to: Duration,
+    min: usize,
+    what: &str,
+) {
+    let n = probes_in(samples, from, to);
+    let (g, failed) = gap(samples, from, to);
+    println!(
+        "{what}: {n} probes, {failed} failed, longest gap {:.0} ms",
+        ms(g)
+    );
+    assert!(n >= min, "{what}: too few probes ({n})");
+    assert_eq!(
+        failed,
+        0,
+        "{what}: failed probes at {:?} (window {from:?}..{to:?})",
+        failed_in(samples, from, to)
+    );
+    assert_eq!(answered_by(samples, from, to, "primary"), n, "{what}");
+}
+
 /// A new connection through every gateway is answered by `who`.
 fn answered_through_all(c: &Cluster, who: &str) {
     for k in 1..=GATEWAYS {
@@ -441,20 +466,7 @@ fn etcd_member_death_changes_nothing() {
         let from = at(&p, killed);
         let samples = p.finish();
         let end = end_of(&samples);
-        let (g, failed) = gap(&samples, from, end);
-        let n = probes_in(&samples, from, end);
-        println!(
-            "gw{k}: {n} probes, {failed} failed, longest gap {:.0} ms",
-            ms(g)
-        );
-        assert!(n >= 100, "gw{k}: too few probes ({n})");
-        assert_eq!(
-            failed,
-            0,
-            "gw{k}: failed probes at {:?}",
-            failed_in(&samples, from, end)
-        );
-        assert_eq!(answered_by(&samples, from, end, "primary"), n, "gw{k}");
+        all_answered_by_primary(&samples, from, end, 100, &format!("gw{k}"));
     }
     for k in 1..=GATEWAYS {
         assert_eq!(c.failover_events(k, "web"), 0, "gw{k}: {:?}", c.events(k));
@@ -540,20 +552,14 @@ fn gateway_cut_from_etcd_keeps_forwarding_and_does_not_decide_alone() {
         at(&probe3, killed).saturating_sub(Duration::from_millis(250)),
     );
     let samples = probe3.finish();
-    let n = probes_in(&samples, p_cut, p_kill);
-    let (g, failed) = gap(&samples, p_cut, p_kill);
-    println!(
-        "gw3 cut from etcd, primary alive: {n} probes, {failed} failed, longest gap {:.0} ms",
-        ms(g)
+    // gw3 must keep forwarding while cut from etcd.
+    all_answered_by_primary(
+        &samples,
+        p_cut,
+        p_kill,
+        50,
+        "gw3 cut from etcd, primary alive",
     );
-    assert!(n >= 50, "too few probes through gw3 ({n})");
-    assert_eq!(
-        failed,
-        0,
-        "gw3 must keep forwarding while cut from etcd; failed probes at {:?} (cut at {p_cut:?}, window end {p_kill:?})",
-        failed_in(&samples, p_cut, p_kill)
-    );
-    assert_eq!(answered_by(&samples, p_cut, p_kill, "primary"), n);
     for k in 1..=GATEWAYS {
         assert_eq!(c.failover_events(k, "web"), 1, "gw{k}: {:?}", c.events(k));
     }
@@ -614,20 +620,7 @@ fn one_gateway_losing_the_primary_does_not_fail_over() {
         let k = i + 2;
         let (from, to) = (at(&p, cut), at(&p, healed));
         let samples = p.finish();
-        let n = probes_in(&samples, from, to);
-        let (g, failed) = gap(&samples, from, to);
-        println!(
-            "gw{k}: {n} probes while gw1 was cut, {failed} failed, longest gap {:.0} ms",
-            ms(g)
-        );
-        assert!(n >= 100, "gw{k}: too few probes ({n})");
-        assert_eq!(
-            failed,
-            0,
-            "gw{k}: failed probes at {:?}",
-            failed_in(&samples, from, to)
-        );
-        assert_eq!(answered_by(&samples, from, to, "primary"), n, "gw{k}");
+        all_answered_by_primary(&samples, from, to, 100, &format!("gw{k} while gw1 was cut"));
     }
     for k in 1..=GATEWAYS {
         assert_eq!(c.failover_events(k, "web"), 0, "gw{k}: {:?}", c.events(k));
@@ -693,21 +686,13 @@ fn all_etcd_members_stopped_forwarding_continues_and_decisions_resume() {
         let k = i + 1;
         let (from, to) = (at(&p, stopped), at(&p, Instant::now()));
         let samples = p.finish();
-        let n = probes_in(&samples, from, to);
-        let (g, failed) = gap(&samples, from, to);
-        println!(
-            "gw{k}: {n} probes during the outage and restart, {failed} failed, \
-             longest gap {:.0} ms",
-            ms(g)
+        all_answered_by_primary(
+            &samples,
+            from,
+            to,
+            100,
+            &format!("gw{k} during the outage and restart"),
         );
-        assert!(n >= 100, "gw{k}: too few probes ({n})");
-        assert_eq!(
-            failed,
-            0,
-            "gw{k}: failed probes at {:?}",
-            failed_in(&samples, from, to)
-        );
-        assert_eq!(answered_by(&samples, from, to, "primary"), n, "gw{k}");
     }
     c.kill_service("primary");
     let took = c.wait_all_current("web", Some("backup"), Duration::from_secs(10));
