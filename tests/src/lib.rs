@@ -91,6 +91,49 @@ impl Netns {
         run(&v)
     }
 
+    /// A veth pair inside the namespace: `dev` with MAC `mac`, its peer `{dev}p`; both up.
+    pub fn veth_with_mac(&self, dev: &str, mac: [u8; 6]) {
+        let peer = format!("{dev}p");
+        self.ip(&[
+            "link",
+            "add",
+            dev,
+            "address",
+            &mac_text(mac),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
+        self.ip(&["link", "set", dev, "up"]);
+        self.ip(&["link", "set", &peer, "up"]);
+    }
+
+    /// A permanent neighbour entry: `ip` is at `mac` on `dev`.
+    pub fn neigh_permanent(&self, ip: &str, mac: [u8; 6], dev: &str) {
+        self.ip(&[
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &mac_text(mac),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+
+    /// The interface index of `dev` in the namespace.
+    pub fn ifindex(&self, dev: &str) -> Result<u32, String> {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|e| format!("ifindex of {dev}: {e}"))
+    }
+
     /// Moves the calling thread into the namespace. Only this thread changes namespace; the
     /// guard returned moves it back on drop.
     pub fn enter(&self) -> EnteredNetns {

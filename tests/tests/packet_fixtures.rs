@@ -21,7 +21,7 @@ use ftn_controller::dataplane::{
     ip_words, AyaDataplane, AyaOptions, Dataplane, NoServerAction, Protocol, ResourceAssignment,
     ResourceMatch, ServerEntry,
 };
-use ftn_tests::{hex, mac_text, require_root, xdp_md, Netns};
+use ftn_tests::{hex, require_root, xdp_md, Netns};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -1650,21 +1650,7 @@ fn lab() -> Lab {
     ns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
     ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
     for (dev, m) in [("fx0", G0), ("fx1", G1), ("fx2", G2)] {
-        let peer = format!("{dev}p");
-        ns.ip(&[
-            "link",
-            "add",
-            dev,
-            "address",
-            &mac_text(m),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ]);
-        ns.ip(&["link", "set", dev, "up"]);
-        ns.ip(&["link", "set", &peer, "up"]);
+        ns.veth_with_mac(dev, m);
     }
     ns.ip(&["addr", "add", "198.18.1.1/24", "dev", "fx0"]);
     ns.ip(&["addr", "add", "2001:2:1::1/64", "dev", "fx0", "nodad"]);
@@ -1684,23 +1670,9 @@ fn lab() -> Lab {
         ("2001:2:2::11", BM, "fx1"),
         ("198.18.3.10", XM, "fx2"),
     ] {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            &mac_text(m),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
+        ns.neigh_permanent(ip, m, dev);
     }
-    let idx = |d: &str| -> u32 {
-        let out = ns.exec(&["cat", &format!("/sys/class/net/{d}/ifindex")]);
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    let (fx0, fx1) = (idx("fx0"), idx("fx1"));
+    let (fx0, fx1) = (ns.ifindex("fx0").unwrap(), ns.ifindex("fx1").unwrap());
     Lab { ns, fx0, fx1 }
 }
 

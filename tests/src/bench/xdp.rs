@@ -122,7 +122,7 @@ use ftn_controller::dataplane::{
 };
 
 use super::{attempt, median, Figure, Size};
-use crate::{attach_pass, lab::veth, mac_text, run_quiet, unique_name, xdp_md, Netns};
+use crate::{attach_pass, lab::veth, run_quiet, unique_name, xdp_md, Netns};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -276,14 +276,6 @@ where
     T::try_from(m).map_err(|e| format!("map {name}: {}", chain(&e)))
 }
 
-fn ns_ifindex(ns: &Netns, dev: &str) -> Result<u32, String> {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")]);
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|e| format!("ifindex of {dev}: {e}"))
-}
-
 fn ns_mac(ns: &Netns, dev: &str) -> Result<[u8; 6], String> {
     let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -405,21 +397,7 @@ fn lab1() -> Result<(Netns, u32, u32), String> {
     ns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
     ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
     for (dev, m) in [("fx0", G0), ("fx1", G1)] {
-        let peer = format!("{dev}p");
-        ns.ip(&[
-            "link",
-            "add",
-            dev,
-            "address",
-            &mac_text(m),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ]);
-        ns.ip(&["link", "set", dev, "up"]);
-        ns.ip(&["link", "set", &peer, "up"]);
+        ns.veth_with_mac(dev, m);
     }
     ns.ip(&["addr", "add", "198.18.1.1/24", "dev", "fx0"]);
     ns.ip(&["addr", "add", "2001:2:1::1/64", "dev", "fx0", "nodad"]);
@@ -432,20 +410,10 @@ fn lab1() -> Result<(Netns, u32, u32), String> {
         (P6, PM, "fx1"),
         ("198.18.2.77", PM, "fx1"),
     ] {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            &mac_text(m),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
+        ns.neigh_permanent(ip, m, dev);
     }
-    let fx0 = ns_ifindex(&ns, "fx0")?;
-    let fx1 = ns_ifindex(&ns, "fx1")?;
+    let fx0 = ns.ifindex("fx0")?;
+    let fx1 = ns.ifindex("fx1")?;
     Ok((ns, fx0, fx1))
 }
 
@@ -1010,21 +978,11 @@ fn lab2() -> Result<Lab2, String> {
         (&cli, "198.18.1.1", g0_mac, "c0"),
         (&srv, "198.18.2.1", g1_mac, "s0"),
     ] {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            &mac_text(m),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
+        ns.neigh_permanent(ip, m, dev);
     }
     cli.ip(&["route", "add", "default", "via", "198.18.1.1"]);
     srv.ip(&["route", "add", "default", "via", "198.18.2.1"]);
-    let c0_index = ns_ifindex(&cli, "c0")?;
+    let c0_index = cli.ifindex("c0")?;
     Ok(Lab2 {
         cli,
         gw,
