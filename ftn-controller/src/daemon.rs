@@ -683,44 +683,39 @@ impl Controller {
             token: Arc::new(std::sync::RwLock::new(config.api.token.clone())),
             cluster,
         };
-        if c.cluster.is_some() {
-            // Shared directory: only the leader writes (once elected); this gateway's maps get
-            // the directory's state now.
-            c.sync.resync(&c.engine).await.map_err(|e| {
-                anyhow::anyhow!("writing the directory's state into the dataplane: {e}")
-            })?;
-            c.sync_checkers();
-            c.publish_applied().await;
-            return Ok(c);
+        // With a shared directory only the leader writes (once elected): this gateway's maps
+        // just get the directory's state. Alone, the first plan and the start are recorded.
+        if c.cluster.is_none() {
+            c.step(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let start = Update {
+                events: vec![EventDraft {
+                    kind: "start".into(),
+                    resource: None,
+                    server: None,
+                    message: format!(
+                        "controller started with {} ({})",
+                        c.config_path.display(),
+                        if adopted {
+                            "adopted the pinned dataplane: it kept forwarding, no flow remapped"
+                        } else {
+                            "loaded the XDP dataplane"
+                        }
+                    ),
+                }],
+                ..Default::default()
+            };
+            let rev = c
+                .directory
+                .commit(c.engine.snapshot().revision, start.clone())
+                .await
+                .context("recording the start in the directory")?;
+            c.engine.committed(&start, rev);
         }
-        c.step(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let start = Update {
-            events: vec![EventDraft {
-                kind: "start".into(),
-                resource: None,
-                server: None,
-                message: format!(
-                    "controller started with {} ({})",
-                    c.config_path.display(),
-                    if adopted {
-                        "adopted the pinned dataplane: it kept forwarding, no flow remapped"
-                    } else {
-                        "loaded the XDP dataplane"
-                    }
-                ),
-            }],
-            ..Default::default()
-        };
-        let rev = c
-            .directory
-            .commit(c.engine.snapshot().revision, start.clone())
-            .await
-            .context("recording the start in the directory")?;
-        c.engine.committed(&start, rev);
         c.sync.resync(&c.engine).await.map_err(|e| {
             anyhow::anyhow!("writing the directory's state into the dataplane: {e}")
         })?;
         c.sync_checkers();
+        c.publish_applied().await;
         Ok(c)
     }
 
