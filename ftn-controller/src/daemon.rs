@@ -1009,18 +1009,21 @@ impl Controller {
                             "directory commit refused: {e}"
                         )));
                     }
-                    let current = cv.dir.current();
-                    self.commit_failed = true;
-                    tracing::error!(error = %e, "directory commit failed; nothing applied, retrying every second from the directory's state");
-                    self.apply_snapshot(current).await;
-                    return Err(RequestError::Internal(format!(
-                        "directory commit failed: {e}"
-                    )));
                 }
                 self.commit_failed = true;
                 tracing::error!(error = %e, "directory commit failed; nothing applied, retrying every second from the directory's state");
-                if let Ok(s) = self.directory.snapshot().await {
-                    self.engine.resync(s);
+                match &self.cluster {
+                    // The shared directory may have moved on (another leader): follow it, maps
+                    // included. The etcd directory already learnt its state from the refusal.
+                    Some(cv) => {
+                        let current = cv.dir.current();
+                        self.apply_snapshot(current).await;
+                    }
+                    None => {
+                        if let Ok(s) = self.directory.snapshot().await {
+                            self.engine.resync(s);
+                        }
+                    }
                 }
                 Err(RequestError::Internal(format!(
                     "directory commit failed: {e}"
