@@ -1468,6 +1468,9 @@ fn spawn_passive_reader(
 /// `ftn run`: everything from the config file to the signal that stops it.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Arc::new(config::load(config_path)?);
+    // A binary built without the eBPF toolchain (build.rs embedded a stub) stops here, before it
+    // opens the directory or touches the pin folder, and says why.
+    crate::dataplane::ebpf_object()?;
     let mut etcd_dir: Option<(Arc<EtcdDirectory>, std::time::Duration)> = None;
     let directory: Arc<dyn Directory> = match &config.directory {
         DirectoryConfig::Embedded { path } => Arc::new(

@@ -239,7 +239,7 @@ pub fn load_pass() -> aya::Ebpf {
         loader.map_max_entries(name, 1);
     }
     let mut ebpf = loader
-        .load(ftn_controller::dataplane::EBPF_OBJECT)
+        .load(ftn_controller::dataplane::ebpf_object().expect("the embedded eBPF object"))
         .expect("load the eBPF object for ftn_pass");
     pass_program(&mut ebpf).load().expect("load ftn_pass");
     ebpf

@@ -5,7 +5,8 @@ use object::{Object, ObjectSection, ObjectSymbol};
 
 #[test]
 fn every_name_from_ftn_common_is_in_the_object() {
-    let data = ftn_controller::dataplane::EBPF_OBJECT;
+    let data = ftn_controller::dataplane::ebpf_object()
+        .unwrap_or_else(|e| panic!("the tests need the real eBPF object: {e}"));
     let obj = object::File::parse(data).expect("the embedded eBPF object is a valid ELF file");
     let mut found: Vec<(String, String)> = Vec::new();
     for sym in obj.symbols() {

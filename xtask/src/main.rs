@@ -25,8 +25,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // The shared directory's tests run a real etcd cluster.
     ("etcd-server", "etcd"),
     ("etcd-client", "etcdctl"),
-    // etcd-client (the crate) compiles etcd's protobuf definitions at build time.
-    ("protobuf-compiler", "protoc"),
+    // No protobuf package: etcd-client (the crate) compiles etcd's protobuf definitions with the
+    // protoc that the protoc-bin-vendored crate brings (tools/protoc, .cargo/config.toml).
 ];
 
 #[derive(Parser)]
@@ -75,6 +75,9 @@ enum Task {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Every cargo that xtask runs builds the real eBPF object or fails (ftn-controller/build.rs
+    // embeds a stub only for plain `cargo` builds on a machine without bpf-linker).
+    std::env::set_var("FTN_EBPF", "require");
     let root = workspace_root()?;
     // Paths given on the command line are relative to where xtask was invoked.
     let invoked_from = std::env::current_dir().unwrap_or_else(|_| root.clone());

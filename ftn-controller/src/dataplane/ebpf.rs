@@ -28,7 +28,7 @@ use ftn_common::{
 
 use super::{
     check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, GlobalCounter,
-    ResourceAssignment, ResourceMatch, ResourceStats, ServerEntry, ServerStats, EBPF_OBJECT,
+    ResourceAssignment, ResourceMatch, ResourceStats, ServerEntry, ServerStats,
 };
 
 /// Where `ftn run` pins the dataplane by default.
@@ -214,7 +214,7 @@ impl AyaDataplane {
             .map_max_entries(map_names::FLOWS, opts.flow_capacity)
             .map_max_entries(map_names::REVERSE, opts.flow_capacity);
         let mut ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(super::ebpf_object()?)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         {
             let prog = xdp_program(&mut ebpf)?;

@@ -24,8 +24,21 @@ use ftn_common::{
     SERVER_DOWN, SERVER_UP,
 };
 
-/// The eBPF object built by build.rs (ftn-ebpf for bpfel-unknown-none).
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftn-ebpf"));
+/// The eBPF object built by build.rs (ftn-ebpf for bpfel-unknown-none), or an empty stub when
+/// this binary was built without the eBPF toolchain: read it through [`ebpf_object`].
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftn-ebpf"));
+
+/// Why this binary embeds no eBPF object (build.rs stubbed it), or `None` for a real one.
+pub const EBPF_STUB_REASON: Option<&str> = option_env!("FTN_EBPF_STUB");
+
+/// The embedded eBPF object, or [`DataplaneError::NoEbpfObject`] with the reason the build
+/// left it out.
+pub fn ebpf_object() -> Result<&'static [u8], DataplaneError> {
+    match EBPF_STUB_REASON {
+        Some(reason) => Err(DataplaneError::NoEbpfObject { reason }),
+        None => Ok(EBPF_OBJECT),
+    }
+}
 
 /// Transport protocol of a resource.
 #[derive(
@@ -193,6 +206,11 @@ pub enum DataplaneError {
     FamilyMismatch { matcher: ResourceMatch, server: u32 },
     #[error("the eBPF object has no {what} named {name:?} (was it built from this source?)")]
     MissingInObject { what: &'static str, name: String },
+    #[error(
+        "this ftn binary embeds no XDP program: {reason}; build it with `cargo xtask build` \
+         (which installs bpf-linker and the nightly toolchain it needs)"
+    )]
+    NoEbpfObject { reason: &'static str },
     #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("loading the XDP program into the kernel failed (BPF permission? verifier?)")]

@@ -118,7 +118,7 @@ use ftn_common::{
 };
 use ftn_controller::dataplane::{
     AyaDataplane, AyaOptions, Dataplane, NoServerAction, Protocol, ResourceAssignment,
-    ResourceMatch, ServerEntry, XdpAttachMode, EBPF_OBJECT,
+    ResourceMatch, ServerEntry, XdpAttachMode,
 };
 
 use super::{attempt, median, Figure, Size};
@@ -233,8 +233,9 @@ fn load_small_object() -> Result<Ebpf, String> {
     ] {
         loader.map_max_entries(name, 1);
     }
+    let object = ftn_controller::dataplane::ebpf_object().map_err(|e| e.to_string())?;
     loader
-        .load(EBPF_OBJECT)
+        .load(object)
         .map_err(|e| format!("load the eBPF object: {}", chain(&e)))
 }
 
