@@ -12,6 +12,8 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod fresh_root;
+
 /// bpf-linker release that loads the nightly toolchain's own libLLVM (so its LLVM always
 /// matches the one rustc emits bitcode with).
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -70,6 +72,24 @@ enum Task {
         /// Only these parts (comma-separated: xdp, failover, scale, cluster).
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Prove the README's commands on a fresh machine: a cached debootstrap'd Debian 12 root
+    /// with only rustup (the host's toolchains), the commit under test cloned into it; builds
+    /// without bpf-linker/protoc, then runs `cargo xtask demo` and `cargo xtask test` there.
+    FreshRoot {
+        /// Where the debootstrap'd base root is cached (and the timing log appended).
+        #[arg(long, default_value = "/var/cache/ftn-fresh-root")]
+        cache: PathBuf,
+        /// The commit to test (uncommitted changes are never included).
+        #[arg(long, default_value = "HEAD")]
+        rev: String,
+        /// Phases to run, comma-separated: plain, demo, test (and `check`, a quick probe of
+        /// the root).
+        #[arg(long, default_value = "plain,demo,test")]
+        only: String,
+        /// Keep the run's work dir (the root) for debugging.
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -142,6 +162,20 @@ fn main() -> Result<()> {
             lint()?;
             test()
         }
+        Task::FreshRoot {
+            cache,
+            rev,
+            only,
+            keep,
+        } => fresh_root::run(
+            &root,
+            fresh_root::Options {
+                cache: invoked_from.join(cache),
+                rev,
+                only,
+                keep,
+            },
+        ),
     }
 }
 
