@@ -46,6 +46,14 @@ fn main() -> anyhow::Result<()> {
         other => bail!("FTN_EBPF={other:?}: expected `auto` (or unset), `require` or `stub`"),
     };
     if let Some(reason) = stub_reason {
+        if mode != "stub" {
+            // Build the real object once bpf-linker appears in one of these folders.
+            for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+                if dir.is_dir() {
+                    println!("cargo:rerun-if-changed={}", dir.display());
+                }
+            }
+        }
         let out = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
         write_stub(&out.join("ftn-ebpf"))?;
         println!(

@@ -34,6 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::timing::{Timing, MARGIN};
 use crate::{
     ftn::{tail, Ftn, Prober},
     lab::{in_ns, try_in_ns, veth, Conn, Service},
@@ -448,6 +449,55 @@ impl Drop for Etcd {
     }
 }
 
+/// The lab's check timing: every server checked every 100 ms (default timeout, rise, fall).
+/// The configuration below is written from these constants, and every wait of the cluster lab
+/// is derived from them plus [`MARGIN`].
+pub const CHECKS: Timing = Timing::with_interval(Duration::from_millis(100));
+/// `[directory] dial_timeout` of the lab.
+pub const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
+/// `[directory] request_timeout` of the lab.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// `[directory] lease_ttl` of the lab.
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+/// etcd's own start (members electing their leader): no ftn timing is involved; what etcd 3.4
+/// takes on a loaded 2-core machine, with room.
+pub const ETCD_START: Duration = Duration::from_secs(20);
+
+/// The worst case of one etcd request through ftn's pool: every member tried in turn, each
+/// with a dial and a request timeout.
+pub fn etcd_request_worst() -> Duration {
+    (DIAL_TIMEOUT + REQUEST_TIMEOUT) * MEMBERS as u32
+}
+
+/// Until a leader is elected once the previous one is gone: its lease expires within
+/// [`LEASE_TTL`], then a campaign (one request), plus the margin.
+pub fn leader_wait() -> Duration {
+    LEASE_TTL + etcd_request_worst() + MARGIN
+}
+
+/// Until every gateway applies a failover: the down verdict, the leader's commit, every
+/// gateway's watch event (one request each, at worst), plus the margin.
+pub fn failover_wait() -> Duration {
+    CHECKS.down() + etcd_request_worst()
+}
+
+/// Until every gateway applies an immediate failback: the up verdict, commit, watch.
+pub fn failback_wait() -> Duration {
+    CHECKS.up() + etcd_request_worst()
+}
+
+/// Until a gateway cut from etcd says so: its lease is renewed every ttl/4 and counts as lost
+/// after a whole ttl without renewal (plus the request that was in flight).
+pub fn etcd_lost_wait() -> Duration {
+    LEASE_TTL + LEASE_TTL / 4 + REQUEST_TIMEOUT + MARGIN
+}
+
+/// Until a gateway whose etcd came back is connected again: the session's 200 ms retry, then a
+/// new lease and its records (one request each, at worst), plus the margin.
+pub fn etcd_back_wait() -> Duration {
+    Duration::from_millis(200) + etcd_request_worst() * 2 + MARGIN
+}
+
 /// The configuration of gateway k: identical `[[server]]` and `[[resource]]` declarations on
 /// every gateway; `resource_extra` lines are added to resource `web`.
 pub fn gateway_config(
@@ -476,19 +526,19 @@ token_file = "{token}"
 backend = "etcd"
 endpoints = [{endpoints}]
 prefix = "{prefix}"
-dial_timeout = "500ms"
-request_timeout = "1s"
-lease_ttl = "2s"
+dial_timeout = "{dial}ms"
+request_timeout = "{request}ms"
+lease_ttl = "{lease}s"
 
 [[server]]
 name = "primary"
 address = "{PRIMARY_ADDR}"
-checks = [{{ type = "tcp", port = 80, interval = "100ms" }}]
+checks = [{{ type = "tcp", port = 80{checks} }}]
 
 [[server]]
 name = "backup"
 address = "{BACKUP_ADDR}"
-checks = [{{ type = "tcp", port = 80, interval = "100ms" }}]
+checks = [{{ type = "tcp", port = 80{checks} }}]
 
 [[resource]]
 name = "web"
@@ -501,6 +551,10 @@ servers = ["primary", "backup"]
         name = gw_name(k),
         pin = pin_dir.display(),
         token = token_file.display(),
+        dial = DIAL_TIMEOUT.as_millis(),
+        request = REQUEST_TIMEOUT.as_millis(),
+        lease = LEASE_TTL.as_secs(),
+        checks = CHECKS.check_options(),
     )
 }
 

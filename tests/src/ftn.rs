@@ -420,17 +420,22 @@ impl Drop for Ftn {
     }
 }
 
-/// One client probe: when it started, who answered (None: failed).
+/// One client probe: when it started, who answered (None: failed), and how long it took (to
+/// the answer, or to the failure).
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub at: Duration,
     pub answer: Option<String>,
+    pub took: Duration,
 }
+
+/// A probe that gets no answer within this time failed ([`Prober::start`]).
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// A client in its namespace that starts a new TCP connection to `vip` every `every` (each in
 /// its own thread, so a connection stuck on a dead server does not delay the next one), asks
 /// it who it is, and records the answer; bounded by `max` in time. A probe that gets no answer
-/// within 200 ms counts as failed.
+/// within [`PROBE_TIMEOUT`] (or the given timeout) counts as failed.
 pub struct Prober {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -452,6 +457,20 @@ impl Prober {
         every: Duration,
         max: Duration,
     ) -> Prober {
+        Prober::start_with_timeout(client, src, vip, every, max, PROBE_TIMEOUT)
+    }
+
+    /// Like [`Prober::start_from`], with each probe's own time limit (connect, then answer):
+    /// a limit over 1 s lets the client's kernel retransmit an unanswered SYN, as a real
+    /// client's connect would.
+    pub fn start_with_timeout(
+        client: &Netns,
+        src: Option<IpAddr>,
+        vip: IpAddr,
+        every: Duration,
+        max: Duration,
+        timeout: Duration,
+    ) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
         let start = Instant::now();
@@ -468,10 +487,12 @@ impl Prober {
                     let at = start.elapsed();
                     let samples = samples.clone();
                     running.push(std::thread::spawn(move || {
-                        let answer = Conn::try_open_from(src, vip, Duration::from_millis(200))
+                        let t = Instant::now();
+                        let answer = Conn::try_open_from(src, vip, timeout)
                             .ok()
                             .and_then(|mut c| c.try_ask().ok());
-                        samples.lock().unwrap().push(Sample { at, answer });
+                        let took = t.elapsed();
+                        samples.lock().unwrap().push(Sample { at, answer, took });
                     }));
                     running.retain(|t| !t.is_finished());
                     n += 1;
@@ -522,28 +543,155 @@ impl Drop for Prober {
     }
 }
 
+/// What a client saw between `from` and `to` (see [`gap`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// The longest interruption: from one successful probe's start to the next one's, or to
+    /// `to` for an interruption that had not ended by then.
+    pub longest: Duration,
+    /// Probes started in the window that failed.
+    pub failed: usize,
+    /// An interruption was still open at `to` (probes failed after the last success): it
+    /// counts until `to`, and the client was not served again within the window.
+    pub open: bool,
+}
+
+impl Gap {
+    /// The interruption in ms, or the reason it is no figure: an outage still open at the end
+    /// of the window is the whole window, and that repetition failed.
+    pub fn closed_ms(&self) -> Result<f64, String> {
+        let ms = self.longest.as_secs_f64() * 1000.0;
+        if self.open {
+            Err(format!(
+                "the client was not served again by the end of the window (longest interruption at least {ms:.0} ms, {} failed probes)",
+                self.failed
+            ))
+        } else {
+            Ok(ms)
+        }
+    }
+}
+
+impl std::fmt::Display for Gap {
+    /// "70 ms", or "at least 310 ms (not over at the end of the window)".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.longest.as_secs_f64() * 1000.0;
+        if self.open {
+            write!(f, "at least {ms:.0} ms (not over at the end of the window)")
+        } else {
+            write!(f, "{ms:.0} ms")
+        }
+    }
+}
+
 /// Between `from` and `to`: the longest time from one successful probe to the next (the
-/// interruption a client saw), the failed probes, and the answers seen.
-pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> (Duration, usize) {
-    let mut last_ok: Option<Duration> = samples
+/// interruption a client saw) and the failed probes. The interruption around `from` starts at
+/// the last success before `from` (or at `from` when there is none); one that has not ended by
+/// `to` lasts until `to` and is marked open: nothing answered after the fault is never "no gap".
+/// `samples` must be sorted by start time (as [`Prober::samples`] returns them).
+pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> Gap {
+    let mut last_ok: Duration = samples
         .iter()
         .filter(|s| s.at < from && s.answer.is_some())
         .map(|s| s.at)
-        .next_back();
+        .next_back()
+        .unwrap_or(from);
     let mut longest = Duration::ZERO;
     let mut failed = 0;
     for s in samples.iter().filter(|s| s.at >= from && s.at < to) {
         match &s.answer {
             Some(_) => {
-                if let Some(l) = last_ok {
-                    longest = longest.max(s.at - l);
-                }
-                last_ok = Some(s.at);
+                longest = longest.max(s.at.saturating_sub(last_ok));
+                last_ok = s.at;
             }
             None => failed += 1,
         }
     }
-    (longest, failed)
+    // The interruption since the last success, if probes failed after it.
+    let tail_failed = samples
+        .iter()
+        .any(|s| s.at > last_ok && s.at < to && s.answer.is_none());
+    if tail_failed {
+        longest = longest.max(to.saturating_sub(last_ok));
+    }
+    Gap {
+        longest,
+        failed,
+        open: tail_failed,
+    }
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Probes every 10 ms from 0 to `until`; `ok(at)` says which answered.
+    fn probes(until: u64, ok: impl Fn(u64) -> bool) -> Vec<Sample> {
+        (0..until)
+            .step_by(10)
+            .map(|t| Sample {
+                at: ms(t),
+                answer: ok(t).then(|| "s".to_string()),
+                took: Duration::from_micros(100),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_closed_interruption_is_measured_between_successes() {
+        // Fault at 100; probes 100..=150 fail; 160 answers.
+        let s = probes(400, |t| !(100..=150).contains(&t));
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(g, Gap { longest: ms(70), failed: 6, open: false });
+        assert_eq!(g.closed_ms(), Ok(70.0));
+    }
+
+    #[test]
+    fn nothing_answered_after_the_fault_is_the_whole_window() {
+        let s = probes(400, |t| t < 100);
+        let g = gap(&s, ms(100), ms(400));
+        // From the last success (90) to the window's end.
+        assert_eq!(g, Gap { longest: ms(310), failed: 30, open: true });
+        assert!(g.closed_ms().is_err(), "an open outage is no figure: {g:?}");
+    }
+
+    #[test]
+    fn an_outage_still_open_at_the_end_counts_to_the_end() {
+        // Recovered once (100..=150 failed), then failed again from 300 to the end.
+        let s = probes(400, |t| !(100..=150).contains(&t) && t < 300);
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(g.longest, ms(110), "290 (last success) to 400: {g:?}");
+        assert!(g.open);
+        assert_eq!(g.failed, 16);
+    }
+
+    #[test]
+    fn a_failure_at_the_end_leaves_the_window_open() {
+        // The longest interruption (90 to 260) ended, but the last probe failed: the client was
+        // not served at the end of the window, which is no figure.
+        let s = probes(400, |t| !(100..=250).contains(&t) && t != 390);
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(g, Gap { longest: ms(170), failed: 17, open: true });
+        assert!(g.closed_ms().is_err());
+    }
+
+    #[test]
+    fn no_success_before_the_window_starts_the_interruption_at_the_window() {
+        let s = probes(400, |t| t >= 200);
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(g, Gap { longest: ms(100), failed: 10, open: false });
+    }
+
+    #[test]
+    fn no_fault_is_about_one_probe_period() {
+        let s = probes(400, |_| true);
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(g, Gap { longest: ms(10), failed: 0, open: false });
+    }
 }
 
 /// How many probes in [from, to) each server answered.

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cluster;
 pub mod ftn;
 pub mod lab;
+pub mod timing;
 
 use std::{
     fs::File,

@@ -12,9 +12,11 @@ use std::{
 
 use ftn_tests::{
     cluster::{
-        client_addr, count_events, gw_name, output_text, Cluster, BACKUP_ADDR, GATEWAYS, MEMBERS,
-        PRIMARY_ADDR,
+        client_addr, count_events, etcd_back_wait, etcd_lost_wait, etcd_request_worst,
+        failback_wait, failover_wait, gw_name, leader_wait, output_text, Cluster, BACKUP_ADDR,
+        CHECKS, ETCD_START, GATEWAYS, LEASE_TTL, MEMBERS, PRIMARY_ADDR,
     },
+    timing::MARGIN,
     ftn::{answered_by, gap, Prober, Sample},
     lab::{in_ns, Conn},
 };
@@ -40,11 +42,9 @@ fn all_answered_by_primary(
     what: &str,
 ) {
     let n = probes_in(samples, from, to);
-    let (g, failed) = gap(samples, from, to);
-    println!(
-        "{what}: {n} probes, {failed} failed, longest gap {:.0} ms",
-        ms(g)
-    );
+    let g = gap(samples, from, to);
+    let failed = g.failed;
+    println!("{what}: {n} probes, {failed} failed, longest gap {g}");
     assert!(n >= min, "{what}: too few probes ({n})");
     assert_eq!(
         failed,
@@ -230,7 +230,7 @@ fn cluster_lab_topology_and_etcd_without_ftn() {
     );
     assert!(out.status.success(), "{}", output_text(&out));
     c.etcd.start_member(1);
-    let back = c.etcd.wait_healthy(&[1, 2, 3], Duration::from_secs(20));
+    let back = c.etcd.wait_healthy(&[1, 2, 3], ETCD_START);
     println!("member 1 restarted: healthy after {:.0} ms", ms(back));
     let got = c.etcd.etcdctl_ok(&["get", &format!("{}/k", c.prefix)]);
     assert!(got.contains('v'), "{got}");
@@ -274,7 +274,7 @@ fn primary_death_fails_over_on_every_gateway_and_fails_back() {
     std::thread::sleep(Duration::from_millis(500));
     let killed = Instant::now();
     c.kill_service("primary");
-    let took = c.wait_all_current("web", Some("backup"), Duration::from_secs(5));
+    let took = c.wait_all_current("web", Some("backup"), failover_wait());
     println!(
         "failover on all 3 gateways {:.0} ms after the service died",
         ms(took)
@@ -283,7 +283,7 @@ fn primary_death_fails_over_on_every_gateway_and_fails_back() {
     std::thread::sleep(Duration::from_millis(500));
     let restarted = Instant::now();
     c.start_service("primary");
-    let back = c.wait_all_current("web", Some("primary"), Duration::from_secs(8));
+    let back = c.wait_all_current("web", Some("primary"), failback_wait());
     println!(
         "failback on all 3 gateways {:.0} ms after the service returned",
         ms(back)
@@ -295,15 +295,15 @@ fn primary_death_fails_over_on_every_gateway_and_fails_back() {
         let (kill_at, back_at) = (at(&p, killed), at(&p, restarted));
         let samples = p.finish();
         let end = end_of(&samples);
-        let (fo_gap, fo_failed) = gap(&samples, kill_at, back_at);
-        let (fb_gap, fb_failed) = gap(&samples, back_at, end);
+        let fo = gap(&samples, kill_at, back_at);
+        let fb = gap(&samples, back_at, end);
         println!(
-            "gw{k}: {} probes; failover gap {:.0} ms ({fo_failed} failed), failback gap {:.0} ms \
-             ({fb_failed} failed)",
+            "gw{k}: {} probes; failover gap {fo} ({} failed), failback gap {fb} ({} failed)",
             samples.len(),
-            ms(fo_gap),
-            ms(fb_gap)
+            fo.failed,
+            fb.failed
         );
+        assert!(!fo.open && !fb.open, "gw{k}: the client must be served at the end of each phase");
         assert!(
             answered_by(&samples, kill_at, back_at, "backup") >= 5,
             "gw{k}: the backup answered too few probes during the failure"
@@ -312,7 +312,7 @@ fn primary_death_fails_over_on_every_gateway_and_fails_back() {
             answered_by(&samples, back_at + back, end, "primary") >= 5,
             "gw{k}: the primary answered too few probes after failback"
         );
-        assert_eq!(fb_failed, 0, "gw{k}: no probe may fail at failback");
+        assert_eq!(fb.failed, 0, "gw{k}: no probe may fail at failback");
     }
     for k in 1..=GATEWAYS {
         let ev = c.events(k);
@@ -328,7 +328,7 @@ fn primary_death_fails_over_on_every_gateway_and_fails_back() {
 fn leader_killed_during_failover_another_gateway_finishes_it_once() {
     let _serial = serial();
     let mut c = Cluster::start("failback = \"immediate\"");
-    let (leader, _) = c.wait_leader(Duration::from_secs(10));
+    let (leader, _) = c.wait_leader(leader_wait());
     let lk = c.index_of(&leader);
     let survivors: Vec<usize> = (1..=GATEWAYS).filter(|&k| k != lk).collect();
     println!("leader {leader} will be killed; survivors {survivors:?}");
@@ -336,9 +336,9 @@ fn leader_killed_during_failover_another_gateway_finishes_it_once() {
     c.kill_service("primary");
     c.kill_gateway(lk);
     let killed_after = t.elapsed();
-    let (new_leader, took_leader) = c.wait_leader(Duration::from_secs(10));
+    let (new_leader, took_leader) = c.wait_leader(leader_wait());
     assert_ne!(new_leader, leader, "a killed gateway cannot stay leader");
-    c.wait_current_on(&survivors, "web", Some("backup"), Duration::from_secs(10));
+    c.wait_current_on(&survivors, "web", Some("backup"), leader_wait() + failover_wait());
     let failed_over = t.elapsed();
     println!(
         "service and leader killed {:.0} ms apart; new leader {new_leader} {:.0} ms after \
@@ -359,7 +359,7 @@ fn leader_killed_during_failover_another_gateway_finishes_it_once() {
     // decision; nothing is decided again.
     c.start_gateway(lk);
     let t = Instant::now();
-    c.wait_current_on(&[lk], "web", Some("backup"), Duration::from_secs(10));
+    c.wait_current_on(&[lk], "web", Some("backup"), etcd_back_wait());
     println!(
         "{leader} restarted: on the backup {:.0} ms after its API answered",
         ms(t.elapsed())
@@ -454,7 +454,7 @@ fn etcd_member_death_changes_nothing() {
     );
     let restarted = Instant::now();
     c.etcd.start_member(victim);
-    let healthy = c.etcd.wait_healthy(&[1, 2, 3], Duration::from_secs(20));
+    let healthy = c.etcd.wait_healthy(&[1, 2, 3], ETCD_START);
     std::thread::sleep(Duration::from_millis(500));
     println!(
         "member {victim} down {:.1} s ({polls} status rounds), healthy {:.0} ms after restart",
@@ -487,7 +487,7 @@ fn gateway_cut_from_etcd_keeps_forwarding_and_does_not_decide_alone() {
     std::thread::sleep(Duration::from_millis(500));
     let cut = Instant::now();
     c.cut_etcd(3);
-    let noticed = c.wait_etcd_state(3, "unreachable", Duration::from_secs(10));
+    let noticed = c.wait_etcd_state(3, "unreachable", etcd_lost_wait());
     println!(
         "gw3 reports etcd unreachable {:.0} ms after the cut",
         ms(noticed)
@@ -497,19 +497,20 @@ fn gateway_cut_from_etcd_keeps_forwarding_and_does_not_decide_alone() {
         cl["etcd_error"].as_str().is_some_and(|e| !e.is_empty()),
         "etcd_error must say why: {cl}"
     );
-    // Without etcd, gw3 cannot hold the leader lease (2 s): it is a follower at the latest
-    // once the lease has run out.
+    // Without etcd, gw3 cannot hold the leader lease (LEASE_TTL): it is a follower at the
+    // latest once the lease has run out.
     let t = Instant::now();
     while c.cluster_status(3).is_ok_and(|cl| cl["role"] == "leader") {
         assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "gw3 still says it is the leader 5 s after losing etcd:\n{}",
+            t.elapsed() < LEASE_TTL + MARGIN,
+            "gw3 still says it is the leader {:?} after losing etcd:\n{}",
+            LEASE_TTL + MARGIN,
             c.describe()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     // gw1 and gw2 keep (or elect) a leader among themselves.
-    let (leader, _) = c.wait_leader(Duration::from_secs(10));
+    let (leader, _) = c.wait_leader(leader_wait());
     assert_ne!(
         leader, "gw3",
         "a gateway cut from etcd cannot be the leader"
@@ -517,7 +518,7 @@ fn gateway_cut_from_etcd_keeps_forwarding_and_does_not_decide_alone() {
     std::thread::sleep(Duration::from_millis(1000));
     let killed = Instant::now();
     c.kill_service("primary");
-    let took = c.wait_current_on(&[1, 2], "web", Some("backup"), Duration::from_secs(8));
+    let took = c.wait_current_on(&[1, 2], "web", Some("backup"), failover_wait());
     println!(
         "gw1, gw2 on the backup {:.0} ms after the service died",
         ms(took)
@@ -534,8 +535,8 @@ fn gateway_cut_from_etcd_keeps_forwarding_and_does_not_decide_alone() {
         std::thread::sleep(Duration::from_millis(100));
     }
     c.heal_etcd(3);
-    let conv = c.wait_current_on(&[3], "web", Some("backup"), Duration::from_secs(5));
-    let connected = c.wait_etcd_state(3, "connected", Duration::from_secs(5));
+    let conv = c.wait_current_on(&[3], "web", Some("backup"), etcd_back_wait());
+    let connected = c.wait_etcd_state(3, "connected", etcd_back_wait());
     println!(
         "after the heal: gw3 on the backup after {:.0} ms, etcd connected after {:.0} ms",
         ms(conv),
@@ -580,7 +581,7 @@ fn one_gateway_losing_the_primary_does_not_fail_over() {
     let cut = Instant::now();
     c.cut_server(1, "primary");
     // The cut is real: gw1 publishes that it sees the primary down.
-    let seen = c.wait_observation(2, 1, "primary", "down", Duration::from_secs(3));
+    let seen = c.wait_observation(2, 1, "primary", "down", CHECKS.down() + etcd_request_worst());
     println!(
         "gw2 shows gw1's observation of the primary down {:.0} ms after the cut",
         ms(seen)
@@ -607,7 +608,7 @@ fn one_gateway_losing_the_primary_does_not_fail_over() {
     );
     let healed = Instant::now();
     c.heal_server(1, "primary");
-    let up = c.wait_observation(2, 1, "primary", "up", Duration::from_secs(5));
+    let up = c.wait_observation(2, 1, "primary", "up", CHECKS.up() + etcd_request_worst());
     println!(
         "gw1 sees the primary up again {:.0} ms after the heal",
         ms(up)
@@ -664,9 +665,9 @@ fn all_etcd_members_stopped_forwarding_continues_and_decisions_resume() {
     let healthy = c.etcd.start_all_members();
     let mut reconnected = Vec::new();
     for k in 1..=GATEWAYS {
-        reconnected.push(c.wait_etcd_state(k, "connected", Duration::from_secs(15)));
+        reconnected.push(c.wait_etcd_state(k, "connected", etcd_back_wait()));
     }
-    let (leader, _) = c.wait_leader(Duration::from_secs(15));
+    let (leader, _) = c.wait_leader(leader_wait());
     println!(
         "etcd healthy {:.0} ms after restart; gateways connected after {:?} more; leader {leader} \
          {:.0} ms after the restart",
@@ -695,7 +696,7 @@ fn all_etcd_members_stopped_forwarding_continues_and_decisions_resume() {
         );
     }
     c.kill_service("primary");
-    let took = c.wait_all_current("web", Some("backup"), Duration::from_secs(10));
+    let took = c.wait_all_current("web", Some("backup"), failover_wait());
     println!(
         "after the etcd restart: failover on all 3 gateways {:.0} ms after the service died",
         ms(took)
@@ -716,21 +717,22 @@ fn all_etcd_members_stopped_forwarding_continues_and_decisions_resume() {
 fn leader_stopped_normally_hands_over_at_once() {
     let _serial = serial();
     let mut c = Cluster::start("failback = \"immediate\"");
-    let (leader, _) = c.wait_leader(Duration::from_secs(10));
+    let (leader, _) = c.wait_leader(leader_wait());
     let lk = c.index_of(&leader);
     let t = Instant::now();
     c.gws[lk - 1].stop();
     let stopped = t.elapsed();
-    let (next, took) = c.wait_leader(Duration::from_secs(10));
+    let (next, took) = c.wait_leader(leader_wait());
     println!(
         "{leader} stopped (SIGTERM) in {:.0} ms; {next} leads {:.0} ms after that",
         ms(stopped),
         ms(took)
     );
     assert_ne!(next, leader);
-    // The lab's lease is 2 s: a hand-over within 1 s can only come from the revoke.
+    // The lab's lease is LEASE_TTL (2 s): a hand-over within half of it can only come from
+    // the revoke.
     assert!(
-        took < Duration::from_secs(1),
+        took < LEASE_TTL / 2,
         "the next leader took {took:?}: the stopped leader's lease was not revoked"
     );
     let survivors: Vec<usize> = (1..=GATEWAYS).filter(|&k| k != lk).collect();
@@ -754,5 +756,5 @@ fn leader_stopped_normally_hands_over_at_once() {
         "the refusal names the leader: {text}"
     );
     c.gw(nk).cli_ok(&["switchover", "web", "--to", "backup"]);
-    c.wait_current_on(&survivors, "web", Some("backup"), Duration::from_secs(5));
+    c.wait_current_on(&survivors, "web", Some("backup"), etcd_request_worst() + MARGIN);
 }

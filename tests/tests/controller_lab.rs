@@ -11,11 +11,14 @@ use ftn_tests::{
     ftn::{answered_by, gap, Ftn, Prober, TOKEN},
     lab::{attach_pass_in, in_ns, topology, Conn, Service, Topology, VIP4},
     require_root,
+    timing::{Timing, MARGIN},
 };
 
 const EVERY: Duration = Duration::from_millis(10);
 
 struct Lab {
+    /// The check timing the lab's config declares; every wait is derived from it.
+    timing: Timing,
     t: Topology,
     _pass: Vec<aya::Ebpf>,
     primary: Option<Service>,
@@ -24,9 +27,9 @@ struct Lab {
 }
 
 impl Lab {
-    /// Topology, services, and a running controller with the standard config plus `extra`
-    /// lines on both resources.
-    fn start(check: &str, extra: &str) -> Lab {
+    /// Topology, services, and a running controller with the standard config (every check
+    /// with `timing`) plus `extra` lines on both resources.
+    fn start(timing: Timing, extra: &str) -> Lab {
         require_root();
         let t = topology();
         let pass = vec![
@@ -37,9 +40,10 @@ impl Lab {
         let primary = Some(Service::start(&t.primary, "primary"));
         let backup = Some(Service::start(&t.backup, "backup"));
         let mut ftn = Ftn::new(&t.gateway);
-        ftn.write_config(&ftn.standard_config(check, extra));
+        ftn.write_config(&ftn.standard_config(&timing.check_options(), extra));
         ftn.start();
         let lab = Lab {
+            timing,
             t,
             _pass: pass,
             primary,
@@ -47,7 +51,7 @@ impl Lab {
             ftn,
         };
         lab.ftn
-            .wait_current("web", Some("p1"), Duration::from_secs(5));
+            .wait_current("web", Some("p1"), timing.first_serve());
         assert_eq!(lab.ask_new(), "primary");
         lab
     }
@@ -84,14 +88,15 @@ fn ms(d: Duration) -> f64 {
 
 #[test]
 fn service_death_fails_over_and_hold_failback_breaks_nothing() {
-    let mut lab = Lab::start("", "failback = \"hold\"\nhold = \"2s\"");
+    let hold = Duration::from_secs(2);
+    let mut lab = Lab::start(Timing::DEFAULT, "failback = \"hold\"\nhold = \"2s\"");
     let probe = lab.probe();
     std::thread::sleep(Duration::from_millis(300));
     let killed = probe.now();
     lab.primary = None; // port 80 closed; host and link alive
     let took = lab
         .ftn
-        .wait_current("web", Some("b1"), Duration::from_secs(3));
+        .wait_current("web", Some("b1"), lab.timing.down());
     println!("failover decided {:.0} ms after the service died", ms(took));
     // A long-lived connection opened on the backup during the failover.
     let on_backup = lab.open();
@@ -100,41 +105,35 @@ fn service_death_fails_over_and_hold_failback_breaks_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     let restarted = probe.now();
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
-    // Hold: 2 s of health before failback.
+    // Hold: 2 s of health before failback (and `rise` checks before that): not yet after 1 s.
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(
         lab.ftn.current("web").as_deref(),
         Some("b1"),
         "failback before the hold time"
     );
-    let back = lab
-        .ftn
-        .wait_current("web", Some("p1"), Duration::from_secs(5));
+    lab.ftn
+        .wait_current("web", Some("p1"), lab.timing.failback_after(hold));
+    let back_at = probe.now();
     println!(
         "failback {:.0} ms after the primary's service returned",
-        ms(back) + 1000.0
+        ms(back_at - restarted)
     );
     std::thread::sleep(Duration::from_millis(300));
     let samples = probe.finish();
     let end = samples.last().unwrap().at;
-    let (fo_gap, fo_failed) = gap(&samples, killed, restarted);
-    let (fb_gap, fb_failed) = gap(&samples, restarted, end + Duration::from_millis(1));
+    let fo = gap(&samples, killed, restarted);
+    let fb = gap(&samples, restarted, end + Duration::from_millis(1));
     println!(
-        "probes {}: failover gap {:.0} ms ({fo_failed} failed), failback gap {:.0} ms ({fb_failed} failed)",
+        "probes {}: failover gap {fo} ({} failed), failback gap {fb} ({} failed)",
         samples.len(),
-        ms(fo_gap),
-        ms(fb_gap)
+        fo.failed,
+        fb.failed
     );
+    assert!(!fo.open && !fb.open, "the client must be served at the end of each phase");
     assert!(answered_by(&samples, killed, restarted, "backup") > 10);
-    assert!(
-        answered_by(
-            &samples,
-            restarted + Duration::from_millis(1500),
-            end,
-            "primary"
-        ) > 10
-    );
-    assert_eq!(fb_failed, 0, "no probe may fail at failback");
+    assert!(answered_by(&samples, back_at, end, "primary") > 10);
+    assert_eq!(fb.failed, 0, "no probe may fail at failback");
     let (_c, r) = lab.ask(on_backup);
     assert_eq!(
         r.as_deref(),
@@ -151,7 +150,7 @@ fn service_death_fails_over_and_hold_failback_breaks_nothing() {
 
 #[test]
 fn primary_link_down_fails_over_and_stuck_connections_move_at_once() {
-    let lab = Lab::start("", "failback = \"immediate\"");
+    let lab = Lab::start(Timing::DEFAULT, "failback = \"immediate\"");
     let probe = lab.probe();
     let stuck = lab.open();
     let (stuck, r) = lab.ask(stuck);
@@ -161,7 +160,7 @@ fn primary_link_down_fails_over_and_stuck_connections_move_at_once() {
     lab.t.primary.ip(&["link", "set", "p0", "down"]);
     let took = lab
         .ftn
-        .wait_current("web", Some("b1"), Duration::from_secs(3));
+        .wait_current("web", Some("b1"), lab.timing.down());
     println!(
         "failover decided {:.0} ms after the primary's link went down",
         ms(took)
@@ -212,24 +211,22 @@ fn primary_link_down_fails_over_and_stuck_connections_move_at_once() {
         }
     }
     lab.ftn
-        .wait_current("web", Some("p1"), Duration::from_secs(5));
+        .wait_current("web", Some("p1"), lab.timing.up());
     std::thread::sleep(Duration::from_millis(300));
     let samples = probe.finish();
-    let (fo_gap, fo_failed) = gap(&samples, down, up);
-    println!(
-        "link down: failover gap {:.0} ms, {fo_failed} failed probes",
-        ms(fo_gap)
-    );
+    let fo = gap(&samples, down, up);
+    println!("link down: failover gap {fo}, {} failed probes", fo.failed);
+    assert!(!fo.open, "the backup must serve the client before the link comes back");
     assert!(answered_by(&samples, down, up, "backup") > 10);
     assert!(lab.ftn.events().contains("server p1 is down"));
 }
 
 #[test]
 fn manual_failback_waits_for_switchover() {
-    let mut lab = Lab::start("", "failback = \"manual\"");
+    let mut lab = Lab::start(Timing::DEFAULT, "failback = \"manual\"");
     lab.primary = None;
     lab.ftn
-        .wait_current("web", Some("b1"), Duration::from_secs(3));
+        .wait_current("web", Some("b1"), lab.timing.down());
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
     // Rise: 3 good checks at the default interval; then the manual policy keeps b1.
     let t = Instant::now();
@@ -246,8 +243,9 @@ fn manual_failback_waits_for_switchover() {
             break;
         }
         assert!(
-            t.elapsed() < Duration::from_secs(8),
-            "p1 not up again: {st}"
+            t.elapsed() < lab.timing.up(),
+            "p1 not up again within {:?}: {st}",
+            lab.timing.up()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -271,7 +269,7 @@ fn manual_failback_waits_for_switchover() {
 #[test]
 fn controller_kill9_and_restart_lose_nothing() {
     let lab_start = Instant::now();
-    let mut lab = Lab::start("", "");
+    let mut lab = Lab::start(Timing::DEFAULT, "");
     let long = lab.open();
     let probe = lab.probe();
     std::thread::sleep(Duration::from_millis(300));
@@ -282,11 +280,11 @@ fn controller_kill9_and_restart_lose_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     let samples = probe.finish();
     let end = samples.last().unwrap().at;
-    let (g, failed) = gap(&samples, killed, end + Duration::from_millis(1));
+    let g = gap(&samples, killed, end + Duration::from_millis(1));
+    let failed = g.failed;
     println!(
-        "controller down ~0.7 s and restarted: {} probes, {failed} failed, longest gap {:.0} ms",
-        samples.len(),
-        ms(g)
+        "controller down ~0.7 s and restarted: {} probes, {failed} failed, longest gap {g}",
+        samples.len()
     );
     assert_eq!(failed, 0, "no probe may fail while the controller restarts");
     assert_eq!(
@@ -308,10 +306,13 @@ fn controller_kill9_and_restart_lose_nothing() {
 
 #[test]
 fn both_servers_down_then_recovery() {
-    let mut lab = Lab::start("", "on_no_server = \"reject\"\nfailback = \"immediate\"");
+    let mut lab = Lab::start(
+        Timing::DEFAULT,
+        "on_no_server = \"reject\"\nfailback = \"immediate\"",
+    );
     lab.primary = None;
     lab._backup = None;
-    lab.ftn.wait_current("web", None, Duration::from_secs(3));
+    lab.ftn.wait_current("web", None, lab.timing.down());
     // reject: the client is refused at once instead of timing out.
     let t = Instant::now();
     let r = in_ns(&lab.t.client, || {
@@ -324,19 +325,20 @@ fn both_servers_down_then_recovery() {
     );
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
     assert!(lab.ftn.events().contains("no-server"));
+    // Each recovery needs `rise` passed checks (3 x 1 s by default) before it counts.
     lab._backup = Some(Service::start(&lab.t.backup, "backup"));
     lab.ftn
-        .wait_current("web", Some("b1"), Duration::from_secs(3));
+        .wait_current("web", Some("b1"), lab.timing.up());
     assert_eq!(lab.ask_new(), "backup");
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
     lab.ftn
-        .wait_current("web", Some("p1"), Duration::from_secs(3));
+        .wait_current("web", Some("p1"), lab.timing.up());
     assert_eq!(lab.ask_new(), "primary");
 }
 
 #[test]
 fn flapping_primary_does_not_flap_traffic() {
-    let mut lab = Lab::start("", "");
+    let mut lab = Lab::start(Timing::DEFAULT, "");
     let probe = lab.probe();
     // Up/down every 200 ms (4 probe intervals) for 4 s.
     let t = Instant::now();
@@ -378,7 +380,7 @@ fn flapping_primary_does_not_flap_traffic() {
 
 #[test]
 fn invalid_config_and_api_input_are_refused_and_change_nothing() {
-    let lab = Lab::start("", "");
+    let lab = Lab::start(Timing::DEFAULT, "");
     let good = std::fs::read_to_string(&lab.ftn.config).unwrap();
     let before = lab.ftn.status();
     let cases: [(&str, String, &str); 5] = [
@@ -503,7 +505,8 @@ fn invalid_config_and_api_input_are_refused_and_change_nothing() {
 
 #[test]
 fn drain_moves_new_flows_and_keeps_established_ones() {
-    let lab = Lab::start("", "failback = \"immediate\"\ndrain = \"2s\"");
+    let drain = Duration::from_secs(2);
+    let lab = Lab::start(Timing::DEFAULT, "failback = \"immediate\"\ndrain = \"2s\"");
     let long = lab.open();
     let out = lab.ftn.cli_ok(&["drain", "p1"]);
     assert!(out.contains("web moved p1 -> b1"), "{out}");
@@ -514,12 +517,24 @@ fn drain_moves_new_flows_and_keeps_established_ones() {
         Ok("primary"),
         "established flows finish on the drained server"
     );
-    std::thread::sleep(Duration::from_millis(2500));
-    let (_long, r) = lab.ask(long);
+    // After the drain time the remaining flows move (and the backup resets them): asked
+    // until that happens, at most the drain time plus the margin.
+    let t = Instant::now();
+    let mut long = long;
+    let r = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let (c, r) = lab.ask(long);
+        if r.is_err() || t.elapsed() > drain + MARGIN {
+            break r;
+        }
+        long = c;
+    };
     assert!(
         r.is_err(),
-        "after the drain time the remaining flows move (and the backup resets them): {r:?}"
+        "the remaining flows must move within {:?} of the drain: {r:?}",
+        drain + MARGIN
     );
+    assert!(t.elapsed() >= drain, "flows moved before the drain time ({:?})", t.elapsed());
     lab.ftn.cli_ok(&["undrain", "p1"]);
     assert_eq!(lab.ftn.current("web").as_deref(), Some("p1"));
     assert_eq!(lab.ask_new(), "primary");
@@ -528,15 +543,18 @@ fn drain_moves_new_flows_and_keeps_established_ones() {
 #[test]
 fn passive_signals_catch_a_dead_server_between_slow_checks() {
     // Active checks only every 2 s: without the dataplane's passive reports, a failure would
-    // take 2-4 s to notice.
-    let mut lab = Lab::start(", interval = \"2s\"", "failback = \"immediate\"");
+    // take 2-4 s to notice; a failover sooner than `down_earliest_active` (one interval) can
+    // only come from passive health.
+    let mut lab = Lab::start(
+        Timing::with_interval(Duration::from_secs(2)),
+        "failback = \"immediate\"",
+    );
+    let passive_bound = lab.timing.down_earliest_active();
     let probe = lab.probe();
     std::thread::sleep(Duration::from_millis(300));
     let killed = probe.now();
     lab.primary = None;
-    let took = lab
-        .ftn
-        .wait_current("web", Some("b1"), Duration::from_millis(1500));
+    let took = lab.ftn.wait_current("web", Some("b1"), passive_bound);
     println!(
         "service killed, checks every 2 s: failover decided after {:.0} ms",
         ms(took)
@@ -544,30 +562,27 @@ fn passive_signals_catch_a_dead_server_between_slow_checks() {
     std::thread::sleep(Duration::from_millis(200));
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
     lab.ftn
-        .wait_current("web", Some("p1"), Duration::from_secs(10));
+        .wait_current("web", Some("p1"), lab.timing.up());
     std::thread::sleep(Duration::from_millis(300));
     let crashed = probe.now();
     lab.t.primary.ip(&["link", "set", "p0", "down"]);
-    let took = lab
-        .ftn
-        .wait_current("web", Some("b1"), Duration::from_millis(1500));
+    let took = lab.ftn.wait_current("web", Some("b1"), passive_bound);
     println!(
         "link down, checks every 2 s: failover decided after {:.0} ms",
         ms(took)
     );
     std::thread::sleep(Duration::from_millis(200));
     let samples = probe.finish();
-    let (g1, _) = gap(&samples, killed, crashed);
+    let g1 = gap(&samples, killed, crashed);
     let end = samples.last().unwrap().at + Duration::from_millis(1);
-    let (g2, _) = gap(&samples, crashed, end);
-    println!(
-        "client interruption: service killed {:.0} ms, link down {:.0} ms",
-        ms(g1),
-        ms(g2)
-    );
+    let g2 = gap(&samples, crashed, end);
+    println!("client interruption: service killed {g1}, link down {g2}");
     assert!(
-        g1 < Duration::from_millis(1000) && g2 < Duration::from_millis(1000),
-        "passive detection too slow"
+        !g1.open
+            && !g2.open
+            && g1.longest < passive_bound
+            && g2.longest < passive_bound,
+        "passive detection too slow: the client waited as long as the active checks would take"
     );
     let st = lab.ftn.status();
     assert!(
@@ -583,7 +598,7 @@ fn passive_signals_catch_a_dead_server_between_slow_checks() {
 
 #[test]
 fn reload_applies_only_the_difference() {
-    let lab = Lab::start("", "");
+    let lab = Lab::start(Timing::DEFAULT, "");
     let long = lab.open();
     let text = std::fs::read_to_string(&lab.ftn.config).unwrap();
     let added = format!(

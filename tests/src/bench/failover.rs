@@ -49,7 +49,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{attempt, median, Figure, Size};
+use super::{median, Figure, Reps, Size};
 use crate::{
     ftn::{answered_by, gap, Ftn, Prober, Sample},
     lab::{attach_pass_in, in_ns, topology, Conn, Service, Topology, VIP4},
@@ -151,7 +151,7 @@ struct GapRun {
     spurious: usize,
 }
 
-fn gap_once(fault: Fault, tuned: bool) -> GapRun {
+fn gap_once(fault: Fault, tuned: bool) -> Result<GapRun, String> {
     let (check, tail) = if tuned {
         (TUNED_CHECK, TUNED_DATAPLANE)
     } else {
@@ -173,8 +173,10 @@ fn gap_once(fault: Fault, tuned: bool) -> GapRun {
     std::thread::sleep(AFTER);
     let samples = probe.finish();
     let end = samples.last().map(|s| s.at).unwrap_or_default() + Duration::from_millis(1);
-    let (g, failed) = gap(&samples, at, end);
-    let (base, _) = gap(&samples, Duration::from_millis(50), at);
+    let g = gap(&samples, at, end);
+    let failed = g.failed;
+    let gap_ms = g.closed_ms()?;
+    let base = gap(&samples, Duration::from_millis(50), at).closed_ms()?;
     let first_backup = samples
         .iter()
         .find(|s| s.at >= at && s.answer.as_deref() == Some("backup"))
@@ -202,14 +204,14 @@ fn gap_once(fault: Fault, tuned: bool) -> GapRun {
         last_ok_after(&samples, at),
         "the last probes after the fault must succeed"
     );
-    GapRun {
-        gap_ms: ms(g),
-        baseline_ms: ms(base),
+    Ok(GapRun {
+        gap_ms,
+        baseline_ms: base,
         decided_ms: ms(decided),
         first_backup_ms: ms(first_backup),
         failed,
         spurious,
-    }
+    })
 }
 
 /// Whether the last few probes succeeded (the service is back to normal at the end).
@@ -225,7 +227,7 @@ struct FailbackRun {
     back_after_ms: f64,
 }
 
-fn failback_once() -> FailbackRun {
+fn failback_once() -> Result<FailbackRun, String> {
     let mut lab = Lab::start("", "failback = \"hold\"\nhold = \"2s\"", "");
     let probe = lab.probe();
     std::thread::sleep(Duration::from_millis(300));
@@ -251,7 +253,9 @@ fn failback_once() -> FailbackRun {
     std::thread::sleep(AFTER);
     let samples = probe.finish();
     let end = samples.last().map(|s| s.at).unwrap_or_default() + Duration::from_millis(1);
-    let (g, failed) = gap(&samples, returned, end);
+    let g = gap(&samples, returned, end);
+    let failed = g.failed;
+    let gap_ms = g.closed_ms()?;
     let after_back = returned + back_after;
     assert!(
         answered_by(&samples, after_back, end, "primary") >= 5,
@@ -262,12 +266,12 @@ fn failback_once() -> FailbackRun {
         .map(|c| c.try_ask())
         .filter(|r| r.as_deref() != Ok("backup"))
         .count();
-    FailbackRun {
+    Ok(FailbackRun {
         failed,
         broken,
-        gap_ms: ms(g),
+        gap_ms,
         back_after_ms: ms(back_after),
-    }
+    })
 }
 
 struct RestartRun {
@@ -277,7 +281,7 @@ struct RestartRun {
     api_after_ms: f64,
 }
 
-fn restart_once() -> RestartRun {
+fn restart_once() -> Result<RestartRun, String> {
     let mut lab = Lab::start("", "", "");
     let probe = lab.probe();
     std::thread::sleep(Duration::from_millis(300));
@@ -290,18 +294,20 @@ fn restart_once() -> RestartRun {
     std::thread::sleep(Duration::from_millis(500));
     let samples = probe.finish();
     let end = samples.last().map(|s| s.at).unwrap_or_default() + Duration::from_millis(1);
-    let (g, failed) = gap(&samples, killed, end);
+    let g = gap(&samples, killed, end);
+    let failed = g.failed;
+    let gap_ms = g.closed_ms()?;
     let log = lab.ftn.log_text();
     assert!(
         log.contains("adopted the pinned dataplane"),
         "the restarted controller must adopt the pinned dataplane"
     );
-    RestartRun {
+    Ok(RestartRun {
         failed,
         probes: samples.iter().filter(|s| s.at >= killed).count(),
-        gap_ms: ms(g),
+        gap_ms,
         api_after_ms: ms(api_after),
-    }
+    })
 }
 
 fn list(v: &[f64]) -> String {
@@ -309,23 +315,8 @@ fn list(v: &[f64]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-fn errors_note(errors: &[String], reps: usize) -> String {
-    if errors.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; {} of {reps} repetition(s) failed: {}",
-            errors.len(),
-            errors.join(" | ")
-        )
-    }
-}
-
-/// One fault kind's runs summarised, or why none succeeded.
-fn gap_summary(runs: &[GapRun]) -> Option<(f64, String)> {
-    if runs.is_empty() {
-        return None;
-    }
+/// One fault kind's runs summarised.
+fn gap_summary(runs: &[GapRun]) -> (f64, String) {
     let gaps: Vec<f64> = runs.iter().map(|r| r.gap_ms).collect();
     let base: Vec<f64> = runs.iter().map(|r| r.baseline_ms).collect();
     let dec: Vec<f64> = runs.iter().map(|r| r.decided_ms).collect();
@@ -333,7 +324,7 @@ fn gap_summary(runs: &[GapRun]) -> Option<(f64, String)> {
     let failed: Vec<f64> = runs.iter().map(|r| r.failed as f64).collect();
     let spurious: usize = runs.iter().map(|r| r.spurious).sum();
     let m = median(&gaps);
-    Some((
+    (
         m,
         format!(
             "median of {} ({} ms); no-fault baseline over the 500 ms before the fault: {:.0} ms (median); first probe answered by the backup {:.0} ms after the fault, status showed the move after {:.0} ms (medians); failed probes per repetition {}; spurious down verdicts (a backup declared down, or a move before the fault): {spurious}",
@@ -344,7 +335,98 @@ fn gap_summary(runs: &[GapRun]) -> Option<(f64, String)> {
             median(&dec),
             list(&failed)
         ),
-    ))
+    )
+}
+
+/// A quiet resource: one client, one new connection per second.
+const QUIET_EVERY: Duration = Duration::from_secs(1);
+/// Each quiet connection may take this long (connect, then answer): over 1 s, so that the
+/// client's kernel retransmits an unanswered SYN (initial RTO 1 s), as a real client would.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(3);
+/// Quiet probes, all answered by the primary, before the fault.
+const QUIET_LEAD: u32 = 3;
+
+/// How long after the fault a quiet client may wait before the repetition fails: the default
+/// checks decide within fall × (interval + timeout); the client then needs at most one probe
+/// period plus one probe's time limit to be served; 5 s margin for a loaded machine.
+fn quiet_window() -> Duration {
+    use ftn_controller::config::{DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL};
+    (DEFAULT_CHECK_INTERVAL + DEFAULT_CHECK_TIMEOUT) * DEFAULT_FALL
+        + QUIET_EVERY
+        + QUIET_TIMEOUT
+        + Duration::from_secs(5)
+}
+
+struct QuietRun {
+    /// From the fault to the end of the first connection started after it that was answered
+    /// (by the backup).
+    served_ms: f64,
+    /// Status showed the move to the backup, from the fault.
+    decided_ms: f64,
+    /// Connections started after the fault that failed before that one.
+    failed: usize,
+}
+
+/// A quiet resource with the default configuration: a client opens one connection per second;
+/// the fault falls at `phase` within the probe period (varied over the repetitions so that the
+/// 1 s schedule does not bias the figure); the figure is the time from the fault until that
+/// client is served again.
+fn quiet_once(fault: Fault, phase: Duration) -> Result<QuietRun, String> {
+    let mut lab = Lab::start("", "", "");
+    let window = quiet_window();
+    let probe = Prober::start_with_timeout(
+        &lab.t.client,
+        None,
+        Lab::vip(),
+        QUIET_EVERY,
+        QUIET_EVERY * (QUIET_LEAD + 1) + window + QUIET_TIMEOUT,
+        QUIET_TIMEOUT,
+    );
+    std::thread::sleep(QUIET_EVERY * QUIET_LEAD + phase);
+    let at = probe.now();
+    match fault {
+        Fault::Crash => {
+            lab.t.primary.ip(&["link", "set", "p0", "down"]);
+        }
+        Fault::Service => lab.primary = None,
+    }
+    let decided = lab.ftn.wait_current("web", Some("b1"), window);
+    // Until a connection started after the fault is answered, or the window ends.
+    let served = loop {
+        let samples = probe.samples();
+        if let Some(s) = samples.iter().find(|s| s.at >= at && s.answer.is_some()) {
+            break Some(s.clone());
+        }
+        if probe.now() >= at + window {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let samples = probe.finish();
+    let before = samples.iter().filter(|s| s.at < at).collect::<Vec<_>>();
+    if before.len() < QUIET_LEAD as usize
+        || before.iter().any(|s| s.answer.as_deref() != Some("primary"))
+    {
+        return Err(format!(
+            "the quiet client was not served by the primary before the fault: {before:?}"
+        ));
+    }
+    let Some(served) = served else {
+        return Err(format!(
+            "the quiet client was not served again within {window:?} of the fault (the outage lasted the whole window)"
+        ));
+    };
+    if served.answer.as_deref() != Some("backup") {
+        return Err(format!("after the fault the quiet client was served by {:?}, not the backup", served.answer));
+    }
+    Ok(QuietRun {
+        served_ms: ms(served.at + served.took - at),
+        decided_ms: ms(decided),
+        failed: samples
+            .iter()
+            .filter(|s| s.at >= at && s.at < served.at && s.answer.is_none())
+            .count(),
+    })
 }
 
 pub fn run(size: Size) -> Vec<Figure> {
@@ -352,39 +434,26 @@ pub fn run(size: Size) -> Vec<Figure> {
         Size::Quick => 1,
         Size::Full => 5,
     };
-    let mut crash = Vec::new();
-    let mut service = Vec::new();
-    let mut tuned_crash = Vec::new();
-    let mut tuned_service = Vec::new();
-    let mut failback = Vec::new();
-    let mut restart = Vec::new();
-    let mut errs: [Vec<String>; 6] = Default::default();
+    let mut crash = Reps::new(reps);
+    let mut service = Reps::new(reps);
+    let mut tuned_crash = Reps::new(reps);
+    let mut tuned_service = Reps::new(reps);
+    let mut quiet_crash = Reps::new(reps);
+    let mut quiet_service = Reps::new(reps);
+    let mut failback = Reps::new(reps);
+    let mut restart = Reps::new(reps);
     for rep in 0..reps {
         eprintln!("   failover: repetition {} of {reps}", rep + 1);
-        match attempt(|| Ok(gap_once(Fault::Crash, false))) {
-            Ok(r) => crash.push(r),
-            Err(e) => errs[0].push(e),
-        }
-        match attempt(|| Ok(gap_once(Fault::Service, false))) {
-            Ok(r) => service.push(r),
-            Err(e) => errs[1].push(e),
-        }
-        match attempt(|| Ok(gap_once(Fault::Service, true))) {
-            Ok(r) => tuned_service.push(r),
-            Err(e) => errs[2].push(e),
-        }
-        match attempt(|| Ok(gap_once(Fault::Crash, true))) {
-            Ok(r) => tuned_crash.push(r),
-            Err(e) => errs[3].push(e),
-        }
-        match attempt(|| Ok(failback_once())) {
-            Ok(r) => failback.push(r),
-            Err(e) => errs[4].push(e),
-        }
-        match attempt(|| Ok(restart_once())) {
-            Ok(r) => restart.push(r),
-            Err(e) => errs[5].push(e),
-        }
+        crash.run(rep, || gap_once(Fault::Crash, false));
+        service.run(rep, || gap_once(Fault::Service, false));
+        tuned_service.run(rep, || gap_once(Fault::Service, true));
+        tuned_crash.run(rep, || gap_once(Fault::Crash, true));
+        // The fault at 0.1, 0.3, 0.5, 0.7, 0.9 of the quiet probe period.
+        let phase = QUIET_EVERY.mul_f64((2 * rep + 1) as f64 / (2 * reps) as f64);
+        quiet_crash.run(rep, || quiet_once(Fault::Crash, phase));
+        quiet_service.run(rep, || quiet_once(Fault::Service, phase));
+        failback.run(rep, failback_once);
+        restart.run(rep, restart_once);
     }
     let d = ftn_common::DataplaneConfig::default();
     let default_checks = format!(
@@ -397,125 +466,150 @@ pub fn run(size: Size) -> Vec<Figure> {
         d.passive_min
     );
     let default_checks = default_checks.as_str();
-    let probe_text = "client: a new TCP connection to the VIP every 10 ms; gap = longest time between starts of successful probes around the fault";
+    let probe_text = "UNDER TRAFFIC: the probing client itself opens a new TCP connection to the VIP every 10 ms (its unanswered or refused SYNs trigger passive health); gap = longest time between starts of successful probes around the fault";
     let mut out = Vec::new();
 
-    for (key, runs, e, what) in [
+    for (key, runs, what) in [
         (
             "failover_crash_gap_ms",
             &crash,
-            &errs[0],
             "primary's link down (ip link set p0 down)",
         ),
         (
             "failover_service_gap_ms",
             &service,
-            &errs[1],
             "primary's service stopped (port closed, host alive)",
         ),
     ] {
-        out.push(match gap_summary(runs) {
-            Some((m, s)) => Figure::new(
-                key,
-                m,
-                "ms",
-                format!("{what}, {default_checks}; {probe_text}; {s}; fresh lab per repetition{}; {VRRP}", errors_note(e, reps)),
-            ),
-            None => Figure::missing(key, "ms", format!("every repetition failed: {}", e.join(" | "))),
+        out.push(match runs.all() {
+            Ok(runs) => {
+                let (m, s) = gap_summary(runs);
+                Figure::new(
+                    key,
+                    m,
+                    "ms",
+                    format!("{what}, {default_checks}; {probe_text}; {s}; fresh lab per repetition; {VRRP}"),
+                )
+            }
+            Err(why) => Figure::missing(key, "ms", why),
         });
     }
 
-    let tc = gap_summary(&tuned_crash);
-    let ts = gap_summary(&tuned_service);
-    let tuned_err = errors_note(&[errs[2].clone(), errs[3].clone()].concat(), 2 * reps);
-    out.push(match (&tc, &ts) {
-        (Some((c, cs)), Some((s, ss))) => {
-            let (worse, kind) = if c >= s { (*c, "crash (link down)") } else { (*s, "service stopped") };
+    out.push(match (tuned_crash.all(), tuned_service.all()) {
+        (Ok(tc), Ok(ts)) => {
+            let ((c, cs), (s, ss)) = (gap_summary(tc), gap_summary(ts));
+            let (worse, kind) = if c >= s { (c, "crash (link down)") } else { (s, "service stopped") };
             Figure::new(
                 "failover_tuned_gap_ms",
                 worse,
                 "ms",
                 format!(
-                    "the worse of the two fault kinds' medians: {kind}; tuned: {TUNED_TEXT}; {probe_text}. Crash: {c:.0} ms, {cs}. Service stopped: {s:.0} ms, {ss}{tuned_err}; {VRRP}"
+                    "the worse of the two fault kinds' medians: {kind}; tuned: {TUNED_TEXT}; {probe_text}. Crash: {c:.0} ms, {cs}. Service stopped: {s:.0} ms, {ss}; {VRRP}"
                 ),
             )
         }
-        _ => Figure::missing(
+        (c, s) => Figure::missing(
             "failover_tuned_gap_ms",
             "ms",
-            format!("not both fault kinds measured{tuned_err}"),
+            [c.err().map(|e| format!("crash: {e}")), s.err().map(|e| format!("service stopped: {e}"))]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; "),
         ),
     });
 
-    let hold = "failback = \"hold\" with hold = \"2s\" (default 10s, shortened to keep the run short), default checks; the primary's service stopped then restarted";
-    if failback.is_empty() {
-        let why = format!("every repetition failed: {}", errs[4].join(" | "));
-        out.push(Figure::missing(
-            "failback_failed_probes",
-            "probes",
-            why.clone(),
-        ));
-        out.push(Figure::missing(
-            "failback_broken_connections",
-            "connections",
-            why,
-        ));
-    } else {
-        let failed: Vec<f64> = failback.iter().map(|r| r.failed as f64).collect();
-        let broken: Vec<f64> = failback.iter().map(|r| r.broken as f64).collect();
-        let gaps: Vec<f64> = failback.iter().map(|r| r.gap_ms).collect();
-        let back: Vec<f64> = failback.iter().map(|r| r.back_after_ms).collect();
-        out.push(Figure::new(
-            "failback_failed_probes",
-            failed.iter().sum(),
-            "probes",
-            format!(
-                "sum over {} repetition(s) (per repetition {}) of probes (new TCP connection every 10 ms) that failed from the primary's return until 300 ms after the failback; {hold}; failback {:.0} ms after the return (median), longest gap between successful probes {:.0} ms (median){}",
-                failback.len(),
-                list(&failed),
-                median(&back),
-                median(&gaps),
-                errors_note(&errs[4], reps)
-            ),
-        ));
-        out.push(Figure::new(
-            "failback_broken_connections",
-            broken.iter().sum(),
-            "connections",
-            format!(
-                "sum over {} repetition(s) (per repetition {}) of the {LONG_LIVED} long-lived connections per repetition opened on the backup during the failover that no longer answered (\"backup\") 300 ms after the failback; {hold}{}",
-                failback.len(),
-                list(&broken),
-                errors_note(&errs[4], reps)
-            ),
-        ));
+    for (key, runs, what) in [
+        (
+            "failover_crash_idle_ms",
+            &quiet_crash,
+            "primary's link down (ip link set p0 down)",
+        ),
+        (
+            "failover_service_idle_ms",
+            &quiet_service,
+            "primary's service stopped (port closed, host alive)",
+        ),
+    ] {
+        out.push(match runs.all() {
+            Ok(runs) => {
+                let served: Vec<f64> = runs.iter().map(|r| r.served_ms).collect();
+                let decided: Vec<f64> = runs.iter().map(|r| r.decided_ms).collect();
+                let failed: Vec<f64> = runs.iter().map(|r| r.failed as f64).collect();
+                Figure::new(
+                    key,
+                    median(&served),
+                    "ms",
+                    format!(
+                        "QUIET resource: {what}, {default_checks}; one client opens one new TCP connection per second (each may take {QUIET_TIMEOUT:?}: an unanswered SYN is retransmitted after 1 s), the fault at 0.1..0.9 of that period over the repetitions; figure = time from the fault until a connection started after it is answered (by the backup), median of {} ({} ms); status showed the move after {:.0} ms (median); failed connections before it per repetition {}; resolution: the 1 s connection period; fresh lab per repetition",
+                        runs.len(),
+                        list(&served),
+                        median(&decided),
+                        list(&failed)
+                    ),
+                )
+            }
+            Err(why) => Figure::missing(key, "ms", why),
+        });
     }
 
-    out.push(if restart.is_empty() {
-        Figure::missing(
-            "restart_failed_probes",
-            "probes",
-            format!("every repetition failed: {}", errs[5].join(" | ")),
-        )
-    } else {
-        let failed: Vec<f64> = restart.iter().map(|r| r.failed as f64).collect();
-        let probes: Vec<f64> = restart.iter().map(|r| r.probes as f64).collect();
-        let gaps: Vec<f64> = restart.iter().map(|r| r.gap_ms).collect();
-        let api: Vec<f64> = restart.iter().map(|r| r.api_after_ms).collect();
-        Figure::new(
-            "restart_failed_probes",
-            failed.iter().sum(),
-            "probes",
-            format!(
-                "sum over {} repetition(s) (per repetition {} of {} probes) of failed probes (new TCP connection every 10 ms) from the controller's SIGKILL, through 700 ms without a controller and its restart (adopting the pinned dataplane; API answering {:.0} ms after the spawn, median), to 500 ms later; default config; longest gap between successful probes {:.0} ms (median; no-fault ~10 ms){}",
-                restart.len(),
-                list(&failed),
-                list(&probes),
-                median(&api),
-                median(&gaps),
-                errors_note(&errs[5], reps)
-            ),
-        )
+    let hold = "failback = \"hold\" with hold = \"2s\" (default 10s, shortened to keep the run short), default checks; the primary's service stopped then restarted";
+    match failback.all() {
+        Err(why) => {
+            out.push(Figure::missing("failback_failed_probes", "probes", why.clone()));
+            out.push(Figure::missing("failback_broken_connections", "connections", why));
+        }
+        Ok(failback) => {
+            let failed: Vec<f64> = failback.iter().map(|r| r.failed as f64).collect();
+            let broken: Vec<f64> = failback.iter().map(|r| r.broken as f64).collect();
+            let gaps: Vec<f64> = failback.iter().map(|r| r.gap_ms).collect();
+            let back: Vec<f64> = failback.iter().map(|r| r.back_after_ms).collect();
+            out.push(Figure::new(
+                "failback_failed_probes",
+                failed.iter().sum(),
+                "probes",
+                format!(
+                    "sum over {} repetition(s) (per repetition {}) of probes (new TCP connection every 10 ms) that failed from the primary's return until 300 ms after the failback; {hold}; failback {:.0} ms after the return (median), longest gap between successful probes {:.0} ms (median)",
+                    failback.len(),
+                    list(&failed),
+                    median(&back),
+                    median(&gaps),
+                ),
+            ));
+            out.push(Figure::new(
+                "failback_broken_connections",
+                broken.iter().sum(),
+                "connections",
+                format!(
+                    "sum over {} repetition(s) (per repetition {}) of the {LONG_LIVED} long-lived connections per repetition opened on the backup during the failover that no longer answered (\"backup\") 300 ms after the failback; {hold}",
+                    failback.len(),
+                    list(&broken),
+                ),
+            ));
+        }
+    }
+
+    out.push(match restart.all() {
+        Err(why) => Figure::missing("restart_failed_probes", "probes", why),
+        Ok(restart) => {
+            let failed: Vec<f64> = restart.iter().map(|r| r.failed as f64).collect();
+            let probes: Vec<f64> = restart.iter().map(|r| r.probes as f64).collect();
+            let gaps: Vec<f64> = restart.iter().map(|r| r.gap_ms).collect();
+            let api: Vec<f64> = restart.iter().map(|r| r.api_after_ms).collect();
+            Figure::new(
+                "restart_failed_probes",
+                failed.iter().sum(),
+                "probes",
+                format!(
+                    "sum over {} repetition(s) (per repetition {} of {} probes) of failed probes (new TCP connection every 10 ms) from the controller's SIGKILL, through 700 ms without a controller and its restart (adopting the pinned dataplane; API answering {:.0} ms after the spawn, median), to 500 ms later; default config; longest gap between successful probes {:.0} ms (median; no-fault ~10 ms)",
+                    restart.len(),
+                    list(&failed),
+                    list(&probes),
+                    median(&api),
+                    median(&gaps),
+                ),
+            )
+        }
     });
     out
 }

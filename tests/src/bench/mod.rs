@@ -47,6 +47,38 @@ pub enum Size {
     Full,
 }
 
+#[cfg(test)]
+mod reps_tests {
+    use super::*;
+
+    #[test]
+    fn one_failed_repetition_fails_the_figure() {
+        let mut r: Reps<f64> = Reps::new(3);
+        r.run(0, || Ok(10.0));
+        r.run(1, || Err("the backup never answered".into()));
+        r.run(2, || Ok(12.0));
+        let why = r.all().expect_err("a failed repetition must fail the figure");
+        assert!(why.contains("1 of 3") && why.contains("repetition 2 of 3: the backup never answered"), "{why}");
+    }
+
+    #[test]
+    fn a_panicking_repetition_fails_the_figure() {
+        let mut r: Reps<f64> = Reps::new(2);
+        r.run(0, || Ok(10.0));
+        r.run(1, || panic!("lab step failed"));
+        let why = r.all().expect_err("a panic is a failed repetition");
+        assert!(why.contains("lab step failed"), "{why}");
+    }
+
+    #[test]
+    fn every_repetition_passed_gives_every_result() {
+        let mut r: Reps<f64> = Reps::new(2);
+        r.run(0, || Ok(10.0));
+        r.run(1, || Ok(20.0));
+        assert_eq!(r.all(), Ok(&[10.0, 20.0][..]));
+    }
+}
+
 /// Median of a non-empty sample (the mean of the two middle values for an even count).
 pub fn median(v: &[f64]) -> f64 {
     assert!(!v.is_empty(), "median of nothing");
@@ -57,6 +89,47 @@ pub fn median(v: &[f64]) -> f64 {
         s[n / 2]
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// The repetitions of one measurement. Every repetition must succeed for the figure to have a
+/// value: a repetition that failed makes the figure fail (no median of the survivors), and the
+/// figure's note says which repetition failed and why.
+pub struct Reps<T> {
+    total: usize,
+    runs: Vec<T>,
+    failed: Vec<String>,
+}
+
+impl<T> Reps<T> {
+    pub fn new(total: usize) -> Self {
+        Reps {
+            total,
+            runs: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    /// Runs repetition `rep` (0-based) through [`attempt`] and keeps its result or its error.
+    pub fn run(&mut self, rep: usize, f: impl FnOnce() -> Result<T, String>) {
+        match attempt(f) {
+            Ok(r) => self.runs.push(r),
+            Err(e) => self.failed.push(format!("repetition {} of {}: {e}", rep + 1, self.total)),
+        }
+    }
+
+    /// Every repetition's result, or why the figure has no value.
+    pub fn all(&self) -> Result<&[T], String> {
+        if self.failed.is_empty() && self.runs.len() == self.total {
+            Ok(&self.runs)
+        } else {
+            Err(format!(
+                "{} of {} repetition(s) failed, so there is no figure (a failed repetition is not left out of a median): {}",
+                self.total - self.runs.len(),
+                self.total,
+                self.failed.join(" | ")
+            ))
+        }
     }
 }
 

@@ -24,6 +24,9 @@ const KEYS: &[(&str, Option<Target>)] = &[
     ("failover_crash_gap_ms", Some(Target::AtMost(150.0))),
     ("failover_service_gap_ms", Some(Target::AtMost(150.0))),
     ("failover_tuned_gap_ms", Some(Target::AtMost(30.0))),
+    // A quiet resource (one client connection per second): measured, targets in issue 15.
+    ("failover_crash_idle_ms", None),
+    ("failover_service_idle_ms", None),
     ("failback_failed_probes", Some(Target::AtMost(0.0))),
     ("failback_broken_connections", Some(Target::AtMost(0.0))),
     ("restart_failed_probes", Some(Target::AtMost(0.0))),
@@ -139,6 +142,12 @@ fn main() {
             missing_keys.push(*key);
         }
         let status = match (value, target) {
+            // No value (a failed repetition, a part that failed): the note says why.
+            (None, Some(_)) if f.is_some() => {
+                unmet.push(*key);
+                "NOT MET"
+            }
+            (None, None) if f.is_some() => "FAILED",
             (None, _) => "n/a",
             (Some(_), None) => "",
             (Some(v), Some(t)) if t.met(v) => "met",

@@ -123,14 +123,14 @@ fn main() {
     for (i, p) in probes.into_iter().enumerate() {
         let samples = p.finish();
         let failed = samples.iter().filter(|s| s.answer.is_none()).count();
-        let (g1, f1) = gap(&samples, phase1.0, phase1.1);
-        let (g3, f3) = gap(&samples, phase3.0, phase3.1);
+        let g1 = gap(&samples, phase1.0, phase1.1);
+        let g3 = gap(&samples, phase3.0, phase3.1);
         println!(
-            "   through gw{}: {} probes, {failed} failed; steps 1-2: longest interruption {} ({f1} failed); step 3: {} ({f3} failed){}",
+            "   through gw{}: {} probes, {failed} failed; steps 1-2: longest interruption {g1} ({} failed); step 3: {g3} ({} failed){}",
             i + 1,
             samples.len(),
-            ms(g1),
-            ms(g3),
+            g1.failed,
+            g3.failed,
             if i + 1 == lk {
                 ": its controller was dead and its dataplane kept the dead primary until it restarted"
             } else {

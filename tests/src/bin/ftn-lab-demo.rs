@@ -14,15 +14,11 @@ use std::{
 };
 
 use ftn_tests::{
-    ftn::{answered_by, gap, Ftn, Prober, Sample},
+    ftn::{answered_by, gap, Ftn, Gap, Prober, Sample},
     lab::{attach_pass_in, in_ns, topology, Conn, Service, VIP4},
 };
 
 const HOLD: &str = "3s";
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-}
 
 fn main() {
     // SAFETY: no preconditions.
@@ -126,10 +122,10 @@ fn main() {
     println!("\n-- `ftn events` (the directory's event log) --");
     print!("{}", indent(&ftn.events()));
 
-    let (svc_gap, svc_failed) = gap(&samples, killed, returned);
-    let (fb_gap, fb_failed) = gap(&samples, returned, crashed);
-    let (crash_gap, crash_failed) = gap(&samples, crashed, relinked);
-    let (fb2_gap, fb2_failed) = gap(&samples, relinked, end);
+    let svc = gap(&samples, killed, returned);
+    let fb = gap(&samples, returned, crashed);
+    let crash = gap(&samples, crashed, relinked);
+    let fb2 = gap(&samples, relinked, end);
     println!(
         "\n-- client: a new TCP connection to {VIP4}:80 every 10 ms ({} probes) --",
         samples.len()
@@ -139,32 +135,28 @@ fn main() {
         &samples,
         killed,
         returned,
-        svc_gap,
-        svc_failed,
+        svc,
     );
     report(
         "failback      ",
         &samples,
         returned,
         crashed,
-        fb_gap,
-        fb_failed,
+        fb,
     );
     report(
         "link down     ",
         &samples,
         crashed,
         relinked,
-        crash_gap,
-        crash_failed,
+        crash,
     );
     report(
         "failback      ",
         &samples,
         relinked,
         end,
-        fb2_gap,
-        fb2_failed,
+        fb2,
     );
     let survived = backup_after.as_deref() == Ok("backup");
     println!(
@@ -179,14 +171,12 @@ fn main() {
     drop(t);
     println!("\n-- summary --");
     println!(
-        "  failover when the service died: {} interruption; when the link went down: {}",
-        ms(svc_gap),
-        ms(crash_gap)
+        "  failover when the service died: {svc} interruption; when the link went down: {crash}"
     );
     println!(
         "  failback: {} + {} failed probes; connection on the backup survived failback: {}",
-        fb_failed,
-        fb2_failed,
+        fb.failed,
+        fb2.failed,
         if survived { "yes" } else { "no" }
     );
     println!(
@@ -194,8 +184,9 @@ fn main() {
         total.elapsed().as_secs_f64()
     );
     let ok = survived
-        && fb_failed == 0
-        && fb2_failed == 0
+        && fb.failed == 0
+        && fb2.failed == 0
+        && !(svc.open || fb.open || crash.open || fb2.open)
         && answered_by(&samples, killed, returned, "backup") > 0
         && answered_by(&samples, crashed, relinked, "backup") > 0;
     if !ok {
@@ -214,12 +205,11 @@ fn report(
     samples: &[Sample],
     from: Duration,
     to: Duration,
-    g: Duration,
-    failed: usize,
+    g: Gap,
 ) {
     println!(
-        "  {what}: longest interruption {}, {failed} failed probes (primary answered {}, backup {})",
-        ms(g),
+        "  {what}: longest interruption {g}, {} failed probes (primary answered {}, backup {})",
+        g.failed,
         answered_by(samples, from, to, "primary"),
         answered_by(samples, from, to, "backup")
     );
