@@ -621,79 +621,6 @@ pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> Gap {
     }
 }
 
-#[cfg(test)]
-mod gap_tests {
-    use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    /// Probes every 10 ms from 0 to `until`; `ok(at)` says which answered.
-    fn probes(until: u64, ok: impl Fn(u64) -> bool) -> Vec<Sample> {
-        (0..until)
-            .step_by(10)
-            .map(|t| Sample {
-                at: ms(t),
-                answer: ok(t).then(|| "s".to_string()),
-                took: Duration::from_micros(100),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_closed_interruption_is_measured_between_successes() {
-        // Fault at 100; probes 100..=150 fail; 160 answers.
-        let s = probes(400, |t| !(100..=150).contains(&t));
-        let g = gap(&s, ms(100), ms(400));
-        assert_eq!(g, Gap { longest: ms(70), failed: 6, open: false });
-        assert_eq!(g.closed_ms(), Ok(70.0));
-    }
-
-    #[test]
-    fn nothing_answered_after_the_fault_is_the_whole_window() {
-        let s = probes(400, |t| t < 100);
-        let g = gap(&s, ms(100), ms(400));
-        // From the last success (90) to the window's end.
-        assert_eq!(g, Gap { longest: ms(310), failed: 30, open: true });
-        assert!(g.closed_ms().is_err(), "an open outage is no figure: {g:?}");
-    }
-
-    #[test]
-    fn an_outage_still_open_at_the_end_counts_to_the_end() {
-        // Recovered once (100..=150 failed), then failed again from 300 to the end.
-        let s = probes(400, |t| !(100..=150).contains(&t) && t < 300);
-        let g = gap(&s, ms(100), ms(400));
-        assert_eq!(g.longest, ms(110), "290 (last success) to 400: {g:?}");
-        assert!(g.open);
-        assert_eq!(g.failed, 16);
-    }
-
-    #[test]
-    fn a_failure_at_the_end_leaves_the_window_open() {
-        // The longest interruption (90 to 260) ended, but the last probe failed: the client was
-        // not served at the end of the window, which is no figure.
-        let s = probes(400, |t| !(100..=250).contains(&t) && t != 390);
-        let g = gap(&s, ms(100), ms(400));
-        assert_eq!(g, Gap { longest: ms(170), failed: 17, open: true });
-        assert!(g.closed_ms().is_err());
-    }
-
-    #[test]
-    fn no_success_before_the_window_starts_the_interruption_at_the_window() {
-        let s = probes(400, |t| t >= 200);
-        let g = gap(&s, ms(100), ms(400));
-        assert_eq!(g, Gap { longest: ms(100), failed: 10, open: false });
-    }
-
-    #[test]
-    fn no_fault_is_about_one_probe_period() {
-        let s = probes(400, |_| true);
-        let g = gap(&s, ms(100), ms(400));
-        assert_eq!(g, Gap { longest: ms(10), failed: 0, open: false });
-    }
-}
-
 /// How many probes in [from, to) each server answered.
 pub fn answered_by(samples: &[Sample], from: Duration, to: Duration, who: &str) -> usize {
     samples
@@ -775,4 +702,77 @@ impl Ftn {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Probes every 10 ms from 0 to `until`; `ok(at)` says which answered.
+    fn probes(until: u64, ok: impl Fn(u64) -> bool) -> Vec<Sample> {
+        (0..until)
+            .step_by(10)
+            .map(|t| Sample {
+                at: ms(t),
+                answer: ok(t).then(|| "s".to_string()),
+                took: Duration::from_micros(100),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_closed_interruption_is_measured_between_successes() {
+        // Fault at 100; probes 100..=150 fail; 160 answers.
+        let s = probes(400, |t| !(100..=150).contains(&t));
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(g, Gap { longest: ms(70), failed: 6, open: false });
+        assert_eq!(g.closed_ms(), Ok(70.0));
+    }
+
+    #[test]
+    fn nothing_answered_after_the_fault_is_the_whole_window() {
+        let s = probes(400, |t| t < 100);
+        let g = gap(&s, ms(100), ms(400));
+        // From the last success (90) to the window's end.
+        assert_eq!(g, Gap { longest: ms(310), failed: 30, open: true });
+        assert!(g.closed_ms().is_err(), "an open outage is no figure: {g:?}");
+    }
+
+    #[test]
+    fn an_outage_still_open_at_the_end_counts_to_the_end() {
+        // Recovered once (100..=150 failed), then failed again from 300 to the end.
+        let s = probes(400, |t| !(100..=150).contains(&t) && t < 300);
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(g.longest, ms(110), "290 (last success) to 400: {g:?}");
+        assert!(g.open);
+        assert_eq!(g.failed, 16);
+    }
+
+    #[test]
+    fn a_failure_at_the_end_leaves_the_window_open() {
+        // The longest interruption (90 to 260) ended, but the last probe failed: the client was
+        // not served at the end of the window, which is no figure.
+        let s = probes(400, |t| !(100..=250).contains(&t) && t != 390);
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(g, Gap { longest: ms(170), failed: 17, open: true });
+        assert!(g.closed_ms().is_err());
+    }
+
+    #[test]
+    fn no_success_before_the_window_starts_the_interruption_at_the_window() {
+        let s = probes(400, |t| t >= 200);
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(g, Gap { longest: ms(100), failed: 10, open: false });
+    }
+
+    #[test]
+    fn no_fault_is_about_one_probe_period() {
+        let s = probes(400, |_| true);
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(g, Gap { longest: ms(10), failed: 0, open: false });
+    }
 }

@@ -47,38 +47,6 @@ pub enum Size {
     Full,
 }
 
-#[cfg(test)]
-mod reps_tests {
-    use super::*;
-
-    #[test]
-    fn one_failed_repetition_fails_the_figure() {
-        let mut r: Reps<f64> = Reps::new(3);
-        r.run(0, || Ok(10.0));
-        r.run(1, || Err("the backup never answered".into()));
-        r.run(2, || Ok(12.0));
-        let why = r.all().expect_err("a failed repetition must fail the figure");
-        assert!(why.contains("1 of 3") && why.contains("repetition 2 of 3: the backup never answered"), "{why}");
-    }
-
-    #[test]
-    fn a_panicking_repetition_fails_the_figure() {
-        let mut r: Reps<f64> = Reps::new(2);
-        r.run(0, || Ok(10.0));
-        r.run(1, || panic!("lab step failed"));
-        let why = r.all().expect_err("a panic is a failed repetition");
-        assert!(why.contains("lab step failed"), "{why}");
-    }
-
-    #[test]
-    fn every_repetition_passed_gives_every_result() {
-        let mut r: Reps<f64> = Reps::new(2);
-        r.run(0, || Ok(10.0));
-        r.run(1, || Ok(20.0));
-        assert_eq!(r.all(), Ok(&[10.0, 20.0][..]));
-    }
-}
-
 /// Median of a non-empty sample (the mean of the two middle values for an even count).
 pub fn median(v: &[f64]) -> f64 {
     assert!(!v.is_empty(), "median of nothing");
@@ -147,5 +115,37 @@ pub fn attempt<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
             .take(3)
             .collect::<Vec<_>>()
             .join(" / ")),
+    }
+}
+
+#[cfg(test)]
+mod reps_tests {
+    use super::*;
+
+    #[test]
+    fn one_failed_repetition_fails_the_figure() {
+        let mut r: Reps<f64> = Reps::new(3);
+        r.run(0, || Ok(10.0));
+        r.run(1, || Err("the backup never answered".into()));
+        r.run(2, || Ok(12.0));
+        let why = r.all().expect_err("a failed repetition must fail the figure");
+        assert!(why.contains("1 of 3") && why.contains("repetition 2 of 3: the backup never answered"), "{why}");
+    }
+
+    #[test]
+    fn a_panicking_repetition_fails_the_figure() {
+        let mut r: Reps<f64> = Reps::new(2);
+        r.run(0, || Ok(10.0));
+        r.run(1, || panic!("lab step failed"));
+        let why = r.all().expect_err("a panic is a failed repetition");
+        assert!(why.contains("lab step failed"), "{why}");
+    }
+
+    #[test]
+    fn every_repetition_passed_gives_every_result() {
+        let mut r: Reps<f64> = Reps::new(2);
+        r.run(0, || Ok(10.0));
+        r.run(1, || Ok(20.0));
+        assert_eq!(r.all(), Ok(&[10.0, 20.0][..]));
     }
 }
