@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod fresh_root;
+mod soak;
 
 /// bpf-linker release that loads the nightly toolchain's own libLLVM (so its LLVM always
 /// matches the one rustc emits bitcode with).
@@ -72,6 +73,19 @@ enum Task {
         /// Only these parts (comma-separated: xdp, failover, scale, cluster).
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Set up, build, then run the root test suite RUNS times in a row while a bounded CPU hog
+    /// keeps one core busy (the labs must not flake on a loaded machine).
+    Soak {
+        /// How many runs of the root suite.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Run without the CPU hog.
+        #[arg(long)]
+        no_hog: bool,
+        /// The hog stops after this many minutes whatever happens.
+        #[arg(long, default_value_t = 60)]
+        max_minutes: u64,
     },
     /// Prove the README's commands on a fresh machine: a cached debootstrap'd Debian 12 root
     /// with only rustup (the host's toolchains), the commit under test cloned into it; builds
@@ -161,6 +175,22 @@ fn main() -> Result<()> {
             build(false)?;
             lint()?;
             test()
+        }
+        Task::Soak {
+            runs,
+            no_hog,
+            max_minutes,
+        } => {
+            setup()?;
+            if !is_root() {
+                bail!("the root suite needs root (CAP_BPF, CAP_NET_ADMIN): run `cargo xtask soak` as root");
+            }
+            build(false)?;
+            soak::run(soak::Options {
+                runs,
+                hog: !no_hog,
+                max: std::time::Duration::from_secs(max_minutes * 60),
+            })
         }
         Task::FreshRoot {
             cache,
