@@ -15,7 +15,8 @@ use anyhow::{anyhow, bail, Context as _};
 use std::path::{Path, PathBuf};
 
 fn main() -> anyhow::Result<()> {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     let workspace = manifest_dir
         .parent()
         .ok_or_else(|| anyhow!("ftn-controller has no parent directory"))?;
@@ -25,7 +26,10 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     println!("cargo:rerun-if-changed={root}/src");
     println!("cargo:rerun-if-changed={root}/Cargo.toml");
-    println!("cargo:rerun-if-changed={}", workspace.join("ftn-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("ftn-common/src").display()
+    );
     println!("cargo:rerun-if-env-changed=FTN_EBPF");
 
     let mode = std::env::var("FTN_EBPF").unwrap_or_default();

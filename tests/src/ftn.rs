@@ -729,7 +729,14 @@ mod gap_tests {
         // Fault at 100; probes 100..=150 fail; 160 answers.
         let s = probes(400, |t| !(100..=150).contains(&t));
         let g = gap(&s, ms(100), ms(400));
-        assert_eq!(g, Gap { longest: ms(70), failed: 6, open: false });
+        assert_eq!(
+            g,
+            Gap {
+                longest: ms(70),
+                failed: 6,
+                open: false
+            }
+        );
         assert_eq!(g.closed_ms(), Ok(70.0));
     }
 
@@ -738,7 +745,14 @@ mod gap_tests {
         let s = probes(400, |t| t < 100);
         let g = gap(&s, ms(100), ms(400));
         // From the last success (90) to the window's end.
-        assert_eq!(g, Gap { longest: ms(310), failed: 30, open: true });
+        assert_eq!(
+            g,
+            Gap {
+                longest: ms(310),
+                failed: 30,
+                open: true
+            }
+        );
         assert!(g.closed_ms().is_err(), "an open outage is no figure: {g:?}");
     }
 
@@ -758,7 +772,14 @@ mod gap_tests {
         // not served at the end of the window, which is no figure.
         let s = probes(400, |t| !(100..=250).contains(&t) && t != 390);
         let g = gap(&s, ms(100), ms(400));
-        assert_eq!(g, Gap { longest: ms(170), failed: 17, open: true });
+        assert_eq!(
+            g,
+            Gap {
+                longest: ms(170),
+                failed: 17,
+                open: true
+            }
+        );
         assert!(g.closed_ms().is_err());
     }
 
@@ -766,13 +787,27 @@ mod gap_tests {
     fn no_success_before_the_window_starts_the_interruption_at_the_window() {
         let s = probes(400, |t| t >= 200);
         let g = gap(&s, ms(100), ms(400));
-        assert_eq!(g, Gap { longest: ms(100), failed: 10, open: false });
+        assert_eq!(
+            g,
+            Gap {
+                longest: ms(100),
+                failed: 10,
+                open: false
+            }
+        );
     }
 
     #[test]
     fn no_fault_is_about_one_probe_period() {
         let s = probes(400, |_| true);
         let g = gap(&s, ms(100), ms(400));
-        assert_eq!(g, Gap { longest: ms(10), failed: 0, open: false });
+        assert_eq!(
+            g,
+            Gap {
+                longest: ms(10),
+                failed: 0,
+                open: false
+            }
+        );
     }
 }

@@ -16,9 +16,9 @@ use ftn_tests::{
         failback_wait, failover_wait, gw_name, leader_wait, output_text, Cluster, BACKUP_ADDR,
         CHECKS, ETCD_START, GATEWAYS, LEASE_TTL, MEMBERS, PRIMARY_ADDR,
     },
-    timing::MARGIN,
     ftn::{answered_by, gap, Prober, Sample},
     lab::{in_ns, Conn},
+    timing::MARGIN,
 };
 
 /// One new connection through each gateway every 20 ms (three probers: 150 connections a
@@ -303,7 +303,10 @@ fn primary_death_fails_over_on_every_gateway_and_fails_back() {
             fo.failed,
             fb.failed
         );
-        assert!(!fo.open && !fb.open, "gw{k}: the client must be served at the end of each phase");
+        assert!(
+            !fo.open && !fb.open,
+            "gw{k}: the client must be served at the end of each phase"
+        );
         assert!(
             answered_by(&samples, kill_at, back_at, "backup") >= 5,
             "gw{k}: the backup answered too few probes during the failure"
@@ -338,7 +341,12 @@ fn leader_killed_during_failover_another_gateway_finishes_it_once() {
     let killed_after = t.elapsed();
     let (new_leader, took_leader) = c.wait_leader(leader_wait());
     assert_ne!(new_leader, leader, "a killed gateway cannot stay leader");
-    c.wait_current_on(&survivors, "web", Some("backup"), leader_wait() + failover_wait());
+    c.wait_current_on(
+        &survivors,
+        "web",
+        Some("backup"),
+        leader_wait() + failover_wait(),
+    );
     let failed_over = t.elapsed();
     println!(
         "service and leader killed {:.0} ms apart; new leader {new_leader} {:.0} ms after \
@@ -581,7 +589,13 @@ fn one_gateway_losing_the_primary_does_not_fail_over() {
     let cut = Instant::now();
     c.cut_server(1, "primary");
     // The cut is real: gw1 publishes that it sees the primary down.
-    let seen = c.wait_observation(2, 1, "primary", "down", CHECKS.down() + etcd_request_worst());
+    let seen = c.wait_observation(
+        2,
+        1,
+        "primary",
+        "down",
+        CHECKS.down() + etcd_request_worst(),
+    );
     println!(
         "gw2 shows gw1's observation of the primary down {:.0} ms after the cut",
         ms(seen)
@@ -756,5 +770,10 @@ fn leader_stopped_normally_hands_over_at_once() {
         "the refusal names the leader: {text}"
     );
     c.gw(nk).cli_ok(&["switchover", "web", "--to", "backup"]);
-    c.wait_current_on(&survivors, "web", Some("backup"), etcd_request_worst() + MARGIN);
+    c.wait_current_on(
+        &survivors,
+        "web",
+        Some("backup"),
+        etcd_request_worst() + MARGIN,
+    );
 }

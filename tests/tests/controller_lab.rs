@@ -94,9 +94,7 @@ fn service_death_fails_over_and_hold_failback_breaks_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     let killed = probe.now();
     lab.primary = None; // port 80 closed; host and link alive
-    let took = lab
-        .ftn
-        .wait_current("web", Some("b1"), lab.timing.down());
+    let took = lab.ftn.wait_current("web", Some("b1"), lab.timing.down());
     println!("failover decided {:.0} ms after the service died", ms(took));
     // A long-lived connection opened on the backup during the failover.
     let on_backup = lab.open();
@@ -130,7 +128,10 @@ fn service_death_fails_over_and_hold_failback_breaks_nothing() {
         fo.failed,
         fb.failed
     );
-    assert!(!fo.open && !fb.open, "the client must be served at the end of each phase");
+    assert!(
+        !fo.open && !fb.open,
+        "the client must be served at the end of each phase"
+    );
     assert!(answered_by(&samples, killed, restarted, "backup") > 10);
     assert!(answered_by(&samples, back_at, end, "primary") > 10);
     assert_eq!(fb.failed, 0, "no probe may fail at failback");
@@ -158,9 +159,7 @@ fn primary_link_down_fails_over_and_stuck_connections_move_at_once() {
     std::thread::sleep(Duration::from_millis(300));
     let down = probe.now();
     lab.t.primary.ip(&["link", "set", "p0", "down"]);
-    let took = lab
-        .ftn
-        .wait_current("web", Some("b1"), lab.timing.down());
+    let took = lab.ftn.wait_current("web", Some("b1"), lab.timing.down());
     println!(
         "failover decided {:.0} ms after the primary's link went down",
         ms(took)
@@ -210,13 +209,15 @@ fn primary_link_down_fails_over_and_stuck_connections_move_at_once() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    lab.ftn
-        .wait_current("web", Some("p1"), lab.timing.up());
+    lab.ftn.wait_current("web", Some("p1"), lab.timing.up());
     std::thread::sleep(Duration::from_millis(300));
     let samples = probe.finish();
     let fo = gap(&samples, down, up);
     println!("link down: failover gap {fo}, {} failed probes", fo.failed);
-    assert!(!fo.open, "the backup must serve the client before the link comes back");
+    assert!(
+        !fo.open,
+        "the backup must serve the client before the link comes back"
+    );
     assert!(answered_by(&samples, down, up, "backup") > 10);
     assert!(lab.ftn.events().contains("server p1 is down"));
 }
@@ -225,8 +226,7 @@ fn primary_link_down_fails_over_and_stuck_connections_move_at_once() {
 fn manual_failback_waits_for_switchover() {
     let mut lab = Lab::start(Timing::DEFAULT, "failback = \"manual\"");
     lab.primary = None;
-    lab.ftn
-        .wait_current("web", Some("b1"), lab.timing.down());
+    lab.ftn.wait_current("web", Some("b1"), lab.timing.down());
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
     // Rise: 3 good checks at the default interval; then the manual policy keeps b1.
     let t = Instant::now();
@@ -327,12 +327,10 @@ fn both_servers_down_then_recovery() {
     assert!(lab.ftn.events().contains("no-server"));
     // Each recovery needs `rise` passed checks (3 x 1 s by default) before it counts.
     lab._backup = Some(Service::start(&lab.t.backup, "backup"));
-    lab.ftn
-        .wait_current("web", Some("b1"), lab.timing.up());
+    lab.ftn.wait_current("web", Some("b1"), lab.timing.up());
     assert_eq!(lab.ask_new(), "backup");
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
-    lab.ftn
-        .wait_current("web", Some("p1"), lab.timing.up());
+    lab.ftn.wait_current("web", Some("p1"), lab.timing.up());
     assert_eq!(lab.ask_new(), "primary");
 }
 
@@ -534,7 +532,11 @@ fn drain_moves_new_flows_and_keeps_established_ones() {
         "the remaining flows must move within {:?} of the drain: {r:?}",
         drain + MARGIN
     );
-    assert!(t.elapsed() >= drain, "flows moved before the drain time ({:?})", t.elapsed());
+    assert!(
+        t.elapsed() >= drain,
+        "flows moved before the drain time ({:?})",
+        t.elapsed()
+    );
     lab.ftn.cli_ok(&["undrain", "p1"]);
     assert_eq!(lab.ftn.current("web").as_deref(), Some("p1"));
     assert_eq!(lab.ask_new(), "primary");
@@ -561,8 +563,7 @@ fn passive_signals_catch_a_dead_server_between_slow_checks() {
     );
     std::thread::sleep(Duration::from_millis(200));
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
-    lab.ftn
-        .wait_current("web", Some("p1"), lab.timing.up());
+    lab.ftn.wait_current("web", Some("p1"), lab.timing.up());
     std::thread::sleep(Duration::from_millis(300));
     let crashed = probe.now();
     lab.t.primary.ip(&["link", "set", "p0", "down"]);
@@ -578,10 +579,7 @@ fn passive_signals_catch_a_dead_server_between_slow_checks() {
     let g2 = gap(&samples, crashed, end);
     println!("client interruption: service killed {g1}, link down {g2}");
     assert!(
-        !g1.open
-            && !g2.open
-            && g1.longest < passive_bound
-            && g2.longest < passive_bound,
+        !g1.open && !g2.open && g1.longest < passive_bound && g2.longest < passive_bound,
         "passive detection too slow: the client waited as long as the active checks would take"
     );
     let st = lab.ftn.status();

@@ -34,7 +34,9 @@ struct Hog {
 
 impl Hog {
     fn start(max: Duration) -> Result<Hog> {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let cpu = cpus - 1;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -52,7 +54,9 @@ impl Hog {
                 let mut x: u64 = 0;
                 while !flag.load(Ordering::Relaxed) && t.elapsed() < max {
                     for _ in 0..100_000 {
-                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
                     }
                 }
             })?;
@@ -76,7 +80,11 @@ impl Drop for Hog {
 }
 
 pub fn run(opts: Options) -> Result<()> {
-    let hog = if opts.hog { Some(Hog::start(opts.max)?) } else { None };
+    let hog = if opts.hog {
+        Some(Hog::start(opts.max)?)
+    } else {
+        None
+    };
     let mut results: Vec<(u32, Duration, Result<()>)> = Vec::new();
     for n in 1..=opts.runs {
         step(&format!("soak: root suite, run {n} of {}", opts.runs));
@@ -105,17 +113,28 @@ pub fn run(opts: Options) -> Result<()> {
     let passed = results.iter().filter(|r| r.2.is_ok()).count();
     step(&format!(
         "soak summary ({}):",
-        if opts.hog { "CPU hog on one core" } else { "no hog" }
+        if opts.hog {
+            "CPU hog on one core"
+        } else {
+            "no hog"
+        }
     ));
     for (n, took, r) in &results {
         match r {
             Ok(()) => step(&format!("  run {n}: passed ({:.0} s)", took.as_secs_f64())),
-            Err(e) => step(&format!("  run {n}: FAILED ({:.0} s): {e:#}", took.as_secs_f64())),
+            Err(e) => step(&format!(
+                "  run {n}: FAILED ({:.0} s): {e:#}",
+                took.as_secs_f64()
+            )),
         }
     }
     step(&format!("  {passed} of {} runs passed", results.len()));
     if passed != results.len() {
-        bail!("{} of {} soak runs failed", results.len() - passed, results.len());
+        bail!(
+            "{} of {} soak runs failed",
+            results.len() - passed,
+            results.len()
+        );
     }
     Ok(())
 }

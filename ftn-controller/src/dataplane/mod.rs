@@ -314,6 +314,26 @@ pub fn family(ip: IpAddr) -> u8 {
 mod tests {
     use super::*;
 
+    /// Built with bpf-linker: the real ELF object; built without (or FTN_EBPF=stub): an error
+    /// that names the reason, never an empty object handed to the loader.
+    #[test]
+    fn the_embedded_object_is_real_or_refused_with_the_reason() {
+        match (EBPF_STUB_REASON, ebpf_object()) {
+            (None, Ok(obj)) => assert!(obj.starts_with(b"\x7fELF"), "not an ELF object"),
+            (Some(reason), Err(e)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("embeds no XDP program") && text.contains(reason),
+                    "{text}"
+                );
+            }
+            (reason, got) => panic!(
+                "stub reason {reason:?} but ebpf_object() gave {:?}",
+                got.map(<[u8]>::len)
+            ),
+        }
+    }
+
     #[test]
     fn keys_use_network_order() {
         let m = ResourceMatch {

@@ -120,7 +120,10 @@ fn crash_once() -> Result<(f64, f64, Vec<f64>), String> {
         let f = c.gw(k);
         let text = std::fs::read_to_string(&f.config).map_err(|e| e.to_string())?;
         let text = text.replace(
-            &format!("checks = [{{ type = \"tcp\", port = 80{} }}]", CHECKS.check_options()),
+            &format!(
+                "checks = [{{ type = \"tcp\", port = 80{} }}]",
+                CHECKS.check_options()
+            ),
             "checks = [{ type = \"tcp\", port = 80 }]",
         );
         // And etcd's timings: the defaults too.

@@ -405,7 +405,9 @@ fn quiet_once(fault: Fault, phase: Duration) -> Result<QuietRun, String> {
     let samples = probe.finish();
     let before = samples.iter().filter(|s| s.at < at).collect::<Vec<_>>();
     if before.len() < QUIET_LEAD as usize
-        || before.iter().any(|s| s.answer.as_deref() != Some("primary"))
+        || before
+            .iter()
+            .any(|s| s.answer.as_deref() != Some("primary"))
     {
         return Err(format!(
             "the quiet client was not served by the primary before the fault: {before:?}"
@@ -417,7 +419,10 @@ fn quiet_once(fault: Fault, phase: Duration) -> Result<QuietRun, String> {
         ));
     };
     if served.answer.as_deref() != Some("backup") {
-        return Err(format!("after the fault the quiet client was served by {:?}, not the backup", served.answer));
+        return Err(format!(
+            "after the fault the quiet client was served by {:?}, not the backup",
+            served.answer
+        ));
     }
     Ok(QuietRun {
         served_ms: ms(served.at + served.took - at),
@@ -556,8 +561,16 @@ pub fn run(size: Size) -> Vec<Figure> {
     let hold = "failback = \"hold\" with hold = \"2s\" (default 10s, shortened to keep the run short), default checks; the primary's service stopped then restarted";
     match failback.all() {
         Err(why) => {
-            out.push(Figure::missing("failback_failed_probes", "probes", why.clone()));
-            out.push(Figure::missing("failback_broken_connections", "connections", why));
+            out.push(Figure::missing(
+                "failback_failed_probes",
+                "probes",
+                why.clone(),
+            ));
+            out.push(Figure::missing(
+                "failback_broken_connections",
+                "connections",
+                why,
+            ));
         }
         Ok(failback) => {
             let failed: Vec<f64> = failback.iter().map(|r| r.failed as f64).collect();

@@ -82,7 +82,9 @@ impl<T> Reps<T> {
     pub fn run(&mut self, rep: usize, f: impl FnOnce() -> Result<T, String>) {
         match attempt(f) {
             Ok(r) => self.runs.push(r),
-            Err(e) => self.failed.push(format!("repetition {} of {}: {e}", rep + 1, self.total)),
+            Err(e) => self
+                .failed
+                .push(format!("repetition {} of {}: {e}", rep + 1, self.total)),
         }
     }
 
@@ -128,8 +130,13 @@ mod reps_tests {
         r.run(0, || Ok(10.0));
         r.run(1, || Err("the backup never answered".into()));
         r.run(2, || Ok(12.0));
-        let why = r.all().expect_err("a failed repetition must fail the figure");
-        assert!(why.contains("1 of 3") && why.contains("repetition 2 of 3: the backup never answered"), "{why}");
+        let why = r
+            .all()
+            .expect_err("a failed repetition must fail the figure");
+        assert!(
+            why.contains("1 of 3") && why.contains("repetition 2 of 3: the backup never answered"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -130,34 +130,10 @@ fn main() {
         "\n-- client: a new TCP connection to {VIP4}:80 every 10 ms ({} probes) --",
         samples.len()
     );
-    report(
-        "service killed",
-        &samples,
-        killed,
-        returned,
-        svc,
-    );
-    report(
-        "failback      ",
-        &samples,
-        returned,
-        crashed,
-        fb,
-    );
-    report(
-        "link down     ",
-        &samples,
-        crashed,
-        relinked,
-        crash,
-    );
-    report(
-        "failback      ",
-        &samples,
-        relinked,
-        end,
-        fb2,
-    );
+    report("service killed", &samples, killed, returned, svc);
+    report("failback      ", &samples, returned, crashed, fb);
+    report("link down     ", &samples, crashed, relinked, crash);
+    report("failback      ", &samples, relinked, end, fb2);
     let survived = backup_after.as_deref() == Ok("backup");
     println!(
         "  connection opened on the backup during the failover, after failback: {}",
@@ -200,13 +176,7 @@ fn drop_service(s: Option<Service>) -> Option<Service> {
     None
 }
 
-fn report(
-    what: &str,
-    samples: &[Sample],
-    from: Duration,
-    to: Duration,
-    g: Gap,
-) {
+fn report(what: &str, samples: &[Sample], from: Duration, to: Duration, g: Gap) {
     println!(
         "  {what}: longest interruption {g}, {} failed probes (primary answered {}, backup {})",
         g.failed,
