@@ -25,7 +25,8 @@
 //!      network namespaces, bpffs) for debugging this task.
 //!
 //! The work dir is removed at the end, also on failure or panic (a [`WorkDir`] guard that first
-//! makes sure nothing is mounted under it), unless `--keep`. Timings are printed and appended to
+//! makes sure nothing is mounted under it), unless `--keep`; one left by a run that was killed
+//! outright is removed by the next run. Timings are printed and appended to
 //! `<cache>/fresh-root.log`.
 
 use std::{
@@ -214,6 +215,16 @@ enum Outcome {
     NotRun,
 }
 
+impl Outcome {
+    fn of(ok: bool, took: Duration) -> Outcome {
+        if ok {
+            Outcome::Passed(took)
+        } else {
+            Outcome::Failed(took)
+        }
+    }
+}
+
 /// The timing table, printed at the end and appended to the log.
 #[derive(Default)]
 struct Report {
@@ -281,56 +292,19 @@ pub(crate) fn run(workspace: &Path, opts: Options) -> Result<()> {
     let started = Instant::now();
     let work = WorkDir::create(opts.keep)?;
     let prepared = prepare(&work, &base.path, workspace, &commit);
-    report.row(
-        "prepare",
-        &if prepared.is_ok() {
-            Outcome::Passed(started.elapsed())
-        } else {
-            Outcome::Failed(started.elapsed())
-        },
-    );
-    let mut failure = prepared
-        .err()
-        .map(|e| e.context("fresh-root: prepare failed"));
-    phase_line(&log, &format!("prepare: {} s", started.elapsed().as_secs()));
-
-    for phase in Phase::ALL {
-        if !phases.contains(&phase) {
-            if phase != Phase::Check {
-                report.note(phase.title(), "skipped", "(--only)");
+    let took = started.elapsed();
+    report.row("prepare", &Outcome::of(prepared.is_ok(), took));
+    phase_line(&log, &format!("prepare: {} s", took.as_secs()));
+    let failure = match prepared {
+        Ok(()) => run_phases(&work, &phases, &commit, &log, &mut report),
+        Err(e) => {
+            for phase in &phases {
+                report.row(phase.title(), &Outcome::NotRun);
             }
-            continue;
+            Some(e.context("fresh-root: prepare failed"))
         }
-        if failure.is_some() {
-            report.row(phase.title(), &Outcome::NotRun);
-            continue;
-        }
-        let started = Instant::now();
-        let result = run_phase(&work, phase);
-        let took = started.elapsed();
-        phase_line(
-            &log,
-            &format!("phase {}: {} s", phase.title(), took.as_secs()),
-        );
-        match result {
-            Ok(()) => report.row(phase.title(), &Outcome::Passed(took)),
-            Err(e) => {
-                report.row(phase.title(), &Outcome::Failed(took));
-                failure = Some(e.context(format!(
-                    "fresh-root: phase \"{}\" failed (commit {commit})",
-                    phase.title()
-                )));
-            }
-        }
-    }
-    report.row(
-        "total",
-        &if failure.is_none() {
-            Outcome::Passed(total.elapsed())
-        } else {
-            Outcome::Failed(total.elapsed())
-        },
-    );
+    };
+    report.row("total", &Outcome::of(failure.is_none(), total.elapsed()));
 
     // Clean up before the summary, so that a failed clean-up shows there too.
     drop(work);
@@ -348,6 +322,42 @@ pub(crate) fn run(workspace: &Path, opts: Options) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs the chosen phases in order, up to the first that fails (whose error it returns).
+fn run_phases(
+    work: &WorkDir,
+    phases: &[Phase],
+    commit: &str,
+    log: &Path,
+    report: &mut Report,
+) -> Option<anyhow::Error> {
+    let mut failure = None;
+    for phase in Phase::ALL {
+        if !phases.contains(&phase) {
+            if phase != Phase::Check {
+                report.note(phase.title(), "skipped", "(--only)");
+            }
+        } else if failure.is_some() {
+            report.row(phase.title(), &Outcome::NotRun);
+        } else {
+            let started = Instant::now();
+            let result = run_phase(work, phase);
+            let took = started.elapsed();
+            phase_line(
+                log,
+                &format!("phase {}: {} s", phase.title(), took.as_secs()),
+            );
+            report.row(phase.title(), &Outcome::of(result.is_ok(), took));
+            failure = result.err().map(|e| {
+                e.context(format!(
+                    "fresh-root: phase \"{}\" failed (commit {commit})",
+                    phase.title()
+                ))
+            });
+        }
+    }
+    failure
 }
 
 /// The commit under test; says that uncommitted changes are left out.
