@@ -51,7 +51,9 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(reason) = stub_reason {
         if mode != "stub" {
-            // Build the real object once bpf-linker appears in one of these folders.
+            // Build the real object once bpf-linker appears in one of these folders (or PATH
+            // changes).
+            println!("cargo:rerun-if-env-changed=PATH");
             for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
                 if dir.is_dir() {
                     println!("cargo:rerun-if-changed={}", dir.display());

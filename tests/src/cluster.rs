@@ -34,7 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::timing::{Timing, MARGIN};
+use crate::timing::{Timing, MARGIN, START};
 use crate::{
     ftn::{tail, Ftn, Prober},
     lab::{in_ns, try_in_ns, veth, Conn, Service},
@@ -273,7 +273,7 @@ impl Etcd {
         for i in 1..=MEMBERS {
             self.spawn(i, "new");
         }
-        self.wait_healthy(&all_members(), Duration::from_secs(30))
+        self.wait_healthy(&all_members(), ETCD_START)
     }
 
     pub fn is_running(&self, i: usize) -> bool {
@@ -359,7 +359,7 @@ impl Etcd {
                 self.spawn(i, "existing");
             }
         }
-        self.wait_healthy(&all_members(), Duration::from_secs(30))
+        self.wait_healthy(&all_members(), ETCD_START)
     }
 
     /// `etcdctl <args>` in the etcd namespace against every member.
@@ -457,11 +457,12 @@ pub const CHECKS: Timing = Timing::with_interval(Duration::from_millis(100));
 pub const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
 /// `[directory] request_timeout` of the lab.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
-/// `[directory] lease_ttl` of the lab.
+/// `[directory] lease_ttl` of the lab (whole seconds, as the configuration requires).
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
+const _: () = assert!(LEASE_TTL.subsec_nanos() == 0);
 /// etcd's own start (members electing their leader): no ftn timing is involved; what etcd 3.4
 /// takes on a loaded 2-core machine, with room.
-pub const ETCD_START: Duration = Duration::from_secs(20);
+pub const ETCD_START: Duration = Duration::from_secs(30);
 
 /// The worst case of one etcd request through ftn's pool: every member tried in turn, each
 /// with a dial and a request timeout.
@@ -475,15 +476,16 @@ pub fn leader_wait() -> Duration {
     LEASE_TTL + etcd_request_worst() + MARGIN
 }
 
-/// Until every gateway applies a failover: the down verdict, the leader's commit, every
-/// gateway's watch event (one request each, at worst), plus the margin.
+/// Until every gateway applies a failover: the down verdict, each gateway's publish of it, the
+/// leader's commit and every gateway's watch event (at worst one pool request each for the
+/// publish, the commit and the watch), plus the margin.
 pub fn failover_wait() -> Duration {
-    CHECKS.down() + etcd_request_worst()
+    CHECKS.down() + etcd_request_worst() * 3
 }
 
-/// Until every gateway applies an immediate failback: the up verdict, commit, watch.
+/// Until every gateway applies an immediate failback: the up verdict, publish, commit, watch.
 pub fn failback_wait() -> Duration {
-    CHECKS.up() + etcd_request_worst()
+    CHECKS.up() + etcd_request_worst() * 3
 }
 
 /// Until a gateway cut from etcd says so: its lease is renewed every ttl/4 and counts as lost
@@ -492,10 +494,12 @@ pub fn etcd_lost_wait() -> Duration {
     LEASE_TTL + LEASE_TTL / 4 + REQUEST_TIMEOUT + MARGIN
 }
 
-/// Until a gateway whose etcd came back is connected again: the session's 200 ms retry, then a
-/// new lease and its records (one request each, at worst), plus the margin.
+/// Until a gateway whose etcd came back is connected again: a failing call still in flight
+/// when etcd returns, the session's 200 ms retry, then revoke of the old lease, grant of a new
+/// one, its record, the directory read and the watch (one pool request each at worst), plus the
+/// margin.
 pub fn etcd_back_wait() -> Duration {
-    Duration::from_millis(200) + etcd_request_worst() * 2 + MARGIN
+    Duration::from_millis(200) + etcd_request_worst() * 6 + MARGIN
 }
 
 /// The configuration of gateway k: identical `[[server]]` and `[[resource]]` declarations on
@@ -780,11 +784,15 @@ impl Cluster {
         for k in 1..=GATEWAYS {
             c.start_gateway(k);
         }
-        let (leader, _) = c.wait_leader(Duration::from_secs(15));
-        c.wait_all_current("web", Some("primary"), Duration::from_secs(10));
+        // A gateway's session: connect, lease, record, campaign (one request each at worst),
+        // after the controller's own start.
+        let (leader, _) = c.wait_leader(START + leader_wait());
+        // The leader's first plan reaches every gateway's maps: one commit and one watch event.
+        c.wait_all_current("web", Some("primary"), etcd_request_worst() * 2 + MARGIN);
         for k in 1..=GATEWAYS {
             assert_eq!(
-                c.ask_via_retry(k, Duration::from_secs(3)).as_deref(),
+                // The first connection may race the gateway's neighbour resolution.
+                c.ask_via_retry(k, MARGIN).as_deref(),
                 Ok("primary"),
                 "a new connection through gateway {k} must reach the primary"
             );

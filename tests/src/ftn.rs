@@ -174,7 +174,7 @@ impl Ftn {
         std::fs::write(&self.config, text).unwrap();
     }
 
-    /// Starts `ftn run` and waits until its API answers (10 s at most).
+    /// Starts `ftn run` and waits until its API answers ([`crate::timing::START`] at most).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "ftn is already running");
         self.runs += 1;
@@ -194,7 +194,7 @@ impl Ftn {
             .spawn()
             .expect("spawn ftn run");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::timing::START;
         loop {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
@@ -206,7 +206,8 @@ impl Ftn {
             }
             assert!(
                 Instant::now() < deadline,
-                "ftn run did not answer within 10 s; its log:\n{}",
+                "ftn run did not answer within {:?}; its log:\n{}",
+                crate::timing::START,
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -420,16 +421,17 @@ impl Drop for Ftn {
     }
 }
 
-/// One client probe: when it started, who answered (None: failed), and how long it took (to
-/// the answer, or to the failure).
+/// One client probe: when it was due to start, who answered (None: failed), and when it ended
+/// (the answer, or the failure); both times from the prober's start.
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub at: Duration,
     pub answer: Option<String>,
-    pub took: Duration,
+    pub done: Duration,
 }
 
-/// A probe that gets no answer within this time failed ([`Prober::start`]).
+/// A probe that gets no answer within this time failed ([`Prober::start`]); the connect and
+/// the answer each have this limit, so a probe ends at most twice this after it started.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// A client in its namespace that starts a new TCP connection to `vip` every `every` (each in
@@ -460,7 +462,8 @@ impl Prober {
         Prober::start_with_timeout(client, src, vip, every, max, PROBE_TIMEOUT)
     }
 
-    /// Like [`Prober::start_from`], with each probe's own time limit (connect, then answer):
+    /// Like [`Prober::start_from`], with each probe's own time limit (for the connect, then
+    /// again for the answer):
     /// a limit over 1 s lets the client's kernel retransmit an unanswered SYN, as a real
     /// client's connect would.
     pub fn start_with_timeout(
@@ -487,12 +490,11 @@ impl Prober {
                     let at = start.elapsed();
                     let samples = samples.clone();
                     running.push(std::thread::spawn(move || {
-                        let t = Instant::now();
                         let answer = Conn::try_open_from(src, vip, timeout)
                             .ok()
                             .and_then(|mut c| c.try_ask().ok());
-                        let took = t.elapsed();
-                        samples.lock().unwrap().push(Sample { at, answer, took });
+                        let done = start.elapsed();
+                        samples.lock().unwrap().push(Sample { at, answer, done });
                     }));
                     running.retain(|t| !t.is_finished());
                     n += 1;
@@ -590,34 +592,39 @@ impl std::fmt::Display for Gap {
 /// `to` lasts until `to` and is marked open: nothing answered after the fault is never "no gap".
 /// `samples` must be sorted by start time (as [`Prober::samples`] returns them).
 pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> Gap {
-    let mut last_ok: Duration = samples
+    let mut last_ok: Option<Duration> = samples
         .iter()
         .filter(|s| s.at < from && s.answer.is_some())
         .map(|s| s.at)
-        .next_back()
-        .unwrap_or(from);
+        .next_back();
     let mut longest = Duration::ZERO;
     let mut failed = 0;
+    let mut last_in_window: Option<Duration> = None;
     for s in samples.iter().filter(|s| s.at >= from && s.at < to) {
         match &s.answer {
             Some(_) => {
-                longest = longest.max(s.at.saturating_sub(last_ok));
-                last_ok = s.at;
+                longest = longest.max(s.at.saturating_sub(last_ok.unwrap_or(from)));
+                last_ok = Some(s.at);
+                last_in_window = Some(s.at);
             }
             None => failed += 1,
         }
     }
-    // The interruption since the last success, if probes failed after it.
-    let tail_failed = samples
-        .iter()
-        .any(|s| s.at > last_ok && s.at < to && s.answer.is_none());
-    if tail_failed {
-        longest = longest.max(to.saturating_sub(last_ok));
+    // Open: probes failed after the window's last success, or nothing in the window answered
+    // at all (also an empty window: no answer is never "no gap").
+    let open = match last_in_window {
+        Some(t) => samples
+            .iter()
+            .any(|s| s.at > t && s.at < to && s.answer.is_none()),
+        None => true,
+    };
+    if open {
+        longest = longest.max(to.saturating_sub(last_ok.unwrap_or(from)));
     }
     Gap {
         longest,
         failed,
-        open: tail_failed,
+        open,
     }
 }
 
@@ -719,7 +726,7 @@ mod gap_tests {
             .map(|t| Sample {
                 at: ms(t),
                 answer: ok(t).then(|| "s".to_string()),
-                took: Duration::from_micros(100),
+                done: ms(t) + Duration::from_micros(100),
             })
             .collect()
     }
@@ -793,6 +800,48 @@ mod gap_tests {
                 longest: ms(100),
                 failed: 10,
                 open: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_window_is_open() {
+        let s = probes(100, |_| true);
+        let g = gap(&s, ms(200), ms(400));
+        assert_eq!(
+            g,
+            Gap {
+                longest: ms(310),
+                failed: 0,
+                open: true
+            },
+            "from the last success (90)"
+        );
+        assert!(g.closed_ms().is_err());
+    }
+
+    #[test]
+    fn a_failure_at_the_window_start_without_earlier_success_is_counted() {
+        // Nothing answered before the window; the probe at `from` failed, then all answered.
+        let s = probes(400, |t| t > 100);
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(
+            g,
+            Gap {
+                longest: ms(10),
+                failed: 1,
+                open: false
+            }
+        );
+        // Only the probe at `from`, which failed: open, the whole window.
+        let s = probes(110, |t| t >= 200);
+        let g = gap(&s, ms(100), ms(400));
+        assert_eq!(
+            g,
+            Gap {
+                longest: ms(300),
+                failed: 1,
+                open: true
             }
         );
     }

@@ -1,14 +1,18 @@
 //! How long a lab may wait for the controller: every wait is derived from the timing the lab
 //! configured plus one stated margin, never guessed.
 //!
-//! A health check runs every `interval` and fails after at most `timeout`; a server goes down
-//! after `fall` failed checks in a row and up after `rise` passed ones. After a fault (or a
-//! recovery) the first check that sees it starts within one interval, so a verdict needs at
-//! most `fall` (or `rise`) × (interval + timeout), counting each interval after the previous
-//! check ended. Passive health (clients' unanswered SYNs) can only make it sooner. The
+//! A health check starts every `interval` (a tick is skipped while a check is still in flight)
+//! and fails after at most `timeout`; a server goes down after `fall` failed checks in a row
+//! and up after `rise` passed ones. After a fault (or a recovery) the first check that sees it
+//! starts within one interval, and each later one within `max(interval, timeout)` of the one
+//! before, so a verdict needs at most `fall` (or `rise`) × (interval + timeout). Passive health
+//! (clients' unanswered SYNs) only adds checks, so it can only make a verdict sooner. The
 //! controller then commits the change (fsync) and writes the maps; the lab sees it through a
 //! status poll. [`MARGIN`] covers that and a loaded machine's scheduling: a wait that passes
 //! returns at once, so a large margin costs nothing unless the test fails.
+//!
+//! Waits that no configured timing governs are named constants with their reason:
+//! [`START`] (a controller's start).
 
 use std::time::Duration;
 
@@ -20,6 +24,11 @@ use ftn_controller::config::{
 /// the scheduling delays of a 2-core machine under load (the labs pass with a CPU hog on one
 /// core; see README "Tests").
 pub const MARGIN: Duration = Duration::from_secs(3);
+
+/// A started `ftn run` answers its API: it loads and attaches XDP (the verifier), opens the
+/// directory and commits its first plan. No configured timing governs it; a few hundred ms on
+/// an idle machine, with room for a loaded one.
+pub const START: Duration = Duration::from_secs(10);
 
 /// The check timing of a lab's configuration.
 #[derive(Clone, Copy, Debug)]
@@ -72,7 +81,7 @@ impl Timing {
     /// failing check right after it, then `fall - 1` intervals): a failover sooner than this
     /// can only come from passive health.
     pub fn down_earliest_active(&self) -> Duration {
-        self.interval * (self.fall - 1)
+        self.interval * self.fall.saturating_sub(1)
     }
 
     /// The longest a down verdict can take after a fault, without the margin.
@@ -106,10 +115,11 @@ impl Timing {
         self.failback_after(DEFAULT_HOLD)
     }
 
-    /// How long to wait for a started controller to serve the standard lab on its primary: a
-    /// new server counts as up only after `rise` passed checks.
+    /// How long to wait, once a started controller answers its API, for it to serve the
+    /// standard lab on its primary. A new server starts up, so this is normally at once; the
+    /// bound also holds if a first check failed and the server must rise again.
     pub fn first_serve(&self) -> Duration {
-        self.up()
+        self.down_exact() + self.up()
     }
 }
 

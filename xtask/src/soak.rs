@@ -34,10 +34,21 @@ struct Hog {
 
 impl Hog {
     fn start(max: Duration) -> Result<Hog> {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let cpu = cpus - 1;
+        // The last CPU this process may run on (not merely the last one of the machine).
+        // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it for this thread.
+        let allowed: Vec<usize> = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+            }
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
+        };
+        let (cpus, cpu) = match allowed.last() {
+            Some(&c) => (allowed.len(), c),
+            None => bail!("this process may run on no CPU"),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -45,10 +56,16 @@ impl Hog {
             .spawn(move || {
                 // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it; pid 0 is
                 // this thread.
-                unsafe {
+                let pinned = unsafe {
                     let mut set: libc::cpu_set_t = std::mem::zeroed();
                     libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+                };
+                if pinned != 0 {
+                    eprintln!(
+                        "xtask: soak: WARNING: the hog could not be pinned to CPU {cpu} ({}): it spins unpinned",
+                        std::io::Error::last_os_error()
+                    );
                 }
                 let t = Instant::now();
                 let mut x: u64 = 0;
@@ -61,7 +78,7 @@ impl Hog {
                 }
             })?;
         step(&format!(
-            "soak: CPU hog spinning on CPU {cpu} of {cpus} (stops after the runs, at most {max:?})"
+            "soak: CPU hog spinning on CPU {cpu} ({cpus} CPU(s) allowed; stops after the runs, at most {max:?})"
         ));
         Ok(Hog {
             stop,

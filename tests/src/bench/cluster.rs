@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::timing::Timing;
 use crate::{
     bench::{attempt, median, Figure, Reps, Size},
     cluster::{self, Cluster, CHECKS, GATEWAYS},
@@ -145,17 +146,25 @@ fn crash_once() -> Result<(f64, f64, Vec<f64>), String> {
     c.start_gateways();
     let probers = c.probe_all(EVERY, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
-    let t_fault = probers[0].now();
+    // Each prober has its own clock (its start): the fault's time on each.
     let t0 = Instant::now();
+    let t_fault: Vec<Duration> = probers.iter().map(|p| t0 - p.start).collect();
     for k in 1..=GATEWAYS {
         c.primary.ip(&["link", "set", &format!("p{k}"), "down"]);
     }
-    let moved = c.wait_all_current("web", Some("backup"), Duration::from_secs(10));
-    let _ = moved;
+    // The wait for this default config: the default checks' down verdict, then publish, commit
+    // and watch, each at worst one pool request over every member with ftn's default etcd
+    // timeouts (dial 2 s, request 1 s; docs/CONFIG.md).
+    let etcd_worst = (Duration::from_secs(2) + Duration::from_secs(1)) * cluster::MEMBERS as u32;
+    c.wait_all_current(
+        "web",
+        Some("backup"),
+        Timing::DEFAULT.down() + etcd_worst * 3,
+    );
     let all_ms = t0.elapsed().as_secs_f64() * 1000.0;
     std::thread::sleep(Duration::from_millis(500));
     let mut gaps = Vec::new();
-    for p in probers {
+    for (p, t_fault) in probers.into_iter().zip(t_fault) {
         let until = p.now();
         let samples = p.finish();
         let g = gap(&samples, t_fault, until).closed_ms()?;

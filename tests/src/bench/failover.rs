@@ -53,6 +53,7 @@ use super::{median, Figure, Reps, Size};
 use crate::{
     ftn::{answered_by, gap, Ftn, Prober, Sample},
     lab::{attach_pass_in, in_ns, topology, Conn, Service, Topology, VIP4},
+    timing::Timing,
 };
 
 const EVERY: Duration = Duration::from_millis(10);
@@ -100,7 +101,7 @@ impl Lab {
             t,
         };
         lab.ftn
-            .wait_current("web", Some("p1"), Duration::from_secs(5));
+            .wait_current("web", Some("p1"), Timing::DEFAULT.first_serve());
         let first = lab.ask_new();
         assert_eq!(
             first, "primary",
@@ -168,7 +169,7 @@ fn gap_once(fault: Fault, tuned: bool) -> Result<GapRun, String> {
         Fault::Service => lab.primary = None,
     }
     lab.ftn
-        .wait_current("web", Some("b1"), Duration::from_secs(5));
+        .wait_current("web", Some("b1"), Timing::DEFAULT.down());
     let decided = probe.now() - at;
     std::thread::sleep(AFTER);
     let samples = probe.finish();
@@ -176,7 +177,9 @@ fn gap_once(fault: Fault, tuned: bool) -> Result<GapRun, String> {
     let g = gap(&samples, at, end);
     let failed = g.failed;
     let gap_ms = g.closed_ms()?;
-    let base = gap(&samples, Duration::from_millis(50), at).closed_ms()?;
+    // The no-fault baseline: the probes before the fault that also ended before it.
+    let ended_before: Vec<Sample> = samples.iter().filter(|s| s.done < at).cloned().collect();
+    let base = gap(&ended_before, Duration::from_millis(50), at).closed_ms()?;
     let first_backup = samples
         .iter()
         .find(|s| s.at >= at && s.answer.as_deref() == Some("backup"))
@@ -233,7 +236,7 @@ fn failback_once() -> Result<FailbackRun, String> {
     std::thread::sleep(Duration::from_millis(300));
     lab.primary = None;
     lab.ftn
-        .wait_current("web", Some("b1"), Duration::from_secs(5));
+        .wait_current("web", Some("b1"), Timing::DEFAULT.down());
     let mut conns: Vec<Conn> = (0..LONG_LIVED).map(|_| lab.open()).collect();
     for c in &mut conns {
         let r = c.try_ask();
@@ -247,8 +250,11 @@ fn failback_once() -> Result<FailbackRun, String> {
     let returned = probe.now();
     let t = Instant::now();
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
-    lab.ftn
-        .wait_current("web", Some("p1"), Duration::from_secs(8));
+    lab.ftn.wait_current(
+        "web",
+        Some("p1"),
+        Timing::DEFAULT.failback_after(Duration::from_secs(2)),
+    );
     let back_after = t.elapsed();
     std::thread::sleep(AFTER);
     let samples = probe.finish();
@@ -327,7 +333,7 @@ fn gap_summary(runs: &[GapRun]) -> (f64, String) {
     (
         m,
         format!(
-            "median of {} ({} ms); no-fault baseline over the 500 ms before the fault: {:.0} ms (median); first probe answered by the backup {:.0} ms after the fault, status showed the move after {:.0} ms (medians); failed probes per repetition {}; spurious down verdicts (a backup declared down, or a move before the fault): {spurious}",
+            "median of {} ({} ms); no-fault baseline over the 500 ms before the fault (probes that ended before it): {:.0} ms (median); first probe answered by the backup {:.0} ms after the fault, status showed the move after {:.0} ms (medians); failed probes per repetition {}; spurious down verdicts (a backup declared down, or a move before the fault): {spurious}",
             runs.len(),
             list(&gaps),
             median(&base),
@@ -358,8 +364,7 @@ fn quiet_window() -> Duration {
 }
 
 struct QuietRun {
-    /// From the fault to the end of the first connection started after it that was answered
-    /// (by the backup).
+    /// From the fault to the earliest answer (by the backup) to a connection started after it.
     served_ms: f64,
     /// Status showed the move to the backup, from the fault.
     decided_ms: f64,
@@ -390,19 +395,24 @@ fn quiet_once(fault: Fault, phase: Duration) -> Result<QuietRun, String> {
         }
         Fault::Service => lab.primary = None,
     }
-    let decided = lab.ftn.wait_current("web", Some("b1"), window);
-    // Until a connection started after the fault is answered, or the window ends.
-    let served = loop {
-        let samples = probe.samples();
-        if let Some(s) = samples.iter().find(|s| s.at >= at && s.answer.is_some()) {
-            break Some(s.clone());
-        }
-        if probe.now() >= at + window {
-            break None;
-        }
+    lab.ftn.wait_current("web", Some("b1"), window);
+    let decided = probe.now() - at;
+    // Until a connection started after the fault is answered, or the window ends; then every
+    // connection still in flight ends (finish), and the earliest answer counts.
+    while probe.now() < at + window
+        && !probe
+            .samples()
+            .iter()
+            .any(|s| s.at >= at && s.answer.is_some())
+    {
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
     let samples = probe.finish();
+    let served = samples
+        .iter()
+        .filter(|s| s.at >= at && s.answer.is_some() && s.done <= at + window)
+        .min_by_key(|s| s.done)
+        .cloned();
     let before = samples.iter().filter(|s| s.at < at).collect::<Vec<_>>();
     if before.len() < QUIET_LEAD as usize
         || before
@@ -425,7 +435,7 @@ fn quiet_once(fault: Fault, phase: Duration) -> Result<QuietRun, String> {
         ));
     }
     Ok(QuietRun {
-        served_ms: ms(served.at + served.took - at),
+        served_ms: ms(served.done - at),
         decided_ms: ms(decided),
         failed: samples
             .iter()

@@ -132,6 +132,7 @@ fn main() {
     );
     let mut missing_keys = Vec::new();
     let mut unmet = Vec::new();
+    let mut failed = Vec::new();
     for (key, target) in KEYS {
         let f = by_key.get(key);
         let (value, unit, note) = match f {
@@ -147,7 +148,10 @@ fn main() {
                 unmet.push(*key);
                 "NOT MET"
             }
-            (None, None) if f.is_some() => "FAILED",
+            (None, None) if f.is_some() => {
+                failed.push(*key);
+                "FAILED"
+            }
             (None, _) => "n/a",
             (Some(_), None) => "",
             (Some(v), Some(t)) if t.met(v) => "met",
@@ -170,6 +174,12 @@ fn main() {
         if !KEYS.iter().any(|(k, _)| *k == f.key) {
             println!("(extra) {:<20} {:?} {} {}", f.key, f.value, f.unit, f.note);
         }
+    }
+    if !failed.is_empty() {
+        println!(
+            "\nfigures FAILED (no value; the notes say why): {}",
+            failed.join(", ")
+        );
     }
     if size == Size::Quick {
         println!("\nquick mode: the figures above come from tiny counts; they show the benchmark runs, not how fast ftn is.");

@@ -12,8 +12,9 @@
 use std::time::{Duration, Instant};
 
 use ftn_tests::{
-    cluster::{Cluster, GATEWAYS},
+    cluster::{etcd_back_wait, failback_wait, failover_wait, leader_wait, Cluster, GATEWAYS},
     ftn::gap,
+    timing::START,
 };
 
 fn ms(d: Duration) -> String {
@@ -51,7 +52,7 @@ fn main() {
     println!("-- 1. the primary's service dies");
     let t = Instant::now();
     c.kill_service("primary");
-    let took = c.wait_all_current("web", Some("backup"), Duration::from_secs(10));
+    let took = c.wait_all_current("web", Some("backup"), failover_wait());
     println!(
         "   every gateway on the backup {} after the kill ({})",
         ms(took),
@@ -60,7 +61,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     println!("-- 2. the primary's service returns");
     c.start_service("primary");
-    let back = c.wait_all_current("web", Some("primary"), Duration::from_secs(10));
+    let back = c.wait_all_current("web", Some("primary"), failback_wait());
     println!(
         "   every gateway back on the primary {} later ({})",
         ms(back),
@@ -69,7 +70,7 @@ fn main() {
     let phase1 = (t - t0, Instant::now() - t0);
     std::thread::sleep(Duration::from_millis(500));
 
-    let (leader, _) = c.wait_leader(Duration::from_secs(10));
+    let (leader, _) = c.wait_leader(leader_wait());
     let lk = c.index_of(&leader);
     let survivors: Vec<usize> = (1..=GATEWAYS).filter(|&k| k != lk).collect();
     println!("-- 3. the leader {leader} is killed (SIGKILL) together with the primary's service");
@@ -77,25 +78,30 @@ fn main() {
     let t = Instant::now();
     c.kill_service("primary");
     c.kill_gateway(lk);
-    let (new_leader, took) = c.wait_leader(Duration::from_secs(15));
+    let (new_leader, took) = c.wait_leader(leader_wait());
     println!(
         "   {new_leader} leads {} later (the dead leader's lease ran out; until then nobody decides)",
         ms(took)
     );
-    c.wait_current_on(&survivors, "web", Some("backup"), Duration::from_secs(10));
+    c.wait_current_on(
+        &survivors,
+        "web",
+        Some("backup"),
+        leader_wait() + failover_wait(),
+    );
     println!(
         "   the survivors are on the backup {} after the kill ({}); {leader}'s pinned dataplane kept forwarding",
         ms(t.elapsed()),
         views(&c)
     );
     c.start_gateway(lk);
-    c.wait_current_on(&[lk], "web", Some("backup"), Duration::from_secs(10));
+    c.wait_current_on(&[lk], "web", Some("backup"), START + etcd_back_wait());
     println!(
         "   {leader} restarted: it follows the directory ({})",
         views(&c)
     );
     c.start_service("primary");
-    let back = c.wait_all_current("web", Some("primary"), Duration::from_secs(10));
+    let back = c.wait_all_current("web", Some("primary"), failback_wait());
     println!(
         "   the primary returns: every gateway fails back {} later",
         ms(back)

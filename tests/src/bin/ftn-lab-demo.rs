@@ -16,9 +16,13 @@ use std::{
 use ftn_tests::{
     ftn::{answered_by, gap, Ftn, Gap, Prober, Sample},
     lab::{attach_pass_in, in_ns, topology, Conn, Service, VIP4},
+    timing::Timing,
 };
 
 const HOLD: &str = "3s";
+/// The demo's checks use ftn's defaults; every wait is derived from them (tests/src/timing.rs).
+const T: Timing = Timing::DEFAULT;
+const HOLD_TIME: Duration = Duration::from_secs(3);
 
 fn main() {
     // SAFETY: no preconditions.
@@ -47,7 +51,7 @@ fn main() {
         println!("  {l}");
     }
     ftn.start();
-    ftn.wait_current("web", Some("p1"), Duration::from_secs(5));
+    ftn.wait_current("web", Some("p1"), T.first_serve());
     println!("\n-- `ftn status` on the gateway --");
     print!("{}", indent(&ftn.cli_ok(&["status"])));
 
@@ -67,7 +71,7 @@ fn main() {
         "\n[{:>6.3} s] primary's service killed (port 80 closed, host up)",
         killed.as_secs_f64()
     );
-    ftn.wait_current("web", Some("b1"), Duration::from_secs(5));
+    ftn.wait_current("web", Some("b1"), T.down());
     println!("[{:>6.3} s] failover to b1", probe.now().as_secs_f64());
     let on_backup = in_ns(&t.client, move || Conn::open(vip));
     std::thread::sleep(Duration::from_millis(700));
@@ -76,7 +80,7 @@ fn main() {
     let returned = probe.now();
     primary = Some(primary.unwrap_or_else(|| Service::start(&t.primary, "primary")));
     println!("[{:>6.3} s] primary's service back", returned.as_secs_f64());
-    ftn.wait_current("web", Some("p1"), Duration::from_secs(10));
+    ftn.wait_current("web", Some("p1"), T.failback_after(HOLD_TIME));
     let failed_back = probe.now();
     println!(
         "[{:>6.3} s] failback to p1 (hold {HOLD})",
@@ -97,7 +101,7 @@ fn main() {
         "[{:>6.3} s] primary's link down (crash)",
         crashed.as_secs_f64()
     );
-    ftn.wait_current("web", Some("b1"), Duration::from_secs(5));
+    ftn.wait_current("web", Some("b1"), T.down());
     println!("[{:>6.3} s] failover to b1", probe.now().as_secs_f64());
     std::thread::sleep(Duration::from_millis(700));
     let relinked = probe.now();
@@ -114,7 +118,7 @@ fn main() {
     t.primary
         .ip(&["route", "replace", "default", "via", "198.18.2.1"]);
     println!("[{:>6.3} s] primary's link up", relinked.as_secs_f64());
-    ftn.wait_current("web", Some("p1"), Duration::from_secs(10));
+    ftn.wait_current("web", Some("p1"), T.failback_after(HOLD_TIME));
     std::thread::sleep(Duration::from_millis(500));
     let samples = probe.finish();
     let end = samples.last().map(|s| s.at).unwrap_or_default() + Duration::from_millis(1);
