@@ -610,12 +610,14 @@ pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> Gap {
             None => failed += 1,
         }
     }
-    // Open: probes failed after the window's last success, or nothing in the window answered
-    // at all (also an empty window: no answer is never "no gap").
+    // Open: probes that failed before `to` after the window's last success, or nothing in the
+    // window answered at all (also an empty window: no answer is never "no gap"). A probe still
+    // in flight at `to` that failed later says nothing about the window (it may have failed
+    // because of what happened after `to`, e.g. the next fault of a lab).
     let open = match last_in_window {
         Some(t) => samples
             .iter()
-            .any(|s| s.at > t && s.at < to && s.answer.is_none()),
+            .any(|s| s.at > t && s.at < to && s.done <= to && s.answer.is_none()),
         None => true,
     };
     if open {
@@ -802,6 +804,25 @@ mod gap_tests {
                 open: false
             }
         );
+    }
+
+    #[test]
+    fn a_probe_in_flight_at_the_end_that_fails_later_does_not_open_the_window() {
+        // The next fault (at 300) breaks the probe started at 290 before it ends.
+        let mut s = probes(400, |t| !(100..=150).contains(&t) && t < 290);
+        s[29].done = ms(490);
+        let g = gap(&s, ms(100), ms(300));
+        assert_eq!(
+            g,
+            Gap {
+                longest: ms(70),
+                failed: 7,
+                open: false
+            }
+        );
+        // The same failure, ended within the window, does.
+        s[29].done = ms(295);
+        assert!(gap(&s, ms(100), ms(300)).open);
     }
 
     #[test]

@@ -642,10 +642,10 @@ fn one_gateway_losing_the_primary_does_not_fail_over() {
     }
 }
 
-/// Case 6: Every etcd member stopped until every gateway says etcd is unreachable (at most
-/// `etcd_lost_wait()`, from the lab's lease and request timeouts): clients through every gateway
-/// keep being answered; after the restart the gateways reconnect, and a primary death is still
-/// decided and reaches every gateway.
+/// Case 6: Every etcd member stopped for 3 s, and longer if needed until every gateway says
+/// etcd is unreachable (at most `etcd_lost_wait()`, from the lab's lease and request timeouts):
+/// clients through every gateway keep being answered; after the restart the gateways reconnect,
+/// and a primary death is still decided and reaches every gateway.
 #[test]
 fn all_etcd_members_stopped_forwarding_continues_and_decisions_resume() {
     let _serial = serial();
@@ -656,7 +656,10 @@ fn all_etcd_members_stopped_forwarding_continues_and_decisions_resume() {
     let stop_took = c.etcd.stop_all_members();
     // Without etcd until every gateway says so; note when each does.
     let mut noticed: [Option<Duration>; GATEWAYS] = [None; GATEWAYS];
-    while stopped.elapsed() < stop_took + etcd_lost_wait() && noticed.iter().any(Option::is_none) {
+    let outage = Duration::from_secs(3);
+    while stopped.elapsed() < stop_took + outage
+        || (stopped.elapsed() < stop_took + etcd_lost_wait() && noticed.iter().any(Option::is_none))
+    {
         for k in 1..=GATEWAYS {
             if noticed[k - 1].is_none()
                 && c.cluster_status(k)
