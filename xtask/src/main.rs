@@ -489,6 +489,21 @@ fn lint() -> Result<()> {
     .run()
 }
 
+/// The root test suite (`ftn-tests`), with these extra test-harness arguments. The root tests
+/// share kernel state (namespaces, XDP, bpffs): one at a time.
+fn root_suite(extra: &[&str]) -> Cmd {
+    let mut args = vec![
+        "test",
+        "--locked",
+        "--package",
+        "ftn-tests",
+        "--",
+        "--test-threads=1",
+    ];
+    args.extend_from_slice(extra);
+    Cmd::new("cargo", &args)
+}
+
 fn test() -> Result<()> {
     // Host-only unit tests (no root needed).
     Cmd::new(
@@ -510,20 +525,8 @@ fn test() -> Result<()> {
              need root with CAP_BPF and CAP_NET_ADMIN: run `sudo cargo xtask test`. They are not skipped."
         );
     }
-    // Root tests share kernel state (namespaces, XDP, bpffs): one at a time, output shown.
-    Cmd::new(
-        "cargo",
-        &[
-            "test",
-            "--locked",
-            "--package",
-            "ftn-tests",
-            "--",
-            "--test-threads=1",
-            "--nocapture",
-        ],
-    )
-    .run()?;
+    // Output shown.
+    root_suite(&["--nocapture"]).run()?;
     step("all tests passed");
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use crate::{step, Cmd};
+use crate::{root_suite, step};
 
 pub struct Options {
     pub runs: u32,
@@ -106,18 +106,8 @@ pub fn run(opts: Options) -> Result<()> {
     for n in 1..=opts.runs {
         step(&format!("soak: root suite, run {n} of {}", opts.runs));
         let t = Instant::now();
-        let r = Cmd::new(
-            "cargo",
-            &[
-                "test",
-                "--locked",
-                "--package",
-                "ftn-tests",
-                "--",
-                "--test-threads=1",
-            ],
-        )
-        .run();
+        // Output only of failing tests.
+        let r = root_suite(&[]).run();
         let took = t.elapsed();
         step(&format!(
             "soak: run {n}: {} in {:.0} s",
