@@ -46,6 +46,9 @@ pub const DEFAULT_RISE: u32 = 3;
 pub const DEFAULT_FALL: u32 = 2;
 /// Shortest check interval accepted.
 pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(5);
+/// Longest check interval accepted: a server checked less often than this is, in effect, never
+/// checked again (a typo such as `5000000000h` would silence it for good).
+pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default `path` of an http check.
 pub const DEFAULT_HTTP_PATH: &str = "/";
 /// Default `expect_status` of an http check.
@@ -1807,6 +1810,18 @@ fn read_timing(ctx: &mut Ctx, t: &Table, base: Timing) -> Timing {
                 );
                 ok = false;
             }
+            Some(d) if d > MAX_CHECK_INTERVAL => {
+                ctx.report(
+                    item.span,
+                    &field,
+                    format!(
+                        "interval {} is too long: at most {} (a server checked less often is in effect never checked)",
+                        human(d),
+                        human(MAX_CHECK_INTERVAL)
+                    ),
+                );
+                ok = false;
+            }
             Some(d) => out.interval = d,
             None => ok = false,
         }
@@ -2429,6 +2444,13 @@ fn check_resources(ctx: &mut Ctx, resources: &[RawResource], servers: &[RawServe
         }
     }
     let known: Vec<&str> = servers.iter().filter_map(|s| s.name.as_deref()).collect();
+    // Server addresses (first definition wins): a VIP must be none of them.
+    let mut by_address: HashMap<IpAddr, &RawServer> = HashMap::new();
+    for s in servers {
+        if let Some(a) = s.address {
+            by_address.entry(a).or_insert(s);
+        }
+    }
 
     let mut names: HashMap<&str, Option<Span>> = HashMap::new();
     let mut owners: HashMap<(IpAddr, Protocol, u16), (&str, Option<Span>)> = HashMap::new();
@@ -2443,6 +2465,24 @@ fn check_resources(ctx: &mut Ctx, resources: &[RawResource], servers: &[RawServe
                 );
             } else {
                 names.insert(name, r.name_span);
+            }
+        }
+
+        if let Some(vip) = r.vip {
+            if let Some(s) = by_address.get(&vip) {
+                let at = ctx.line_of(s.address_span.or(s.table_span));
+                let who = s
+                    .name
+                    .as_deref()
+                    .map(|n| format!("server {n:?}"))
+                    .unwrap_or_else(|| s.label.clone());
+                ctx.report(
+                    r.vip_span,
+                    &format!("{}.vip", r.label),
+                    format!(
+                        "VIP {vip} is also the address of {who}{at}: a VIP must not be a server's address (the gateway would rewrite that server's own traffic)"
+                    ),
+                );
             }
         }
 
@@ -2987,6 +3027,66 @@ address = "198.18.3.10"
         format!(
             "[[resource]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"{proto}\"\n{ports}servers = {servers}\n"
         )
+    }
+
+    #[test]
+    fn a_vip_that_is_a_servers_address_is_refused() {
+        // Another resource's server.
+        let text = with_gateway(&format!(
+            "{TWO_SERVERS}{}",
+            resource("web", "198.18.3.10", "tcp", "ports = [80]\n", "[\"p1\"]"),
+        ));
+        let e = single(
+            &text,
+            "resource \"web\".vip",
+            "VIP 198.18.3.10 is also the address of server \"b1\"",
+            "vip = \"198.18.3.10\"",
+        );
+        assert!(
+            e.message.contains(&format!(
+                "(line {})",
+                line_of(&text, "address = \"198.18.3.10\"")
+            )),
+            "{e:?}"
+        );
+        // Its own server.
+        let text = with_gateway(&format!(
+            "{TWO_SERVERS}{}",
+            resource(
+                "web",
+                "198.18.2.10",
+                "tcp",
+                "ports = [80]\n",
+                "[\"p1\", \"b1\"]"
+            ),
+        ));
+        single(
+            &text,
+            "resource \"web\".vip",
+            "VIP 198.18.2.10 is also the address of server \"p1\"",
+            "vip = \"198.18.2.10\"",
+        );
+    }
+
+    #[test]
+    fn a_check_interval_beyond_an_hour_is_refused() {
+        let text = with_gateway(
+            "[[server]]\nname = \"a\"\naddress = \"198.18.2.10\"\nchecks = [{ type = \"tcp\", port = 80, interval = \"5000000000h\" }]\n",
+        );
+        let e = err(&text);
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.field == "server \"a\".checks[0].interval"
+                    && p.message.starts_with("interval ")
+                    && p.message.contains("is too long: at most 1h")),
+            "{e}"
+        );
+        let text_ok = with_gateway(
+            "[[server]]\nname = \"a\"\naddress = \"198.18.2.10\"\nchecks = [{ type = \"tcp\", port = 80, interval = \"1h\" }]\n",
+        );
+        let c = ok(&text_ok);
+        assert_eq!(c.servers[0].checks[0].interval, Duration::from_secs(3600));
     }
 
     #[test]
