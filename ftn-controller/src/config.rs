@@ -172,6 +172,10 @@ pub struct EtcdConfig {
 }
 
 pub const DEFAULT_ETCD_PREFIX: &str = "/ftn";
+/// Default `[directory] dial_timeout` of the etcd backend.
+pub const DEFAULT_ETCD_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `[directory] request_timeout` of the etcd backend.
+pub const DEFAULT_ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Default for DirectoryConfig {
     fn default() -> Self {
@@ -1507,8 +1511,8 @@ fn read_etcd(ctx: &mut Ctx, t: &Table) -> EtcdConfig {
     let mut c = EtcdConfig {
         endpoints: Vec::new(),
         prefix: DEFAULT_ETCD_PREFIX.into(),
-        dial_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(1),
+        dial_timeout: DEFAULT_ETCD_DIAL_TIMEOUT,
+        request_timeout: DEFAULT_ETCD_REQUEST_TIMEOUT,
         lease_ttl: Duration::from_secs(3),
         ca_file: None,
         cert_file: None,

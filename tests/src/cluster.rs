@@ -464,10 +464,15 @@ const _: () = assert!(LEASE_TTL.subsec_nanos() == 0);
 /// takes on a loaded 2-core machine, with room.
 pub const ETCD_START: Duration = Duration::from_secs(30);
 
-/// The worst case of one etcd request through ftn's pool: every member tried in turn, each
-/// with a dial and a request timeout.
+/// The worst case of one etcd request through ftn's pool with these timeouts: every member
+/// tried in turn, each with a dial and a request timeout.
+pub fn etcd_request_worst_with(dial: Duration, request: Duration) -> Duration {
+    (dial + request) * MEMBERS as u32
+}
+
+/// [`etcd_request_worst_with`] the lab's timeouts.
 pub fn etcd_request_worst() -> Duration {
-    (DIAL_TIMEOUT + REQUEST_TIMEOUT) * MEMBERS as u32
+    etcd_request_worst_with(DIAL_TIMEOUT, REQUEST_TIMEOUT)
 }
 
 /// Until a leader is elected once the previous one is gone: its lease expires within

@@ -562,14 +562,13 @@ impl Gap {
     /// The interruption in ms, or the reason it is no figure: an outage still open at the end
     /// of the window is the whole window, and that repetition failed.
     pub fn closed_ms(&self) -> Result<f64, String> {
-        let ms = self.longest.as_secs_f64() * 1000.0;
         if self.open {
             Err(format!(
-                "the client was not served again by the end of the window (longest interruption at least {ms:.0} ms, {} failed probes)",
+                "the client was not served again by the end of the window (longest interruption {self}, {} failed probes)",
                 self.failed
             ))
         } else {
-            Ok(ms)
+            Ok(self.longest.as_secs_f64() * 1000.0)
         }
     }
 }

@@ -41,7 +41,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use crate::{have, is_root, step, Cmd};
+use crate::{apt_install, have, is_root, step, Cmd};
 
 /// The Debian mirror (plain http: reachable without the HTTPS proxy).
 const MIRROR: &str = "http://deb.debian.org/debian";
@@ -436,20 +436,7 @@ fn ensure_debootstrap() -> Result<()> {
         return Ok(());
     }
     step("fresh-root: debootstrap: missing, installing with apt-get");
-    let install = || {
-        Cmd::new(
-            "apt-get",
-            &["install", "-y", "--no-install-recommends", "debootstrap"],
-        )
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()
-    };
-    if install().is_err() {
-        step("apt-get install failed; refreshing the package lists and trying again");
-        Cmd::new("apt-get", &["update"]).run()?;
-        install()?;
-    }
-    Ok(())
+    apt_install(&["debootstrap"])
 }
 
 /// The cached base root.

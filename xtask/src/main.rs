@@ -387,19 +387,7 @@ fn setup() -> Result<()> {
             "Debian packages missing: {}; installing with apt-get",
             missing.join(" ")
         ));
-        let mut args = vec!["install", "-y", "--no-install-recommends"];
-        args.extend(&missing);
-        if Cmd::new("apt-get", &args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .run()
-            .is_err()
-        {
-            step("apt-get install failed; refreshing the package lists and trying again");
-            Cmd::new("apt-get", &["update"]).run()?;
-            Cmd::new("apt-get", &args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .run()?;
-        }
+        apt_install(&missing)?;
     }
 
     // Root, BPF filesystem.
@@ -414,6 +402,24 @@ fn setup() -> Result<()> {
         step("WARNING: not root: building works, but loading XDP and the root tests need root (CAP_BPF, CAP_NET_ADMIN)");
     }
     step("set-up: done");
+    Ok(())
+}
+
+/// `apt-get install` of `packages`; when it fails (e.g. empty package lists on a fresh
+/// machine), the lists are refreshed once and it is tried again.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(packages);
+    let install = || {
+        Cmd::new("apt-get", &args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()
+    };
+    if install().is_err() {
+        step("apt-get install failed; refreshing the package lists and trying again");
+        Cmd::new("apt-get", &["update"]).run()?;
+        install()?;
+    }
     Ok(())
 }
 

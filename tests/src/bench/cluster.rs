@@ -153,9 +153,11 @@ fn crash_once() -> Result<(f64, f64, Vec<f64>), String> {
         c.primary.ip(&["link", "set", &format!("p{k}"), "down"]);
     }
     // The wait for this default config: the default checks' down verdict, then publish, commit
-    // and watch, each at worst one pool request over every member with ftn's default etcd
-    // timeouts (dial 2 s, request 1 s; docs/CONFIG.md).
-    let etcd_worst = (Duration::from_secs(2) + Duration::from_secs(1)) * cluster::MEMBERS as u32;
+    // and watch, each at worst one pool request with ftn's default etcd timeouts.
+    let etcd_worst = cluster::etcd_request_worst_with(
+        ftn_controller::config::DEFAULT_ETCD_DIAL_TIMEOUT,
+        ftn_controller::config::DEFAULT_ETCD_REQUEST_TIMEOUT,
+    );
     c.wait_all_current(
         "web",
         Some("backup"),

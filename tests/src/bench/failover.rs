@@ -110,6 +110,15 @@ impl Lab {
         lab
     }
 
+    fn inject(&mut self, fault: Fault) {
+        match fault {
+            Fault::Crash => {
+                self.t.primary.ip(&["link", "set", "p0", "down"]);
+            }
+            Fault::Service => self.primary = None,
+        }
+    }
+
     fn vip() -> IpAddr {
         VIP4.parse().unwrap()
     }
@@ -162,12 +171,7 @@ fn gap_once(fault: Fault, tuned: bool) -> Result<GapRun, String> {
     let probe = lab.probe();
     std::thread::sleep(LEAD);
     let at = probe.now();
-    match fault {
-        Fault::Crash => {
-            lab.t.primary.ip(&["link", "set", "p0", "down"]);
-        }
-        Fault::Service => lab.primary = None,
-    }
+    lab.inject(fault);
     lab.ftn
         .wait_current("web", Some("b1"), Timing::DEFAULT.down());
     let decided = probe.now() - at;
@@ -356,11 +360,7 @@ const QUIET_LEAD: u32 = 3;
 /// checks decide within fall × (interval + timeout); the client then needs at most one probe
 /// period plus one probe's time limit to be served; 5 s margin for a loaded machine.
 fn quiet_window() -> Duration {
-    use ftn_controller::config::{DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL};
-    (DEFAULT_CHECK_INTERVAL + DEFAULT_CHECK_TIMEOUT) * DEFAULT_FALL
-        + QUIET_EVERY
-        + QUIET_TIMEOUT
-        + Duration::from_secs(5)
+    Timing::DEFAULT.down_exact() + QUIET_EVERY + QUIET_TIMEOUT + Duration::from_secs(5)
 }
 
 struct QuietRun {
@@ -389,12 +389,7 @@ fn quiet_once(fault: Fault, phase: Duration) -> Result<QuietRun, String> {
     );
     std::thread::sleep(QUIET_EVERY * QUIET_LEAD + phase);
     let at = probe.now();
-    match fault {
-        Fault::Crash => {
-            lab.t.primary.ip(&["link", "set", "p0", "down"]);
-        }
-        Fault::Service => lab.primary = None,
-    }
+    lab.inject(fault);
     lab.ftn.wait_current("web", Some("b1"), window);
     let decided = probe.now() - at;
     // Until a connection started after the fault is answered, or the window ends; then every
