@@ -511,6 +511,30 @@ pub fn render_metrics(
                 esc(&ch.check),
                 ch.probes_failed
             );
+            let _ = writeln!(
+                o,
+                "ftn_check_probes_total{{server=\"{}\",check=\"{}\",result=\"local_error\"}} {}",
+                esc(&s.name),
+                esc(&ch.check),
+                ch.local_errors
+            );
+        }
+    }
+    family(
+        &mut o,
+        "ftn_check_unable_to_run",
+        "gauge",
+        "1 while a check cannot run for a local reason on this gateway (no file descriptor, no route, refused socket): its server's verdict is frozen.",
+    );
+    for s in &st.servers {
+        for ch in &s.checks {
+            let _ = writeln!(
+                o,
+                "ftn_check_unable_to_run{{server=\"{}\",check=\"{}\"}} {}",
+                esc(&s.name),
+                esc(&ch.check),
+                u8::from(ch.unable_to_run.is_some())
+            );
         }
     }
     family(&mut o, "ftn_server_passive_reports_total", "counter", "Passive health reports from the dataplane (SYNs unanswered or refused), each followed by immediate checks.");

@@ -65,7 +65,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::{
     io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
     net::{TcpStream, UdpSocket},
@@ -108,18 +108,90 @@ pub struct CheckSpec {
 }
 
 /// Why a probe failed, as a short human-readable reason.
+///
+/// `local` separates the two kinds of failure. A probe that reached the network and got no good
+/// answer (refused, reset, timed out, a wrong status) is evidence against the server. A probe
+/// that could not be *run* from this host (no file descriptor left, no buffer, a socket or a
+/// route refused by the local kernel) says nothing about the server: counting it would let a
+/// local problem — an exhausted file limit, a firewall rule, a missing route — declare every
+/// server down at once and move all traffic. A local failure never feeds the hysteresis; it is
+/// counted, logged and shown on its own (see [`CheckStats::local_errors`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct ProbeFailure {
     pub reason: String,
+    /// The probe could not run for a reason on this host; not evidence about the server.
+    pub local: bool,
 }
 
 impl ProbeFailure {
+    /// A failure that counts against the server.
     pub fn new(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
+            local: false,
         }
     }
+
+    /// A probe that could not run for a local reason (see [`is_local_errno`]).
+    pub fn local(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            local: true,
+        }
+    }
+
+    /// An error of a step that happens on this host only, before any packet left for the server
+    /// (creating, binding or registering a socket): always local.
+    fn setup(what: &str, e: &io::Error) -> Self {
+        Self::local(format!("{what}: {}", describe_io(e)))
+    }
+
+    /// An error returned synchronously by a system call that sends (connect's route lookup,
+    /// send): local when the errno is one the local stack produces ([`is_local_errno`]), else
+    /// evidence against the server.
+    fn sending(what: &str, e: &io::Error) -> Self {
+        let reason = if what.is_empty() {
+            describe_io(e)
+        } else {
+            format!("{what}: {}", describe_io(e))
+        };
+        if is_local_errno(e) {
+            Self::local(reason)
+        } else {
+            Self::new(reason)
+        }
+    }
+}
+
+/// Errnos that a send-side system call (socket, connect before any packet, send) returns for a
+/// reason on this host:
+/// - EMFILE, ENFILE: no file descriptor (process or system limit);
+/// - ENOBUFS, ENOMEM: no kernel memory for the socket or packet;
+/// - EPERM, EACCES: refused by the local kernel (a netfilter rule on output, a raw socket without
+///   CAP_NET_RAW, a BPF cgroup program);
+/// - ENETUNREACH, EHOSTUNREACH *returned by connect/send themselves*: no route (or a reject
+///   route) in this host's routing table — an ICMP unreachable from a router arrives later, on
+///   the connection's result or on recv, and is counted against the server;
+/// - EADDRNOTAVAIL, EADDRINUSE: no local address or ephemeral port left;
+/// - EAFNOSUPPORT: the address family is disabled here (e.g. IPv6 off).
+pub fn is_local_errno(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::EPERM
+                | libc::EACCES
+                | libc::ENETUNREACH
+                | libc::EHOSTUNREACH
+                | libc::EADDRNOTAVAIL
+                | libc::EADDRINUSE
+                | libc::EAFNOSUPPORT
+        )
+    )
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -223,16 +295,45 @@ fn describe_io(e: &io::Error) -> String {
 /// abortive close (RST) leaves no TIME_WAIT behind. The server never notices the difference for
 /// a bare connect check, and for HTTP it has already sent what we wanted. A zero linger never
 /// blocks in `close()` (it is the non-zero values that make the kernel wait, which is why tokio
-/// deprecated its own `set_linger`), so we set it through socket2 on the connected socket.
+/// deprecated its own `set_linger`), so we set it through socket2 before connecting.
 async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, ProbeFailure> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| ProbeFailure::new(describe_io(&e)))?;
-    if let Err(e) = SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
-        // Not a reason to fail the probe: the server answered.
+    // socket2 rather than `TcpStream::connect`, to tell where an error comes from: `socket()`
+    // and the first `connect()` call happen on this host only (their errors may be local), the
+    // connection's result is the network's answer (always evidence about the server).
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| ProbeFailure::setup("creating a socket", &e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| ProbeFailure::setup("creating a socket", &e))?;
+    // Not a reason to fail the probe if it cannot be set: the server may still answer.
+    if let Err(e) = socket.set_linger(Some(Duration::ZERO)) {
         debug!(%addr, error = %e, "cannot set SO_LINGER on health check connection");
     }
-    Ok(stream)
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(ProbeFailure::sending("", &e)),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))
+        .map_err(|e| ProbeFailure::setup("registering a socket", &e))?;
+    loop {
+        stream
+            .writable()
+            .await
+            .map_err(|e| ProbeFailure::new(describe_io(&e)))?;
+        if let Some(e) = stream
+            .take_error()
+            .map_err(|e| ProbeFailure::new(describe_io(&e)))?
+        {
+            return Err(ProbeFailure::new(describe_io(&e)));
+        }
+        match stream.peer_addr() {
+            Ok(_) => return Ok(stream),
+            // Woken before the handshake finished: wait again.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => continue,
+            Err(e) => return Err(ProbeFailure::new(describe_io(&e))),
+        }
+    }
 }
 
 /// The longest status line (plus whatever came with it) we read before giving up.
@@ -262,7 +363,7 @@ async fn http_probe(
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| ProbeFailure::new(format!("sending request: {}", describe_io(&e))))?;
+        .map_err(|e| ProbeFailure::sending("sending request", &e))?;
 
     let mut buf = Vec::with_capacity(256);
     let line_end = loop {
@@ -337,8 +438,11 @@ async fn udp_probe(
     let io_err = |what: &str, e: io::Error| {
         if e.kind() == io::ErrorKind::ConnectionRefused {
             ProbeFailure::new("port unreachable")
-        } else {
+        } else if what == "receiving" {
+            // Whatever recv reports came from the network (an ICMP error).
             ProbeFailure::new(format!("{what}: {}", describe_io(&e)))
+        } else {
+            ProbeFailure::sending(what, &e)
         }
     };
     let exchange = async {
@@ -348,7 +452,7 @@ async fn udp_probe(
         };
         let socket = UdpSocket::bind(local)
             .await
-            .map_err(|e| io_err("binding", e))?;
+            .map_err(|e| ProbeFailure::setup("creating a socket", &e))?;
         socket
             .connect(addr)
             .await
@@ -412,7 +516,7 @@ pub(crate) fn open_icmp_socket(addr: IpAddr) -> Result<(Socket, IcmpSocketKind),
     };
     match Socket::new(domain, Type::DGRAM, Some(protocol)) {
         Ok(s) => Ok((s, IcmpSocketKind::Dgram)),
-        Err(dgram_err) => Err(ProbeFailure::new(format!(
+        Err(dgram_err) => Err(ProbeFailure::local(format!(
             "cannot open an ICMP socket: raw socket: {raw_err} (needs CAP_NET_RAW); \
              ping socket: {dgram_err} (see net.ipv4.ping_group_range)"
         ))),
@@ -507,13 +611,13 @@ fn is_echo_reply(
 async fn icmp_probe(addr: IpAddr, timeout: Duration) -> Result<(), ProbeFailure> {
     let (socket, kind) = open_icmp_socket(addr)?;
     let v6 = addr.is_ipv6();
-    let setup = |e: io::Error| ProbeFailure::new(format!("ICMP socket: {}", describe_io(&e)));
+    let setup = |e: io::Error| ProbeFailure::setup("ICMP socket", &e);
     socket.set_nonblocking(true).map_err(setup)?;
     // Connecting filters what the socket receives to packets from `addr` (raw sockets otherwise
     // see every ICMP packet reaching the host) and lets us use plain send/recv.
     socket
         .connect(&SockAddr::from(SocketAddr::new(addr, 0)))
-        .map_err(setup)?;
+        .map_err(|e| ProbeFailure::sending("ICMP socket", &e))?;
     // SAFETY: `Socket` owns its file descriptor, which stays open and unchanged until the
     // `AsyncFd` (which owns the `Socket`) is dropped.
     let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| setup(e.into()))?;
@@ -523,7 +627,7 @@ async fn icmp_probe(addr: IpAddr, timeout: Duration) -> Result<(), ProbeFailure>
     let exchange = async {
         fd.async_io(Interest::WRITABLE, |s| (&*s).write(&request))
             .await
-            .map_err(|e| ProbeFailure::new(format!("sending echo request: {}", describe_io(&e))))?;
+            .map_err(|e| ProbeFailure::sending("sending echo request", &e))?;
         let mut buf = vec![0u8; 2048];
         loop {
             let n = fd
@@ -626,6 +730,11 @@ pub struct CheckStats {
     probes_failed: AtomicU64,
     up: AtomicBool,
     last_failure: Mutex<Option<String>>,
+    /// Probes that could not run for a local reason (never counted as failures).
+    local_errors: AtomicU64,
+    /// Consecutive probes that could not run, up to the latest (0 once one runs again).
+    local_streak: AtomicU64,
+    last_local_error: Mutex<Option<String>>,
 }
 
 impl CheckStats {
@@ -649,13 +758,33 @@ impl CheckStats {
 
     /// The reason of the most recent failed probe, if any probe failed yet.
     pub fn last_failure(&self) -> Option<String> {
-        self.last_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.last_failure).clone()
+    }
+
+    /// Probes that could not run for a local reason, since start.
+    pub fn local_errors(&self) -> u64 {
+        self.local_errors.load(Ordering::Relaxed)
+    }
+
+    /// The reason why the check cannot run now: set while the latest probes could not run for a
+    /// local reason, cleared by the first probe that runs again.
+    pub fn unable_to_run(&self) -> Option<String> {
+        if self.local_streak.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        lock(&self.last_local_error).clone()
     }
 
     fn record(&self, outcome: &Result<Duration, ProbeFailure>) {
+        if let Err(f) = outcome {
+            if f.local {
+                self.local_errors.fetch_add(1, Ordering::Relaxed);
+                self.local_streak.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.last_local_error) = Some(f.reason.clone());
+                return;
+            }
+        }
+        self.local_streak.store(0, Ordering::Relaxed);
         match outcome {
             Ok(latency) => {
                 let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
@@ -664,11 +793,14 @@ impl CheckStats {
             }
             Err(f) => {
                 self.probes_failed.fetch_add(1, Ordering::Relaxed);
-                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(f.reason.clone());
+                *lock(&self.last_failure) = Some(f.reason.clone());
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A boxed probe future, as returned by a [`Prober`].
@@ -696,6 +828,9 @@ const MIN_PERIOD: Duration = Duration::from_millis(1);
 /// after the previous one started, with up to `fall` probes in flight: a refused connection is
 /// confirmed in milliseconds, a silent server in about one timeout.
 pub const SUSPECT_PACE: Duration = Duration::from_millis(10);
+/// A streak of probes that cannot run is logged at its first probe and then once every this
+/// many (at a 1 s interval: every minute).
+pub const LOCAL_ERROR_LOG_EVERY: u64 = 60;
 
 /// Deterministic first-probe delay in `[0, interval)`, in whole milliseconds (tokio's timer
 /// resolution), for check `index` of `server` (FNV-1a of the name and the index), so checks
@@ -1034,9 +1169,12 @@ impl CheckTask {
                         continue;
                     }
                     self.observed = seq;
+                    let local = matches!(&outcome, Err(f) if f.local);
                     self.observe(outcome).await;
-                    if suspicion.is_some() && (self.last_ok || !self.hysteresis.is_up()) {
-                        // Confirmed either way: back to the normal pace, counted from now.
+                    if suspicion.is_some() && (local || self.last_ok || !self.hysteresis.is_up()) {
+                        // Confirmed either way: back to the normal pace, counted from now. (A
+                        // probe that cannot run confirms nothing, but probing back to back would
+                        // only repeat the local error: the suspicion ends too.)
                         suspicion = None;
                         ticker.reset();
                     }
@@ -1060,8 +1198,29 @@ impl CheckTask {
     }
 
     /// Counts one probe's outcome and, when the check flips, tells the server's aggregate.
+    ///
+    /// A probe that could not run for a local reason is not an observation: the hysteresis, and
+    /// so the verdict, stay where they are. The first one of a streak, and then one in every
+    /// [`LOCAL_ERROR_LOG_EVERY`], is logged as a warning; the streak's end is logged too.
     async fn observe(&mut self, outcome: Result<Duration, ProbeFailure>) {
+        let was_unable = self.stats.local_streak.load(Ordering::Relaxed);
         self.stats.record(&outcome);
+        match &outcome {
+            Err(f) if f.local => {
+                if was_unable % LOCAL_ERROR_LOG_EVERY == 0 {
+                    warn!(
+                        server = %self.shared.server, check = %self.label, reason = %f.reason,
+                        unable = was_unable + 1,
+                        "check failed to run (a local error on this gateway, not counted against the server; its verdict is kept)"
+                    );
+                }
+                return;
+            }
+            _ if was_unable > 0 => {
+                info!(server = %self.shared.server, check = %self.label, unable = was_unable, "check runs again after local errors");
+            }
+            _ => {}
+        }
         self.last_ok = outcome.is_ok();
         if let Err(f) = &outcome {
             debug!(server = %self.shared.server, check = %self.label, reason = %f.reason, "probe failed");
@@ -1213,6 +1372,20 @@ mod tests {
         reply6[0] = ICMPV6_ECHO_REPLY;
         assert!(is_echo_reply(&reply6, true, false, 9, 10, true));
         assert!(!is_echo_reply(&reply6, false, false, 9, 10, true));
+    }
+
+    #[test]
+    fn local_errnos() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::EPERM, libc::ENETUNREACH] {
+            assert!(is_local_errno(&io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+        for errno in [libc::ECONNREFUSED, libc::ECONNRESET, libc::ETIMEDOUT, libc::EPIPE] {
+            assert!(!is_local_errno(&io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+        let f = ProbeFailure::sending("sending request", &io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(f.local);
+        assert!(f.reason.starts_with("sending request: "), "{}", f.reason);
+        assert!(!ProbeFailure::sending("", &io::Error::from_raw_os_error(libc::ECONNREFUSED)).local);
     }
 
     #[test]
@@ -1597,10 +1770,16 @@ mod tests {
     #[derive(Default)]
     struct Scripted {
         failing: Mutex<HashMap<String, bool>>,
+        /// Labels whose probes cannot run (a local error).
+        local: Mutex<HashMap<String, bool>>,
         calls: Mutex<Vec<(String, Instant)>>,
     }
 
     impl Scripted {
+        fn set_local(&self, label: &str, local: bool) {
+            self.local.lock().unwrap().insert(label.to_string(), local);
+        }
+
         fn set_ok(&self, label: &str, ok: bool) {
             self.failing.lock().unwrap().insert(label.to_string(), !ok);
         }
@@ -1624,6 +1803,9 @@ mod tests {
                     .lock()
                     .unwrap()
                     .push((label.clone(), Instant::now()));
+                if self.local.lock().unwrap().get(&label) == Some(&true) {
+                    return Err(ProbeFailure::local("creating a socket: Too many open files"));
+                }
                 if self
                     .failing
                     .lock()
@@ -1758,6 +1940,45 @@ mod tests {
             let stats = h.checker.stats();
             assert_eq!(stats[0].1.probes_ok(), 0);
             assert_eq!(stats[0].1.probes_failed(), 12);
+        }
+
+        /// Probes that cannot run (EMFILE...) never move the verdict, either way, and are
+        /// counted apart from failures.
+        #[tokio::test(start_paused = true)]
+        async fn paused_local_errors_never_change_the_verdict() {
+            for initial_up in [true, false] {
+                let s = Scripted::default();
+                s.set_local("tcp:80", true);
+                let mut h = harness(vec![spec(80, 1, 500, 1, 1)], initial_up, s);
+                // rise = fall = 1: one counted probe would flip it. 30 probes that cannot run.
+                assert!(h.next_change(Duration::from_secs(30)).await.is_none());
+                assert_eq!(h.checker.is_up(), initial_up);
+                let stats = &h.checker.stats()[0].1;
+                assert_eq!(stats.local_errors(), 30);
+                assert_eq!(stats.probes_failed(), 0);
+                assert_eq!(stats.probes_ok(), 0);
+                assert_eq!(
+                    stats.unable_to_run().as_deref(),
+                    Some("creating a socket: Too many open files")
+                );
+                // Passive suspicion while probes cannot run: no verdict either, and no
+                // back-to-back probing (the suspicion ends with the first local error).
+                h.checker.suspect("3 new connections unanswered");
+                let before = h.prober.calls("tcp:80").len();
+                assert!(h.next_change(Duration::from_secs(5)).await.is_none());
+                let probed = h.prober.calls("tcp:80").len() - before;
+                assert!(probed <= 6, "{probed} probes in 5 s: suspect pace kept going");
+                // Probes run again: the verdict follows them as usual.
+                h.prober.set_local("tcp:80", false);
+                h.prober.set_ok("tcp:80", initial_up);
+                assert!(h.next_change(Duration::from_secs(3)).await.is_none());
+                let stats = &h.checker.stats()[0].1;
+                assert_eq!(stats.unable_to_run(), None);
+                assert!(stats.probes_ok() + stats.probes_failed() >= 2);
+                h.prober.set_ok("tcp:80", !initial_up);
+                let change = h.next_change(Duration::from_secs(3)).await.expect("a flip");
+                assert_eq!(change.up, !initial_up);
+            }
         }
 
         #[tokio::test(start_paused = true)]

@@ -337,6 +337,12 @@ pub struct CheckStatus {
     pub probes_ok: u64,
     pub probes_failed: u64,
     pub last_failure: Option<String>,
+    /// Probes that could not run for a local reason (not counted as failures).
+    #[serde(default)]
+    pub local_errors: u64,
+    /// Set while the check cannot run (the latest probes hit a local error): the reason.
+    #[serde(default)]
+    pub unable_to_run: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -371,6 +377,10 @@ pub struct Status {
     /// The shared directory's gateways (None with the embedded directory).
     #[serde(default)]
     pub cluster: Option<ClusterStatus>,
+    /// Faults of this gateway itself that the operator must see (checks that cannot run, a
+    /// dataplane that loses the packets it forwards, a missing interface), newest state only.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `ftn status`: the gateways sharing the directory, as this gateway sees them.
@@ -1071,7 +1081,7 @@ impl Controller {
                 }
             })
             .collect();
-        let servers = cfg
+        let servers: Vec<ServerStatus> = cfg
             .servers
             .iter()
             .map(|sc| {
@@ -1089,6 +1099,8 @@ impl Controller {
                                 probes_ok: st.probes_ok(),
                                 probes_failed: st.probes_failed(),
                                 last_failure: st.last_failure(),
+                                local_errors: st.local_errors(),
+                                unable_to_run: st.unable_to_run(),
                             })
                             .collect()
                     })
@@ -1155,6 +1167,7 @@ impl Controller {
                     .collect(),
             }
         });
+        let warnings = Self::warnings(&servers);
         Status {
             gateway: cfg.gateway.name.clone(),
             config: self.config_path.display().to_string(),
@@ -1175,7 +1188,33 @@ impl Controller {
             reloads_failed: self.reloads_failed,
             passive_signals: self.passive_signals.clone(),
             cluster,
+            warnings,
         }
+    }
+
+    /// The gateway's own faults, from the status just built.
+    fn warnings(servers: &[ServerStatus]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let unable: Vec<String> = servers
+            .iter()
+            .flat_map(|s| {
+                s.checks.iter().filter_map(move |c| {
+                    c.unable_to_run
+                        .as_ref()
+                        .map(|why| format!("{} {} ({why})", s.name, c.check))
+                })
+            })
+            .collect();
+        if !unable.is_empty() {
+            let shown: Vec<&str> = unable.iter().take(3).map(String::as_str).collect();
+            warnings.push(format!(
+                "{} health check(s) cannot run for a local reason on this gateway; their servers' verdicts are frozen until they run again: {}{}",
+                unable.len(),
+                shown.join("; "),
+                if unable.len() > shown.len() { "; ..." } else { "" }
+            ));
+        }
+        warnings
     }
 
     /// Loads the config file again; applies it only if it is valid and changes nothing that

@@ -223,6 +223,9 @@ fn print_status(st: &Status) {
             ""
         }
     );
+    for w in &st.warnings {
+        println!("WARNING: {w}");
+    }
     println!();
     let mut rows = vec![[
         "RESOURCE".to_string(),
@@ -271,13 +274,18 @@ fn print_status(st: &Status) {
         let checks = s
             .checks
             .iter()
-            .map(|c| {
-                format!(
+            .map(|c| match &c.unable_to_run {
+                Some(why) => format!(
+                    "{} {} CANNOT RUN ({why})",
+                    c.check,
+                    if c.up { "up" } else { "down" },
+                ),
+                None => format!(
                     "{} {} {:.1}ms",
                     c.check,
                     if c.up { "up" } else { "down" },
                     c.last_latency_us as f64 / 1000.0
-                )
+                ),
             })
             .collect::<Vec<_>>()
             .join("; ");
