@@ -59,6 +59,16 @@ pub const DEFAULT_UDP_SEND: &[u8] = b"ping";
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(10);
 /// Default `drain` of a resource.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+/// Upper bounds of the other durations: a value beyond them is a typo (`5000000000h`), and one
+/// that large would overflow the dataplane's nanosecond clocks or never come.
+/// `failback = "hold"`'s `hold` and a resource's `drain`: one week.
+pub const MAX_HOLD_OR_DRAIN: Duration = Duration::from_secs(7 * 86_400);
+/// `[dataplane]` flow idle timeouts: 30 days (conntrack's established default is 5 days).
+pub const MAX_FLOW_IDLE: Duration = Duration::from_secs(30 * 86_400);
+/// `[dataplane] passive_window`: a minute.
+pub const MAX_PASSIVE_WINDOW: Duration = Duration::from_secs(60);
+/// `[dataplane] passive_rearm` and `nexthop_ttl`: an hour.
+pub const MAX_DATAPLANE_PERIOD: Duration = Duration::from_secs(3600);
 
 // ------------------------------------------------------------------------------------------
 // The configuration
@@ -467,7 +477,7 @@ impl std::error::Error for ConfigError {}
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    match std::fs::read_to_string(path) {
+    match crate::files::read_regular(path, crate::files::MAX_CONFIG_BYTES) {
         Ok(text) => parse(&text, path),
         Err(e) => Err(ConfigError {
             path: path.to_path_buf(),
@@ -1405,7 +1415,7 @@ fn read_api(ctx: &mut Ctx, t: &Table) -> ApiConfig {
             let field = t.field("token_file");
             if let Some(s) = want_str(ctx, item, &field) {
                 let file = ctx.base_dir.join(s);
-                match std::fs::read_to_string(&file) {
+                match crate::files::read_regular(&file, crate::files::MAX_SECRET_BYTES) {
                     Err(e) => ctx.report(
                         item.span,
                         &field,
@@ -1677,7 +1687,7 @@ fn read_etcd(ctx: &mut Ctx, t: &Table) -> EtcdConfig {
             let field = t.field("password_file");
             if let Some(s) = want_str(ctx, item, &field) {
                 let file = ctx.base_dir.join(s);
-                match std::fs::read_to_string(&file) {
+                match crate::files::read_regular(&file, crate::files::MAX_SECRET_BYTES) {
                     Ok(p) => c.password = Some(p.trim().to_owned()),
                     Err(e) => ctx.report(
                         item.span,
@@ -1727,14 +1737,14 @@ fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {
         ],
     );
     let mut dp = DataplaneConfig::default();
-    for (name, slot) in [
-        ("tcp_idle", &mut dp.tcp_idle_ns),
-        ("tcp_closing_idle", &mut dp.tcp_closing_ns),
-        ("udp_idle", &mut dp.udp_idle_ns),
-        ("icmp_idle", &mut dp.icmp_idle_ns),
-        ("passive_window", &mut dp.passive_window_ns),
-        ("passive_rearm", &mut dp.passive_rearm_ns),
-        ("nexthop_ttl", &mut dp.nexthop_ttl_ns),
+    for (name, slot, max) in [
+        ("tcp_idle", &mut dp.tcp_idle_ns, MAX_FLOW_IDLE),
+        ("tcp_closing_idle", &mut dp.tcp_closing_ns, MAX_FLOW_IDLE),
+        ("udp_idle", &mut dp.udp_idle_ns, MAX_FLOW_IDLE),
+        ("icmp_idle", &mut dp.icmp_idle_ns, MAX_FLOW_IDLE),
+        ("passive_window", &mut dp.passive_window_ns, MAX_PASSIVE_WINDOW),
+        ("passive_rearm", &mut dp.passive_rearm_ns, MAX_DATAPLANE_PERIOD),
+        ("nexthop_ttl", &mut dp.nexthop_ttl_ns, MAX_DATAPLANE_PERIOD),
     ] {
         let Some(item) = t.get(name) else { continue };
         let field = t.field(name);
@@ -1743,11 +1753,15 @@ fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {
         };
         if d.is_zero() {
             ctx.report(item.span, &field, "must be longer than 0");
-            continue;
-        }
-        match u64::try_from(d.as_nanos()) {
-            Ok(ns) => *slot = ns,
-            Err(_) => ctx.report(item.span, &field, format!("{} is too long", human(d))),
+        } else if d > max {
+            ctx.report(
+                item.span,
+                &field,
+                format!("{} is too long: at most {}", human(d), human(max)),
+            );
+        } else {
+            // `max` is far below u64 nanoseconds (584 years).
+            *slot = d.as_nanos() as u64;
         }
     }
     if let Some(item) = t.get("passive_min") {
@@ -2340,7 +2354,21 @@ fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<RawResource
                 );
                 None
             }
-            _ => want_duration(ctx, item, &t.field("hold")),
+            _ => match want_duration(ctx, item, &t.field("hold")) {
+                Some(d) if d > MAX_HOLD_OR_DRAIN => {
+                    ctx.report(
+                        item.span,
+                        &t.field("hold"),
+                        format!(
+                            "{} is too long: at most {} (for a longer hold use failback = \"manual\")",
+                            human(d),
+                            human(MAX_HOLD_OR_DRAIN)
+                        ),
+                    );
+                    None
+                }
+                d => d,
+            },
         },
         None => None,
     };
@@ -2351,7 +2379,15 @@ fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<RawResource
     };
     if let Some(item) = t.get("drain") {
         if let Some(d) = want_duration(ctx, item, &t.field("drain")) {
-            raw.drain = d;
+            if d > MAX_HOLD_OR_DRAIN {
+                ctx.report(
+                    item.span,
+                    &t.field("drain"),
+                    format!("{} is too long: at most {}", human(d), human(MAX_HOLD_OR_DRAIN)),
+                );
+            } else {
+                raw.drain = d;
+            }
         }
     }
     if let Some(item) = t.get("on_no_server") {
@@ -3091,6 +3127,48 @@ address = "198.18.3.10"
         );
         let c = ok(&text_ok);
         assert_eq!(c.servers[0].checks[0].interval, Duration::from_secs(3600));
+    }
+
+    /// Every duration has an upper bound; each refusal names its field.
+    #[test]
+    fn every_duration_is_bounded() {
+        let text = with_gateway(&format!(
+            "{TWO_SERVERS}{}[dataplane]\ntcp_idle = \"31days\"\npassive_window = \"2m\"\nnexthop_ttl = \"5000000000h\"\n",
+            resource(
+                "web",
+                "198.18.1.1",
+                "tcp",
+                "ports = [80]\nfailback = \"hold\"\nhold = \"8days\"\ndrain = \"5000000000h\"\n",
+                "[\"p1\", \"b1\"]"
+            ),
+        ));
+        let e = err(&text);
+        for (field, max) in [
+            ("dataplane.tcp_idle", "at most 30days"),
+            ("dataplane.passive_window", "at most 1m"),
+            ("dataplane.nexthop_ttl", "at most 1h"),
+            ("resource \"web\".hold", "at most 7days"),
+            ("resource \"web\".drain", "at most 7days"),
+        ] {
+            assert!(
+                e.problems
+                    .iter()
+                    .any(|p| p.field == field && p.message.contains(max)),
+                "{field}: {e}"
+            );
+        }
+        assert_eq!(e.problems.len(), 5, "{e}");
+        let ok_text = with_gateway(&format!(
+            "{TWO_SERVERS}{}[dataplane]\ntcp_idle = \"30days\"\n",
+            resource(
+                "web",
+                "198.18.1.1",
+                "tcp",
+                "ports = [80]\nfailback = \"hold\"\nhold = \"7days\"\ndrain = \"7days\"\n",
+                "[\"p1\", \"b1\"]"
+            ),
+        ));
+        ok(&ok_text);
     }
 
     #[test]

@@ -622,6 +622,67 @@ fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
     out
 }
 
+/// One check in words, for reload reports: `tcp:80 every 1s, timeout 50ms, rise 3, fall 2`.
+fn describe_check(c: &config::CheckConfig) -> String {
+    format!(
+        "{} every {}, timeout {}, rise {}, fall {}",
+        c.kind.label(),
+        humantime::format_duration(c.interval),
+        humantime::format_duration(c.timeout),
+        c.rise,
+        c.fall
+    )
+}
+
+/// What a reload changes besides the directory (which the engine's plan reports): checks,
+/// servers' addresses, the token, the flow-table timeouts. One line per change, in file order.
+pub fn config_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    let old_servers: HashMap<&str, &config::ServerConfig> =
+        old.servers.iter().map(|s| (s.name.as_str(), s)).collect();
+    let new_names: BTreeSet<&str> = new.servers.iter().map(|s| s.name.as_str()).collect();
+    for s in &new.servers {
+        match old_servers.get(s.name.as_str()) {
+            None => changes.push(format!("server {} added ({})", s.name, s.address)),
+            Some(o) => {
+                if o.address != s.address {
+                    changes.push(format!(
+                        "server {}: address {} -> {}",
+                        s.name, o.address, s.address
+                    ));
+                }
+                if o.checks != s.checks {
+                    let list = |cs: &[config::CheckConfig]| {
+                        cs.iter().map(describe_check).collect::<Vec<_>>().join("; ")
+                    };
+                    changes.push(format!(
+                        "server {}: checks {} -> {} (its checks restart from its recorded state)",
+                        s.name,
+                        list(&o.checks),
+                        list(&s.checks)
+                    ));
+                }
+            }
+        }
+    }
+    for s in &old.servers {
+        if !new_names.contains(s.name.as_str()) {
+            changes.push(format!("server {} removed", s.name));
+        }
+    }
+    if old.api.token != new.api.token {
+        changes.push(match (&old.api.token, &new.api.token) {
+            (None, Some(_)) => "API token set: changes through the API are enabled".into(),
+            (Some(_), None) => "API token removed: changes through the API are refused".into(),
+            _ => "API token replaced".into(),
+        });
+    }
+    if old.dataplane != new.dataplane {
+        changes.push("[dataplane] flow timeouts changed".into());
+    }
+    changes
+}
+
 fn spec(c: &config::CheckConfig) -> CheckSpec {
     CheckSpec {
         probe: c.kind.clone(),
@@ -1237,8 +1298,7 @@ impl Controller {
     }
 
     async fn try_reload(&mut self) -> Result<String, RequestError> {
-        let new =
-            config::load(&self.config_path).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let new = read_config(&self.config_path).await?;
         let old = self.engine.config().clone();
         let mut restart_only = Vec::new();
         if new.gateway != old.gateway {
@@ -1286,7 +1346,12 @@ impl Controller {
                     let _ = Box::pin(self.step(None)).await;
                 }
                 self.sync_checkers();
-                Ok(summary)
+                let changes = config_changes(&old, &new);
+                Ok(match (summary.as_str(), changes.is_empty()) {
+                    (_, true) => summary,
+                    ("nothing to change", false) => changes.join("; "),
+                    (_, false) => format!("{summary}; {}", changes.join("; ")),
+                })
             }
             Err(e) => {
                 self.engine.set_config(prev);
@@ -1464,6 +1529,29 @@ fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The longest a reload waits for the configuration file to be read and validated. The read
+/// runs on the blocking pool, never on the engine task: a file on a hung filesystem costs the
+/// reload, not the failovers meanwhile (what is left blocked is one pool thread).
+pub const CONFIG_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads and validates the configuration off the engine task (see [`CONFIG_READ_TIMEOUT`]).
+async fn read_config(path: &Path) -> Result<config::Config, RequestError> {
+    let owned = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || config::load(&owned));
+    match tokio::time::timeout(CONFIG_READ_TIMEOUT, read).await {
+        Ok(Ok(loaded)) => loaded.map_err(|e| RequestError::Invalid(e.to_string())),
+        Ok(Err(e)) => Err(RequestError::Internal(format!(
+            "reading {}: the reading task failed: {e}",
+            path.display()
+        ))),
+        Err(_) => Err(RequestError::Invalid(format!(
+            "{}: reading and validating the file (or a file it names) took longer than {}s; nothing was applied (a file on a hung filesystem?)",
+            path.display(),
+            CONFIG_READ_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// Reads passive health reports from the dataplane's ring buffer and forwards them.
@@ -1679,6 +1767,28 @@ mod tests {
     use crate::dataplane::{
         DataplaneError, MemoryDataplane, Protocol, ResourceAssignment, ResourceMatch, ServerEntry,
     };
+
+    /// A reload that changes only checks (or the token) says what it changed, instead of
+    /// "nothing to change".
+    #[test]
+    fn config_changes_name_checks_servers_and_token() {
+        let base = "[gateway]\nname = \"gw\"\ninterfaces = [\"eth0\"]\n[[server]]\nname = \"p1\"\naddress = \"198.18.2.10\"\nchecks = [{ type = \"tcp\", port = 80 }]\n";
+        let old = config::parse(base, Path::new("/etc/ftn/ftn.toml")).unwrap();
+        let text = base.replace(
+            "{ type = \"tcp\", port = 80 }",
+            "{ type = \"tcp\", port = 80, interval = \"500ms\" }",
+        ) + "[[server]]\nname = \"b1\"\naddress = \"198.18.3.10\"\n[api]\ntoken = \"0123456789abcdef0123\"\n";
+        let new = config::parse(&text, Path::new("/etc/ftn/ftn.toml")).unwrap();
+        assert_eq!(
+            config_changes(&old, &new),
+            [
+                "server p1: checks tcp:80 every 1s, timeout 50ms, rise 3, fall 2 -> tcp:80 every 500ms, timeout 50ms, rise 3, fall 2 (its checks restart from its recorded state)",
+                "server b1 added (198.18.3.10)",
+                "API token set: changes through the API are enabled",
+            ]
+        );
+        assert!(config_changes(&new, &new).is_empty());
+    }
 
     /// The dataplane the map-sync task owns, shared so the test can look at it.
     #[derive(Clone, Default)]

@@ -8,4 +8,5 @@ pub mod dataplane;
 pub mod directory;
 pub mod engine;
 pub mod etcd;
+pub mod files;
 pub mod logs;

@@ -9,7 +9,7 @@ use ftn_controller::api::{self, Done, ErrorBody, ServerBody, SwitchoverBody};
 use ftn_controller::daemon::Status;
 use ftn_controller::dataplane::{self, DEFAULT_PIN_DIR};
 use ftn_controller::directory::{now_ms, Event, Health};
-use ftn_controller::{config, daemon};
+use ftn_controller::{config, daemon, files};
 
 const DEFAULT_CONFIG: &str = "/etc/ftn/ftn.toml";
 const DEFAULT_API: &str = "127.0.0.1:7480";
@@ -114,7 +114,7 @@ struct Target {
 /// edited file about to be reloaded): read leniently, so that `ftn reload` can still reach the
 /// daemon and show the file's problems. Only `listen` and the token are taken.
 fn lenient_api(path: &Path) -> (Option<SocketAddr>, Option<String>) {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(text) = files::read_regular(path, files::MAX_CONFIG_BYTES) else {
         return (None, None);
     };
     let Ok(v) = text.parse::<toml::Table>() else {
@@ -131,7 +131,7 @@ fn lenient_api(path: &Path) -> (Option<SocketAddr>, Option<String>) {
         }
         let file = a.get("token_file")?.as_str()?;
         let file = path.parent().unwrap_or(Path::new("/")).join(file);
-        std::fs::read_to_string(file)
+        files::read_regular(&file, files::MAX_SECRET_BYTES)
             .ok()
             .map(|t| t.trim().to_string())
     });
@@ -166,7 +166,7 @@ fn target(a: &ApiArgs) -> anyhow::Result<Target> {
     };
     let token = match &a.token_file {
         Some(p) => Some(
-            std::fs::read_to_string(p)
+            files::read_regular(p, files::MAX_SECRET_BYTES)
                 .with_context(|| format!("reading the API token from {}", p.display()))?
                 .trim()
                 .to_string(),
