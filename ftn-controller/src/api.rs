@@ -45,6 +45,7 @@ pub struct ApiState {
     requests: mpsc::Sender<Request>,
     token: Arc<RwLock<Option<String>>>,
     sync: MapSync,
+    listener: Arc<ListenerStats>,
 }
 
 impl ApiState {
@@ -57,6 +58,7 @@ impl ApiState {
             requests,
             token,
             sync,
+            listener: Arc::default(),
         }
     }
 }
@@ -318,7 +320,7 @@ async fn metrics(State(s): State<ApiState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&st, counters.as_ref().ok(), sync),
+        render_metrics(&st, counters.as_ref().ok(), sync, &s.listener),
     )
         .into_response()
 }
@@ -334,12 +336,38 @@ pub fn render_metrics(
     st: &Status,
     c: Option<&Counters>,
     sync: &crate::daemon::SyncStats,
+    api: &ListenerStats,
 ) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut o = String::new();
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
+    family(
+        &mut o,
+        "ftn_api_connections_open",
+        "gauge",
+        "Admin API connections open now.",
+    );
+    let _ = writeln!(o, "ftn_api_connections_open {}", api.open.load(Relaxed));
+    family(
+        &mut o,
+        "ftn_api_connections_total",
+        "counter",
+        "Admin API connections, by outcome: served; refused (closed at once: too many from that client); capacity (the listener paused at api.max_connections); accept_error.",
+    );
+    for (outcome, n) in [
+        ("served", &api.accepted),
+        ("refused", &api.refused_per_client),
+        ("capacity", &api.at_capacity),
+        ("accept_error", &api.accept_errors),
+    ] {
+        let _ = writeln!(
+            o,
+            "ftn_api_connections_total{{outcome=\"{outcome}\"}} {}",
+            n.load(Relaxed)
+        );
+    }
     family(
         &mut o,
         "ftn_resource_server",
@@ -736,24 +764,204 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// How much of this process the admin API may take: it shares the file-descriptor limit with
+/// the health checks, and a flood of connections to it must never starve them (a check that
+/// cannot open a socket cannot see a server die).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Connections served at once. At the cap the listener stops accepting: further clients wait
+    /// in the kernel's backlog (no descriptor is spent on them) until a connection ends.
+    pub max_connections: usize,
+    /// Connections from one client address at once; more are accepted and closed at once.
+    pub max_per_client: usize,
+    /// Longest wait for a complete request head (also: how long an idle keep-alive
+    /// connection is kept). A client that sends nothing, or a byte at a time, is closed then.
+    pub header_timeout: Duration,
+    /// Longest time from a request head to its answer, the body's upload included.
+    pub request_timeout: Duration,
+}
+
+/// Live counters of the listener, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub open: std::sync::atomic::AtomicU64,
+    pub accepted: std::sync::atomic::AtomicU64,
+    /// Closed at once: the client had `max_per_client` connections open.
+    pub refused_per_client: std::sync::atomic::AtomicU64,
+    /// Times the listener stopped accepting because `max_connections` were open.
+    pub at_capacity: std::sync::atomic::AtomicU64,
+    /// accept() failed (e.g. EMFILE).
+    pub accept_errors: std::sync::atomic::AtomicU64,
+}
+
+/// After an accept() error, the listener waits this long before accepting again (an error such
+/// as EMFILE would otherwise spin).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// On shutdown, connections get this long to finish the request in progress.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// hyper's read buffer (and so the largest request head); bodies are limited by axum.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Binds the listener (an error names the address) and serves until `shutdown`.
 pub async fn serve(
     listen: SocketAddr,
     state: ApiState,
+    limits: ApiLimits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("the admin API cannot listen on {listen}: {e}"))?;
+    let stats = state.listener.clone();
     let app = router(state);
-    Ok(tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = r {
-            tracing::error!("admin API stopped: {e}");
+    Ok(tokio::spawn(accept_loop(listener, app, limits, stats, shutdown)))
+}
+
+/// Accepts connections within `limits` and serves each on its own task.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ApiLimits,
+    stats: Arc<ListenerStats>,
+    shutdown: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let per_client: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        // A slot first, then accept: at the cap, clients wait in the backlog, not in our table.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                stats.at_capacity.fetch_add(1, Relaxed);
+                tracing::debug!(max = limits.max_connections, "admin API at its connection cap; not accepting until one ends");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        // Reap finished connection tasks.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                stats.accept_errors.fetch_add(1, Relaxed);
+                tracing::warn!("admin API: accepting a connection failed: {e}");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let client = ClientSlot::take(&per_client, peer.ip(), limits.max_per_client);
+        let Some(client) = client else {
+            stats.refused_per_client.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, max = limits.max_per_client, "admin API: too many connections from this client; closed");
+            drop(stream);
+            continue;
+        };
+        stats.accepted.fetch_add(1, Relaxed);
+        stats.open.fetch_add(1, Relaxed);
+        let (app, stats, shutdown) = (app.clone(), stats.clone(), shutdown.clone());
+        connections.spawn(async move {
+            serve_connection(stream, app, limits, shutdown).await;
+            stats.open.fetch_sub(1, Relaxed);
+            drop((slot, client));
+        });
+    }
+    // Stop accepting; let the requests in progress finish (each bounded by SHUTDOWN_GRACE).
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// One client address's share of the connections, returned when dropped.
+struct ClientSlot {
+    table: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl ClientSlot {
+    fn take(
+        table: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<ClientSlot> {
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(ip).or_default();
+        if *n >= max.max(1) {
+            return None;
         }
-    }))
+        *n += 1;
+        Some(ClientSlot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves one connection (HTTP/1.1, keep-alive) under the header and request timeouts.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    limits: ApiLimits,
+    shutdown: CancellationToken,
+) {
+    use tower::ServiceExt as _;
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        async move {
+            let answer = tokio::time::timeout(limits.request_timeout, app.oneshot(req)).await;
+            Ok::<_, std::convert::Infallible>(match answer {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request was not complete or answered within {:?}",
+                        limits.request_timeout
+                    ),
+                ),
+            })
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("admin API connection ended: {e}");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -843,6 +1051,128 @@ mod tests {
         .unwrap();
         assert_eq!((c, b.as_str()), (404, "abcde"));
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    /// A listener with small limits on loopback, serving `GET /` = "ok".
+    async fn limited(
+        limits: ApiLimits,
+    ) -> (SocketAddr, Arc<ListenerStats>, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(ListenerStats::default());
+        let shutdown = CancellationToken::new();
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let task = tokio::spawn(accept_loop(listener, app, limits, stats.clone(), shutdown.clone()));
+        (addr, stats, shutdown, task)
+    }
+
+    const LIMITS: ApiLimits = ApiLimits {
+        max_connections: 4,
+        max_per_client: 2,
+        header_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_secs(2),
+    };
+
+    /// Reads until the peer closes (or 5 s pass); returns what came and whether it closed.
+    async fn read_to_close(s: &mut tokio::net::TcpStream) -> (Vec<u8>, bool) {
+        let mut got = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        (got, matches!(r, Ok(Ok(_)) | Ok(Err(_))))
+    }
+
+    /// A client that connects and sends nothing (or half a request head) is closed after the
+    /// header timeout; one that asks properly is answered.
+    #[tokio::test]
+    async fn silent_and_slow_clients_are_closed_after_the_header_timeout() {
+        let (addr, _stats, shutdown, task) = limited(LIMITS).await;
+        let started = std::time::Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        for s in [&mut silent, &mut half] {
+            let (_, closed) = read_to_close(s).await;
+            assert!(closed, "still open after 5 s");
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= LIMITS.header_timeout && took < LIMITS.header_timeout + Duration::from_secs(2),
+            "closed after {took:?}"
+        );
+        let (code, body) = call(addr, "GET", "/", None, None).await.unwrap();
+        assert_eq!((code, body.as_str()), (200, "ok"));
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    /// One client gets `max_per_client` connections, the next ones are closed at once; other
+    /// clients are still served while the first holds its share; at `max_connections` the
+    /// listener waits, and serves again once connections end.
+    #[tokio::test]
+    async fn connection_caps_per_client_and_in_total() {
+        let limits = ApiLimits {
+            header_timeout: Duration::from_secs(3),
+            ..LIMITS
+        };
+        let (addr, stats, shutdown, task) = limited(limits).await;
+        use std::sync::atomic::Ordering::Relaxed;
+        // Two held connections from 127.0.0.1 (sending nothing).
+        let held: Vec<_> = futures_hold(addr, 2).await;
+        wait_for(|| stats.open.load(Relaxed) == 2).await;
+        // The third from the same address is closed without an answer.
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (got, closed) = read_to_close(&mut third).await;
+        assert!(closed && got.is_empty(), "{got:?}");
+        assert_eq!(stats.refused_per_client.load(Relaxed), 1);
+        // Another client address (127.0.0.2 is loopback too) is served.
+        let other = tokio::net::TcpSocket::new_v4().unwrap();
+        other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut other = other.connect(addr).await.unwrap();
+        other
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let (got, _) = read_to_close(&mut other).await;
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        // Fill the total cap (4) from two more addresses; the next client waits in the backlog.
+        let mut more = Vec::new();
+        for ip in ["127.0.0.3", "127.0.0.4"] {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            more.push(s.connect(addr).await.unwrap());
+        }
+        wait_for(|| stats.open.load(Relaxed) == 4).await;
+        let waiting = tokio::spawn(call(addr, "GET", "/", None, None));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "served beyond max_connections");
+        assert!(stats.at_capacity.load(Relaxed) >= 1);
+        drop(held);
+        drop(more);
+        let (code, _) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("served once connections ended")
+            .unwrap()
+            .unwrap();
+        assert_eq!(code, 200);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    async fn futures_hold(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        v
+    }
+
+    async fn wait_for(cond: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached within 5 s");
     }
 
     #[test]

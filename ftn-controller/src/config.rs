@@ -123,13 +123,36 @@ pub struct ApiConfig {
     /// `token_file` (trimmed) or given inline as `token`. Never serialized nor printed.
     #[serde(rename = "token_set", serialize_with = "ser::token_set")]
     pub token: Option<String>,
+    /// Connections served at once (the listener pauses at the cap).
+    pub max_connections: usize,
+    /// Connections from one client address at once.
+    pub max_connections_per_client: usize,
+    /// Longest wait for a whole request head, and for the next request on an idle connection.
+    #[serde(serialize_with = "ser::duration")]
+    pub header_timeout: Duration,
+    /// Longest time from a request head to its answer, the body included.
+    #[serde(serialize_with = "ser::duration")]
+    pub request_timeout: Duration,
 }
+
+/// `api.max_connections` by default: the CLI, a Prometheus or two and a few dashboards.
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 64;
+/// `api.max_connections_per_client` by default.
+pub const DEFAULT_API_MAX_PER_CLIENT: usize = 16;
+/// `api.header_timeout` by default.
+pub const DEFAULT_API_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// `api.request_timeout` by default (a status of 100,000 resources takes well under a second).
+pub const DEFAULT_API_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_API_LISTEN,
             token: None,
+            max_connections: DEFAULT_API_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_API_MAX_PER_CLIENT,
+            header_timeout: DEFAULT_API_HEADER_TIMEOUT,
+            request_timeout: DEFAULT_API_REQUEST_TIMEOUT,
         }
     }
 }
@@ -139,6 +162,10 @@ impl fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_client", &self.max_connections_per_client)
+            .field("header_timeout", &self.header_timeout)
+            .field("request_timeout", &self.request_timeout)
             .finish()
     }
 }
@@ -1376,8 +1403,44 @@ fn read_gateway(ctx: &mut Ctx, t: &Table) -> GatewayConfig {
 }
 
 fn read_api(ctx: &mut Ctx, t: &Table) -> ApiConfig {
-    t.deny_unknown(ctx, &["listen", "token", "token_file"]);
+    t.deny_unknown(
+        ctx,
+        &[
+            "listen",
+            "token",
+            "token_file",
+            "max_connections",
+            "max_connections_per_client",
+            "header_timeout",
+            "request_timeout",
+        ],
+    );
     let mut api = ApiConfig::default();
+    for (name, slot) in [
+        ("max_connections", &mut api.max_connections),
+        ("max_connections_per_client", &mut api.max_connections_per_client),
+    ] {
+        if let Some(item) = t.get(name) {
+            if let Some(n) = want_range(ctx, item, &t.field(name), 1, 100_000) {
+                *slot = n as usize;
+            }
+        }
+    }
+    for (name, slot) in [
+        ("header_timeout", &mut api.header_timeout),
+        ("request_timeout", &mut api.request_timeout),
+    ] {
+        if let Some(item) = t.get(name) {
+            let field = t.field(name);
+            if let Some(d) = want_duration(ctx, item, &field) {
+                if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
+                    ctx.report(item.span, &field, "must be between 100ms and 5m");
+                } else {
+                    *slot = d;
+                }
+            }
+        }
+    }
     if let Some(item) = t.get("listen") {
         let field = t.field("listen");
         if let Some(s) = want_str(ctx, item, &field) {

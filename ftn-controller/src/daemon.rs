@@ -1310,6 +1310,19 @@ impl Controller {
         if new.api.listen != old.api.listen {
             restart_only.push("api.listen");
         }
+        if (
+            new.api.max_connections,
+            new.api.max_connections_per_client,
+            new.api.header_timeout,
+            new.api.request_timeout,
+        ) != (
+            old.api.max_connections,
+            old.api.max_connections_per_client,
+            old.api.header_timeout,
+            old.api.request_timeout,
+        ) {
+            restart_only.push("the api limits");
+        }
         if self.cluster.is_some() && (new.servers != old.servers || new.resources != old.resources)
         {
             return Err(RequestError::Invalid(format!(
@@ -1531,6 +1544,78 @@ fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Descriptors kept for everything but the health checks and the admin API: the BPF program,
+/// maps and links, the directory's files, etcd's connections, the runtime's epoll and eventfds,
+/// the blocking pool's file reads, the log.
+pub const FD_RESERVE: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (what systemd recommends for services that
+/// need many descriptors; `LimitNOFILE=` in dist/ftn.service sets both) and returns the soft
+/// limit in force.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Descriptors the health checks may hold at once: one per probe in flight, and a check has at
+/// most `fall` in flight (while its server is suspected), else one.
+pub fn check_fds(config: &Config) -> u64 {
+    config
+        .servers
+        .iter()
+        .flat_map(|s| &s.checks)
+        .map(|c| u64::from(c.fall.max(1)))
+        .sum()
+}
+
+/// The admin API's share of the open-file limit `nofile`: what the configuration asks, but never
+/// more than what is left once the checks and [`FD_RESERVE`] are counted. The checks come first:
+/// a flood of API connections must never make a check fail to open its socket.
+pub fn api_limits(config: &Config, nofile: u64) -> crate::api::ApiLimits {
+    let checks = check_fds(config);
+    let left = nofile.saturating_sub(checks + FD_RESERVE);
+    let wanted = config.api.max_connections as u64;
+    let max_connections = if left >= wanted {
+        wanted
+    } else {
+        // Not enough: the API still gets a handful, taken from the reserve.
+        let n = left.max(4);
+        tracing::warn!(
+            nofile,
+            checks_need = checks,
+            reserve = FD_RESERVE,
+            api_max_connections = wanted,
+            "the open-file limit is too low for the health checks plus api.max_connections: the admin API serves at most {n} connections at once; raise LimitNOFILE (see docs/OPERATIONS.md, Hardening)"
+        );
+        n
+    };
+    tracing::info!(nofile, checks_need = checks, api_max_connections = max_connections, "open-file budget");
+    crate::api::ApiLimits {
+        max_connections: max_connections as usize,
+        max_per_client: config.api.max_connections_per_client,
+        header_timeout: config.api.header_timeout,
+        request_timeout: config.api.request_timeout,
+    }
+}
+
 /// The longest a reload waits for the configuration file to be read and validated. The read
 /// runs on the blocking pool, never on the engine task: a file on a hung filesystem costs the
 /// reload, not the failovers meanwhile (what is left blocked is one pool thread).
@@ -1721,6 +1806,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let api = crate::api::serve(
         config.api.listen,
         crate::api::ApiState::new(req_tx, token, sync.clone()),
+        api_limits(&config, raise_nofile_limit()),
         shutdown.clone(),
     )
     .await?;
