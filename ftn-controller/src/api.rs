@@ -345,6 +345,31 @@ pub fn render_metrics(
     };
     family(
         &mut o,
+        "ftn_dataplane_fault_suspected",
+        "gauge",
+        "1 while new connections to every server in use go unanswered although their checks pass: this gateway loses what it forwards (see the status warning).",
+    );
+    let _ = writeln!(
+        o,
+        "ftn_dataplane_fault_suspected {}",
+        u8::from(st.dataplane_fault_suspected)
+    );
+    family(
+        &mut o,
+        "ftn_interface_attached",
+        "gauge",
+        "1 while the XDP program is attached to the interface that has this configured name.",
+    );
+    for i in &st.interface_states {
+        let _ = writeln!(
+            o,
+            "ftn_interface_attached{{interface=\"{}\"}} {}",
+            esc(&i.name),
+            u8::from(i.attached)
+        );
+    }
+    family(
+        &mut o,
         "ftn_api_connections_open",
         "gauge",
         "Admin API connections open now.",

@@ -91,6 +91,8 @@ enum SyncMsg {
     },
     /// Answered once everything queued before it is written.
     Barrier(oneshot::Sender<()>),
+    /// Follow the interfaces (they changed, or a periodic look); the result goes to the stats.
+    FollowInterfaces,
 }
 
 /// Handle to the map-sync task.
@@ -107,6 +109,8 @@ pub struct SyncStats {
     pub errors: std::sync::atomic::AtomicU64,
     /// Set when a batch failed: the engine task resynchronises the whole state.
     pub needs_resync: std::sync::atomic::AtomicBool,
+    /// The configured interfaces as the dataplane last followed them.
+    pub interfaces: std::sync::Mutex<Vec<crate::dataplane::InterfaceState>>,
 }
 
 /// Lists a dataplane's keys so that a resync can remove strays.
@@ -174,6 +178,18 @@ impl MapSync {
                 SyncMsg::Barrier(done) => {
                     let _ = done.send(());
                 }
+                SyncMsg::FollowInterfaces => {
+                    let now = dp.follow_interfaces();
+                    let mut last = st.interfaces.lock().unwrap_or_else(|p| p.into_inner());
+                    for i in &now {
+                        let before = last.iter().find(|b| b.name == i.name);
+                        let changed = before.map(|b| (b.ifindex, b.attached)) != Some((i.ifindex, i.attached));
+                        if changed && !i.attached {
+                            tracing::warn!(interface = %i.name, ifindex = ?i.ifindex, "{}", i.note.as_deref().unwrap_or("not attached"));
+                        }
+                    }
+                    *last = now;
+                }
                 SyncMsg::Resync {
                     changes,
                     servers,
@@ -230,6 +246,11 @@ impl MapSync {
             }
         }
         MapSync { tx, stats }
+    }
+
+    /// Asks the map-sync thread to follow the interfaces (see [`Dataplane::follow_interfaces`]).
+    pub fn follow_interfaces(&self) {
+        let _ = self.tx.send(SyncMsg::FollowInterfaces);
     }
 
     pub fn apply(&self, changes: Vec<Change>) {
@@ -381,6 +402,12 @@ pub struct Status {
     /// dataplane that loses the packets it forwards, a missing interface), newest state only.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The configured interfaces as the dataplane last followed them (ifindex, attached).
+    #[serde(default)]
+    pub interface_states: Vec<crate::dataplane::InterfaceState>,
+    /// See [`dataplane_fault`].
+    #[serde(default)]
+    pub dataplane_fault_suspected: bool,
 }
 
 /// `ftn status`: the gateways sharing the directory, as this gateway sees them.
@@ -460,6 +487,10 @@ pub struct Controller {
     reloads_ok: u64,
     reloads_failed: u64,
     passive_signals: HashMap<String, u64>,
+    /// When each server last had new connections go unanswered (passive report, ms).
+    unanswered_at: HashMap<String, u64>,
+    /// The dataplane-fault warning in force (see [`dataplane_fault`]), if any.
+    dataplane_fault: Option<String>,
     /// The last directory commit failed: retried every second.
     commit_failed: bool,
     prober: Arc<dyn Prober>,
@@ -749,6 +780,8 @@ impl Controller {
             reloads_ok: 0,
             reloads_failed: 0,
             passive_signals: HashMap::new(),
+            unanswered_at: HashMap::new(),
+            dataplane_fault: None,
             commit_failed: false,
             prober,
             token: Arc::new(std::sync::RwLock::new(config.api.token.clone())),
@@ -1228,7 +1261,23 @@ impl Controller {
                     .collect(),
             }
         });
-        let warnings = Self::warnings(&servers);
+        let mut warnings = Self::warnings(&servers);
+        let dataplane_fault = self.dataplane_fault_now();
+        warnings.extend(dataplane_fault.clone());
+        let interface_states = self
+            .sync
+            .stats()
+            .interfaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for i in interface_states.iter().filter(|i| !i.attached) {
+            warnings.push(format!(
+                "interface {}: {}",
+                i.name,
+                i.note.as_deref().unwrap_or("not attached")
+            ));
+        }
         Status {
             gateway: cfg.gateway.name.clone(),
             config: self.config_path.display().to_string(),
@@ -1250,6 +1299,8 @@ impl Controller {
             passive_signals: self.passive_signals.clone(),
             cluster,
             warnings,
+            interface_states,
+            dataplane_fault_suspected: dataplane_fault.is_some(),
         }
     }
 
@@ -1440,6 +1491,38 @@ impl Controller {
         if let Some((checker, _)) = self.checkers.get(&name) {
             checker.suspect(&why);
         }
+        if ev.kind != PASSIVE_RST {
+            self.unanswered_at.insert(name, self.clock.now_ms());
+        }
+        self.check_dataplane_fault();
+    }
+
+    /// [`dataplane_fault`] now.
+    fn dataplane_fault_now(&self) -> Option<String> {
+        let in_use: BTreeSet<String> = self
+            .engine
+            .snapshot()
+            .resources
+            .values()
+            .filter_map(|r| r.current.clone())
+            .collect();
+        dataplane_fault(
+            &in_use,
+            &self.unanswered_at,
+            |s| self.checkers.get(s).is_some_and(|(c, _)| c.is_up()),
+            self.clock.now_ms(),
+        )
+    }
+
+    /// Re-evaluates [`dataplane_fault`]; logs when it starts and ends.
+    fn check_dataplane_fault(&mut self) {
+        let fault = self.dataplane_fault_now();
+        match (&self.dataplane_fault, &fault) {
+            (None, Some(why)) => tracing::error!("dataplane fault suspected: {why}"),
+            (Some(_), None) => tracing::info!("dataplane fault no longer suspected: new connections are answered again"),
+            _ => {}
+        }
+        self.dataplane_fault = fault;
     }
 
     pub async fn run(
@@ -1542,6 +1625,39 @@ fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How recent a passive "unanswered" report must be to count towards [`dataplane_fault`]. The
+/// dataplane repeats a report every `passive_rearm` (250 ms by default) while it lasts.
+pub const DATAPLANE_FAULT_WINDOW_MS: u64 = 5_000;
+
+/// The gateway's own dataplane is the likely fault when new connections to EVERY server in use
+/// (two or more: with one, the server itself may be the cause) went unanswered within
+/// [`DATAPLANE_FAULT_WINDOW_MS`] while the active checks of all of them still pass: servers do
+/// not all stop accepting at once, but a gateway that loses what it forwards fails them all.
+/// The usual cause is native XDP on an interface whose driver (or veth peer without an XDP
+/// program) drops redirected frames. Returns the warning, or None.
+pub fn dataplane_fault(
+    in_use: &BTreeSet<String>,
+    unanswered_at: &HashMap<String, u64>,
+    checks_pass: impl Fn(&str) -> bool,
+    now_ms: u64,
+) -> Option<String> {
+    if in_use.len() < 2 {
+        return None;
+    }
+    let all = in_use.iter().all(|s| {
+        unanswered_at
+            .get(s)
+            .is_some_and(|&at| now_ms.saturating_sub(at) <= DATAPLANE_FAULT_WINDOW_MS)
+            && checks_pass(s)
+    });
+    all.then(|| {
+        format!(
+            "new connections to every server in use ({}) go unanswered while their health checks pass: this gateway is probably losing the packets it forwards. Likely cause: native XDP on an interface whose driver drops redirected frames (e.g. a veth whose peer has no XDP program); try gateway.xdp_mode = \"generic\" (docs/OPERATIONS.md, Hardening)",
+            in_use.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 /// Descriptors kept for everything but the health checks and the admin API: the BPF program,
@@ -1755,6 +1871,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     dp.set_config(&config.dataplane)?;
+    // An adopted dataplane may be attached to an interface that was replaced meanwhile (same
+    // name, new ifindex): repaired here, before anything else.
+    let interfaces = dp.follow_interfaces();
+    for i in &interfaces {
+        match (&i.note, i.attached) {
+            (Some(note), true) => tracing::info!(interface = %i.name, "{note}"),
+            (Some(note), false) => tracing::warn!(interface = %i.name, "{note}"),
+            (None, _) => {}
+        }
+    }
     let (passive_tx, passive_rx) = mpsc::channel(1024);
     match dp.take_events() {
         Some(ring) => spawn_passive_reader(ring, passive_tx)?,
@@ -1763,7 +1889,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     let sync = MapSync::spawn(dp);
+    *sync
+        .stats()
+        .interfaces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = interfaces;
     let shutdown = CancellationToken::new();
+    crate::links::spawn_watcher(sync.clone(), shutdown.clone());
     let (cluster_tx, cluster_rx) = mpsc::channel(256);
     let cluster = etcd_dir.map(|(dir, ttl)| {
         let record = GatewayRecord {
@@ -1853,6 +1985,27 @@ mod tests {
     use crate::dataplane::{
         DataplaneError, MemoryDataplane, Protocol, ResourceAssignment, ResourceMatch, ServerEntry,
     };
+
+    /// Every server in use unanswered while its checks pass: the gateway's fault; one server,
+    /// a stale report, a server whose checks fail, or one server in use: not.
+    #[test]
+    fn dataplane_fault_needs_every_server_in_use_unanswered_with_passing_checks() {
+        let in_use: BTreeSet<String> = ["p1".to_string(), "p6".to_string()].into();
+        let now = 100_000;
+        let recent: HashMap<String, u64> = [("p1".to_string(), now - 100), ("p6".to_string(), now - 4_000)].into();
+        let fault = dataplane_fault(&in_use, &recent, |_| true, now).expect("suspected");
+        assert!(fault.contains("(p1, p6)") && fault.contains("xdp_mode = \"generic\""), "{fault}");
+        // One of them failing its checks: a server problem, not the gateway's.
+        assert!(dataplane_fault(&in_use, &recent, |s| s != "p6", now).is_none());
+        // One report too old.
+        assert!(dataplane_fault(&in_use, &recent, |_| true, now + 1_001).is_none());
+        // Only one of the servers in use unanswered.
+        let one: HashMap<String, u64> = [("p1".to_string(), now)].into();
+        assert!(dataplane_fault(&in_use, &one, |_| true, now).is_none());
+        // A single server in use: cannot tell.
+        let single: BTreeSet<String> = ["p1".to_string()].into();
+        assert!(dataplane_fault(&single, &recent, |_| true, now).is_none());
+    }
 
     /// A reload that changes only checks (or the token) says what it changed, instead of
     /// "nothing to change".

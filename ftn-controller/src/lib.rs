@@ -9,4 +9,5 @@ pub mod directory;
 pub mod engine;
 pub mod etcd;
 pub mod files;
+pub mod links;
 pub mod logs;

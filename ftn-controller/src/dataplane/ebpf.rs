@@ -9,6 +9,12 @@
 //!   program, its links or a single flow.
 //! - [`AyaDataplane::open`] adopts when a complete pinned dataplane exists, else loads.
 //! - [`detach`] unpins the links (which detaches XDP) and removes the pinned maps.
+//! - [`AyaDataplane::follow_interfaces`] keeps the attachments on the interfaces that have the
+//!   configured names now. An interface deleted and created again (a driver reload, a re-created
+//!   bond or VLAN) gets a new ifindex; the kernel has detached the old link (it stays pinned,
+//!   defunct) and removed the old devmap entry. Following attaches the program to the new
+//!   interface, pins the new link in place of the old one and fills the devmap again. The
+//!   program itself is pinned (`<dir>/prog_ftn_xdp`) so that an adopted dataplane can do it too.
 
 use std::{
     ffi::CString,
@@ -108,6 +114,105 @@ pub struct AyaDataplane {
     /// Links pinned by this process (kept so they are not detached on drop).
     _pinned_links: Vec<PinnedLink>,
     adopted: bool,
+    /// The pinned program of an adopted dataplane (None when loaded here, or when the pins
+    /// predate the program's pin): what re-attaching uses.
+    pinned_program: Option<Xdp>,
+    /// What to follow: the configured interfaces, their mode, the pin directory.
+    follow: AyaOptions,
+}
+
+/// The pinned program's file in the pin directory.
+fn program_pin_path(dir: &Path) -> PathBuf {
+    dir.join(format!("prog_{PROGRAM_NAME}"))
+}
+
+/// The ifindex the XDP link pinned at `path` is attached to now (0: defunct, its interface is
+/// gone), read with `BPF_OBJ_GET` and `BPF_OBJ_GET_INFO_BY_FD` (aya's `LinkInfo` does not expose
+/// it, nor the link's descriptor).
+fn link_ifindex(path: &Path) -> Result<u32, String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    #[repr(C, align(8))]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose `xdp` member is
+    // `{ __u32 ifindex; }`.
+    #[repr(C, align(8))]
+    #[derive(Default)]
+    struct LinkInfo {
+        kind: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        ifindex: u32,
+        _rest: [u32; 15],
+    }
+    #[repr(C, align(8))]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: the attribute points at a NUL-terminated path that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut attr as *mut ObjAttr,
+            std::mem::size_of::<ObjAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = LinkInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<LinkInfo>() as u32,
+        info: &mut info as *mut LinkInfo as u64,
+    };
+    // SAFETY: the attribute points at a live, correctly sized buffer for the kernel to fill.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    if info.kind != BPF_LINK_TYPE_XDP {
+        return Err(format!("not an XDP link (link type {})", info.kind));
+    }
+    Ok(info.ifindex)
+}
+
+/// What became of one configured interface when the dataplane followed it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InterfaceState {
+    pub name: String,
+    /// Its ifindex now (None: no interface has that name).
+    pub ifindex: Option<u32>,
+    /// The program is attached to it (to this ifindex).
+    pub attached: bool,
+    /// What is wrong, or what was just done ("attached again: ifindex 7 -> 12").
+    pub note: Option<String>,
 }
 
 fn map_err(
@@ -201,7 +306,9 @@ impl AyaDataplane {
     pub fn open(opts: &AyaOptions) -> Result<Self, DataplaneError> {
         if let Some(dir) = &opts.pin_dir {
             if pinned_dataplane_exists(dir) {
-                return Self::adopt(dir);
+                let mut dp = Self::adopt(dir)?;
+                dp.follow = opts.clone();
+                return Ok(dp);
             }
         }
         Self::load(opts)
@@ -228,6 +335,10 @@ impl AyaDataplane {
                 detach(dir)?;
             }
             fs::create_dir_all(dir).map_err(|e| pin_err(dir, e))?;
+            let p = program_pin_path(dir);
+            xdp_program(&mut ebpf)?
+                .pin(&p)
+                .map_err(|e| pin_err(&p, e))?;
         }
         let mut take = |name: &'static str| -> Result<Map, DataplaneError> {
             let map = ebpf.take_map(name).ok_or(DataplaneError::MissingInObject {
@@ -269,6 +380,8 @@ impl AyaDataplane {
             attached: Vec::new(),
             _pinned_links: Vec::new(),
             adopted: false,
+            pinned_program: None,
+            follow: opts.clone(),
         };
         dp.set_config(&DataplaneConfig::default())?;
         for interface in &opts.interfaces {
@@ -327,7 +440,113 @@ impl AyaDataplane {
             attached,
             _pinned_links: Vec::new(),
             adopted: true,
+            pinned_program: Xdp::from_pin(
+                program_pin_path(dir),
+                aya_obj::programs::XdpAttachType::Interface,
+            )
+            .ok(),
+            follow: AyaOptions {
+                pin_dir: Some(dir.to_path_buf()),
+                ..AyaOptions::default()
+            },
         })
+    }
+
+    /// Keeps the program attached to the interfaces that have the configured names now (see the
+    /// module docs); returns each configured interface's state. Called at start (an adopted
+    /// dataplane may be attached to an interface that has since been replaced) and whenever
+    /// the links change.
+    pub fn follow_interfaces(&mut self) -> Vec<InterfaceState> {
+        let names = self.follow.interfaces.clone();
+        names
+            .iter()
+            .map(|name| self.follow_one(name))
+            .collect()
+    }
+
+    fn follow_one(&mut self, name: &str) -> InterfaceState {
+        let now = ifindex(name).ok();
+        let pin_dir = self.follow.pin_dir.clone();
+        // Where the program is attached for this name: the pinned link's ifindex (0 when
+        // defunct), or what we attached without pins.
+        let linked = match &pin_dir {
+            Some(dir) => {
+                let p = link_pin_path(dir, name);
+                if p.exists() {
+                    link_ifindex(&p).unwrap_or(0)
+                } else {
+                    0
+                }
+            }
+            None => self
+                .attached
+                .iter()
+                .find(|a| a.interface == name)
+                .map_or(0, |a| a.ifindex),
+        };
+        let Some(idx) = now else {
+            return InterfaceState {
+                name: name.to_string(),
+                ifindex: None,
+                attached: false,
+                note: Some("no interface has this name now: nothing arrives or leaves through it; ftn attaches again when it is back".into()),
+            };
+        };
+        if linked == idx {
+            return InterfaceState {
+                name: name.to_string(),
+                ifindex: Some(idx),
+                attached: true,
+                note: None,
+            };
+        }
+        // Replaced (or never attached): drop the stale link and devmap entry, attach again.
+        let old = self
+            .attached
+            .iter()
+            .find(|a| a.interface == name)
+            .map_or(linked, |a| a.ifindex);
+        if let Some(dir) = &pin_dir {
+            let p = link_pin_path(dir, name);
+            if p.exists() {
+                if let Err(e) = fs::remove_file(&p) {
+                    return self.follow_failed(name, idx, format!("removing the stale link {}: {e}", p.display()));
+                }
+            }
+        }
+        if old != 0 && old != idx {
+            // Usually gone already: the kernel removes a vanished device from the devmap.
+            let _ = self.devmap.remove(old);
+        }
+        self.attached.retain(|a| a.interface != name);
+        let mode = self.follow.mode;
+        match self.attach(name, mode, pin_dir.as_deref()) {
+            Ok(()) => {
+                let note = if old == 0 {
+                    format!("attached again (ifindex {idx})")
+                } else {
+                    format!("attached again: ifindex {old} -> {idx}")
+                };
+                tracing::info!(interface = name, ifindex = idx, old_ifindex = old, "the interface was replaced: XDP attached to the new one");
+                InterfaceState {
+                    name: name.to_string(),
+                    ifindex: Some(idx),
+                    attached: true,
+                    note: Some(note),
+                }
+            }
+            Err(e) => self.follow_failed(name, idx, e.to_string()),
+        }
+    }
+
+    fn follow_failed(&self, name: &str, idx: u32, why: String) -> InterfaceState {
+        tracing::error!(interface = name, ifindex = idx, "cannot attach XDP to the interface that has this name now: {why}");
+        InterfaceState {
+            name: name.to_string(),
+            ifindex: Some(idx),
+            attached: false,
+            note: Some(format!("not attached: {why}")),
+        }
     }
 
     /// Attaches the program to one more interface and adds it to the devmap.
@@ -338,13 +557,18 @@ impl AyaDataplane {
         pin_dir: Option<&Path>,
     ) -> Result<(), DataplaneError> {
         let idx = ifindex(interface)?;
-        let ebpf = self.ebpf.as_mut().ok_or_else(|| DataplaneError::Pin {
-            path: String::new(),
-            detail: format!(
-                "cannot attach {interface}: this dataplane was adopted from pins; run `ftn detach` and start again to change interfaces"
-            ),
-        })?;
-        let prog = xdp_program(ebpf)?;
+        let prog = match (self.ebpf.as_mut(), self.pinned_program.as_mut()) {
+            (Some(ebpf), _) => xdp_program(ebpf)?,
+            (None, Some(prog)) => prog,
+            (None, None) => {
+                return Err(DataplaneError::Pin {
+                    path: String::new(),
+                    detail: format!(
+                        "cannot attach {interface}: this dataplane was adopted from pins of an older ftn, which did not pin its program; run `ftn detach` and start again"
+                    ),
+                })
+            }
+        };
         let attempts: &[(XdpMode, XdpAttachMode)] = match mode {
             XdpAttachMode::Auto => &[
                 (XdpMode::Driver, XdpAttachMode::Native),
@@ -560,6 +784,10 @@ fn sum_srv(v: &PerCpuValues<ServerStats>) -> ServerStats {
 }
 
 impl Dataplane for AyaDataplane {
+    fn follow_interfaces(&mut self) -> Vec<InterfaceState> {
+        AyaDataplane::follow_interfaces(self)
+    }
+
     fn set_server(&mut self, id: u32, server: &ServerEntry) -> Result<(), DataplaneError> {
         check_server_id(id)?;
         // A server whose state changes starts its passive-health record afresh.

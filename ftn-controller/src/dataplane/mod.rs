@@ -12,8 +12,8 @@ mod memory;
 use std::net::IpAddr;
 
 pub use ebpf::{
-    detach, pinned_dataplane_exists, Attached, AyaDataplane, AyaOptions, XdpAttachMode,
-    DEFAULT_PIN_DIR,
+    detach, pinned_dataplane_exists, Attached, AyaDataplane, AyaOptions, InterfaceState,
+    XdpAttachMode, DEFAULT_PIN_DIR,
 };
 pub use ftn_common::{DataplaneConfig, GlobalCounter, ResourceStats, ServerStats};
 pub use memory::MemoryDataplane;
@@ -255,6 +255,12 @@ pub trait Dataplane: Send {
     fn server_stats(&self, id: u32) -> Result<ServerStats, DataplaneError>;
     /// Global counters, summed over CPUs, in `GlobalCounter::ALL` order.
     fn global_stats(&self) -> Result<Vec<(GlobalCounter, u64)>, DataplaneError>;
+
+    /// Keeps the program on the interfaces that have the configured names now (re-attaching to
+    /// a re-created one) and says how each is; a dataplane without interfaces says nothing.
+    fn follow_interfaces(&mut self) -> Vec<InterfaceState> {
+        Vec::new()
+    }
 
     /// Applies a batch in order; stops at the first error and says which change failed.
     fn apply(&mut self, changes: &[Change]) -> Result<(), (usize, DataplaneError)> {
