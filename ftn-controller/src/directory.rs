@@ -11,17 +11,77 @@
 //! directory:
 //! - `state.json`: a full snapshot, replaced atomically (write a temporary file, fsync it,
 //!   rename over, fsync the directory);
-//! - `wal.jsonl`: one line per commit since that snapshot (`{"revision":N,"update":{..}}`),
-//!   appended and fdatasync'ed before the commit returns; folded into a new snapshot every
-//!   [`COMPACT_EVERY`] commits;
-//! - `events.jsonl`: the event log, append-only, fdatasync'ed with the commit, never rewritten
-//!   except to cut a torn last line.
+//! - `wal.jsonl`: one line per commit since that snapshot
+//!   (`{"revision":N,"update":{..},"crc":"1c291ca3"}`), appended and fdatasync'ed before the
+//!   commit returns; folded into a new snapshot every [`COMPACT_EVERY`] commits;
+//! - `events.jsonl`: the event log, one [`Event`] per line, append-only, fdatasync'ed with the
+//!   commit, never rewritten except to cut a torn or uncommitted tail.
 //!
 //! After a crash (even `kill -9` in the middle of a commit) opening the directory yields
 //! exactly the last commit that returned: a torn WAL line is cut, and events that belong to a
-//! revision that never committed are cut too.
+//! revision that never committed are cut too. Anything else that is wrong with the files
+//! refuses the open ([`DirectoryError::Corrupt`]) and changes nothing on disk.
+//!
+//! # Checksums
+//!
+//! Every record — each line of both logs, and `state.json` — ends with one more field,
+//! `"crc":"<8 lowercase hex digits>"`: the CRC-32C of the record's exact JSON as serialized
+//! without that field (that is, of the line with `,"crc":"…"` taken out, without its newline).
+//! The field goes last so that a line still starts with what it records (`{"seq":12,...`), is
+//! still one JSON object (`jq` reads the files as they are, `grep '"seq":12,'` finds a line),
+//! and so that a version from before checksums, which ignores fields it does not know, still
+//! reads the files if ftn is downgraded.
+//!
+//! # What opening accepts, and why
+//!
+//! A commit appends its events, fdatasyncs them, appends its WAL line and fdatasyncs that; it
+//! returns only then. Everything before the bytes a commit is appending is therefore durable,
+//! and a crash can damage only those bytes, at the end of the files. What it leaves there is a
+//! prefix of them, or — where the file's new length reached the disk before its data (some
+//! filesystems, after a power loss) — NUL bytes in their place, ending at the end of the
+//! file. Either way the last line has no newline. So:
+//! - a last line without its newline (a prefix of a record, NUL bytes, anything) is a torn
+//!   tail: it is cut, with a WARN. That commit had not returned.
+//! - a complete, newline-terminated line was written whole by a commit that went on to
+//!   fdatasync, so its checksum holds — unless the line was changed afterwards (a failing disk,
+//!   a bad copy or restore, a hand edit). A complete line that is empty, holds NUL bytes, fails
+//!   its checksum or does not read as a record refuses the open, wherever it is, the last line
+//!   included: cutting it, as versions before checksums did, would silently drop commits that
+//!   returned (and every line after it). The one crash that could leave such a line is a
+//!   writeback that reached the disk out of order within one append (a zeroed block before a
+//!   written one); it is not told apart from damage, but the error says when a line holds NUL
+//!   bytes, and the operations guide says how to remove such a last line by hand.
+//! - the records must also fit together: WAL revisions go up by one, and the first one
+//!   continues `state.json` (lines at or below its revision are folded in already: a crash
+//!   between the snapshot's rename and the WAL's truncation; when every line is, the WAL is
+//!   emptied, finishing that compaction). Event sequence numbers go up by one and their
+//!   revisions never go back. A gap, or events of a revision beyond the commit after the
+//!   last one in the WAL (the WAL lost commits), refuses the open.
+//! - events of the revision after the last committed one are the commit that was in progress
+//!   (its events landed, its WAL line did not, or only torn): they are cut, but only as the
+//!   end of the events file — an event of a committed revision after them refuses the open.
+//!
+//! A WAL that lost whole lines at its end cannot be seen unless events refer to the lost
+//! revisions; events of exactly the next revision are taken for the commit in progress.
+//!
+//! Every file is read and checked before any is cut, so a refused open leaves the files as it
+//! found them.
+//!
+//! # Files from before checksums
+//!
+//! Older versions wrote the same records without the `crc` field. An upgrade must not refuse
+//! to start, so such records are accepted, but only before the first record that has a
+//! checksum: that is the shape of a file written by an older version and then appended to by
+//! this one (the event log is never rewritten; the WAL is emptied at the next compaction, and
+//! `state.json` is rewritten with a checksum then). A record without a checksum after one with
+//! it is corruption. An older complete line that does not read as a record still refuses the
+//! open (older versions cut the file there), but a changed byte that leaves valid JSON cannot
+//! be seen in them. The order of events (sequence numbers, revisions) is checked only where
+//! the later record has a checksum: older versions could leave a failed commit's events behind
+//! and number its retry's events the same.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -29,6 +89,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// A directory version. Every commit increments it by one.
@@ -225,6 +286,17 @@ pub enum DirectoryError {
     Fenced { fence: i64, leader: String },
     #[error("directory store {path}: {detail}")]
     Store { path: PathBuf, detail: String },
+    /// A record that a crash cannot have left (see the module docs): the store is not opened,
+    /// and nothing on disk was changed.
+    #[error("directory store {path}: corrupt record at line {line} (byte offset {offset}): {reason}. Refusing to open the directory; nothing on disk was changed. Keep a copy of the directory, then see docs/OPERATIONS.md, \"Hardening: recovering a corrupt store\"")]
+    Corrupt {
+        path: PathBuf,
+        /// Where the line starts, in bytes from the start of the file.
+        offset: u64,
+        /// From 1.
+        line: u64,
+        reason: String,
+    },
     #[error("directory store {path}: {source}")]
     Io {
         path: PathBuf,
@@ -288,43 +360,232 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DirectoryError + '_ {
     }
 }
 
-/// Reads a JSON-lines file: the complete, parseable lines for which `keep` holds, each with
-/// its length in bytes, stopping at the first that is not (a torn or uncommitted tail).
-fn read_lines<T: for<'de> Deserialize<'de>>(
-    path: &Path,
-    keep: impl Fn(&T) -> bool,
-) -> Result<Vec<(T, u64)>, DirectoryError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    let mut reader = BufReader::new(file);
-    let mut out = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).map_err(io_err(path))?;
-        if n == 0 || !line.ends_with('\n') {
-            break;
-        }
-        match serde_json::from_str::<T>(line.trim_end()) {
-            Ok(v) if keep(&v) => out.push((v, n as u64)),
-            _ => break,
-        }
+/// CRC-32C (Castagnoli): the checksum of ext4's and Btrfs's metadata, iSCSI and SCTP; it
+/// catches every error of up to 3 bits in a record of this size and every burst of up to 32.
+static CRC32C: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+
+/// What a record's checksum field starts with; 8 lowercase hex digits and `"}` follow.
+const CRC_FIELD: &[u8] = b",\"crc\":\"";
+/// `,"crc":"01234567"}`
+const SEAL_LEN: usize = CRC_FIELD.len() + 8 + 2;
+
+/// `value` as a JSON object with its checksum as the last field (see the module docs).
+fn seal<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut json = serde_json::to_vec(value)?;
+    if json.len() < 3 || json.first() != Some(&b'{') || json.last() != Some(&b'}') {
+        return Err(serde::ser::Error::custom(
+            "only a non-empty JSON object can carry a checksum",
+        ));
     }
-    Ok(out)
+    let crc = CRC32C.checksum(&json);
+    json.pop();
+    json.extend_from_slice(CRC_FIELD);
+    json.extend_from_slice(format!("{crc:08x}\"}}").as_bytes());
+    Ok(json)
 }
 
-fn open_append(path: &Path, cut_at: u64) -> Result<File, DirectoryError> {
+/// A record's bytes before its checksum field (the record's JSON without its closing brace)
+/// and the checksum it records; None when it does not end with a well-formed field.
+fn split_seal(body: &[u8]) -> Option<(&[u8], u32)> {
+    let cut = body.len().checked_sub(SEAL_LEN)?;
+    let (head, field) = body.split_at(cut);
+    let hex = field.strip_prefix(CRC_FIELD)?.strip_suffix(b"\"}")?;
+    if !hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let crc = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    Some((head, crc))
+}
+
+/// Why a record was refused; where it is, the caller says.
+#[derive(Debug)]
+enum BadRecord {
+    Empty,
+    /// `last`: the file's last line, where a crash can leave them (see the module docs).
+    Nul {
+        last: bool,
+    },
+    Checksum {
+        recorded: u32,
+        computed: u32,
+    },
+    DamagedField,
+    Json(serde_json::Error),
+    MissingChecksum,
+}
+
+impl fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadRecord::Empty => write!(f, "it is empty"),
+            BadRecord::Nul { last: true } => write!(f, "it holds NUL bytes: disk blocks that were never written, or were zeroed (a damaged disk, or a crash while this last line was being written, with the disk writing its blocks out of order)"),
+            BadRecord::Nul { last: false } => write!(f, "it holds NUL bytes: disk blocks that were never written, or were zeroed (a damaged disk or filesystem; a crash leaves them only in the lines it was appending, at the end of the file)"),
+            BadRecord::Checksum { recorded, computed } => write!(f, "checksum mismatch: it records crc {recorded:08x} but its content gives {computed:08x}, so bytes changed after it was written"),
+            BadRecord::DamagedField => write!(f, "its checksum field is damaged (a record ends with ,\"crc\":\"<8 lowercase hex digits>\"}})"),
+            BadRecord::Json(e) => write!(f, "not a valid record: {e}"),
+            BadRecord::MissingChecksum => write!(f, "it has no checksum but follows records that have one (only records written before checksums may lack one, and only before the first record that has one)"),
+        }
+    }
+}
+
+/// Checks and reads one record (a line without its newline, or `state.json`): its value, and
+/// whether it had a checksum (records from before checksums have none). `last`: it ends the
+/// file.
+fn unseal<T: DeserializeOwned>(body: &[u8], last: bool) -> Result<(T, bool), BadRecord> {
+    if body.is_empty() {
+        return Err(BadRecord::Empty);
+    }
+    // serde_json never writes a raw NUL (it escapes control characters).
+    if body.contains(&0) {
+        return Err(BadRecord::Nul { last });
+    }
+    if let Some((head, recorded)) = split_seal(body) {
+        let mut record = Vec::with_capacity(head.len() + 1);
+        record.extend_from_slice(head);
+        record.push(b'}');
+        let computed = CRC32C.checksum(&record);
+        if computed != recorded {
+            return Err(BadRecord::Checksum { recorded, computed });
+        }
+        return serde_json::from_slice(&record)
+            .map(|v| (v, true))
+            .map_err(BadRecord::Json);
+    }
+    // No record type has a `crc` key, and a JSON string cannot hold an unescaped quote: this
+    // is a record whose checksum field was damaged, not one from before checksums.
+    if body.windows(6).any(|w| w == b"\"crc\":") {
+        return Err(BadRecord::DamagedField);
+    }
+    serde_json::from_slice(body)
+        .map(|v| (v, false))
+        .map_err(BadRecord::Json)
+}
+
+/// Where a line is in its file.
+#[derive(Clone, Copy, Debug, Default)]
+struct At {
+    /// Of its first byte.
+    offset: u64,
+    /// From 1.
+    line: u64,
+    /// With its newline.
+    len: u64,
+}
+
+impl At {
+    fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// What [`scan_records`] found after the last complete line.
+#[derive(Debug, Default)]
+struct Scanned {
+    /// Bytes of complete (newline-terminated) lines.
+    complete: u64,
+    /// Bytes after them: a torn last line.
+    torn: u64,
+    /// The torn line is NUL bytes only.
+    torn_nul: bool,
+}
+
+impl Scanned {
+    fn torn_desc(&self) -> Option<String> {
+        match (self.torn, self.torn_nul) {
+            (0, _) => None,
+            (n, true) => Some(format!("a torn last line ({n} NUL bytes)")),
+            (n, false) => Some(format!("a torn last line ({n} bytes)")),
+        }
+    }
+}
+
+/// "revision 4 is missing", "revisions 4 to 9 are missing".
+fn missing(what: &str, first: u64, last: u64) -> String {
+    if first == last {
+        format!("{what} {first} is missing")
+    } else {
+        format!("{what}s {first} to {last} are missing")
+    }
+}
+
+fn corrupt(path: &Path, at: At, reason: String) -> DirectoryError {
+    DirectoryError::Corrupt {
+        path: path.to_path_buf(),
+        offset: at.offset,
+        line: at.line,
+        reason,
+    }
+}
+
+/// Reads a JSON-lines file without changing it: hands every complete line's record, whether it
+/// has a checksum and where it is to `each`, which may refuse it. Any record that is not
+/// sound (see the module docs), or that `each` refuses, is a [`DirectoryError::Corrupt`]. A
+/// last line without its newline is torn: it is counted, not read. A missing file is empty.
+fn scan_records<T: DeserializeOwned>(
+    path: &Path,
+    mut each: impl FnMut(T, bool, At) -> Result<(), String>,
+) -> Result<Scanned, DirectoryError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Scanned::default()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut buf = Vec::new();
+    let mut at = At::default();
+    let mut sealed_seen = false;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(io_err(path))? as u64;
+        if n == 0 {
+            return Ok(Scanned {
+                complete: at.end(),
+                ..Scanned::default()
+            });
+        }
+        at = At {
+            offset: at.end(),
+            line: at.line + 1,
+            len: n,
+        };
+        let Some(body) = buf.strip_suffix(b"\n") else {
+            return Ok(Scanned {
+                complete: at.offset,
+                torn: n,
+                torn_nul: buf.iter().all(|&b| b == 0),
+            });
+        };
+        let last = reader.fill_buf().map_err(io_err(path))?.is_empty();
+        let (value, sealed) =
+            unseal::<T>(body, last).map_err(|b| corrupt(path, at, b.to_string()))?;
+        if sealed_seen && !sealed {
+            return Err(corrupt(path, at, BadRecord::MissingChecksum.to_string()));
+        }
+        sealed_seen |= sealed;
+        each(value, sealed, at).map_err(|reason| corrupt(path, at, reason))?;
+    }
+}
+
+/// Opens a log for appending, first cutting it to `keep` bytes (what [`EmbeddedDirectory::open`]
+/// decided after checking everything; `cut` says what goes).
+fn open_append(path: &Path, keep: u64, cut: &str) -> Result<File, DirectoryError> {
     let f = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .map_err(io_err(path))?;
-    if f.metadata().map_err(io_err(path))?.len() != cut_at {
-        tracing::warn!(path = %path.display(), keep_bytes = cut_at, "cutting a torn or uncommitted tail");
-        f.set_len(cut_at).map_err(io_err(path))?;
+    let len = f.metadata().map_err(io_err(path))?.len();
+    if len < keep {
+        // Never extend: that would write zeros. Something else is writing the store.
+        return Err(DirectoryError::Store {
+            path: path.to_path_buf(),
+            detail: format!("the file shrank from at least {keep} to {len} bytes while it was being opened; is another ftn using this directory?"),
+        });
+    }
+    if len > keep {
+        tracing::warn!(path = %path.display(), keep_bytes = keep, cut_bytes = len - keep, what = cut, "cutting a torn or uncommitted tail");
+        f.set_len(keep).map_err(io_err(path))?;
         f.sync_all().map_err(io_err(path))?;
     }
     Ok(f)
@@ -346,55 +607,126 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DirectoryErr
 }
 
 impl EmbeddedDirectory {
-    /// Opens (or creates) the store in `dir`, recovering from a crash as described above.
+    /// Opens (or creates) the store in `dir`, recovering from a crash as described above, or
+    /// refusing with [`DirectoryError::Corrupt`] (and changing nothing) when a file holds what
+    /// a crash cannot have left.
     pub fn open(dir: &Path) -> Result<Self, DirectoryError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let state_path = dir.join("state.json");
         let mut snapshot = match fs::read(&state_path) {
             Ok(bytes) => {
-                serde_json::from_slice::<Snapshot>(&bytes).map_err(|e| DirectoryError::Store {
+                // Written without a newline; one added by hand is no damage. Replaced only
+                // once complete and synced, so NULs in it are never a crash's.
+                let body = bytes.trim_ascii_end();
+                unseal::<Snapshot>(body, false).map(|(s, _)| s).map_err(|bad| DirectoryError::Store {
                     path: state_path.clone(),
-                    detail: format!("unreadable snapshot ({e}); refusing to start with a guessed directory — restore it from a backup, or move the whole directory away to start empty (moving only state.json would replay the log onto nothing)"),
+                    detail: format!("unreadable snapshot ({bad}); refusing to start with a guessed directory — restore it from a backup, or move the whole directory away to start empty (moving only state.json would replay the log onto nothing)"),
                 })?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
             Err(e) => return Err(io_err(&state_path)(e)),
         };
-        // Replay the commits made after the snapshot, in order, stopping at a torn line.
+        // Replay the commits made after the snapshot, in order.
         let wal_path = dir.join("wal.jsonl");
         let base = snapshot.revision;
+        let mut wal_last: Option<Revision> = None;
         let mut wal_lines = 0;
-        let mut wal_keep = 0u64;
-        let mut expected = base + 1;
-        for (l, len) in read_lines::<WalLine>(&wal_path, |_| true)? {
+        let wal_scan = scan_records::<WalLine>(&wal_path, |l, _, _| {
+            match wal_last {
+                None if l.revision > base + 1 => {
+                    let snap = if base == 0 {
+                        "there is no snapshot (state.json) before it".to_string()
+                    } else {
+                        format!("state.json is at revision {base}")
+                    };
+                    return Err(format!("the WAL starts at revision {}, but {snap}: {} (a WAL cut at its start, or state.json and wal.jsonl from different moments)", l.revision, missing("revision", base + 1, l.revision - 1)));
+                }
+                Some(prev) if l.revision != prev + 1 => {
+                    let what = if l.revision > prev + 1 {
+                        missing("revision", prev + 1, l.revision - 1)
+                    } else {
+                        "revisions must go up by one".to_string()
+                    };
+                    return Err(format!(
+                        "revision {} follows revision {prev}: {what}",
+                        l.revision
+                    ));
+                }
+                _ => {}
+            }
+            wal_last = Some(l.revision);
             // Lines at or below the snapshot's revision are folded in already (a crash between
             // the snapshot's rename and the WAL's truncation).
             if l.revision > base {
-                if l.revision != expected {
-                    break;
-                }
                 snapshot.apply(&l.update);
-                expected += 1;
                 wal_lines += 1;
             }
-            wal_keep += len;
-        }
-        let wal = open_append(&wal_path, wal_keep)?;
-        // Events: keep those of committed revisions only.
+            Ok(())
+        })?;
+        // Events: those of committed revisions, then maybe those of the commit that was in
+        // progress (its events landed, its WAL line did not).
         let events_path = dir.join("events.jsonl");
         let rev = snapshot.revision;
-        let events = read_lines::<Event>(&events_path, |e| e.revision <= rev)?;
-        let events_file = open_append(&events_path, events.iter().map(|(_, n)| n).sum())?;
-        let events: Vec<Event> = events.into_iter().map(|(e, _)| e).collect();
-        if let Some(last) = events.last() {
-            snapshot.next_event = snapshot.next_event.max(last.seq + 1);
+        let mut recent: VecDeque<Event> = VecDeque::new();
+        let mut last: Option<(u64, Revision)> = None;
+        let mut committed_end = 0u64;
+        let mut uncommitted = 0u64;
+        let events_scan = scan_records::<Event>(&events_path, |e, sealed, at| {
+            if let (Some((seq, revision)), true) = (last, sealed) {
+                if e.seq != seq + 1 {
+                    let what = if e.seq > seq + 1 {
+                        missing("event", seq + 1, e.seq - 1)
+                    } else {
+                        "sequence numbers must go up by one".to_string()
+                    };
+                    return Err(format!("event {} follows event {seq}: {what}", e.seq));
+                }
+                if e.revision < revision {
+                    return Err(format!("event {} belongs to revision {} but follows an event of revision {revision}: revisions never go back", e.seq, e.revision));
+                }
+            }
+            last = Some((e.seq, e.revision));
+            if e.revision > rev {
+                if e.revision > rev + 1 {
+                    return Err(format!("event {} belongs to revision {}, but state.json and wal.jsonl end at revision {rev}: wal.jsonl has lost commits ({})", e.seq, e.revision, missing("revision", rev + 1, e.revision - 1)));
+                }
+                uncommitted += 1;
+                return Ok(());
+            }
+            if uncommitted > 0 {
+                return Err(format!("event {} of committed revision {} follows events of revision {}, which never committed: those can only be the end of the file", e.seq, e.revision, rev + 1));
+            }
+            committed_end = at.end();
+            if recent.len() == EVENTS_IN_MEMORY {
+                recent.pop_front();
+            }
+            recent.push_back(e);
+            Ok(())
+        })?;
+        // Everything is read and checked: only now may anything on disk change.
+        let mut wal_cut: Vec<String> = wal_scan.torn_desc().into_iter().collect();
+        let wal_keep = if wal_lines == 0 && wal_last.is_some() {
+            // Every line is in state.json: finish the compaction that was interrupted.
+            wal_cut.insert(0, format!("commits up to revision {base}, all in state.json already (an interrupted compaction)"));
+            0
+        } else {
+            wal_scan.complete
+        };
+        let wal = open_append(&wal_path, wal_keep, &wal_cut.join(", "))?;
+        let mut events_cut: Vec<String> = events_scan.torn_desc().into_iter().collect();
+        if uncommitted > 0 {
+            events_cut.insert(
+                0,
+                format!(
+                    "{uncommitted} events of revision {}, which never committed",
+                    rev + 1
+                ),
+            );
         }
-        let recent: VecDeque<Event> = events
-            .into_iter()
-            .rev()
-            .take(EVENTS_IN_MEMORY)
-            .rev()
-            .collect();
+        let events_file = open_append(&events_path, committed_end, &events_cut.join(", "))?;
+        if let Some(e) = recent.back() {
+            snapshot.next_event = snapshot.next_event.max(e.seq + 1);
+        }
         let (revision_tx, _) = tokio::sync::watch::channel(snapshot.revision);
         Ok(EmbeddedDirectory {
             dir: dir.to_path_buf(),
@@ -442,13 +774,13 @@ impl EmbeddedDirectory {
         let wal_len = inner.wal.metadata().map_err(io_err(&wal_path))?.len();
         let mut buf = Vec::new();
         for e in &events {
-            serde_json::to_writer(&mut buf, e).map_err(|e| DirectoryError::Store {
+            buf.extend(seal(e).map_err(|e| DirectoryError::Store {
                 path: events_path.clone(),
                 detail: e.to_string(),
-            })?;
+            })?);
             buf.push(b'\n');
         }
-        let mut line = serde_json::to_vec(&WalLineRef {
+        let mut line = seal(&WalLineRef {
             revision,
             update: &update,
         })
@@ -512,7 +844,7 @@ impl EmbeddedDirectory {
     }
 
     fn compact(&self, inner: &mut Inner) -> Result<(), DirectoryError> {
-        let bytes = serde_json::to_vec(&inner.snapshot).map_err(|e| DirectoryError::Store {
+        let bytes = seal(&inner.snapshot).map_err(|e| DirectoryError::Store {
             path: self.dir.join("state.json"),
             detail: e.to_string(),
         })?;
@@ -740,7 +1072,8 @@ mod tests {
             server: None,
             message: "never committed".into(),
         };
-        writeln!(ev, "{}", serde_json::to_string(&orphan).unwrap()).unwrap();
+        ev.write_all(&seal(&orphan).unwrap()).unwrap();
+        ev.write_all(b"\n").unwrap();
         let mut wal = OpenOptions::new()
             .append(true)
             .open(tmp.path().join("wal.jsonl"))
@@ -791,5 +1124,611 @@ mod tests {
             err.contains("state.json") && err.contains("unreadable snapshot"),
             "{err}"
         );
+    }
+
+    /// Three commits (revisions 1..=3), one event each; the directory is closed.
+    fn three_commits(path: &Path) -> Snapshot {
+        let dir = EmbeddedDirectory::open(path).unwrap();
+        rt().block_on(async {
+            dir.commit(
+                0,
+                Update {
+                    set_servers: vec![server("p1", 0, Health::Up), server("b1", 1, Health::Up)],
+                    set_resources: vec![resource("web", "p1", 1)],
+                    events: vec![event("config")],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            for (rev, cur) in [(1, "b1"), (2, "p1")] {
+                dir.commit(
+                    rev,
+                    Update {
+                        set_resources: vec![resource("web", cur, rev as u32 + 1)],
+                        events: vec![event("failover")],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            }
+        });
+        dir.current()
+    }
+
+    /// Every file of the store, to compare before and after an open.
+    fn files(path: &Path) -> BTreeMap<String, Vec<u8>> {
+        fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The byte ranges of the lines of `bytes` (with their newlines).
+    fn lines(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, b) in bytes.iter().enumerate() {
+            if *b == b'\n' {
+                out.push(start..i + 1);
+                start = i + 1;
+            }
+        }
+        out
+    }
+
+    /// Opens `path`, expects a refusal naming `file`, line `line` (from 1) and the offset of
+    /// that line in `original`, and checks that no file changed. Returns the message.
+    fn refused(path: &Path, file: &str, original: &[u8], line: usize) -> String {
+        let before = files(path);
+        let err = EmbeddedDirectory::open(path)
+            .err()
+            .expect("open must refuse");
+        let offset = lines(original)[line - 1].start;
+        match &err {
+            DirectoryError::Corrupt {
+                path: p,
+                offset: o,
+                line: l,
+                ..
+            } => {
+                assert!(p.ends_with(file), "{err}");
+                assert_eq!((*o, *l), (offset as u64, line as u64), "{err}");
+            }
+            other => panic!("not a Corrupt error: {other}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(file), "{msg}");
+        assert!(
+            msg.contains(&format!("line {line} (byte offset {offset})")),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("docs/OPERATIONS.md")
+                && msg.contains("recovering a corrupt store")
+                && msg.contains("nothing on disk was changed"),
+            "{msg}"
+        );
+        assert_eq!(files(path), before, "a refused open changed the files");
+        msg
+    }
+
+    #[test]
+    fn records_carry_a_crc32c_of_their_json() {
+        // The check value of CRC-32C.
+        assert_eq!(CRC32C.checksum(b"123456789"), 0xe306_9283);
+        let e = Event {
+            seq: 7,
+            revision: 3,
+            at_ms: 11,
+            kind: "failover".into(),
+            resource: Some("web".into()),
+            server: None,
+            message: "p1 down".into(),
+        };
+        let json = serde_json::to_vec(&e).unwrap();
+        let line = seal(&e).unwrap();
+        let want = format!(
+            "{},\"crc\":\"{:08x}\"}}",
+            std::str::from_utf8(&json[..json.len() - 1]).unwrap(),
+            CRC32C.checksum(&json)
+        );
+        assert_eq!(std::str::from_utf8(&line).unwrap(), want);
+        assert!(line.starts_with(b"{\"seq\":7,"));
+        assert_eq!(unseal::<Event>(&line, true).unwrap(), (e.clone(), true));
+        assert_eq!(unseal::<Event>(&json, true).unwrap(), (e.clone(), false));
+        // Still one JSON object, which a version without checksums (ignoring the field it does
+        // not know) reads as the record.
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["seq"], 7);
+        assert_eq!(serde_json::from_slice::<Event>(&line).unwrap(), e);
+        assert!(seal(&42).is_err());
+    }
+
+    #[test]
+    fn written_files_have_a_checksum_on_every_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        three_commits(tmp.path());
+        for name in ["wal.jsonl", "events.jsonl"] {
+            let bytes = fs::read(tmp.path().join(name)).unwrap();
+            let ls = lines(&bytes);
+            assert_eq!(ls.len(), 3, "{name}");
+            for r in ls {
+                let body = &bytes[r.start..r.end - 1];
+                assert!(split_seal(body).is_some(), "{name}: {body:?}");
+                assert!(unseal::<serde_json::Value>(body, true).unwrap().1);
+            }
+        }
+    }
+
+    #[test]
+    fn torn_last_event_line_is_cut() {
+        let tmp = tempfile::tempdir().unwrap();
+        let committed = three_commits(tmp.path());
+        let path = tmp.path().join("events.jsonl");
+        let good = fs::read(&path).unwrap();
+        let mut ev = OpenOptions::new().append(true).open(&path).unwrap();
+        ev.write_all(b"{\"seq\":4,\"revision\":4,\"at_ms\":1,\"kin")
+            .unwrap();
+        drop(ev);
+        let again = EmbeddedDirectory::open(tmp.path()).unwrap();
+        assert_eq!(again.current(), committed);
+        assert_eq!(fs::read(&path).unwrap(), good);
+        rt().block_on(async {
+            assert_eq!(again.events(0, 10).await.unwrap().len(), 3);
+            again
+                .commit(
+                    3,
+                    Update {
+                        events: vec![event("drain")],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        drop(again);
+        let third = EmbeddedDirectory::open(tmp.path()).unwrap();
+        assert_eq!(third.current().revision, 4);
+        let events = rt().block_on(third.events(0, 10)).unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn nul_tails_are_torn_and_cut() {
+        // Where the new length of a file reached the disk before its data, a crash leaves
+        // NUL bytes where the appended lines should be, and no newline after them.
+        let tmp = tempfile::tempdir().unwrap();
+        let committed = three_commits(tmp.path());
+        let mut good = BTreeMap::new();
+        for name in ["wal.jsonl", "events.jsonl"] {
+            let p = tmp.path().join(name);
+            good.insert(name, fs::read(&p).unwrap());
+            let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+            f.write_all(&[0u8; 300]).unwrap();
+        }
+        let again = EmbeddedDirectory::open(tmp.path()).unwrap();
+        assert_eq!(again.current(), committed);
+        for (name, bytes) in &good {
+            assert_eq!(&fs::read(tmp.path().join(name)).unwrap(), bytes, "{name}");
+        }
+        rt().block_on(async {
+            again
+                .commit(
+                    3,
+                    Update {
+                        set_resources: vec![resource("web", "b1", 9)],
+                        events: vec![event("switchover")],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        let after = again.current();
+        drop(again);
+        assert_eq!(
+            EmbeddedDirectory::open(tmp.path()).unwrap().current(),
+            after
+        );
+    }
+
+    /// Every way of damaging a complete line, in both logs: the open is refused with the file,
+    /// line and offset, and no file changes.
+    #[test]
+    fn damaged_complete_lines_are_refused_anywhere() {
+        type Damage = fn(&mut Vec<u8>, std::ops::Range<usize>);
+        let damages: [(&str, usize, Damage, &str); 8] = [
+            (
+                "garbled first line",
+                1,
+                |b, r| b[r.start..r.end - 1].fill(b'#'),
+                "not a valid record",
+            ),
+            (
+                "garbled middle line",
+                2,
+                |b, r| b[r.start..r.start + 9].copy_from_slice(b"xx\x7f@!garb"),
+                "checksum mismatch",
+            ),
+            (
+                "emptied middle line",
+                2,
+                |b, r| {
+                    b.drain(r.start..r.end - 1);
+                },
+                "it is empty",
+            ),
+            (
+                "one flipped byte in the middle record",
+                2,
+                |b, r| {
+                    // In a value: the JSON stays valid, only the checksum can tell.
+                    let i = r.start
+                        + b[r.clone()]
+                            .windows(5)
+                            .position(|w| w == b"test\"" || w == b"happe")
+                            .unwrap();
+                    b[i] ^= 0x01;
+                },
+                "checksum mismatch",
+            ),
+            (
+                "one flipped byte in the middle record's checksum",
+                2,
+                |b, r| b[r.end - 4] ^= 0x01,
+                "",
+            ),
+            (
+                "NUL bytes in the middle line",
+                2,
+                |b, r| b[r.start + 2..r.start + 40].fill(0),
+                "NUL bytes: disk blocks that were never written, or were zeroed (a damaged disk or filesystem;",
+            ),
+            (
+                "NUL bytes in the complete last line",
+                3,
+                |b, r| b[r.start..r.start + 40].fill(0),
+                "NUL bytes: disk blocks that were never written, or were zeroed (a damaged disk, or a crash while this last line was being written",
+            ),
+            (
+                "a bad checksum on the complete last line",
+                3,
+                |b, r| {
+                    let i = r.start + 20;
+                    b[i] = if b[i] == b'7' { b'8' } else { b'7' };
+                },
+                "",
+            ),
+        ];
+        for file in ["wal.jsonl", "events.jsonl"] {
+            for (what, line, damage, reason) in damages {
+                let tmp = tempfile::tempdir().unwrap();
+                three_commits(tmp.path());
+                if file == "events.jsonl" {
+                    // A torn WAL tail that a sound open would cut: a refused one must not.
+                    let mut wal = OpenOptions::new()
+                        .append(true)
+                        .open(tmp.path().join("wal.jsonl"))
+                        .unwrap();
+                    wal.write_all(b"{\"revision\":4,\"upd").unwrap();
+                }
+                let p = tmp.path().join(file);
+                let original = fs::read(&p).unwrap();
+                let mut bytes = original.clone();
+                damage(&mut bytes, lines(&original)[line - 1].clone());
+                assert_ne!(bytes, original, "{file}: {what}");
+                fs::write(&p, &bytes).unwrap();
+                let msg = refused(tmp.path(), file, &original, line);
+                assert!(msg.contains(reason), "{file}, {what}: {msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_wal_record_is_refused() {
+        // A revision gap in the middle.
+        let tmp = tempfile::tempdir().unwrap();
+        three_commits(tmp.path());
+        let p = tmp.path().join("wal.jsonl");
+        let original = fs::read(&p).unwrap();
+        let ls = lines(&original);
+        let mut bytes = original.clone();
+        bytes.drain(ls[1].clone());
+        fs::write(&p, &bytes).unwrap();
+        // The third record, now on line 2, starts where the second did.
+        let msg = refused(tmp.path(), "wal.jsonl", &original, 2);
+        assert!(
+            msg.contains("revision 3 follows revision 1: revision 2 is missing"),
+            "{msg}"
+        );
+
+        // The first record gone: the WAL no longer continues from the (absent) snapshot.
+        let tmp = tempfile::tempdir().unwrap();
+        three_commits(tmp.path());
+        let p = tmp.path().join("wal.jsonl");
+        let original = fs::read(&p).unwrap();
+        let ls = lines(&original);
+        fs::write(&p, &original[ls[1].start..]).unwrap();
+        let before = files(tmp.path());
+        let err = EmbeddedDirectory::open(tmp.path()).err().unwrap();
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                DirectoryError::Corrupt {
+                    line: 1,
+                    offset: 0,
+                    ..
+                }
+            ) && msg.contains("wal.jsonl")
+                && msg.contains("the WAL starts at revision 2")
+                && msg.contains("revision 1 is missing"),
+            "{msg}"
+        );
+        assert_eq!(files(tmp.path()), before);
+    }
+
+    #[test]
+    fn a_truncated_wal_is_refused() {
+        // The WAL cut at a line boundary to fewer commits than the events refer to.
+        let tmp = tempfile::tempdir().unwrap();
+        three_commits(tmp.path());
+        let wal = tmp.path().join("wal.jsonl");
+        let bytes = fs::read(&wal).unwrap();
+        fs::write(&wal, &bytes[..lines(&bytes)[0].end]).unwrap();
+        let events = fs::read(tmp.path().join("events.jsonl")).unwrap();
+        let msg = refused(tmp.path(), "events.jsonl", &events, 3);
+        assert!(
+            msg.contains("event 3 belongs to revision 3, but state.json and wal.jsonl end at revision 1: wal.jsonl has lost commits (revision 2 is missing)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_wal_that_does_not_continue_the_snapshot_is_refused() {
+        // state.json and wal.jsonl from different moments: a snapshot at revision 1 under a
+        // WAL that continues revision 2.
+        let tmp = tempfile::tempdir().unwrap();
+        three_commits(tmp.path());
+        let wal = tmp.path().join("wal.jsonl");
+        let bytes = fs::read(&wal).unwrap();
+        let ls = lines(&bytes);
+        let rev1: WalLine = unseal(&bytes[ls[0].start..ls[0].end - 1], true).unwrap().0;
+        let mut snap = Snapshot::default();
+        snap.apply(&rev1.update);
+        fs::write(tmp.path().join("state.json"), seal(&snap).unwrap()).unwrap();
+        fs::write(&wal, &bytes[ls[2].start..]).unwrap();
+        let before = files(tmp.path());
+        let msg = EmbeddedDirectory::open(tmp.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("wal.jsonl")
+                && msg.contains("line 1 (byte offset 0)")
+                && msg.contains("the WAL starts at revision 3, but state.json is at revision 1: revision 2 is missing"),
+            "{msg}"
+        );
+        assert_eq!(files(tmp.path()), before);
+    }
+
+    #[test]
+    fn committed_events_after_uncommitted_ones_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        three_commits(tmp.path());
+        // An event of the never-committed revision 4 in the middle of the file, written in
+        // the older format (no checksums, no order checks) so that only that rule can object.
+        let p = tmp.path().join("events.jsonl");
+        let mut legacy = Vec::new();
+        for (seq, revision) in [(1, 1), (2, 4), (3, 3)] {
+            let e = Event {
+                seq,
+                revision,
+                at_ms: 1,
+                kind: "failover".into(),
+                resource: None,
+                server: None,
+                message: String::new(),
+            };
+            legacy.extend(serde_json::to_vec(&e).unwrap());
+            legacy.push(b'\n');
+        }
+        fs::write(&p, &legacy).unwrap();
+        let msg = refused(tmp.path(), "events.jsonl", &legacy, 3);
+        assert!(
+            msg.contains("follows events of revision 4, which never committed"),
+            "{msg}"
+        );
+        // With checksums, the order checks see it first.
+        let tmp = tempfile::tempdir().unwrap();
+        three_commits(tmp.path());
+        let p = tmp.path().join("events.jsonl");
+        let bytes = fs::read(&p).unwrap();
+        let ls = lines(&bytes);
+        let mut e: Event = unseal(&bytes[ls[1].start..ls[1].end - 1], true).unwrap().0;
+        e.revision = 4;
+        let mut damaged = bytes[..ls[1].start].to_vec();
+        damaged.extend(seal(&e).unwrap());
+        damaged.push(b'\n');
+        damaged.extend(&bytes[ls[2].clone()]);
+        fs::write(&p, &damaged).unwrap();
+        let msg = refused(tmp.path(), "events.jsonl", &damaged, 3);
+        assert!(msg.contains("revisions never go back"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_event_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        three_commits(tmp.path());
+        let p = tmp.path().join("events.jsonl");
+        let original = fs::read(&p).unwrap();
+        let mut bytes = original.clone();
+        bytes.drain(lines(&original)[1].clone());
+        fs::write(&p, &bytes).unwrap();
+        let msg = refused(tmp.path(), "events.jsonl", &original, 2);
+        assert!(
+            msg.contains("event 3 follows event 1: event 2 is missing"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn legacy_files_without_checksums_open_and_continue_with_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let committed = three_commits(tmp.path());
+        // Rewrite both logs as a version before checksums wrote them.
+        for name in ["wal.jsonl", "events.jsonl"] {
+            let p = tmp.path().join(name);
+            let bytes = fs::read(&p).unwrap();
+            let mut legacy = Vec::new();
+            for r in lines(&bytes) {
+                let body = &bytes[r.start..r.end - 1];
+                let (head, _) = split_seal(body).unwrap();
+                legacy.extend_from_slice(head);
+                legacy.extend_from_slice(b"}\n");
+            }
+            assert!(!legacy.windows(5).any(|w| w == b"\"crc\""));
+            fs::write(&p, &legacy).unwrap();
+        }
+        assert!(fs::read(tmp.path().join("wal.jsonl"))
+            .unwrap()
+            .starts_with(b"{\"revision\":1,"));
+        let again = EmbeddedDirectory::open(tmp.path()).unwrap();
+        assert_eq!(again.current(), committed);
+        rt().block_on(async {
+            assert_eq!(again.events(0, 10).await.unwrap().len(), 3);
+            again
+                .commit(
+                    3,
+                    Update {
+                        set_resources: vec![resource("web", "b1", 9)],
+                        events: vec![event("switchover")],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        let after = again.current();
+        drop(again);
+        // The new records have checksums, after the old ones.
+        for name in ["wal.jsonl", "events.jsonl"] {
+            let bytes = fs::read(tmp.path().join(name)).unwrap();
+            let sealed: Vec<bool> = lines(&bytes)
+                .into_iter()
+                .map(|r| split_seal(&bytes[r.start..r.end - 1]).is_some())
+                .collect();
+            assert_eq!(sealed, vec![false, false, false, true], "{name}");
+        }
+        let third = EmbeddedDirectory::open(tmp.path()).unwrap();
+        assert_eq!(third.current(), after);
+        let events = rt().block_on(third.events(0, 10)).unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        drop(third);
+
+        // But a record without a checksum after one with it is corruption.
+        let p = tmp.path().join("events.jsonl");
+        let mut bytes = fs::read(&p).unwrap();
+        let mut late = events[3].clone();
+        late.seq = 5;
+        bytes.extend(serde_json::to_vec(&late).unwrap());
+        bytes.push(b'\n');
+        fs::write(&p, &bytes).unwrap();
+        let msg = refused(tmp.path(), "events.jsonl", &bytes, 5);
+        assert!(
+            msg.contains("no checksum but follows records that have one"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn legacy_and_damaged_snapshots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let committed = three_commits(tmp.path());
+        // A snapshot as a version before checksums wrote it (here, after an interrupted
+        // compaction: every WAL line is in it already).
+        fs::write(
+            tmp.path().join("state.json"),
+            serde_json::to_vec(&committed).unwrap(),
+        )
+        .unwrap();
+        let again = EmbeddedDirectory::open(tmp.path()).unwrap();
+        assert_eq!(again.current(), committed);
+        // The interrupted compaction is finished: the WAL is emptied.
+        assert_eq!(fs::read(tmp.path().join("wal.jsonl")).unwrap().len(), 0);
+        rt().block_on(async {
+            again
+                .commit(
+                    3,
+                    Update {
+                        events: vec![event("drain")],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        let after = again.current();
+        drop(again);
+        assert_eq!(
+            EmbeddedDirectory::open(tmp.path()).unwrap().current(),
+            after
+        );
+
+        // A sealed snapshot with one flipped byte is refused.
+        let state = tmp.path().join("state.json");
+        let mut bytes = seal(&after).unwrap();
+        let i = bytes.windows(4).position(|w| w == b"test").unwrap();
+        bytes[i] ^= 0x01;
+        fs::write(&state, &bytes).unwrap();
+        let before = files(tmp.path());
+        let err = EmbeddedDirectory::open(tmp.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("state.json")
+                && err.contains("unreadable snapshot")
+                && err.contains("checksum mismatch"),
+            "{err}"
+        );
+        assert_eq!(files(tmp.path()), before);
+    }
+
+    #[test]
+    fn compaction_writes_a_sealed_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = EmbeddedDirectory::open(tmp.path()).unwrap();
+        rt().block_on(async {
+            for i in 0..COMPACT_EVERY {
+                dir.commit(
+                    i,
+                    Update {
+                        set_resources: vec![resource("web", "p1", i as u32)],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            }
+        });
+        let bytes = fs::read(tmp.path().join("state.json")).unwrap();
+        let (snap, sealed) = unseal::<Snapshot>(&bytes, true).unwrap();
+        assert!(sealed);
+        assert_eq!(snap, dir.current());
     }
 }
