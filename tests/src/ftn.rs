@@ -122,6 +122,8 @@ pub struct Ftn {
     pub log: PathBuf,
     child: Option<Child>,
     runs: u32,
+    /// Run `ftn` with this open-file limit (soft and hard), as systemd's `LimitNOFILE=` does.
+    pub nofile: Option<u64>,
 }
 
 impl Ftn {
@@ -141,6 +143,7 @@ impl Ftn {
             dir,
             child: None,
             runs: 0,
+            nofile: None,
         }
     }
 
@@ -148,7 +151,15 @@ impl Ftn {
     /// latter also remounts /sys for the namespace, which hides the BPF filesystem (and the
     /// pinned dataplane) from the process.
     fn in_gateway(&self) -> Command {
-        let mut c = Command::new("nsenter");
+        let mut c = match self.nofile {
+            // prlimit execs nsenter, which execs ftn: the child's pid stays ftn's.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg("nsenter");
+                c
+            }
+            None => Command::new("nsenter"),
+        };
         c.arg(format!("--net=/run/netns/{}", self.ns))
             .arg("--")
             .arg(ftn_bin());

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod ftn;
+pub mod gateway;
 pub mod lab;
 pub mod timing;
 

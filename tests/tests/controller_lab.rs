@@ -2,85 +2,14 @@
 //! backup, a client probing the VIP with a new TCP connection every 10 ms, faults injected by
 //! killing services, downing links and killing the controller. Needs root; never skipped.
 
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use ftn_tests::{
-    ftn::{answered_by, gap, Ftn, Prober, TOKEN},
-    lab::{attach_pass_in, in_ns, topology, Conn, Service, Topology, VIP4},
-    require_root,
+    ftn::{answered_by, gap, TOKEN},
+    gateway::Lab,
+    lab::{in_ns, Conn, Service, VIP4},
     timing::{Timing, MARGIN},
 };
-
-const EVERY: Duration = Duration::from_millis(10);
-
-struct Lab {
-    /// The check timing the lab's config declares; every wait is derived from it.
-    timing: Timing,
-    t: Topology,
-    _pass: Vec<aya::Ebpf>,
-    primary: Option<Service>,
-    _backup: Option<Service>,
-    ftn: Ftn,
-}
-
-impl Lab {
-    /// Topology, services, and a running controller with the standard config (every check
-    /// with `timing`) plus `extra` lines on both resources.
-    fn start(timing: Timing, extra: &str) -> Lab {
-        require_root();
-        let t = topology();
-        let pass = vec![
-            attach_pass_in(&t.client, "c0"),
-            attach_pass_in(&t.primary, "p0"),
-            attach_pass_in(&t.backup, "b0"),
-        ];
-        let primary = Some(Service::start(&t.primary, "primary"));
-        let backup = Some(Service::start(&t.backup, "backup"));
-        let mut ftn = Ftn::new(&t.gateway);
-        ftn.write_config(&ftn.standard_config(&timing.check_options(), extra));
-        ftn.start();
-        let lab = Lab {
-            timing,
-            t,
-            _pass: pass,
-            primary,
-            _backup: backup,
-            ftn,
-        };
-        lab.ftn
-            .wait_current("web", Some("p1"), timing.first_serve());
-        assert_eq!(lab.ask_new(), "primary");
-        lab
-    }
-
-    fn vip() -> IpAddr {
-        VIP4.parse().unwrap()
-    }
-
-    /// A new connection from the client: who answers.
-    fn ask_new(&self) -> String {
-        in_ns(&self.t.client, || Conn::open(Lab::vip()).ask())
-    }
-
-    fn open(&self) -> Conn {
-        in_ns(&self.t.client, || Conn::open(Lab::vip()))
-    }
-
-    fn ask(&self, c: Conn) -> (Conn, Result<String, String>) {
-        in_ns(&self.t.client, move || {
-            let mut c = c;
-            let r = c.try_ask();
-            (c, r)
-        })
-    }
-
-    fn probe(&self) -> Prober {
-        Prober::start(&self.t.client, Lab::vip(), EVERY, Duration::from_secs(60))
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -311,7 +240,7 @@ fn both_servers_down_then_recovery() {
         "on_no_server = \"reject\"\nfailback = \"immediate\"",
     );
     lab.primary = None;
-    lab._backup = None;
+    lab.backup = None;
     lab.ftn.wait_current("web", None, lab.timing.down());
     // reject: the client is refused at once instead of timing out.
     let t = Instant::now();
@@ -326,7 +255,7 @@ fn both_servers_down_then_recovery() {
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
     assert!(lab.ftn.events().contains("no-server"));
     // Each recovery needs `rise` passed checks (3 x 1 s by default) before it counts.
-    lab._backup = Some(Service::start(&lab.t.backup, "backup"));
+    lab.backup = Some(Service::start(&lab.t.backup, "backup"));
     lab.ftn.wait_current("web", Some("b1"), lab.timing.up());
     assert_eq!(lab.ask_new(), "backup");
     lab.primary = Some(Service::start(&lab.t.primary, "primary"));
