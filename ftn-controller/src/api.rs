@@ -839,7 +839,9 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("the admin API cannot listen on {listen}: {e}"))?;
     let stats = state.listener.clone();
     let app = router(state);
-    Ok(tokio::spawn(accept_loop(listener, app, limits, stats, shutdown)))
+    Ok(tokio::spawn(accept_loop(
+        listener, app, limits, stats, shutdown,
+    )))
 }
 
 /// Accepts connections within `limits` and serves each on its own task.
@@ -861,7 +863,10 @@ async fn accept_loop(
             Ok(slot) => slot,
             Err(_) => {
                 stats.at_capacity.fetch_add(1, Relaxed);
-                tracing::debug!(max = limits.max_connections, "admin API at its connection cap; not accepting until one ends");
+                tracing::debug!(
+                    max = limits.max_connections,
+                    "admin API at its connection cap; not accepting until one ends"
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     slot = slots.clone().acquire_owned() => match slot {
@@ -1081,13 +1086,24 @@ mod tests {
     /// A listener with small limits on loopback, serving `GET /` = "ok".
     async fn limited(
         limits: ApiLimits,
-    ) -> (SocketAddr, Arc<ListenerStats>, CancellationToken, tokio::task::JoinHandle<()>) {
+    ) -> (
+        SocketAddr,
+        Arc<ListenerStats>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(ListenerStats::default());
         let shutdown = CancellationToken::new();
         let app = Router::new().route("/", get(|| async { "ok" }));
-        let task = tokio::spawn(accept_loop(listener, app, limits, stats.clone(), shutdown.clone()));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            app,
+            limits,
+            stats.clone(),
+            shutdown.clone(),
+        ));
         (addr, stats, shutdown, task)
     }
 
@@ -1113,7 +1129,9 @@ mod tests {
         let started = std::time::Instant::now();
         let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
-        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
         for s in [&mut silent, &mut half] {
             let (_, closed) = read_to_close(s).await;
             assert!(closed, "still open after 5 s");
@@ -1157,7 +1175,11 @@ mod tests {
             .await
             .unwrap();
         let (got, _) = read_to_close(&mut other).await;
-        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
         // Fill the total cap (4) from two more addresses; the next client waits in the backlog.
         let mut more = Vec::new();
         for ip in ["127.0.0.3", "127.0.0.4"] {

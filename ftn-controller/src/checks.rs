@@ -1376,16 +1376,38 @@ mod tests {
 
     #[test]
     fn local_errnos() {
-        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::EPERM, libc::ENETUNREACH] {
-            assert!(is_local_errno(&io::Error::from_raw_os_error(errno)), "{errno}");
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EPERM,
+            libc::ENETUNREACH,
+        ] {
+            assert!(
+                is_local_errno(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
         }
-        for errno in [libc::ECONNREFUSED, libc::ECONNRESET, libc::ETIMEDOUT, libc::EPIPE] {
-            assert!(!is_local_errno(&io::Error::from_raw_os_error(errno)), "{errno}");
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::ECONNRESET,
+            libc::ETIMEDOUT,
+            libc::EPIPE,
+        ] {
+            assert!(
+                !is_local_errno(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
         }
-        let f = ProbeFailure::sending("sending request", &io::Error::from_raw_os_error(libc::EMFILE));
+        let f = ProbeFailure::sending(
+            "sending request",
+            &io::Error::from_raw_os_error(libc::EMFILE),
+        );
         assert!(f.local);
         assert!(f.reason.starts_with("sending request: "), "{}", f.reason);
-        assert!(!ProbeFailure::sending("", &io::Error::from_raw_os_error(libc::ECONNREFUSED)).local);
+        assert!(
+            !ProbeFailure::sending("", &io::Error::from_raw_os_error(libc::ECONNREFUSED)).local
+        );
     }
 
     #[test]
@@ -1804,7 +1826,9 @@ mod tests {
                     .unwrap()
                     .push((label.clone(), Instant::now()));
                 if self.local.lock().unwrap().get(&label) == Some(&true) {
-                    return Err(ProbeFailure::local("creating a socket: Too many open files"));
+                    return Err(ProbeFailure::local(
+                        "creating a socket: Too many open files",
+                    ));
                 }
                 if self
                     .failing
@@ -1967,7 +1991,10 @@ mod tests {
                 let before = h.prober.calls("tcp:80").len();
                 assert!(h.next_change(Duration::from_secs(5)).await.is_none());
                 let probed = h.prober.calls("tcp:80").len() - before;
-                assert!(probed <= 6, "{probed} probes in 5 s: suspect pace kept going");
+                assert!(
+                    probed <= 6,
+                    "{probed} probes in 5 s: suspect pace kept going"
+                );
                 // Probes run again: the verdict follows them as usual.
                 h.prober.set_local("tcp:80", false);
                 h.prober.set_ok("tcp:80", initial_up);

@@ -163,7 +163,10 @@ impl fmt::Debug for ApiConfig {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("max_connections", &self.max_connections)
-            .field("max_connections_per_client", &self.max_connections_per_client)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
             .field("header_timeout", &self.header_timeout)
             .field("request_timeout", &self.request_timeout)
             .finish()
@@ -1418,7 +1421,10 @@ fn read_api(ctx: &mut Ctx, t: &Table) -> ApiConfig {
     let mut api = ApiConfig::default();
     for (name, slot) in [
         ("max_connections", &mut api.max_connections),
-        ("max_connections_per_client", &mut api.max_connections_per_client),
+        (
+            "max_connections_per_client",
+            &mut api.max_connections_per_client,
+        ),
     ] {
         if let Some(item) = t.get(name) {
             if let Some(n) = want_range(ctx, item, &t.field(name), 1, 100_000) {
@@ -1805,8 +1811,16 @@ fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {
         ("tcp_closing_idle", &mut dp.tcp_closing_ns, MAX_FLOW_IDLE),
         ("udp_idle", &mut dp.udp_idle_ns, MAX_FLOW_IDLE),
         ("icmp_idle", &mut dp.icmp_idle_ns, MAX_FLOW_IDLE),
-        ("passive_window", &mut dp.passive_window_ns, MAX_PASSIVE_WINDOW),
-        ("passive_rearm", &mut dp.passive_rearm_ns, MAX_DATAPLANE_PERIOD),
+        (
+            "passive_window",
+            &mut dp.passive_window_ns,
+            MAX_PASSIVE_WINDOW,
+        ),
+        (
+            "passive_rearm",
+            &mut dp.passive_rearm_ns,
+            MAX_DATAPLANE_PERIOD,
+        ),
         ("nexthop_ttl", &mut dp.nexthop_ttl_ns, MAX_DATAPLANE_PERIOD),
     ] {
         let Some(item) = t.get(name) else { continue };
@@ -2446,7 +2460,11 @@ fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<RawResource
                 ctx.report(
                     item.span,
                     &t.field("drain"),
-                    format!("{} is too long: at most {}", human(d), human(MAX_HOLD_OR_DRAIN)),
+                    format!(
+                        "{} is too long: at most {}",
+                        human(d),
+                        human(MAX_HOLD_OR_DRAIN)
+                    ),
                 );
             } else {
                 raw.drain = d;

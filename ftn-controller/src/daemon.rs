@@ -183,7 +183,8 @@ impl MapSync {
                     let mut last = st.interfaces.lock().unwrap_or_else(|p| p.into_inner());
                     for i in &now {
                         let before = last.iter().find(|b| b.name == i.name);
-                        let changed = before.map(|b| (b.ifindex, b.attached)) != Some((i.ifindex, i.attached));
+                        let changed = before.map(|b| (b.ifindex, b.attached))
+                            != Some((i.ifindex, i.attached));
                         if changed && !i.attached {
                             tracing::warn!(interface = %i.name, ifindex = ?i.ifindex, "{}", i.note.as_deref().unwrap_or("not attached"));
                         }
@@ -1519,7 +1520,9 @@ impl Controller {
         let fault = self.dataplane_fault_now();
         match (&self.dataplane_fault, &fault) {
             (None, Some(why)) => tracing::error!("dataplane fault suspected: {why}"),
-            (Some(_), None) => tracing::info!("dataplane fault no longer suspected: new connections are answered again"),
+            (Some(_), None) => tracing::info!(
+                "dataplane fault no longer suspected: new connections are answered again"
+            ),
             _ => {}
         }
         self.dataplane_fault = fault;
@@ -1723,7 +1726,12 @@ pub fn api_limits(config: &Config, nofile: u64) -> crate::api::ApiLimits {
         );
         n
     };
-    tracing::info!(nofile, checks_need = checks, api_max_connections = max_connections, "open-file budget");
+    tracing::info!(
+        nofile,
+        checks_need = checks,
+        api_max_connections = max_connections,
+        "open-file budget"
+    );
     crate::api::ApiLimits {
         max_connections: max_connections as usize,
         max_per_client: config.api.max_connections_per_client,
@@ -1992,9 +2000,16 @@ mod tests {
     fn dataplane_fault_needs_every_server_in_use_unanswered_with_passing_checks() {
         let in_use: BTreeSet<String> = ["p1".to_string(), "p6".to_string()].into();
         let now = 100_000;
-        let recent: HashMap<String, u64> = [("p1".to_string(), now - 100), ("p6".to_string(), now - 4_000)].into();
+        let recent: HashMap<String, u64> = [
+            ("p1".to_string(), now - 100),
+            ("p6".to_string(), now - 4_000),
+        ]
+        .into();
         let fault = dataplane_fault(&in_use, &recent, |_| true, now).expect("suspected");
-        assert!(fault.contains("(p1, p6)") && fault.contains("xdp_mode = \"generic\""), "{fault}");
+        assert!(
+            fault.contains("(p1, p6)") && fault.contains("xdp_mode = \"generic\""),
+            "{fault}"
+        );
         // One of them failing its checks: a server problem, not the gateway's.
         assert!(dataplane_fault(&in_use, &recent, |s| s != "p6", now).is_none());
         // One report too old.

@@ -148,21 +148,23 @@ impl Pool {
         if cfg.ca_file.is_some() || cfg.cert_file.is_some() {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &cfg.ca_file {
-                let pem = crate::files::read_regular(ca, crate::files::MAX_SECRET_BYTES).map_err(|e| {
-                    anyhow::anyhow!("reading the etcd CA file {}: {e}", ca.display())
-                })?;
+                let pem = crate::files::read_regular(ca, crate::files::MAX_SECRET_BYTES).map_err(
+                    |e| anyhow::anyhow!("reading the etcd CA file {}: {e}", ca.display()),
+                )?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
             if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
-                let c = crate::files::read_regular(cert, crate::files::MAX_SECRET_BYTES).map_err(|e| {
-                    anyhow::anyhow!(
-                        "reading the etcd client certificate {}: {e}",
-                        cert.display()
-                    )
-                })?;
-                let k = crate::files::read_regular(key, crate::files::MAX_SECRET_BYTES).map_err(|e| {
-                    anyhow::anyhow!("reading the etcd client key {}: {e}", key.display())
-                })?;
+                let c = crate::files::read_regular(cert, crate::files::MAX_SECRET_BYTES).map_err(
+                    |e| {
+                        anyhow::anyhow!(
+                            "reading the etcd client certificate {}: {e}",
+                            cert.display()
+                        )
+                    },
+                )?;
+                let k = crate::files::read_regular(key, crate::files::MAX_SECRET_BYTES).map_err(
+                    |e| anyhow::anyhow!("reading the etcd client key {}: {e}", key.display()),
+                )?;
                 tls = tls.identity(Identity::from_pem(c, k));
             }
             opts = opts.with_tls(tls);

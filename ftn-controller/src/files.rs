@@ -109,7 +109,10 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let started = std::time::Instant::now();
         let e = read_regular(&fifo, 100).unwrap_err();
-        assert!(e.to_string().starts_with("it is a FIFO (named pipe)"), "{e}");
+        assert!(
+            e.to_string().starts_with("it is a FIFO (named pipe)"),
+            "{e}"
+        );
         let e = read_regular(Path::new("/dev/zero"), 100).unwrap_err();
         assert!(e.to_string().starts_with("it is a character device"), "{e}");
         let e = read_regular(dir.path(), 100).unwrap_err();

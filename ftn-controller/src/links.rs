@@ -91,7 +91,9 @@ fn drain(fd: &OwnedFd) -> io::Result<bool> {
 pub fn spawn_watcher(sync: MapSync, shutdown: CancellationToken) {
     tokio::spawn(async move {
         // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open until it is dropped.
-        let socket = match link_socket().and_then(|fd| unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)) {
+        let socket = match link_socket()
+            .and_then(|fd| unsafe { AsyncFd::register(fd) }.map_err(io::Error::from))
+        {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(

@@ -14,16 +14,18 @@ use crate::{
 /// A new connection every this often, for the labs' probers.
 pub const EVERY: Duration = Duration::from_millis(10);
 
+/// Fields drop in order: the controller first, then the services, and the namespaces last
+/// (a controller that outlived its interfaces would log their disappearance).
 pub struct Lab {
-    /// The check timing the lab's config declares; every wait is derived from it.
-    pub timing: Timing,
-    pub t: Topology,
+    pub ftn: Ftn,
+    pub primary: Option<Service>,
+    pub backup: Option<Service>,
     /// The pass-through programs on the hosts' ends of the veths (a frame redirected into a
     /// veth is delivered only when its peer has an XDP program).
     pub pass: Vec<aya::Ebpf>,
-    pub primary: Option<Service>,
-    pub backup: Option<Service>,
-    pub ftn: Ftn,
+    pub t: Topology,
+    /// The check timing the lab's config declares; every wait is derived from it.
+    pub timing: Timing,
 }
 
 /// How [`Lab::start_with`] builds the lab.

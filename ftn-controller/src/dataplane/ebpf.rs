@@ -28,8 +28,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use ftn_common::{
-    map_names, FlowKey, FlowValue, PassiveState, ResourceKey, ResourceValue, ReverseKey,
-    ReverseValue, ServerValue, DEFAULT_FLOW_CAPACITY, PROGRAM_NAME,
+    map_names, FlowKey, FlowValue, NexthopKey, NexthopValue, PassiveState, ResourceKey,
+    ResourceValue, ReverseKey, ReverseValue, ServerValue, DEFAULT_FLOW_CAPACITY, PROGRAM_NAME,
 };
 
 use super::{
@@ -108,6 +108,9 @@ pub struct AyaDataplane {
     flows: HashMap<MapData, FlowKey, FlowValue>,
     reverse: HashMap<MapData, ReverseKey, ReverseValue>,
     passive: Array<MapData, PassiveState>,
+    /// The FIB answers the program caches; flushed when an interface is replaced (a cached
+    /// answer names the old ifindex and MACs).
+    nexthop: HashMap<MapData, NexthopKey, NexthopValue>,
     /// Passive health reports; taken by the controller's reader task.
     events: Option<RingBuf<MapData>>,
     attached: Vec<Attached>,
@@ -243,6 +246,23 @@ fn ifindex(name: &str) -> Result<u32, DataplaneError> {
     Ok(idx)
 }
 
+/// The ifindex of `name` now: `Ok(None)` when no interface has that name (ENODEV), an error
+/// when the lookup itself failed (if_nametoindex opens a socket: EMFILE, ENOBUFS...).
+fn lookup_ifindex(name: &str) -> std::io::Result<Option<u32>> {
+    let c =
+        CString::new(name).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx != 0 {
+        return Ok(Some(idx));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODEV) | Some(libc::ENXIO) => Ok(None),
+        _ => Err(e),
+    }
+}
+
 fn link_pin_path(dir: &Path, interface: &str) -> PathBuf {
     dir.join(format!("link_{interface}"))
 }
@@ -362,8 +382,8 @@ impl AyaDataplane {
         let reverse = typed(take(map_names::REVERSE)?, map_names::REVERSE)?;
         let passive = typed(take(map_names::PASSIVE)?, map_names::PASSIVE)?;
         let events = Some(typed(take(map_names::EVENTS)?, map_names::EVENTS)?);
-        // Pinned with the rest (an adopted dataplane keeps its cache); never written here.
-        take(map_names::NEXTHOP)?;
+        // Pinned with the rest (an adopted dataplane keeps its cache); only flushed here.
+        let nexthop = typed(take(map_names::NEXTHOP)?, map_names::NEXTHOP)?;
         let mut dp = AyaDataplane {
             ebpf: Some(ebpf),
             resources,
@@ -376,6 +396,7 @@ impl AyaDataplane {
             flows,
             reverse,
             passive,
+            nexthop,
             events,
             attached: Vec::new(),
             _pinned_links: Vec::new(),
@@ -436,6 +457,7 @@ impl AyaDataplane {
             flows: typed(open(map_names::FLOWS)?, map_names::FLOWS)?,
             reverse: typed(open(map_names::REVERSE)?, map_names::REVERSE)?,
             passive: typed(open(map_names::PASSIVE)?, map_names::PASSIVE)?,
+            nexthop: typed(open(map_names::NEXTHOP)?, map_names::NEXTHOP)?,
             events: Some(typed(open(map_names::EVENTS)?, map_names::EVENTS)?),
             attached,
             _pinned_links: Vec::new(),
@@ -458,14 +480,19 @@ impl AyaDataplane {
     /// the links change.
     pub fn follow_interfaces(&mut self) -> Vec<InterfaceState> {
         let names = self.follow.interfaces.clone();
-        names
-            .iter()
-            .map(|name| self.follow_one(name))
-            .collect()
+        names.iter().map(|name| self.follow_one(name)).collect()
     }
 
     fn follow_one(&mut self, name: &str) -> InterfaceState {
-        let now = ifindex(name).ok();
+        let now = match lookup_ifindex(name) {
+            Ok(now) => now,
+            Err(e) => {
+                // Not an answer about the interface (e.g. EMFILE: if_nametoindex needs a
+                // socket): nothing is changed, the last state stands.
+                tracing::warn!(interface = name, "cannot look up the interface: {e}");
+                return self.last_state(name, format!("cannot look it up now: {e}"));
+            }
+        };
         let pin_dir = self.follow.pin_dir.clone();
         // Where the program is attached for this name: the pinned link's ifindex (0 when
         // defunct), or what we attached without pins.
@@ -510,7 +537,11 @@ impl AyaDataplane {
             let p = link_pin_path(dir, name);
             if p.exists() {
                 if let Err(e) = fs::remove_file(&p) {
-                    return self.follow_failed(name, idx, format!("removing the stale link {}: {e}", p.display()));
+                    return self.follow_failed(
+                        name,
+                        idx,
+                        format!("removing the stale link {}: {e}", p.display()),
+                    );
                 }
             }
         }
@@ -522,12 +553,18 @@ impl AyaDataplane {
         let mode = self.follow.mode;
         match self.attach(name, mode, pin_dir.as_deref()) {
             Ok(()) => {
+                self.flush_nexthops();
                 let note = if old == 0 {
                     format!("attached again (ifindex {idx})")
                 } else {
                     format!("attached again: ifindex {old} -> {idx}")
                 };
-                tracing::info!(interface = name, ifindex = idx, old_ifindex = old, "the interface was replaced: XDP attached to the new one");
+                tracing::info!(
+                    interface = name,
+                    ifindex = idx,
+                    old_ifindex = old,
+                    "the interface was replaced: XDP attached to the new one"
+                );
                 InterfaceState {
                     name: name.to_string(),
                     ifindex: Some(idx),
@@ -539,8 +576,32 @@ impl AyaDataplane {
         }
     }
 
+    /// Empties the next-hop cache: every packet asks the FIB again (and caches the new answer).
+    fn flush_nexthops(&mut self) {
+        let keys: Vec<NexthopKey> = self.nexthop.keys().filter_map(Result::ok).collect();
+        for k in &keys {
+            let _ = self.nexthop.remove(k);
+        }
+        tracing::debug!(entries = keys.len(), "next-hop cache flushed");
+    }
+
+    /// The state as last attached, when the interface cannot be looked up now.
+    fn last_state(&self, name: &str, why: String) -> InterfaceState {
+        let a = self.attached.iter().find(|a| a.interface == name);
+        InterfaceState {
+            name: name.to_string(),
+            ifindex: a.map(|a| a.ifindex),
+            attached: a.is_some(),
+            note: Some(why),
+        }
+    }
+
     fn follow_failed(&self, name: &str, idx: u32, why: String) -> InterfaceState {
-        tracing::error!(interface = name, ifindex = idx, "cannot attach XDP to the interface that has this name now: {why}");
+        tracing::error!(
+            interface = name,
+            ifindex = idx,
+            "cannot attach XDP to the interface that has this name now: {why}"
+        );
         InterfaceState {
             name: name.to_string(),
             ifindex: Some(idx),
