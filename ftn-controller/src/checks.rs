@@ -112,9 +112,10 @@ pub struct CheckSpec {
 /// `local` separates the two kinds of failure. A probe that reached the network and got no good
 /// answer (refused, reset, timed out, a wrong status) is evidence against the server. A probe
 /// that could not be *run* from this host (no file descriptor left, no buffer, a socket or a
-/// route refused by the local kernel) says nothing about the server: counting it would let a
-/// local problem — an exhausted file limit, a firewall rule, a missing route — declare every
-/// server down at once and move all traffic. A local failure never feeds the hysteresis; it is
+/// packet refused by the local kernel) says nothing about the server: counting it would let a
+/// problem of the prober alone — an exhausted file limit, a firewall rule on output — declare
+/// every server down at once and move all traffic the dataplane still forwards well (see
+/// [`is_local_errno`] for why a missing route is not one of them). A local failure never feeds the hysteresis; it is
 /// counted, logged and shown on its own (see [`CheckStats::local_errors`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
@@ -165,16 +166,19 @@ impl ProbeFailure {
 }
 
 /// Errnos that a send-side system call (socket, connect before any packet, send) returns for a
-/// reason on this host:
+/// reason that concerns the *prober* on this host, not the path to the server:
 /// - EMFILE, ENFILE: no file descriptor (process or system limit);
 /// - ENOBUFS, ENOMEM: no kernel memory for the socket or packet;
 /// - EPERM, EACCES: refused by the local kernel (a netfilter rule on output, a raw socket without
-///   CAP_NET_RAW, a BPF cgroup program);
-/// - ENETUNREACH, EHOSTUNREACH *returned by connect/send themselves*: no route (or a reject
-///   route) in this host's routing table — an ICMP unreachable from a router arrives later, on
-///   the connection's result or on recv, and is counted against the server;
+///   CAP_NET_RAW, a BPF cgroup program): forwarded traffic never meets those;
 /// - EADDRNOTAVAIL, EADDRINUSE: no local address or ephemeral port left;
-/// - EAFNOSUPPORT: the address family is disabled here (e.g. IPv6 off).
+/// - EAFNOSUPPORT: the address family is disabled for local sockets (e.g. IPv6 off).
+///
+/// "No route" (ENETUNREACH, or EHOSTUNREACH from a reject route) is deliberately NOT local: the
+/// dataplane forwards with the same routing table (its FIB lookup fails the same way), so the
+/// server is unreachable through this gateway for clients too, and moving its resources to a
+/// reachable backup is what must happen (a gateway's link to the primary going down removes its
+/// routes: that is a failover, not a frozen verdict).
 pub fn is_local_errno(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -185,8 +189,6 @@ pub fn is_local_errno(e: &io::Error) -> bool {
                 | libc::ENOMEM
                 | libc::EPERM
                 | libc::EACCES
-                | libc::ENETUNREACH
-                | libc::EHOSTUNREACH
                 | libc::EADDRNOTAVAIL
                 | libc::EADDRINUSE
                 | libc::EAFNOSUPPORT
@@ -1381,18 +1383,21 @@ mod tests {
             libc::ENFILE,
             libc::ENOBUFS,
             libc::EPERM,
-            libc::ENETUNREACH,
+            libc::EADDRNOTAVAIL,
         ] {
             assert!(
                 is_local_errno(&io::Error::from_raw_os_error(errno)),
                 "{errno}"
             );
         }
+        // No route: the dataplane cannot forward to the server either.
         for errno in [
             libc::ECONNREFUSED,
             libc::ECONNRESET,
             libc::ETIMEDOUT,
             libc::EPIPE,
+            libc::ENETUNREACH,
+            libc::EHOSTUNREACH,
         ] {
             assert!(
                 !is_local_errno(&io::Error::from_raw_os_error(errno)),

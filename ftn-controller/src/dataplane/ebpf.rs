@@ -500,7 +500,16 @@ impl AyaDataplane {
             Some(dir) => {
                 let p = link_pin_path(dir, name);
                 if p.exists() {
-                    link_ifindex(&p).unwrap_or(0)
+                    match link_ifindex(&p) {
+                        Ok(idx) => idx,
+                        // Not an answer about the link (e.g. EMFILE): removing its pin on a
+                        // guess would detach a working dataplane. Nothing is changed.
+                        Err(e) => {
+                            tracing::warn!(interface = name, link = %p.display(), "cannot read the pinned link: {e}");
+                            return self
+                                .last_state(name, format!("cannot read its pinned link now: {e}"));
+                        }
+                    }
                 } else {
                     0
                 }
