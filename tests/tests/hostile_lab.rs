@@ -424,6 +424,19 @@ fn a_dataplane_that_drops_redirected_frames_is_reported() {
     lab.t.primary.exec(&["ethtool", "-K", "p0", "gro", "off"]);
     lab.ftn
         .wait_current("web", Some("p1"), timing.first_serve());
+    // Every server answered a check once. Seen in this lab: the IPv6 servers' very first
+    // probes, about 0.2 s after the links came up, can take longer than their 50 ms (both p6
+    // and b6 went down that way, once in four runs); this test is about the dataplane.
+    let t = Instant::now();
+    while !lab.ftn.status()["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["checks"][0]["probes_ok"].as_u64() > Some(0))
+    {
+        assert!(t.elapsed() < timing.first_serve(), "{}", lab.ftn.status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (p4, p6) = (lab.probe(), lab.probe6());
     // A report needs `passive_min` (3) SYNs unanswered for `passive_window` (20 ms); one comes
     // per server per `passive_rearm` (250 ms). Both servers in use report within 0.5 s.
@@ -440,14 +453,25 @@ fn a_dataplane_that_drops_redirected_frames_is_reported() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
+    let (at4, at6) = (p4.now(), p6.now());
     println!(
         "dataplane fault reported {:.0} ms after the clients started",
         t.elapsed().as_secs_f64() * 1000.0
     );
+    std::thread::sleep(Duration::from_millis(300));
     let (s4, s6) = (p4.finish(), p6.finish());
+    // The first connections may be answered: until the gateway's neighbour entries exist, the
+    // program hands the rewritten packets to the kernel, which sends them the normal way. From
+    // the report on, every connection is redirected, and lost.
+    let after: Vec<_> = s4
+        .iter()
+        .filter(|s| s.at >= at4)
+        .chain(s6.iter().filter(|s| s.at >= at6))
+        .collect();
+    assert!(!after.is_empty());
     assert!(
-        s4.iter().chain(&s6).all(|s| s.answer.is_none()),
-        "a connection was answered: the lab does not drop redirected frames"
+        after.iter().all(|s| s.answer.is_none()),
+        "a connection was answered after the report: the lab does not drop redirected frames"
     );
     let warnings = st["warnings"].to_string();
     assert!(
