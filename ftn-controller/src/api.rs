@@ -1147,6 +1147,38 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// A keep-alive connection left idle after its answer is closed after the header timeout.
+    #[tokio::test]
+    async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
+        let (addr, _stats, shutdown, task) = limited(LIMITS).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"ok") {
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        let idle = std::time::Instant::now();
+        let (rest, closed) = read_to_close(&mut s).await;
+        let took = idle.elapsed();
+        assert!(closed && rest.is_empty(), "{rest:?}");
+        assert!(
+            took >= LIMITS.header_timeout && took < LIMITS.header_timeout + Duration::from_secs(2),
+            "closed after {took:?}"
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
     /// One client gets `max_per_client` connections, the next ones are closed at once; other
     /// clients are still served while the first holds its share; at `max_connections` the
     /// listener waits, and serves again once connections end.
