@@ -67,7 +67,7 @@ use std::{
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::{
-    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
+    io::{unix::AsyncFd, Interest},
     net::{TcpStream, UdpSocket},
     sync::mpsc,
     time::{Instant, MissedTickBehavior},
@@ -338,9 +338,12 @@ async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, ProbeFailure> {
     }
 }
 
-/// The longest status line (plus whatever came with it) we read before giving up.
-const MAX_STATUS_LINE: usize = 8 * 1024;
+/// The largest response head we read (hyper's smallest read buffer); a longer one fails.
+const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 
+/// `GET path` through hyper's HTTP/1 client on a connection made by [`tcp_connect`] (so its
+/// errors are classified the same way); passes when the status is `expect_status`. The body is
+/// not read: dropping the connection resets it.
 async fn http_probe(
     addr: SocketAddr,
     path: &str,
@@ -358,38 +361,23 @@ async fn http_probe(
         Some(h) => h.to_string(),
         None => host_header(addr),
     };
-    let mut stream = tcp_connect(addr).await?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: ftn-check\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, &host)
+        .header(hyper::header::CONNECTION, "close")
+        .header(hyper::header::USER_AGENT, "ftn-check")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| ProbeFailure::new(format!("invalid HTTP request for {path:?}: {e}")))?;
+    let stream = tcp_connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .max_buf_size(MAX_RESPONSE_HEAD)
+        .handshake(hyper_util::rt::TokioIo::new(stream))
         .await
-        .map_err(|e| ProbeFailure::sending("sending request", &e))?;
-
-    let mut buf = Vec::with_capacity(256);
-    let line_end = loop {
-        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
-            break pos;
-        }
-        if buf.len() >= MAX_STATUS_LINE {
-            return Err(ProbeFailure::new("HTTP status line too long"));
-        }
-        let mut chunk = [0u8; 1024];
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| ProbeFailure::new(format!("reading response: {}", describe_io(&e))))?;
-        if n == 0 {
-            return Err(ProbeFailure::new(if buf.is_empty() {
-                "connection closed without a response".to_string()
-            } else {
-                "connection closed before the status line was complete".to_string()
-            }));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let status = parse_status_line(&buf[..line_end])?;
+        .map_err(|e| ProbeFailure::new(format!("HTTP: {e}")))?;
+    let conn = tokio::spawn(conn);
+    let answer = sender.send_request(request).await;
+    conn.abort();
+    let status = answer.map_err(http_failure)?.status().as_u16();
     if status == expect_status {
         Ok(())
     } else {
@@ -397,6 +385,26 @@ async fn http_probe(
             "HTTP status {status} (expected {expect_status})"
         )))
     }
+}
+
+/// A reason for a failed HTTP exchange.
+fn http_failure(e: hyper::Error) -> ProbeFailure {
+    use std::error::Error as _;
+    let io = e
+        .source()
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .map(describe_io);
+    ProbeFailure::new(if e.is_incomplete_message() {
+        "connection closed without a complete response".to_string()
+    } else if e.is_parse_too_large() {
+        "HTTP response head too long".to_string()
+    } else if e.is_parse() {
+        format!("not a valid HTTP response ({e})")
+    } else if let Some(io) = io {
+        format!("HTTP exchange: {io}")
+    } else {
+        format!("HTTP exchange: {e}")
+    })
 }
 
 /// The default `Host` header for an address: `[v6]` in brackets, the port omitted when it is 80.
@@ -410,23 +418,6 @@ fn host_header(addr: SocketAddr) -> String {
     } else {
         format!("{ip}:{}", addr.port())
     }
-}
-
-/// Parses `HTTP/1.x NNN reason` and returns NNN.
-fn parse_status_line(line: &[u8]) -> Result<u16, ProbeFailure> {
-    let bad = || {
-        let shown: String = String::from_utf8_lossy(line).chars().take(80).collect();
-        ProbeFailure::new(format!("malformed HTTP status line {shown:?}"))
-    };
-    let line = std::str::from_utf8(line).map_err(|_| bad())?;
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/") || code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(bad());
-    }
-    code.parse().map_err(|_| bad())
 }
 
 async fn udp_probe(
@@ -1261,6 +1252,7 @@ mod tests {
         net::{Ipv4Addr, Ipv6Addr},
     };
 
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
@@ -1416,11 +1408,7 @@ mod tests {
     }
 
     #[test]
-    fn status_line_parsing() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), Ok(200));
-        assert_eq!(parse_status_line(b"HTTP/1.0 503"), Ok(503));
-        assert!(parse_status_line(b"SSH-2.0-OpenSSH").is_err());
-        assert!(parse_status_line(b"HTTP/1.1 20 OK").is_err());
+    fn host_headers_and_durations() {
         assert_eq!(host_header("[::1]:80".parse().unwrap()), "[::1]");
         assert_eq!(
             host_header("10.0.0.1:8080".parse().unwrap()),
@@ -1501,6 +1489,16 @@ mod tests {
         (port, requests)
     }
 
+    /// `GET /` on `port`, expecting `expect_status`.
+    fn http_check(port: u16, expect_status: u16) -> Probe {
+        Probe::Http {
+            port,
+            path: "/".into(),
+            host: None,
+            expect_status,
+        }
+    }
+
     #[tokio::test]
     async fn http_probe_200_ok() {
         for ip in [V4, V6] {
@@ -1533,20 +1531,10 @@ mod tests {
     #[tokio::test]
     async fn http_probe_503_fails() {
         let (port, _) = http_server(V4, "HTTP/1.1 503 Service Unavailable").await;
-        let probe = Probe::Http {
-            port,
-            path: "/".into(),
-            host: None,
-            expect_status: 200,
-        };
+        let probe = http_check(port, 200);
         let err = probe_once(&probe, V4, T).await.unwrap_err();
         assert_eq!(err.reason, "HTTP status 503 (expected 200)");
-        let probe = Probe::Http {
-            port,
-            path: "/".into(),
-            host: None,
-            expect_status: 503,
-        };
+        let probe = http_check(port, 503);
         probe_once(&probe, V4, T).await.unwrap();
         let probe = Probe::Http {
             port: closed_tcp_port(V4),
@@ -1560,16 +1548,29 @@ mod tests {
         );
     }
 
+    /// An answer that is not HTTP (or a malformed status line) fails the probe.
+    #[tokio::test]
+    async fn http_probe_non_http_answers_fail() {
+        for line in ["SSH-2.0-OpenSSH_9.2", "HTTP/1.1 20 OK"] {
+            let (port, _) = http_server(V4, line).await;
+            let probe = http_check(port, 200);
+            let err = probe_once(&probe, V4, T).await.unwrap_err();
+            assert!(
+                err.reason.starts_with("not a valid HTTP response") && !err.local,
+                "{line}: {}",
+                err.reason
+            );
+        }
+        let (port, _) = http_server(V4, "HTTP/1.0 503").await;
+        let probe = http_check(port, 503);
+        probe_once(&probe, V4, T).await.unwrap();
+    }
+
     #[tokio::test]
     async fn http_probe_silent_server_times_out() {
         let listener = TcpListener::bind((V4, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let probe = Probe::Http {
-            port,
-            path: "/".into(),
-            host: None,
-            expect_status: 200,
-        };
+        let probe = http_check(port, 200);
         let err = probe_once(&probe, V4, Duration::from_millis(50))
             .await
             .unwrap_err();

@@ -1,4 +1,6 @@
-//! `ftn run`: the controller daemon.
+//! The controller: the decision engine's loop and what it owns (`crate::app` wires it to the
+//! directory, the dataplane and the API server; this module names none of them but their
+//! handles and `crate::api::types`).
 //!
 //! Tasks and who owns what:
 //! - the **engine task** (this module's [`Controller::run`] loop) owns the [`Engine`] and the
@@ -8,7 +10,7 @@
 //! - the **map-sync task** ([`MapSync`]) owns the dataplane; it applies batches of changes in
 //!   order and answers counter reads. Nothing else touches the maps;
 //! - one **checker** per server ([`ServerChecker`]), reporting health transitions;
-//! - the **API** server ([`crate::api`]).
+//! - the **API** server (`crate::api::server`), which sends [`Request`]s to the engine task.
 //!
 //! Order of a decision: plan -> directory commit (durable) -> map write. If the controller dies
 //! between the commit and the map write, the next start writes the directory's state into the
@@ -23,14 +25,15 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::types::{
+    CheckStatus, ClusterStatus, GatewayStatus, ResourceStatus, ServerStatus, Status,
+};
 use crate::checks::{CheckSpec, HealthChange, NetProber, Prober, ServerChecker};
-use crate::config::{self, Config, DirectoryConfig};
+use crate::config::{self, Config};
 use crate::dataplane::{
-    AyaDataplane, AyaOptions, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats,
+    AyaDataplane, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats,
 };
-use crate::directory::{
-    Directory, DirectoryError, EmbeddedDirectory, Event, EventDraft, Health, Snapshot, Update,
-};
+use crate::directory::{Directory, DirectoryError, Event, EventDraft, Health, Snapshot, Update};
 use crate::engine::{Action, ActionError, Engine, Observation, Plan};
 use crate::etcd::{ClusterEvent, EtcdDirectory, GatewayRecord, Observed, Session};
 use ftn_common::{PassiveEvent, PASSIVE_RST};
@@ -331,114 +334,6 @@ impl ListKeys for crate::dataplane::MemoryDataplane {
 
 // ---------------------------------------------------------------------------------------------
 // Requests from the API.
-
-/// A resource as `ftn status` shows it.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ResourceStatus {
-    pub name: String,
-    pub id: u32,
-    pub vip: String,
-    pub protocol: String,
-    pub ports: Vec<u16>,
-    pub servers: Vec<String>,
-    pub current: Option<String>,
-    pub pinned: Option<String>,
-    /// on-primary | failed-over | no-server | pinned
-    pub state: String,
-    pub since_ms: u64,
-    pub reason: String,
-    pub generation: u32,
-    pub failback: String,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct CheckStatus {
-    pub check: String,
-    pub up: bool,
-    pub last_latency_us: u64,
-    pub probes_ok: u64,
-    pub probes_failed: u64,
-    pub last_failure: Option<String>,
-    /// Probes that could not run for a local reason (not counted as failures).
-    #[serde(default)]
-    pub local_errors: u64,
-    /// Set while the check cannot run (the latest probes hit a local error): the reason.
-    #[serde(default)]
-    pub unable_to_run: Option<String>,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ServerStatus {
-    pub name: String,
-    pub id: u32,
-    pub address: String,
-    pub health: Health,
-    pub drained: bool,
-    pub since_ms: u64,
-    pub evidence: String,
-    pub checks: Vec<CheckStatus>,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Status {
-    pub gateway: String,
-    pub config: String,
-    pub directory: String,
-    pub revision: u64,
-    pub interfaces: Vec<String>,
-    pub adopted: bool,
-    pub resources: Vec<ResourceStatus>,
-    pub servers: Vec<ServerStatus>,
-    pub failovers: HashMap<String, u64>,
-    pub commit_errors: u64,
-    pub dataplane_errors: u64,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    /// Passive health reports from the dataplane, by server, since the controller started.
-    pub passive_signals: HashMap<String, u64>,
-    /// The shared directory's gateways (None with the embedded directory).
-    #[serde(default)]
-    pub cluster: Option<ClusterStatus>,
-    /// Faults of this gateway itself that the operator must see (checks that cannot run, a
-    /// dataplane that loses the packets it forwards, a missing interface), newest state only.
-    #[serde(default)]
-    pub warnings: Vec<String>,
-    /// The configured interfaces as the dataplane last followed them (ifindex, attached).
-    #[serde(default)]
-    pub interface_states: Vec<crate::dataplane::InterfaceState>,
-    /// See [`dataplane_fault`].
-    #[serde(default)]
-    pub dataplane_fault_suspected: bool,
-}
-
-/// `ftn status`: the gateways sharing the directory, as this gateway sees them.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ClusterStatus {
-    pub gateway: String,
-    /// "leader" or "follower".
-    pub role: String,
-    pub leader: Option<String>,
-    /// "connected" or "unreachable".
-    pub etcd: String,
-    pub etcd_error: Option<String>,
-    /// Since when (unix ms) etcd is as `etcd` says.
-    pub etcd_since_ms: u64,
-    /// The directory revision this gateway's maps hold.
-    pub applied_revision: u64,
-    /// Times this gateway became the leader since it started.
-    pub leaderships: u64,
-    pub gateways: Vec<GatewayStatus>,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct GatewayStatus {
-    pub name: String,
-    pub live: bool,
-    pub applied_revision: u64,
-    pub applied_at_ms: u64,
-    /// server -> "up" | "down"
-    pub observations: BTreeMap<String, String>,
-}
 
 /// An API request to the engine task.
 pub enum Request {
@@ -1602,34 +1497,6 @@ impl Controller {
     }
 }
 
-/// The pin directory must be on a BPF filesystem, else pinning fails with an obscure error.
-fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
-    let c = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
-        .context("pin_dir contains a NUL byte")?;
-    // SAFETY: statfs writes into the zeroed struct we pass; the path is a valid C string.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    if r != 0 {
-        anyhow::bail!(
-            "gateway.pin_dir {}: its parent {} is not accessible ({}); mount the BPF filesystem there (mount -t bpf bpf /sys/fs/bpf)",
-            pin_dir.display(),
-            parent.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    if st.f_type as i64 != BPF_FS_MAGIC {
-        anyhow::bail!(
-            "gateway.pin_dir {}: {} is not a BPF filesystem, so the dataplane cannot stay pinned across controller restarts; mount it (mount -t bpf bpf /sys/fs/bpf) or choose a pin_dir under a bpffs mount (note: `ip netns exec` remounts /sys and hides bpffs; use `nsenter --net=/run/netns/NAME`)",
-            pin_dir.display(),
-            parent.display()
-        );
-    }
-    Ok(())
-}
-
 /// How recent a passive "unanswered" report must be to count towards [`dataplane_fault`]. The
 /// dataplane repeats a report every `passive_rearm` (250 ms by default) while it lasts.
 pub const DATAPLANE_FAULT_WINDOW_MS: u64 = 5_000;
@@ -1663,83 +1530,6 @@ pub fn dataplane_fault(
     })
 }
 
-/// Descriptors kept for everything but the health checks and the admin API: the BPF program,
-/// maps and links, the directory's files, etcd's connections, the runtime's epoll and eventfds,
-/// the blocking pool's file reads, the log.
-pub const FD_RESERVE: u64 = 256;
-
-/// Raises the soft open-file limit to the hard one (what systemd recommends for services that
-/// need many descriptors; `LimitNOFILE=` in dist/ftn.service sets both) and returns the soft
-/// limit in force.
-pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-    }
-    lim.rlim_cur
-}
-
-/// Descriptors the health checks may hold at once: one per probe in flight, and a check has at
-/// most `fall` in flight (while its server is suspected), else one.
-pub fn check_fds(config: &Config) -> u64 {
-    config
-        .servers
-        .iter()
-        .flat_map(|s| &s.checks)
-        .map(|c| u64::from(c.fall.max(1)))
-        .sum()
-}
-
-/// The admin API's share of the open-file limit `nofile`: what the configuration asks, but never
-/// more than what is left once the checks and [`FD_RESERVE`] are counted. The checks come first:
-/// a flood of API connections must never make a check fail to open its socket.
-pub fn api_limits(config: &Config, nofile: u64) -> crate::api::ApiLimits {
-    let checks = check_fds(config);
-    let left = nofile.saturating_sub(checks + FD_RESERVE);
-    let wanted = config.api.max_connections as u64;
-    let max_connections = if left >= wanted {
-        wanted
-    } else {
-        // Not enough: the API still gets a handful, taken from the reserve.
-        let n = left.max(4);
-        tracing::warn!(
-            nofile,
-            checks_need = checks,
-            reserve = FD_RESERVE,
-            api_max_connections = wanted,
-            "the open-file limit is too low for the health checks plus api.max_connections: the admin API serves at most {n} connections at once; raise LimitNOFILE (see docs/OPERATIONS.md, Hardening)"
-        );
-        n
-    };
-    tracing::info!(
-        nofile,
-        checks_need = checks,
-        api_max_connections = max_connections,
-        "open-file budget"
-    );
-    crate::api::ApiLimits {
-        max_connections: max_connections as usize,
-        max_per_client: config.api.max_connections_per_client,
-        header_timeout: config.api.header_timeout,
-        request_timeout: config.api.request_timeout,
-    }
-}
-
 /// The longest a reload waits for the configuration file to be read and validated. The read
 /// runs on the blocking pool, never on the engine task: a file on a hung filesystem costs the
 /// reload, not the failovers meanwhile (what is left blocked is one pool thread).
@@ -1763,224 +1553,6 @@ async fn read_config(path: &Path) -> Result<config::Config, RequestError> {
     }
 }
 
-/// Reads passive health reports from the dataplane's ring buffer and forwards them.
-fn spawn_passive_reader(
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-    tx: mpsc::Sender<PassiveEvent>,
-) -> anyhow::Result<()> {
-    // SAFETY: the ring buffer owns its file descriptor, open and unchanged until the AsyncFd
-    // (which owns the ring) is dropped.
-    let mut fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "polling the passive-health ring buffer: {}",
-            e.into_parts().1
-        )
-    })?;
-    tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                break;
-            };
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                if item.len() >= std::mem::size_of::<PassiveEvent>() {
-                    // SAFETY: the program writes whole `PassiveEvent`s (repr(C), plain
-                    // integers); read_unaligned copes with any alignment.
-                    let ev =
-                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PassiveEvent>()) };
-                    // Reports are hints: drop them rather than block when the engine is busy.
-                    let _ = tx.try_send(ev);
-                }
-            }
-            guard.clear_ready();
-        }
-    });
-    Ok(())
-}
-
-/// `ftn run`: everything from the config file to the signal that stops it.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = Arc::new(config::load(config_path)?);
-    // A binary built without the eBPF toolchain (build.rs embedded a stub) stops here, before it
-    // opens the directory or touches the pin folder, and says why.
-    crate::dataplane::ebpf_object()?;
-    let mut etcd_dir: Option<(Arc<EtcdDirectory>, std::time::Duration)> = None;
-    let directory: Arc<dyn Directory> = match &config.directory {
-        DirectoryConfig::Embedded { path } => Arc::new(
-            EmbeddedDirectory::open(path)
-                .with_context(|| format!("opening the embedded directory at {}", path.display()))?,
-        ),
-        DirectoryConfig::Etcd(ec) => {
-            let pool = crate::etcd::Pool::connect(ec).await?;
-            let keys = crate::etcd::Keys::new(&ec.prefix);
-            crate::etcd::check_declarations(&pool, &keys, &config).await?;
-            crate::etcd::check_name_free(
-                &pool,
-                &keys,
-                &config.gateway.name,
-                &crate::etcd::machine_id(),
-            )
-            .await?;
-            let dir = Arc::new(
-                EtcdDirectory::open(pool, keys)
-                    .await
-                    .context("reading the shared directory from etcd")?,
-            );
-            tracing::info!(endpoints = %ec.endpoints.join(","), prefix = %ec.prefix, gateway = %config.gateway.name, "shared directory on etcd");
-            etcd_dir = Some((dir.clone(), ec.lease_ttl));
-            dir
-        }
-    };
-    check_bpffs(&config.gateway.pin_dir)?;
-    if config.gateway.pin_dir.exists()
-        && !crate::dataplane::pinned_dataplane_exists(&config.gateway.pin_dir)
-    {
-        tracing::warn!(
-            pin_dir = %config.gateway.pin_dir.display(),
-            "the pin directory holds an incomplete or older dataplane (not every map of this ftn version is pinned there): \
-             it is replaced by a fresh load, which forgets established flows; this upgrade is not hitless"
-        );
-    }
-    let opts = AyaOptions {
-        interfaces: config.gateway.interfaces.clone(),
-        mode: config.gateway.xdp_mode,
-        pin_dir: Some(config.gateway.pin_dir.clone()),
-        ..Default::default()
-    };
-    let mut dp = AyaDataplane::open(&opts).with_context(|| {
-        format!(
-            "loading the XDP dataplane on {} (pin dir {})",
-            config.gateway.interfaces.join(", "),
-            config.gateway.pin_dir.display()
-        )
-    })?;
-    let adopted = dp.adopted();
-    let attached: Vec<String> = dp.attached().iter().map(|a| a.interface.clone()).collect();
-    if adopted {
-        let want: BTreeSet<&String> = config.gateway.interfaces.iter().collect();
-        let have: BTreeSet<&String> = attached.iter().collect();
-        if want != have {
-            anyhow::bail!(
-                "the pinned dataplane under {} is attached to [{}] but the configuration says [{}]; run `ftn detach --pin-dir {}` first (traffic is not forwarded by ftn until the next start)",
-                config.gateway.pin_dir.display(),
-                attached.join(", "),
-                config.gateway.interfaces.join(", "),
-                config.gateway.pin_dir.display()
-            );
-        }
-        tracing::info!(interfaces = %attached.join(","), pin_dir = %config.gateway.pin_dir.display(), "adopted the pinned dataplane: it kept forwarding while the controller was down");
-    } else {
-        tracing::info!(interfaces = %attached.join(","), "XDP dataplane loaded and attached");
-        if let Some(ebpf) = dp.ebpf_mut() {
-            crate::logs::bridge(ebpf);
-        }
-    }
-    dp.set_config(&config.dataplane)?;
-    // An adopted dataplane may be attached to an interface that was replaced meanwhile (same
-    // name, new ifindex): repaired here, before anything else.
-    let interfaces = dp.follow_interfaces();
-    for i in &interfaces {
-        match (&i.note, i.attached) {
-            (Some(note), true) => tracing::info!(interface = %i.name, "{note}"),
-            (Some(note), false) => tracing::warn!(interface = %i.name, "{note}"),
-            (None, _) => {}
-        }
-    }
-    let (passive_tx, passive_rx) = mpsc::channel(1024);
-    match dp.take_events() {
-        Some(ring) => spawn_passive_reader(ring, passive_tx)?,
-        None => {
-            tracing::warn!("no passive-health ring buffer: detection relies on active checks only")
-        }
-    }
-    let sync = MapSync::spawn(dp);
-    *sync
-        .stats()
-        .interfaces
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = interfaces;
-    let shutdown = CancellationToken::new();
-    crate::links::spawn_watcher(sync.clone(), shutdown.clone());
-    let (cluster_tx, cluster_rx) = mpsc::channel(256);
-    let cluster = etcd_dir.map(|(dir, ttl)| {
-        let record = GatewayRecord {
-            name: config.gateway.name.clone(),
-            api: config.api.listen.to_string(),
-            started_ms: crate::directory::now_ms(),
-            machine: crate::etcd::machine_id(),
-            ..Default::default()
-        };
-        let session = Session::start(
-            dir.clone(),
-            config.gateway.name.clone(),
-            ttl,
-            record,
-            cluster_tx.clone(),
-            shutdown.clone(),
-        );
-        ClusterView::new(config.gateway.name.clone(), dir, session)
-    });
-    let controller = Controller::start_with_prober(
-        config.clone(),
-        directory,
-        sync.clone(),
-        attached,
-        adopted,
-        Arc::new(NetProber),
-        cluster,
-    )
-    .await?;
-    // Start-up (parsing a large configuration, the first plan) leaves freed memory behind in the
-    // allocator's arenas; hand it back to the system.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    let token = controller.token.clone();
-    let (req_tx, req_rx) = mpsc::channel(64);
-    let (reload_tx, reload_rx) = mpsc::channel(4);
-    let api = crate::api::serve(
-        config.api.listen,
-        crate::api::ApiState::new(req_tx, token, sync.clone()),
-        api_limits(&config, raise_nofile_limit()),
-        shutdown.clone(),
-    )
-    .await?;
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::hangup()),
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = hup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); let _ = reload_tx.send(()).await; }
-                    _ = term.recv() => { tracing::info!("SIGTERM: stopping the controller; the dataplane stays pinned and forwarding"); shutdown.cancel(); break; }
-                    _ = int.recv() => { tracing::info!("SIGINT: stopping the controller; the dataplane stays pinned and forwarding"); shutdown.cancel(); break; }
-                }
-            }
-        });
-    }
-    tracing::info!(config = %config_path.display(), api = %config.api.listen, "ftn controller running");
-    controller
-        .run(req_rx, reload_rx, passive_rx, cluster_rx, shutdown.clone())
-        .await;
-    shutdown.cancel();
-    drop(cluster_tx);
-    let _ = api.await;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     //! The whole controller (checkers, engine, embedded directory, map-sync task) on an
@@ -1990,9 +1562,11 @@ mod tests {
 
     use super::*;
     use crate::checks::{ProbeFailure, ProbeFuture};
+    use crate::config::DirectoryConfig;
     use crate::dataplane::{
         DataplaneError, MemoryDataplane, Protocol, ResourceAssignment, ResourceMatch, ServerEntry,
     };
+    use crate::directory::EmbeddedDirectory;
 
     /// Every server in use unanswered while its checks pass: the gateway's fault; one server,
     /// a stale report, a server whose checks fail, or one server in use: not.

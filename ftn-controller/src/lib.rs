@@ -1,6 +1,7 @@
 //! ftn's controller library: configuration, health checks, the directory, the failover engine,
 //! the map-sync task, the admin API and the dataplane interface.
 pub mod api;
+pub mod app;
 pub mod checks;
 pub mod config;
 pub mod daemon;

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use ftn_controller::api::types::Status;
 use ftn_controller::api::{self, Done, ErrorBody, ServerBody, SwitchoverBody};
-use ftn_controller::daemon::Status;
 use ftn_controller::dataplane::{self, DEFAULT_PIN_DIR};
 use ftn_controller::directory::{now_ms, Event, Health};
-use ftn_controller::{config, daemon, files};
+use ftn_controller::{config, files};
 
 const DEFAULT_CONFIG: &str = "/etc/ftn/ftn.toml";
 const DEFAULT_API: &str = "127.0.0.1:7480";
@@ -417,7 +417,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Run { config } => rt.block_on(daemon::run(&config)),
+        Command::Run { config } => rt.block_on(ftn_controller::app::run(&config)),
         Command::CheckConfig { file } => check_config(&file),
         Command::Status { api, json } => rt.block_on(async {
             let t = target(&api)?;
