@@ -24,11 +24,7 @@ use std::{
 };
 
 use ftn_common::{DataplaneConfig, MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_SERVERS};
-use serde::{
-    de::{self, MapAccess, SeqAccess, Visitor},
-    ser::SerializeStruct,
-    Deserialize, Deserializer, Serialize, Serializer,
-};
+use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use crate::dataplane::{NoServerAction, Protocol, ResourceMatch, XdpAttachMode, DEFAULT_PIN_DIR};
 
@@ -524,8 +520,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Validates `text`, the contents of the file at `path` (`path` is used in messages, as the
 /// resulting [`Config::source`], and to resolve a relative `api.token_file`, which is read).
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let root = match toml::from_str::<Bare>(text) {
-        Ok(Bare(root)) => root,
+    let root = match toml::de::DeTable::parse(text) {
+        Ok(doc) => Item {
+            span: None,
+            node: Node::Table(table_entries(doc.get_ref())),
+        },
         Err(e) => {
             let (line, column) = match e.span() {
                 Some(span) => {
@@ -534,13 +533,19 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 }
                 None => (None, None),
             };
-            let message = e
+            let mut message = e
                 .message()
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .collect::<Vec<_>>()
                 .join("; ");
+            // toml's message does not name the key; its span does.
+            if message == "duplicate key" {
+                if let Some(key) = e.span().and_then(|s| text.get(s)) {
+                    message = format!("duplicate key `{}`", key.trim());
+                }
+            }
             return Err(ConfigError {
                 path: path.to_path_buf(),
                 problems: vec![Problem {
@@ -580,18 +585,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 // A TOML tree that remembers where everything was
 // ------------------------------------------------------------------------------------------
 
-// `toml` hands out spans through `toml::Spanned`, which is recognised by these private serde
-// names (serde_spanned 0.6, used by toml 0.8). We use them directly rather than through
-// `Spanned<T>` because `Spanned<T>` *fails* on values without a span (tables created implicitly
-// by dotted keys), whereas our visitor falls back to "no span". Should the names ever change,
-// parsing still works, only without line numbers (and the tests say so).
-const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
-const SPANNED_START: &str = "$__serde_spanned_private_start";
-const SPANNED_END: &str = "$__serde_spanned_private_end";
-const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
-const SPANNED_FIELDS: &[&str] = &[SPANNED_START, SPANNED_END, SPANNED_VALUE];
-const DATETIME_FIELD: &str = "$__toml_private_datetime";
-
+// `toml`'s public parse tree (`toml::de::DeTable`, with `preserve_order`) gives every key and
+// value its byte span, in file order; [`tree`] turns it into the `Item`s the readers below walk.
 /// Byte range in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
@@ -653,144 +648,50 @@ impl Node {
     }
 }
 
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, KeyVisitor)
+fn span(range: std::ops::Range<usize>) -> Option<Span> {
+    Some(Span {
+        start: range.start,
+        end: range.end,
+    })
+}
+
+/// The `Item` tree of a parsed value.
+fn tree(v: &toml::Spanned<toml::de::DeValue<'_>>) -> Item {
+    use toml::de::DeValue;
+    let node = match v.get_ref() {
+        DeValue::String(s) => Node::Str(s.to_string()),
+        DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) => Node::Int(n),
+            // Beyond i64 (TOML's integers): shown as the float it is closest to, which every
+            // reader refuses with the value in the message.
+            Err(_) => Node::Float(
+                u128::from_str_radix(i.as_str(), i.radix()).map_or(f64::NAN, |n| n as f64),
+            ),
+        },
+        DeValue::Float(f) => Node::Float(f.as_str().parse().unwrap_or(f64::NAN)),
+        DeValue::Boolean(b) => Node::Bool(*b),
+        DeValue::Datetime(d) => Node::Datetime(d.to_string()),
+        DeValue::Array(a) => Node::Array(a.iter().map(tree).collect()),
+        DeValue::Table(t) => Node::Table(table_entries(t)),
+    };
+    Item {
+        span: span(v.span()),
+        node,
     }
 }
 
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Key;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-        Ok(Key {
-            name: v.to_owned(),
-            span: None,
+fn table_entries(t: &toml::de::DeTable<'_>) -> Vec<(Key, Item)> {
+    t.iter()
+        .map(|(k, v)| {
+            (
+                Key {
+                    name: k.get_ref().to_string(),
+                    span: span(k.span()),
+                },
+                tree(v),
+            )
         })
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key, A::Error> {
-        let (mut start, mut end, mut name) = (None, None, None);
-        while let Some(k) = map.next_key::<String>()? {
-            match k.as_str() {
-                SPANNED_START => start = Some(map.next_value::<usize>()?),
-                SPANNED_END => end = Some(map.next_value::<usize>()?),
-                SPANNED_VALUE => name = Some(map.next_value::<String>()?),
-                _ => return Err(de::Error::custom("unexpected field in a spanned key")),
-            }
-        }
-        let name = name.ok_or_else(|| de::Error::custom("spanned key without its value"))?;
-        let span = match (start, end) {
-            (Some(start), Some(end)) => Some(Span { start, end }),
-            _ => None,
-        };
-        Ok(Key { name, span })
-    }
-}
-
-/// `Item` asks the deserializer for its span; `Bare` (the inside of a spanned value, and the
-/// document itself) does not.
-impl<'de> Deserialize<'de> for Item {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, ItemVisitor)
-    }
-}
-
-struct Bare(Item);
-
-impl<'de> Deserialize<'de> for Bare {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ItemVisitor).map(Bare)
-    }
-}
-
-struct ItemVisitor;
-
-fn bare(node: Node) -> Item {
-    Item { span: None, node }
-}
-
-impl<'de> Visitor<'de> for ItemVisitor {
-    type Value = Item;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a TOML value")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Item, E> {
-        Ok(bare(Node::Bool(v)))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Item, E> {
-        Ok(bare(Node::Int(v)))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Item, E> {
-        Ok(bare(match i64::try_from(v) {
-            Ok(v) => Node::Int(v),
-            Err(_) => Node::Float(v as f64),
-        }))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Item, E> {
-        Ok(bare(Node::Float(v)))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Item, E> {
-        Ok(bare(Node::Str(v.to_owned())))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Item, E> {
-        Ok(bare(Node::Str(v)))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Item>()? {
-            items.push(item);
-        }
-        Ok(bare(Node::Array(items)))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Item, A::Error> {
-        let Some(first) = map.next_key::<Key>()? else {
-            return Ok(bare(Node::Table(Vec::new())));
-        };
-        // Magic keys come from the deserializer itself, never with a span of their own.
-        if first.span.is_none() && first.name == SPANNED_START {
-            let start = map.next_value::<usize>()?;
-            let mut end = start;
-            let mut inner = None;
-            while let Some(k) = map.next_key::<Key>()? {
-                if k.name == SPANNED_END {
-                    end = map.next_value::<usize>()?;
-                } else if k.name == SPANNED_VALUE {
-                    inner = Some(map.next_value::<Bare>()?.0);
-                } else {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-            let mut item = inner.ok_or_else(|| de::Error::custom("spanned value without value"))?;
-            item.span = Some(Span { start, end });
-            return Ok(item);
-        }
-        if first.span.is_none() && first.name == DATETIME_FIELD {
-            return Ok(bare(Node::Datetime(map.next_value::<String>()?)));
-        }
-        let value = map.next_value::<Item>()?;
-        let mut entries = vec![(first, value)];
-        while let Some(k) = map.next_key::<Key>()? {
-            let v = map.next_value::<Item>()?;
-            entries.push((k, v));
-        }
-        Ok(bare(Node::Table(entries)))
-    }
+        .collect()
 }
 
 /// 1-based line and column (in characters) of a byte offset.
