@@ -1,0 +1,202 @@
+//! The rules across entries: unique names and addresses, references between servers and
+//! resources, VIPs.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use ftn_common::{MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_SERVERS};
+
+use super::*;
+use crate::dataplane::Protocol;
+
+// ------------------------------------------------------------------------------------------
+// Checks across entries
+// ------------------------------------------------------------------------------------------
+
+pub(super) fn check_servers(ctx: &mut Ctx, servers: &[RawServer]) {
+    if servers.len() > MAX_SERVERS as usize {
+        let first_extra = &servers[MAX_SERVERS as usize];
+        ctx.report(
+            first_extra.table_span,
+            &first_extra.label,
+            format!(
+                "too many servers: {} (the dataplane holds at most {MAX_SERVERS})",
+                servers.len()
+            ),
+        );
+    }
+    let mut names: HashMap<&str, Option<Span>> = HashMap::new();
+    let mut addresses: HashMap<IpAddr, (&str, Option<Span>)> = HashMap::new();
+    for s in servers {
+        if let Some(name) = &s.name {
+            if let Some(first) = names.get(name.as_str()) {
+                let at = ctx.line_of(*first);
+                ctx.report(
+                    s.name_span,
+                    &format!("{}.name", s.label),
+                    format!("duplicate server name {name:?}: already defined{at}"),
+                );
+            } else {
+                names.insert(name, s.name_span);
+            }
+        }
+        if let Some(address) = s.address {
+            if let Some((other, at)) = addresses.get(&address) {
+                let at = ctx.line_of(*at);
+                let other = other.to_string();
+                ctx.report(
+                    s.address_span,
+                    &format!("{}.address", s.label),
+                    format!("address {address} is already the address of {other}{at}"),
+                );
+            } else {
+                addresses.insert(address, (&s.label, s.address_span));
+            }
+        }
+    }
+}
+
+pub(super) fn check_resources(ctx: &mut Ctx, resources: &[RawResource], servers: &[RawServer]) {
+    if resources.len() > MAX_RESOURCES as usize {
+        let first_extra = &resources[MAX_RESOURCES as usize];
+        ctx.report(
+            first_extra.table_span,
+            &first_extra.label,
+            format!(
+                "too many resources: {} (the dataplane holds at most {MAX_RESOURCES})",
+                resources.len()
+            ),
+        );
+    }
+    let keys: usize = resources.iter().map(|r| r.ports.len().max(1)).sum();
+    if keys > MAX_RESOURCE_KEYS as usize {
+        ctx.report(
+            None,
+            "resource",
+            format!(
+                "too many (VIP, protocol, port) entries: {keys} (the dataplane holds at most {MAX_RESOURCE_KEYS})"
+            ),
+        );
+    }
+
+    // Servers by name (first definition wins; duplicates are reported by check_servers).
+    let mut by_name: HashMap<&str, &RawServer> = HashMap::new();
+    for s in servers {
+        if let Some(name) = &s.name {
+            by_name.entry(name).or_insert(s);
+        }
+    }
+    let known: Vec<&str> = servers.iter().filter_map(|s| s.name.as_deref()).collect();
+    // Server addresses (first definition wins): a VIP must be none of them.
+    let mut by_address: HashMap<IpAddr, &RawServer> = HashMap::new();
+    for s in servers {
+        if let Some(a) = s.address {
+            by_address.entry(a).or_insert(s);
+        }
+    }
+
+    let mut names: HashMap<&str, Option<Span>> = HashMap::new();
+    let mut owners: HashMap<(IpAddr, Protocol, u16), (&str, Option<Span>)> = HashMap::new();
+    for r in resources {
+        if let Some(name) = &r.name {
+            if let Some(first) = names.get(name.as_str()) {
+                let at = ctx.line_of(*first);
+                ctx.report(
+                    r.name_span,
+                    &format!("{}.name", r.label),
+                    format!("duplicate resource name {name:?}: already defined{at}"),
+                );
+            } else {
+                names.insert(name, r.name_span);
+            }
+        }
+
+        if let Some(vip) = r.vip {
+            if let Some(s) = by_address.get(&vip) {
+                let at = ctx.line_of(s.address_span.or(s.table_span));
+                let who = s
+                    .name
+                    .as_deref()
+                    .map(|n| format!("server {n:?}"))
+                    .unwrap_or_else(|| s.label.clone());
+                ctx.report(
+                    r.vip_span,
+                    &format!("{}.vip", r.label),
+                    format!(
+                        "VIP {vip} is also the address of {who}{at}: a VIP must not be a server's address (the gateway would rewrite that server's own traffic)"
+                    ),
+                );
+            }
+        }
+
+        for (i, (server, span)) in r.servers.iter().enumerate() {
+            let field = format!("{}.servers[{i}]", r.label);
+            match by_name.get(server.as_str()) {
+                None => {
+                    let hint = if known.is_empty() {
+                        " (no [[server]] is defined)".to_owned()
+                    } else if known.len() <= 10 {
+                        format!(" (known: {})", known.join(", "))
+                    } else if let Some(s) = suggestion(server, known.iter().copied()) {
+                        format!(" (did you mean {s:?}?)")
+                    } else {
+                        format!(" ({} servers are defined)", known.len())
+                    };
+                    ctx.report(*span, &field, format!("unknown server {server:?}{hint}"));
+                }
+                Some(s) => {
+                    if let (Some(vip), Some(addr)) = (r.vip, s.address) {
+                        if vip.is_ipv4() != addr.is_ipv4() {
+                            let fam = |ip: IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+                            ctx.report(
+                                *span,
+                                &field,
+                                format!(
+                                    "server {server:?} has an {} address ({addr}) but the VIP {vip} is {}: a resource's servers must be of the VIP's address family",
+                                    fam(addr),
+                                    fam(vip)
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        // One (VIP, protocol, port) belongs to one resource.
+        let (Some(vip), Some(protocol)) = (r.vip, r.protocol) else {
+            continue;
+        };
+        let entries: Vec<(u16, Option<Span>, String)> = if protocol == Protocol::Icmp {
+            vec![(0, r.vip_span, format!("{}.vip", r.label))]
+        } else {
+            r.ports
+                .iter()
+                .enumerate()
+                .map(|(i, (p, span))| (*p, *span, format!("{}.ports[{i}]", r.label)))
+                .collect()
+        };
+        for (port, span, field) in entries {
+            match owners.get(&(vip, protocol, port)) {
+                Some((other, other_span)) => {
+                    let at = ctx.line_of(*other_span);
+                    let what = if protocol == Protocol::Icmp {
+                        format!("icmp on VIP {vip}")
+                    } else {
+                        format!("{protocol} port {port} of VIP {vip}")
+                    };
+                    let other = other.to_string();
+                    ctx.report(
+                        span,
+                        &field,
+                        format!(
+                            "duplicate VIP: {what} already belongs to {other}{at}; a VIP, protocol and port may belong to one resource only"
+                        ),
+                    );
+                }
+                None => {
+                    owners.insert((vip, protocol, port), (&r.label, r.table_span));
+                }
+            }
+        }
+    }
+}
