@@ -91,7 +91,8 @@ fn drain(fd: &OwnedFd) -> io::Result<bool> {
 pub fn spawn_watcher(sync: MapSync, shutdown: CancellationToken) {
     tokio::spawn(async move {
         // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open until it is dropped.
-        let socket = match link_socket()
+        // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open until it is dropped.
+        let mut socket = match link_socket()
             .and_then(|fd| unsafe { AsyncFd::register(fd) }.map_err(io::Error::from))
         {
             Ok(s) => Some(s),
@@ -107,29 +108,36 @@ pub fn spawn_watcher(sync: MapSync, shutdown: CancellationToken) {
         loop {
             let changed = async {
                 match &socket {
-                    Some(s) => s.readable().await.map(Some),
+                    Some(s) => s.readable().await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let failed = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = every.tick() => sync.follow_interfaces(),
-                ready = changed => {
-                    let Ok(Some(mut guard)) = ready else { continue };
-                    let fd = socket.as_ref().map(|s| s.get_ref());
-                    match fd.map(drain) {
-                        Some(Ok(true)) => {
+                _ = every.tick() => {
+                    sync.follow_interfaces();
+                    None
+                }
+                ready = changed => match ready {
+                    Err(e) => Some(e),
+                    Ok(mut guard) => {
+                        let r = drain(guard.get_ref().get_ref());
+                        if let Ok(true) = r {
                             tokio::time::sleep(SETTLE).await;
-                            if let Some(fd) = fd {
-                                let _ = drain(fd);
-                            }
+                            let _ = drain(guard.get_ref().get_ref());
                             sync.follow_interfaces();
                         }
-                        Some(Err(e)) => tracing::debug!("reading link changes: {e}"),
-                        _ => {}
+                        guard.clear_ready();
+                        r.err()
                     }
-                    guard.clear_ready();
-                }
+                },
+            };
+            if let Some(e) = failed {
+                // Never spin on a broken socket: the periodic look goes on alone.
+                tracing::warn!(
+                    "reading link changes over netlink failed ({e}); interfaces are looked at every {FOLLOW_EVERY:?} from now on"
+                );
+                socket = None;
             }
         }
     });
