@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checks::NetProber;
 use crate::config::{self, Config, DirectoryConfig};
-use crate::daemon::{ClusterView, Controller, MapSync};
+use crate::daemon::{ClusterView, Controller};
+use crate::dataplane::sync::MapSync;
 use crate::dataplane::{AyaDataplane, AyaOptions, Dataplane};
 use crate::directory::{Directory, EmbeddedDirectory};
 use crate::etcd::{EtcdDirectory, GatewayRecord, Session};

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::MapSync;
+use crate::dataplane::sync::MapSync;
 
 /// The dataplane looks at its interfaces at least this often, netlink or not.
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);

@@ -18,7 +18,7 @@ use prometheus_client::registry::{Metric, Registry};
 
 use super::server::ListenerStats;
 use super::types::Status;
-use crate::daemon::{Counters, SyncStats};
+use crate::dataplane::sync::{Counters, SyncStats};
 use crate::directory::Health;
 
 /// The content type of [`render`]'s text.

@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::types::{Done, ErrorBody, ServerBody, SwitchoverBody};
-use crate::daemon::{MapSync, Request, RequestError};
+use crate::daemon::{Request, RequestError};
+use crate::dataplane::sync::MapSync;
 use crate::engine::Action;
 
 /// Longest the API waits for the engine task.

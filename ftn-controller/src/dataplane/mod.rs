@@ -8,6 +8,7 @@
 
 mod ebpf;
 mod memory;
+pub mod sync;
 
 use std::net::IpAddr;
 

@@ -1,0 +1,273 @@
+//! The map-sync thread: the only owner of the dataplane once `ftn run` is up. It applies the
+//! engine's batches of changes in order (a failed batch sets `needs_resync`: the engine then
+//! rewrites the whole state), answers counter reads, and follows the interfaces.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AyaDataplane, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats};
+use crate::engine::Engine;
+
+/// Counters read from the dataplane, by resource and server name.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub resources: Vec<(String, ResourceStats)>,
+    pub servers: Vec<(String, ServerStats)>,
+    pub global: Vec<(GlobalCounter, u64)>,
+}
+
+enum SyncMsg {
+    Apply(Vec<Change>),
+    /// Write everything and remove entries not in the sets (start, and after an error).
+    Resync {
+        changes: Vec<Change>,
+        servers: BTreeSet<u32>,
+        resources: BTreeSet<crate::dataplane::ResourceMatch>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Counters {
+        resources: Vec<(String, u32)>,
+        servers: Vec<(String, u32)>,
+        reply: oneshot::Sender<Result<Counters, String>>,
+    },
+    /// Answered once everything queued before it is written.
+    Barrier(oneshot::Sender<()>),
+    /// Follow the interfaces (they changed, or a periodic look); the result goes to the stats.
+    FollowInterfaces,
+}
+
+/// Handle to the map-sync task.
+#[derive(Clone)]
+pub struct MapSync {
+    tx: mpsc::UnboundedSender<SyncMsg>,
+    stats: Arc<SyncStats>,
+}
+
+#[derive(Default, Debug)]
+pub struct SyncStats {
+    pub batches: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Set when a batch failed: the engine task resynchronises the whole state.
+    pub needs_resync: std::sync::atomic::AtomicBool,
+    /// The configured interfaces as the dataplane last followed them.
+    pub interfaces: std::sync::Mutex<Vec<crate::dataplane::InterfaceState>>,
+}
+
+/// Lists a dataplane's keys so that a resync can remove strays.
+pub trait ListKeys {
+    fn server_ids(&self) -> Result<Vec<u32>, String>;
+    fn resource_matches(&self) -> Result<Vec<crate::dataplane::ResourceMatch>, String>;
+}
+
+impl MapSync {
+    /// Starts the task; it owns `dp` from now on.
+    pub fn spawn<D: Dataplane + ListKeys + 'static>(mut dp: D) -> MapSync {
+        let (tx, mut rx) = mpsc::unbounded_channel::<SyncMsg>();
+        let stats = Arc::new(SyncStats::default());
+        let st = stats.clone();
+        use std::sync::atomic::Ordering::Relaxed;
+        // A thread of its own (not the runtime's blocking pool): it lives as long as the
+        // controller and does blocking map syscalls.
+        let spawned = std::thread::Builder::new()
+            .name("ftn-map-sync".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    // Batch: everything queued behind the first message goes in the same pass.
+                    let mut batch = vec![first];
+                    while let Ok(m) = rx.try_recv() {
+                        batch.push(m);
+                    }
+                    let mut pending: Vec<Change> = Vec::new();
+                    for m in batch {
+                        match m {
+                            SyncMsg::Apply(c) => pending.extend(c),
+                            other => {
+                                flush(&mut dp, &mut pending, &st);
+                                handle_other(&mut dp, other, &st);
+                            }
+                        }
+                    }
+                    flush(&mut dp, &mut pending, &st);
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread every request answers "the map-sync task is gone".
+            tracing::error!("cannot start the map-sync thread: {e}");
+        }
+        fn flush<D: Dataplane>(dp: &mut D, pending: &mut Vec<Change>, st: &SyncStats) {
+            if pending.is_empty() {
+                return;
+            }
+            st.batches.fetch_add(1, Relaxed);
+            match dp.apply(pending) {
+                Ok(()) => {
+                    st.writes.fetch_add(pending.len() as u64, Relaxed);
+                }
+                Err((i, e)) => {
+                    st.writes.fetch_add(i as u64, Relaxed);
+                    st.errors.fetch_add(1, Relaxed);
+                    st.needs_resync.store(true, Relaxed);
+                    tracing::error!(error = %e, change = ?pending[i], "dataplane write failed; the whole state will be rewritten");
+                }
+            }
+            pending.clear();
+        }
+        fn handle_other<D: Dataplane + ListKeys>(dp: &mut D, m: SyncMsg, st: &SyncStats) {
+            match m {
+                SyncMsg::Apply(_) => {}
+                SyncMsg::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                SyncMsg::FollowInterfaces => {
+                    let now = dp.follow_interfaces();
+                    let mut last = st.interfaces.lock().unwrap_or_else(|p| p.into_inner());
+                    for i in &now {
+                        let before = last.iter().find(|b| b.name == i.name);
+                        let changed = before.map(|b| (b.ifindex, b.attached))
+                            != Some((i.ifindex, i.attached));
+                        if changed && !i.attached {
+                            tracing::warn!(interface = %i.name, ifindex = ?i.ifindex, "{}", i.note.as_deref().unwrap_or("not attached"));
+                        }
+                    }
+                    *last = now;
+                }
+                SyncMsg::Resync {
+                    changes,
+                    servers,
+                    resources,
+                    done,
+                } => {
+                    let r = (|| -> Result<(), String> {
+                        dp.apply(&changes)
+                            .map_err(|(i, e)| format!("{e} (writing {:?})", changes[i]))?;
+                        st.writes.fetch_add(changes.len() as u64, Relaxed);
+                        for m in dp.resource_matches()? {
+                            if !resources.contains(&m) {
+                                dp.remove_resource(&m).map_err(|e| e.to_string())?;
+                                tracing::info!(
+                                    ?m,
+                                    "removed a resource entry that is not in the configuration"
+                                );
+                            }
+                        }
+                        for id in dp.server_ids()? {
+                            if !servers.contains(&id) {
+                                dp.remove_server(id).map_err(|e| e.to_string())?;
+                            }
+                        }
+                        Ok(())
+                    })();
+                    if r.is_err() {
+                        st.errors.fetch_add(1, Relaxed);
+                    } else {
+                        st.needs_resync.store(false, Relaxed);
+                    }
+                    let _ = done.send(r);
+                }
+                SyncMsg::Counters {
+                    resources,
+                    servers,
+                    reply,
+                } => {
+                    let r = (|| -> Result<Counters, String> {
+                        let mut c = Counters::default();
+                        for (name, id) in resources {
+                            c.resources
+                                .push((name, dp.resource_stats(id).map_err(|e| e.to_string())?));
+                        }
+                        for (name, id) in servers {
+                            c.servers
+                                .push((name, dp.server_stats(id).map_err(|e| e.to_string())?));
+                        }
+                        c.global = dp.global_stats().map_err(|e| e.to_string())?;
+                        Ok(c)
+                    })();
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        MapSync { tx, stats }
+    }
+
+    /// Asks the map-sync thread to follow the interfaces (see [`Dataplane::follow_interfaces`]).
+    pub fn follow_interfaces(&self) {
+        let _ = self.tx.send(SyncMsg::FollowInterfaces);
+    }
+
+    pub fn apply(&self, changes: Vec<Change>) {
+        if !changes.is_empty() {
+            let _ = self.tx.send(SyncMsg::Apply(changes));
+        }
+    }
+
+    pub async fn resync(&self, engine: &Engine) -> Result<(), String> {
+        let (servers, resources) = engine.expected_keys();
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(SyncMsg::Resync {
+                changes: engine.full_state(),
+                servers,
+                resources,
+                done,
+            })
+            .map_err(|_| "the map-sync task is gone".to_string())?;
+        rx.await
+            .map_err(|_| "the map-sync task is gone".to_string())?
+    }
+
+    pub async fn counters(
+        &self,
+        resources: Vec<(String, u32)>,
+        servers: Vec<(String, u32)>,
+    ) -> Result<Counters, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(SyncMsg::Counters {
+                resources,
+                servers,
+                reply,
+            })
+            .map_err(|_| "the map-sync task is gone".to_string())?;
+        rx.await
+            .map_err(|_| "the map-sync task is gone".to_string())?
+    }
+
+    /// Waits until every change sent before is in the maps.
+    pub async fn barrier(&self) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(SyncMsg::Barrier(done))
+            .map_err(|_| "the map-sync task is gone".to_string())?;
+        rx.await
+            .map_err(|_| "the map-sync task is gone".to_string())
+    }
+
+    pub fn stats(&self) -> &SyncStats {
+        &self.stats
+    }
+}
+
+impl ListKeys for AyaDataplane {
+    fn server_ids(&self) -> Result<Vec<u32>, String> {
+        self.configured_server_ids().map_err(|e| e.to_string())
+    }
+    fn resource_matches(&self) -> Result<Vec<crate::dataplane::ResourceMatch>, String> {
+        self.resource_matches().map_err(|e| e.to_string())
+    }
+}
+
+impl ListKeys for crate::dataplane::MemoryDataplane {
+    fn server_ids(&self) -> Result<Vec<u32>, String> {
+        Ok(self.servers.keys().copied().collect())
+    }
+    fn resource_matches(&self) -> Result<Vec<crate::dataplane::ResourceMatch>, String> {
+        Ok(self
+            .resources
+            .keys()
+            .filter_map(crate::dataplane::ResourceMatch::from_key)
+            .collect())
+    }
+}
