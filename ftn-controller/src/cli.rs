@@ -1,0 +1,316 @@
+//! The operator commands' side of the `ftn` binary: finding the API (address and token, also
+//! from a configuration file that does not validate), calling it, and printing what it answers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context as _;
+use ftn_controller::api::types::Status;
+use ftn_controller::api::{self, Done, ErrorBody};
+use ftn_controller::directory::{now_ms, Health};
+use ftn_controller::{config, files};
+
+use crate::{ApiArgs, DEFAULT_API};
+
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    pub(crate) token: Option<String>,
+}
+
+/// The `[api]` settings of a configuration file that does not validate as a whole (e.g. an
+/// edited file about to be reloaded): read leniently, so that `ftn reload` can still reach the
+/// daemon and show the file's problems. Only `listen` and the token are taken.
+pub(crate) fn lenient_api(path: &Path) -> (Option<SocketAddr>, Option<String>) {
+    let Ok(text) = files::read_regular(path, files::MAX_CONFIG_BYTES) else {
+        return (None, None);
+    };
+    let Ok(v) = text.parse::<toml::Table>() else {
+        return (None, None);
+    };
+    let api = v.get("api").and_then(|a| a.as_table());
+    let listen = api
+        .and_then(|a| a.get("listen"))
+        .and_then(|l| l.as_str())
+        .and_then(|l| l.parse().ok());
+    let token = api.and_then(|a| {
+        if let Some(t) = a.get("token").and_then(|t| t.as_str()) {
+            return Some(t.to_string());
+        }
+        let file = a.get("token_file")?.as_str()?;
+        let file = path.parent().unwrap_or(Path::new("/")).join(file);
+        files::read_regular(&file, files::MAX_SECRET_BYTES)
+            .ok()
+            .map(|t| t.trim().to_string())
+    });
+    (listen, token)
+}
+
+pub(crate) fn target(a: &ApiArgs) -> anyhow::Result<Target> {
+    let (listen, cfg_token) = match config::load(&a.config) {
+        Ok(c) => (Some(c.api.listen), c.api.token.clone()),
+        Err(e) => {
+            let (listen, token) = lenient_api(&a.config);
+            if a.api.is_none() || a.token_file.is_none() {
+                eprintln!(
+                    "note: {} does not validate ({} problem(s), first: {}); its [api] settings were read as they are{}",
+                    a.config.display(),
+                    e.problems.len(),
+                    e.problems.first().map(|p| p.message.as_str()).unwrap_or(""),
+                    if token.is_none() && a.token_file.is_none() {
+                        "; no token found (use --token-file for changes)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            (listen, token)
+        }
+    };
+    let addr = match (a.api, listen) {
+        (Some(addr), _) => addr,
+        (None, Some(l)) => l,
+        (None, None) => DEFAULT_API.parse()?,
+    };
+    let token = match &a.token_file {
+        Some(p) => Some(
+            files::read_regular(p, files::MAX_SECRET_BYTES)
+                .with_context(|| format!("reading the API token from {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => cfg_token,
+    };
+    Ok(Target { addr, token })
+}
+
+pub(crate) async fn get<T: serde::de::DeserializeOwned>(
+    t: &Target,
+    path: &str,
+) -> anyhow::Result<T> {
+    let (code, body) = api::call(t.addr, "GET", path, None, None).await?;
+    decode(code, &body)
+}
+
+pub(crate) async fn post(
+    t: &Target,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<String> {
+    let (code, body) = api::call(t.addr, "POST", path, t.token.as_deref(), Some(&body)).await?;
+    let done: Done = decode(code, &body)?;
+    Ok(done.result)
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(code: u16, body: &str) -> anyhow::Result<T> {
+    if !(200..300).contains(&code) {
+        let msg = serde_json::from_str::<ErrorBody>(body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| body.to_string());
+        anyhow::bail!("the daemon refused ({code}): {msg}");
+    }
+    serde_json::from_str(body).with_context(|| format!("unexpected answer from the daemon: {body}"))
+}
+
+pub(crate) fn ago(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let d = now_ms().saturating_sub(ms) / 1000;
+    match d {
+        0..=119 => format!("{d}s ago"),
+        120..=7199 => format!("{}m ago", d / 60),
+        7200..=172_799 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+pub(crate) fn print_status(st: &Status) {
+    println!(
+        "gateway {}  directory {} (revision {})  interfaces {}{}",
+        st.gateway,
+        st.directory,
+        st.revision,
+        st.interfaces.join(","),
+        if st.adopted {
+            "  (adopted a pinned dataplane)"
+        } else {
+            ""
+        }
+    );
+    for w in &st.warnings {
+        println!("WARNING: {w}");
+    }
+    println!();
+    let mut rows = vec![[
+        "RESOURCE".to_string(),
+        "VIP".into(),
+        "SERVICE".into(),
+        "CURRENT".into(),
+        "STATE".into(),
+        "SINCE".into(),
+        "WHY".into(),
+    ]];
+    for r in &st.resources {
+        let ports = if r.ports.is_empty() {
+            r.protocol.clone()
+        } else {
+            format!(
+                "{}/{}",
+                r.protocol,
+                r.ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
+        rows.push([
+            r.name.clone(),
+            r.vip.clone(),
+            ports,
+            r.current.clone().unwrap_or_else(|| "-".into()),
+            r.state.clone(),
+            ago(r.since_ms),
+            r.reason.clone(),
+        ]);
+    }
+    table(&rows);
+    println!();
+    let mut rows = vec![[
+        "SERVER".to_string(),
+        "ADDRESS".into(),
+        "HEALTH".into(),
+        "SINCE".into(),
+        "CHECKS".into(),
+        "EVIDENCE".into(),
+    ]];
+    for s in &st.servers {
+        let checks = s
+            .checks
+            .iter()
+            .map(|c| match &c.unable_to_run {
+                Some(why) => format!(
+                    "{} {} CANNOT RUN ({why})",
+                    c.check,
+                    if c.up { "up" } else { "down" },
+                ),
+                None => format!(
+                    "{} {} {:.1}ms",
+                    c.check,
+                    if c.up { "up" } else { "down" },
+                    c.last_latency_us as f64 / 1000.0
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let health = match (s.health, s.drained) {
+            (Health::Up, false) => "up",
+            (Health::Up, true) => "up, drained",
+            (Health::Down, false) => "down",
+            (Health::Down, true) => "down, drained",
+        };
+        rows.push([
+            s.name.clone(),
+            s.address.clone(),
+            health.into(),
+            ago(s.since_ms),
+            if checks.is_empty() {
+                "-".into()
+            } else {
+                checks
+            },
+            s.evidence.clone(),
+        ]);
+    }
+    table(&rows);
+    if let Some(c) = &st.cluster {
+        println!();
+        println!(
+            "shared directory: this gateway {} is the {}; leader {}; etcd {}{} ({}); maps at revision {}",
+            c.gateway,
+            c.role,
+            c.leader.as_deref().unwrap_or("none"),
+            c.etcd,
+            c.etcd_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
+            ago(c.etcd_since_ms),
+            c.applied_revision
+        );
+        let mut rows = vec![[
+            "GATEWAY".to_string(),
+            "LIVE".into(),
+            "ROLE".into(),
+            "MAPS AT".into(),
+            "SINCE".into(),
+            "SEES".into(),
+        ]];
+        for g in &c.gateways {
+            rows.push([
+                g.name.clone(),
+                if g.live { "yes" } else { "no" }.into(),
+                if c.leader.as_deref() == Some(g.name.as_str()) {
+                    "leader"
+                } else {
+                    "follower"
+                }
+                .into(),
+                format!("revision {}", g.applied_revision),
+                ago(g.applied_at_ms),
+                g.observations
+                    .iter()
+                    .map(|(s, h)| format!("{s} {h}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]);
+        }
+        table(&rows);
+    }
+}
+
+pub(crate) fn table<const N: usize>(rows: &[[String; N]]) {
+    let mut w = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == N {
+                    c.clone()
+                } else {
+                    format!("{c:<width$}", width = w[i])
+                }
+            })
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+pub(crate) fn check_config(file: &Path) -> anyhow::Result<()> {
+    match config::load(file) {
+        Ok(c) => {
+            println!(
+                "{}: valid ({} server(s), {} resource(s), interfaces {})",
+                file.display(),
+                c.servers.len(),
+                c.resources.len(),
+                c.gateway.interfaces.join(",")
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            anyhow::bail!(
+                "{}: invalid, {} problem(s)",
+                file.display(),
+                e.problems.len()
+            )
+        }
+    }
+}
