@@ -231,6 +231,17 @@ impl Controller {
 
     /// [`dataplane_fault`] now.
     pub(super) fn dataplane_fault_now(&self) -> Option<String> {
+        // Cheap first: it takes two recent reports, and this runs on every passive report and
+        // status request (the set of servers in use costs a pass over every resource).
+        let now = self.clock.now_ms();
+        let recent = self
+            .unanswered_at
+            .values()
+            .filter(|&&at| now.saturating_sub(at) <= DATAPLANE_FAULT_WINDOW_MS)
+            .count();
+        if recent < 2 {
+            return None;
+        }
         let in_use: BTreeSet<String> = self
             .engine
             .snapshot()
@@ -242,7 +253,7 @@ impl Controller {
             &in_use,
             &self.unanswered_at,
             |s| self.checkers.get(s).is_some_and(|(c, _)| c.is_up()),
-            self.clock.now_ms(),
+            now,
         )
     }
 

@@ -206,6 +206,17 @@ fn link_ifindex(path: &Path) -> Result<u32, String> {
     Ok(info.ifindex)
 }
 
+impl InterfaceState {
+    fn new(name: &str, ifindex: Option<u32>, attached: bool, note: Option<String>) -> Self {
+        InterfaceState {
+            name: name.to_string(),
+            ifindex,
+            attached,
+            note,
+        }
+    }
+}
+
 /// What became of one configured interface when the dataplane followed it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InterfaceState {
@@ -237,13 +248,10 @@ fn pin_err(path: &Path, e: impl std::fmt::Display) -> DataplaneError {
 }
 
 fn ifindex(name: &str) -> Result<u32, DataplaneError> {
-    let c = CString::new(name).map_err(|_| DataplaneError::UnknownInterface(name.to_string()))?;
-    // SAFETY: valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(DataplaneError::UnknownInterface(name.to_string()));
-    }
-    Ok(idx)
+    lookup_ifindex(name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| DataplaneError::UnknownInterface(name.to_string()))
 }
 
 /// The ifindex of `name` now: `Ok(None)` when no interface has that name (ENODEV), an error
@@ -521,20 +529,10 @@ impl AyaDataplane {
                 .map_or(0, |a| a.ifindex),
         };
         let Some(idx) = now else {
-            return InterfaceState {
-                name: name.to_string(),
-                ifindex: None,
-                attached: false,
-                note: Some("no interface has this name now: nothing arrives or leaves through it; ftn attaches again when it is back".into()),
-            };
+            return InterfaceState::new(name, None, false, Some("no interface has this name now: nothing arrives or leaves through it; ftn attaches again when it is back".into()));
         };
         if linked == idx {
-            return InterfaceState {
-                name: name.to_string(),
-                ifindex: Some(idx),
-                attached: true,
-                note: None,
-            };
+            return InterfaceState::new(name, Some(idx), true, None);
         }
         // Replaced (or never attached): drop the stale link and devmap entry, attach again.
         let old = self
@@ -574,12 +572,7 @@ impl AyaDataplane {
                     old_ifindex = old,
                     "the interface was replaced: XDP attached to the new one"
                 );
-                InterfaceState {
-                    name: name.to_string(),
-                    ifindex: Some(idx),
-                    attached: true,
-                    note: Some(note),
-                }
+                InterfaceState::new(name, Some(idx), true, Some(note))
             }
             Err(e) => self.follow_failed(name, idx, e.to_string()),
         }
@@ -597,12 +590,7 @@ impl AyaDataplane {
     /// The state as last attached, when the interface cannot be looked up now.
     fn last_state(&self, name: &str, why: String) -> InterfaceState {
         let a = self.attached.iter().find(|a| a.interface == name);
-        InterfaceState {
-            name: name.to_string(),
-            ifindex: a.map(|a| a.ifindex),
-            attached: a.is_some(),
-            note: Some(why),
-        }
+        InterfaceState::new(name, a.map(|a| a.ifindex), a.is_some(), Some(why))
     }
 
     fn follow_failed(&self, name: &str, idx: u32, why: String) -> InterfaceState {
@@ -611,12 +599,7 @@ impl AyaDataplane {
             ifindex = idx,
             "cannot attach XDP to the interface that has this name now: {why}"
         );
-        InterfaceState {
-            name: name.to_string(),
-            ifindex: Some(idx),
-            attached: false,
-            note: Some(format!("not attached: {why}")),
-        }
+        InterfaceState::new(name, Some(idx), false, Some(format!("not attached: {why}")))
     }
 
     /// Attaches the program to one more interface and adds it to the devmap.
