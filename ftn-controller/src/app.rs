@@ -4,7 +4,7 @@
 //! [`Controller`] (the decision engine's loop), serves the admin API and turns signals into a
 //! shutdown token and a reload channel.
 //!
-//! Dependency order: the controller ([`crate::daemon`]) receives handles and never names the API
+//! Dependency order: the controller ([`crate::control`]) receives handles and never names the API
 //! server; the API server receives handles and never names the controller; only this module
 //! names both.
 
@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checks::NetProber;
 use crate::config::{self, Config, DirectoryConfig};
-use crate::daemon::{ClusterView, Controller};
+use crate::control::{ClusterView, Controller};
 use crate::dataplane::sync::MapSync;
 use crate::dataplane::{AyaDataplane, AyaOptions, Dataplane};
+use crate::directory::etcd::{EtcdDirectory, GatewayRecord, Session};
 use crate::directory::{Directory, EmbeddedDirectory};
-use crate::etcd::{EtcdDirectory, GatewayRecord, Session};
 
 /// The pin directory must be on a BPF filesystem, else pinning fails with an obscure error.
 fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
@@ -181,14 +181,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the embedded directory at {}", path.display()))?,
         ),
         DirectoryConfig::Etcd(ec) => {
-            let pool = crate::etcd::Pool::connect(ec).await?;
-            let keys = crate::etcd::Keys::new(&ec.prefix);
-            crate::etcd::check_declarations(&pool, &keys, &config).await?;
-            crate::etcd::check_name_free(
+            let pool = crate::directory::etcd::Pool::connect(ec).await?;
+            let keys = crate::directory::etcd::Keys::new(&ec.prefix);
+            crate::directory::etcd::check_declarations(&pool, &keys, &config).await?;
+            crate::directory::etcd::check_name_free(
                 &pool,
                 &keys,
                 &config.gateway.name,
-                &crate::etcd::machine_id(),
+                &crate::directory::etcd::machine_id(),
             )
             .await?;
             let dir = Arc::new(
@@ -277,7 +277,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             name: config.gateway.name.clone(),
             api: config.api.listen.to_string(),
             started_ms: crate::directory::now_ms(),
-            machine: crate::etcd::machine_id(),
+            machine: crate::directory::etcd::machine_id(),
             ..Default::default()
         };
         let session = Session::start(

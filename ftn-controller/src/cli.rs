@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context as _;
-use ftn_controller::api::types::Status;
 use ftn_controller::api::{self, Done, ErrorBody};
-use ftn_controller::directory::{now_ms, Health};
+use ftn_controller::directory::now_ms;
+use ftn_controller::model::Health;
+use ftn_controller::wire::Status;
 use ftn_controller::{config, files};
 
 use crate::{ApiArgs, DEFAULT_API};

@@ -33,9 +33,11 @@ use std::time::Duration;
 
 use ftn_common::{MAX_RESOURCES, MAX_SERVERS};
 
-use crate::config::{Config, Failback};
-use crate::dataplane::{Change, ResourceAssignment, ResourceMatch, ServerEntry};
-use crate::directory::{EventDraft, Health, ResourceRecord, ServerRecord, Snapshot, Update};
+use crate::config::Config;
+use crate::dataplane::sync::Desired;
+use crate::dataplane::{Change, ResourceAssignment, ServerEntry};
+use crate::directory::{EventDraft, ResourceRecord, ServerRecord, Snapshot, Update};
+use crate::model::{Failback, Health, ResourceMatch};
 
 /// A server's health as the checkers last reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -752,7 +754,19 @@ impl Engine {
     }
 
     /// The server ids and resource matches the dataplane should hold (to remove strays).
-    pub fn expected_keys(&self) -> (BTreeSet<u32>, BTreeSet<ResourceMatch>) {
+    /// What the maps must hold for this state (for [`MapSync::resync`]).
+    ///
+    /// [`MapSync::resync`]: crate::dataplane::sync::MapSync::resync
+    pub fn desired(&self) -> Desired {
+        let (servers, resources) = self.expected_keys();
+        Desired {
+            changes: self.full_state(),
+            servers,
+            resources,
+        }
+    }
+
+    fn expected_keys(&self) -> (BTreeSet<u32>, BTreeSet<ResourceMatch>) {
         (
             self.snapshot.servers.values().map(|s| s.id).collect(),
             all_matchers(&self.config).into_keys().collect(),
@@ -768,7 +782,8 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::{Dataplane, MemoryDataplane, Protocol};
+    use crate::dataplane::{Dataplane, MemoryDataplane};
+    use crate::model::Protocol;
     use std::path::Path;
 
     const T0: u64 = 1_000_000;

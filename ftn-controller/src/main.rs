@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ftn_controller::api::types::Status;
 use ftn_controller::api::{self, ServerBody, SwitchoverBody};
-use ftn_controller::dataplane::{self, DEFAULT_PIN_DIR};
+use ftn_controller::dataplane;
 use ftn_controller::directory::Event;
+use ftn_controller::model::DEFAULT_PIN_DIR;
+use ftn_controller::wire::Status;
 
 mod cli;
 use cli::*;

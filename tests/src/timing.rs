@@ -17,8 +17,9 @@
 use std::time::Duration;
 
 use ftn_controller::config::{
-    DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL, DEFAULT_HOLD, DEFAULT_RISE,
+    DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL, DEFAULT_RISE,
 };
+use ftn_controller::model::DEFAULT_HOLD;
 
 /// Added to every derived wait: the commit, the map write, the lab's status poll (20 ms), and
 /// the scheduling delays of a 2-core machine under load (the labs pass with a CPU hog on one

@@ -12,8 +12,8 @@ use std::{
 
 use ftn_controller::{
     config::EtcdConfig,
+    directory::etcd::{self, ClusterEvent, EtcdDirectory, GatewayRecord, Keys, Pool, Session},
     directory::{Directory, DirectoryError, EventDraft, Update},
-    etcd::{self, ClusterEvent, EtcdDirectory, GatewayRecord, Keys, Pool, Session},
 };
 use ftn_tests::{lab::in_ns, require_root, Netns};
 use tokio::sync::mpsc;

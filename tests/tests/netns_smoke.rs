@@ -18,9 +18,9 @@
 use std::{net::IpAddr, time::Instant};
 
 use ftn_controller::dataplane::{
-    AyaDataplane, AyaOptions, Dataplane, NoServerAction, Protocol, ResourceAssignment,
-    ResourceMatch, ServerEntry, XdpAttachMode,
+    AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ServerEntry,
 };
+use ftn_controller::model::{NoServerAction, Protocol, ResourceMatch, XdpAttachMode};
 use ftn_tests::{
     lab::{attach_pass_in, topology, try_in_ns, udp_ask, Conn, Service, Topology, VIP4, VIP6},
     require_root,

@@ -18,9 +18,9 @@ use etherparse::{
 };
 use ftn_common::{DataplaneConfig, FlowKey, FlowValue, GlobalCounter, FAMILY_V4, PROTO_TCP};
 use ftn_controller::dataplane::{
-    ip_words, AyaDataplane, AyaOptions, Dataplane, NoServerAction, Protocol, ResourceAssignment,
-    ResourceMatch, ServerEntry,
+    AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ServerEntry,
 };
+use ftn_controller::model::{ip_words, NoServerAction, Protocol, ResourceMatch};
 use ftn_tests::{hex, require_root, xdp_md, Netns};
 
 const XDP_ABORTED: u32 = 0;

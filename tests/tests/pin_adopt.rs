@@ -4,8 +4,9 @@
 
 use ftn_controller::dataplane::{
     detach, pinned_dataplane_exists, AyaDataplane, AyaOptions, Dataplane, DataplaneError,
-    NoServerAction, Protocol, ResourceAssignment, ResourceMatch, ServerEntry, XdpAttachMode,
+    ResourceAssignment, ServerEntry,
 };
+use ftn_controller::model::{NoServerAction, Protocol, ResourceMatch, XdpAttachMode};
 use ftn_tests::{require_root, Netns, PinDir};
 
 fn xdp_on(ns: &Netns, dev: &str) -> bool {

@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod fresh_root;
+mod layout;
 mod soak;
 
 /// bpf-linker release that loads the nightly toolchain's own libLLVM (so its LLVM always
@@ -58,6 +59,9 @@ enum Task {
         #[arg(long)]
         cluster: bool,
     },
+    /// The controller's shape: file and function size budgets, and that no module uses one
+    /// declared after it in lib.rs (no import cycle). Also run by `lint`.
+    Layout,
     /// Set up, build, lint, then run every test, including those that need root, BPF and
     /// network namespaces (run one at a time).
     Test,
@@ -126,6 +130,7 @@ fn main() -> Result<()> {
             setup()?;
             lint()
         }
+        Task::Layout => layout::run(&workspace_root()?),
         Task::Demo { cluster } => {
             setup()?;
             if !is_root() {
@@ -451,6 +456,8 @@ fn build(release: bool) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
+    step("layout: size budgets and module order of ftn-controller");
+    layout::run(&workspace_root()?)?;
     Cmd::new(
         "cargo",
         &[

@@ -17,9 +17,9 @@ use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::{Metric, Registry};
 
 use super::server::ListenerStats;
-use super::types::Status;
 use crate::dataplane::sync::{Counters, SyncStats};
-use crate::directory::Health;
+use crate::model::Health;
+use crate::wire::Status;
 
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -440,7 +440,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::api::types::{CheckStatus, ResourceStatus, ServerStatus};
+    use crate::wire::{CheckStatus, ResourceStatus, ServerStatus};
 
     fn status() -> Status {
         let check = CheckStatus {

@@ -24,8 +24,7 @@
 pub mod client;
 pub mod metrics;
 pub mod server;
-pub mod types;
 
+pub use crate::wire::{Done, ErrorBody, ServerBody, SwitchoverBody};
 pub use client::call;
 pub use server::{router, serve, ApiLimits, ApiState, ListenerStats, MAX_EVENTS};
-pub use types::{Done, ErrorBody, ServerBody, SwitchoverBody};

@@ -14,10 +14,10 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::types::{Done, ErrorBody, ServerBody, SwitchoverBody};
-use crate::daemon::{Request, RequestError};
+use crate::control::{Request, RequestError};
 use crate::dataplane::sync::MapSync;
 use crate::engine::Action;
+use crate::wire::{Done, ErrorBody, ServerBody, SwitchoverBody};
 
 /// Longest the API waits for the engine task.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);

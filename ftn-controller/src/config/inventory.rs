@@ -3,7 +3,7 @@
 use std::{collections::HashSet, net::IpAddr, time::Duration};
 
 use super::*;
-use crate::dataplane::{NoServerAction, Protocol};
+use crate::model::{Failback, NoServerAction, Protocol, DEFAULT_HOLD};
 
 pub(super) const TIMING_FIELDS: &[&str] = &["interval", "timeout", "rise", "fall"];
 

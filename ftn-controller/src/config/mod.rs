@@ -23,9 +23,9 @@ use std::{
 };
 
 use ftn_common::DataplaneConfig;
-use serde::{ser::SerializeStruct, Serialize, Serializer};
+use serde::Serialize;
 
-use crate::dataplane::{NoServerAction, Protocol, ResourceMatch, XdpAttachMode};
+use crate::model::{Failback, NoServerAction, Protocol, ResourceMatch, XdpAttachMode};
 
 /// Where `ftn run` and `ftn check-config` look for the file by default.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ftn/ftn.toml";
@@ -50,8 +50,6 @@ pub const DEFAULT_HTTP_PATH: &str = "/";
 pub const DEFAULT_EXPECT_STATUS: u16 = 200;
 /// Default `send` of a udp check.
 pub const DEFAULT_UDP_SEND: &[u8] = b"ping";
-/// Default `hold` of `failback = "hold"`.
-pub const DEFAULT_HOLD: Duration = Duration::from_secs(10);
 /// Default `drain` of a resource.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 /// Upper bounds of the other durations: a value beyond them is a typo (`5000000000h`), and one
@@ -327,57 +325,6 @@ impl ResourceConfig {
                 port,
             })
             .collect()
-    }
-}
-
-/// When a resource goes back to a more preferred server (e.g. the primary) that came back up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failback {
-    /// As soon as it is up.
-    Immediate,
-    /// Once it has stayed up for this long.
-    Hold(Duration),
-    /// Only when an operator says so.
-    Manual,
-}
-
-impl Default for Failback {
-    fn default() -> Self {
-        Failback::Hold(DEFAULT_HOLD)
-    }
-}
-
-impl fmt::Display for Failback {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failback::Immediate => f.write_str("immediate"),
-            Failback::Hold(d) => write!(f, "hold {}", humantime::format_duration(*d)),
-            Failback::Manual => f.write_str("manual"),
-        }
-    }
-}
-
-/// `{"policy": "hold", "hold": "10s"}`, `{"policy": "immediate"}`, `{"policy": "manual"}`.
-impl Serialize for Failback {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Failback::Hold(d) => {
-                let mut st = s.serialize_struct("Failback", 2)?;
-                st.serialize_field("policy", "hold")?;
-                st.serialize_field("hold", &humantime::format_duration(*d).to_string())?;
-                st.end()
-            }
-            Failback::Immediate | Failback::Manual => {
-                let mut st = s.serialize_struct("Failback", 1)?;
-                let policy = if *self == Failback::Immediate {
-                    "immediate"
-                } else {
-                    "manual"
-                };
-                st.serialize_field("policy", policy)?;
-                st.end()
-            }
-        }
     }
 }
 

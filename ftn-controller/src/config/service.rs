@@ -10,7 +10,7 @@ use std::{
 use ftn_common::{DataplaneConfig, MAX_INTERFACES};
 
 use super::*;
-use crate::dataplane::{XdpAttachMode, DEFAULT_PIN_DIR};
+use crate::model::{XdpAttachMode, DEFAULT_PIN_DIR};
 
 // ------------------------------------------------------------------------------------------
 // Sections

@@ -1,7 +1,7 @@
 use ftn_common::MAX_SERVERS;
 
 use super::*;
-use crate::dataplane::DEFAULT_PIN_DIR;
+use crate::model::{Failback, NoServerAction, Protocol, XdpAttachMode, DEFAULT_PIN_DIR};
 
 const PATH: &str = "ftn.toml";
 

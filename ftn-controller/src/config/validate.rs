@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::IpAddr};
 use ftn_common::{MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_SERVERS};
 
 use super::*;
-use crate::dataplane::Protocol;
+use crate::model::Protocol;
 
 // ------------------------------------------------------------------------------------------
 // Checks across entries

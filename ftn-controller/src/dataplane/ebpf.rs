@@ -34,34 +34,9 @@ use ftn_common::{
 
 use super::{
     check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, GlobalCounter,
-    ResourceAssignment, ResourceMatch, ResourceStats, ServerEntry, ServerStats,
+    ResourceAssignment, ResourceStats, ServerEntry, ServerStats,
 };
-
-/// Where `ftn run` pins the dataplane by default.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftn";
-
-/// How to attach XDP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpAttachMode {
-    /// Native (driver) XDP, falling back to generic XDP with a warning when the driver refuses.
-    #[default]
-    Auto,
-    /// Native (driver) XDP only.
-    Native,
-    /// Generic (skb) XDP only: works everywhere, slower.
-    Generic,
-}
-
-impl std::fmt::Display for XdpAttachMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            XdpAttachMode::Auto => "auto",
-            XdpAttachMode::Native => "native",
-            XdpAttachMode::Generic => "generic",
-        })
-    }
-}
+use crate::model::{family, ResourceMatch, XdpAttachMode};
 
 /// Options of [`AyaDataplane::load`].
 #[derive(Clone, Debug)]
@@ -874,7 +849,7 @@ impl Dataplane for AyaDataplane {
                 .servers
                 .get(&id, 0)
                 .map_err(map_err(map_names::SERVERS, "get"))?;
-            if s.family != super::family(m.vip) {
+            if s.family != family(m.vip) {
                 return Err(DataplaneError::FamilyMismatch {
                     matcher: *m,
                     server: id,

@@ -7,8 +7,9 @@ use ftn_common::{ResourceKey, ResourceValue, ServerValue, GLOBAL_COUNTERS};
 
 use super::{
     check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, GlobalCounter,
-    ResourceAssignment, ResourceMatch, ResourceStats, ServerEntry, ServerStats,
+    ResourceAssignment, ResourceStats, ServerEntry, ServerStats,
 };
+use crate::model::ResourceMatch;
 
 #[derive(Debug, Default, Clone)]
 pub struct MemoryDataplane {

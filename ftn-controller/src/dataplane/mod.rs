@@ -14,14 +14,14 @@ use std::net::IpAddr;
 
 pub use ebpf::{
     detach, pinned_dataplane_exists, Attached, AyaDataplane, AyaOptions, InterfaceState,
-    XdpAttachMode, DEFAULT_PIN_DIR,
 };
 pub use ftn_common::{DataplaneConfig, GlobalCounter, ResourceStats, ServerStats};
 pub use memory::MemoryDataplane;
 
+use crate::model::{family, ip_words, NoServerAction, ResourceMatch, XdpAttachMode};
+
 use ftn_common::{
-    addr, ResourceKey, ResourceValue, ServerValue, FAMILY_V4, FAMILY_V6, MAX_RESOURCES,
-    MAX_SERVERS, NO_SERVER, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RES_FLAG_REJECT,
+    ResourceValue, ServerValue, MAX_RESOURCES, MAX_SERVERS, NO_SERVER, RES_FLAG_REJECT,
     SERVER_DOWN, SERVER_UP,
 };
 
@@ -39,95 +39,6 @@ pub fn ebpf_object() -> Result<&'static [u8], DataplaneError> {
         Some(reason) => Err(DataplaneError::NoEbpfObject { reason }),
         None => Ok(EBPF_OBJECT),
     }
-}
-
-/// Transport protocol of a resource.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    /// ICMP echo (ICMPv6 echo for an IPv6 VIP); always every "port".
-    Icmp,
-}
-
-impl Protocol {
-    /// IP protocol number for a VIP of this family.
-    pub fn number(self, vip: IpAddr) -> u8 {
-        match (self, vip) {
-            (Protocol::Tcp, _) => PROTO_TCP,
-            (Protocol::Udp, _) => PROTO_UDP,
-            (Protocol::Icmp, IpAddr::V4(_)) => PROTO_ICMP,
-            (Protocol::Icmp, IpAddr::V6(_)) => PROTO_ICMPV6,
-        }
-    }
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Icmp => "icmp",
-        })
-    }
-}
-
-/// One (VIP, protocol, port) entry of a resource. Port 0: every port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ResourceMatch {
-    pub vip: IpAddr,
-    pub protocol: Protocol,
-    pub port: u16,
-}
-
-impl ResourceMatch {
-    /// The match a map key stands for (None for a key no controller writes).
-    pub fn from_key(k: &ResourceKey) -> Option<ResourceMatch> {
-        let o = addr::octets(k.vip);
-        let vip = match k.family {
-            FAMILY_V4 => IpAddr::from([o[0], o[1], o[2], o[3]]),
-            FAMILY_V6 => IpAddr::from(o),
-            _ => return None,
-        };
-        let protocol = match k.proto {
-            PROTO_TCP => Protocol::Tcp,
-            PROTO_UDP => Protocol::Udp,
-            PROTO_ICMP | PROTO_ICMPV6 => Protocol::Icmp,
-            _ => return None,
-        };
-        Some(ResourceMatch {
-            vip,
-            protocol,
-            port: u16::from_be(k.port),
-        })
-    }
-
-    pub fn to_key(&self) -> ResourceKey {
-        ResourceKey {
-            vip: ip_words(self.vip),
-            port: if self.protocol == Protocol::Icmp {
-                0
-            } else {
-                self.port.to_be()
-            },
-            proto: self.protocol.number(self.vip),
-            family: family(self.vip),
-        }
-    }
-}
-
-/// What to do with a packet of a resource that has no live server.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NoServerAction {
-    /// Drop silently (clients time out).
-    #[default]
-    Drop,
-    /// Answer at once: TCP RST, ICMP port/host unreachable.
-    Reject,
 }
 
 /// Where a resource's new flows go now.
@@ -302,21 +213,6 @@ pub(crate) fn check_resource_id(id: u32) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// `ftn_common` address layout of an `IpAddr`.
-pub fn ip_words(ip: IpAddr) -> [u32; 4] {
-    match ip {
-        IpAddr::V4(a) => addr::v4(a.octets()),
-        IpAddr::V6(a) => addr::v6(a.octets()),
-    }
-}
-
-pub fn family(ip: IpAddr) -> u8 {
-    match ip {
-        IpAddr::V4(_) => FAMILY_V4,
-        IpAddr::V6(_) => FAMILY_V6,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,36 +235,6 @@ mod tests {
                 got.map(<[u8]>::len)
             ),
         }
-    }
-
-    #[test]
-    fn keys_use_network_order() {
-        let m = ResourceMatch {
-            vip: "198.18.0.10".parse().unwrap(),
-            protocol: Protocol::Tcp,
-            port: 80,
-        };
-        let k = m.to_key();
-        assert_eq!(k.port.to_ne_bytes(), [0, 80]);
-        assert_eq!(&addr::octets(k.vip)[..4], &[198, 18, 0, 10]);
-        assert_eq!((k.proto, k.family), (PROTO_TCP, FAMILY_V4));
-        let m = ResourceMatch {
-            vip: "2001:2::10".parse().unwrap(),
-            protocol: Protocol::Icmp,
-            port: 7,
-        };
-        let k = m.to_key();
-        assert_eq!((k.port, k.proto, k.family), (0, PROTO_ICMPV6, FAMILY_V6));
-        assert_eq!(
-            ResourceMatch::from_key(&k),
-            Some(ResourceMatch { port: 0, ..m })
-        );
-        let m4 = ResourceMatch {
-            vip: "198.18.0.10".parse().unwrap(),
-            protocol: Protocol::Udp,
-            port: 53,
-        };
-        assert_eq!(ResourceMatch::from_key(&m4.to_key()), Some(m4));
     }
 
     #[test]

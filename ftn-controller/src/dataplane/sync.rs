@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::model::ResourceMatch;
+
 use super::{AyaDataplane, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats};
-use crate::engine::Engine;
 
 /// Counters read from the dataplane, by resource and server name.
 #[derive(Clone, Debug, Default)]
@@ -24,7 +25,7 @@ enum SyncMsg {
     Resync {
         changes: Vec<Change>,
         servers: BTreeSet<u32>,
-        resources: BTreeSet<crate::dataplane::ResourceMatch>,
+        resources: BTreeSet<ResourceMatch>,
         done: oneshot::Sender<Result<(), String>>,
     },
     Counters {
@@ -36,6 +37,14 @@ enum SyncMsg {
     Barrier(oneshot::Sender<()>),
     /// Follow the interfaces (they changed, or a periodic look); the result goes to the stats.
     FollowInterfaces,
+}
+
+/// What the maps must hold, all of it: every entry as changes, and the keys that may stay.
+#[derive(Debug, Default)]
+pub struct Desired {
+    pub changes: Vec<Change>,
+    pub servers: BTreeSet<u32>,
+    pub resources: BTreeSet<ResourceMatch>,
 }
 
 /// Handle to the map-sync task.
@@ -59,7 +68,7 @@ pub struct SyncStats {
 /// Lists a dataplane's keys so that a resync can remove strays.
 pub trait ListKeys {
     fn server_ids(&self) -> Result<Vec<u32>, String>;
-    fn resource_matches(&self) -> Result<Vec<crate::dataplane::ResourceMatch>, String>;
+    fn resource_matches(&self) -> Result<Vec<ResourceMatch>, String>;
 }
 
 impl MapSync {
@@ -203,12 +212,18 @@ impl MapSync {
         }
     }
 
-    pub async fn resync(&self, engine: &Engine) -> Result<(), String> {
-        let (servers, resources) = engine.expected_keys();
+    /// Makes the maps hold exactly `desired` (the engine's [`Desired`] state): writes every
+    /// entry and removes what is not in it.
+    pub async fn resync(&self, desired: Desired) -> Result<(), String> {
+        let Desired {
+            changes,
+            servers,
+            resources,
+        } = desired;
         let (done, rx) = oneshot::channel();
         self.tx
             .send(SyncMsg::Resync {
-                changes: engine.full_state(),
+                changes,
                 servers,
                 resources,
                 done,
@@ -254,7 +269,7 @@ impl ListKeys for AyaDataplane {
     fn server_ids(&self) -> Result<Vec<u32>, String> {
         self.configured_server_ids().map_err(|e| e.to_string())
     }
-    fn resource_matches(&self) -> Result<Vec<crate::dataplane::ResourceMatch>, String> {
+    fn resource_matches(&self) -> Result<Vec<ResourceMatch>, String> {
         self.resource_matches().map_err(|e| e.to_string())
     }
 }
@@ -263,11 +278,11 @@ impl ListKeys for crate::dataplane::MemoryDataplane {
     fn server_ids(&self) -> Result<Vec<u32>, String> {
         Ok(self.servers.keys().copied().collect())
     }
-    fn resource_matches(&self) -> Result<Vec<crate::dataplane::ResourceMatch>, String> {
+    fn resource_matches(&self) -> Result<Vec<ResourceMatch>, String> {
         Ok(self
             .resources
             .keys()
-            .filter_map(crate::dataplane::ResourceMatch::from_key)
+            .filter_map(ResourceMatch::from_key)
             .collect())
     }
 }

@@ -53,11 +53,10 @@ use std::{
 use ftn_common::{MAX_RESOURCES, MAX_SERVERS};
 use ftn_controller::{
     config,
-    dataplane::{
-        AyaDataplane, AyaOptions, Dataplane, NoServerAction, ResourceAssignment, ResourceMatch,
-    },
+    dataplane::{AyaDataplane, AyaOptions, Dataplane, ResourceAssignment},
     directory::{now_ms, Directory, EmbeddedDirectory},
     engine::{Engine, Observation},
+    model::{NoServerAction, ResourceMatch},
 };
 
 use super::{attempt, median, Figure, Size};

@@ -117,9 +117,9 @@ use ftn_common::{
     map_names, GlobalCounter, PROTO_UDP,
 };
 use ftn_controller::dataplane::{
-    AyaDataplane, AyaOptions, Dataplane, NoServerAction, Protocol, ResourceAssignment,
-    ResourceMatch, ServerEntry, XdpAttachMode,
+    AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ServerEntry,
 };
+use ftn_controller::model::{NoServerAction, Protocol, ResourceMatch, XdpAttachMode};
 
 use super::{attempt, median, Figure, Size};
 use crate::{attach_pass, lab::veth, run_quiet, unique_name, xdp_md, Netns};

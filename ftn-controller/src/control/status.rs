@@ -1,6 +1,7 @@
 //! What `/v1/status` shows, and the gateway's own faults it warns about.
 
 use super::*;
+use crate::model::Health;
 
 /// How recent a passive "unanswered" report must be to count towards [`dataplane_fault`]. The
 /// dataplane repeats a report every `passive_rearm` (250 ms by default) while it lasts.
@@ -66,9 +67,9 @@ impl Controller {
                     reason: rec.map(|r| r.reason.clone()).unwrap_or_default(),
                     generation: rec.map_or(0, |r| r.generation),
                     failback: match rc.failback {
-                        config::Failback::Immediate => "immediate".into(),
-                        config::Failback::Manual => "manual".into(),
-                        config::Failback::Hold(d) => {
+                        crate::model::Failback::Immediate => "immediate".into(),
+                        crate::model::Failback::Manual => "manual".into(),
+                        crate::model::Failback::Hold(d) => {
                             format!("hold {}", humantime::format_duration(d))
                         }
                     },

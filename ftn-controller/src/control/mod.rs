@@ -1,6 +1,6 @@
 //! The controller: the decision engine's loop and what it owns (`crate::app` wires it to the
 //! directory, the dataplane and the API server; this module names none of them but their
-//! handles and `crate::api::types`).
+//! handles and `crate::wire`).
 //!
 //! Tasks and who owns what:
 //! - the **engine task** (this module's [`Controller::run`] loop) owns the [`Engine`] and the
@@ -33,16 +33,17 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::types::{
-    CheckStatus, ClusterStatus, GatewayStatus, ResourceStatus, ServerStatus, Status,
-};
 use crate::checks::{CheckSpec, HealthChange, NetProber, Prober, ServerChecker};
 use crate::config::{self, Config};
 use crate::dataplane::sync::MapSync;
 use crate::dataplane::Change;
-use crate::directory::{Directory, DirectoryError, Event, EventDraft, Health, Snapshot, Update};
+use crate::directory::etcd::{ClusterEvent, EtcdDirectory, GatewayRecord, Observed, Session};
+use crate::directory::{Directory, DirectoryError, Event, EventDraft, Snapshot, Update};
 use crate::engine::{Action, ActionError, Engine, Observation, Plan};
-use crate::etcd::{ClusterEvent, EtcdDirectory, GatewayRecord, Observed, Session};
+use crate::model::Health;
+use crate::wire::{
+    CheckStatus, ClusterStatus, GatewayStatus, ResourceStatus, ServerStatus, Status,
+};
 use ftn_common::{PassiveEvent, PASSIVE_RST};
 
 /// The controller's clock in unix milliseconds, advancing with `tokio::time` (so tests that
@@ -239,7 +240,7 @@ impl Controller {
                 .context("recording the start in the directory")?;
             c.engine.committed(&start, rev);
         }
-        c.sync.resync(&c.engine).await.map_err(|e| {
+        c.sync.resync(c.engine.desired()).await.map_err(|e| {
             anyhow::anyhow!("writing the directory's state into the dataplane: {e}")
         })?;
         c.sync_checkers();
@@ -545,7 +546,7 @@ impl Controller {
                         let _ = self.step(None).await;
                     }
                     if self.sync.stats().needs_resync.load(std::sync::atomic::Ordering::Relaxed) {
-                        if let Err(e) = self.sync.resync(&self.engine).await {
+                        if let Err(e) = self.sync.resync(self.engine.desired()).await {
                             tracing::error!("dataplane resync failed: {e}");
                         }
                     }
@@ -576,10 +577,11 @@ mod tests {
     use crate::config::DirectoryConfig;
     use crate::dataplane::sync::ListKeys;
     use crate::dataplane::{
-        Dataplane, DataplaneError, GlobalCounter, MemoryDataplane, Protocol, ResourceAssignment,
-        ResourceMatch, ResourceStats, ServerEntry, ServerStats,
+        Dataplane, DataplaneError, GlobalCounter, MemoryDataplane, ResourceAssignment,
+        ResourceStats, ServerEntry, ServerStats,
     };
     use crate::directory::EmbeddedDirectory;
+    use crate::model::{Protocol, ResourceMatch};
 
     /// Every server in use unanswered while its checks pass: the gateway's fault; one server,
     /// a stale report, a server whose checks fail, or one server in use: not.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::directory::Health;
+use crate::model::Health;
 
 #[derive(Serialize, Deserialize)]
 pub struct ErrorBody {
