@@ -19,16 +19,16 @@
 //! api               HTTP server, /metrics, the CLI's client               <- control (handles)
 //! app               the one wiring point: opens, loads, binds, runs       <- everything
 //! ```
-pub mod api;
-pub mod app;
-pub mod checks;
-pub mod config;
-pub mod control;
-pub mod dataplane;
-pub mod directory;
-pub mod engine;
 pub mod files;
-pub mod links;
 pub mod logs;
 pub mod model;
+pub mod config;
+pub mod checks;
+pub mod directory;
+pub mod dataplane;
+pub mod engine;
+pub mod links;
 pub mod wire;
+pub mod control;
+pub mod api;
+pub mod app;
