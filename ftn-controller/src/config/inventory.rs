@@ -147,6 +147,40 @@ pub(super) fn read_check(
         ),
         None => None,
     };
+    deny_fields_of_other_types(ctx, &t, ty);
+    let port = match ty {
+        Some("tcp" | "http" | "udp") => t
+            .required(ctx, "port")
+            .and_then(|item| want_port(ctx, item, &t.field("port"))),
+        _ => None,
+    };
+    let kind = match ty {
+        Some("http") => read_http(ctx, &t, port),
+        Some("udp") => {
+            let send = non_empty_text(ctx, &t, "send")
+                .map_or_else(|| DEFAULT_UDP_SEND.to_vec(), String::into_bytes);
+            let expect = non_empty_text(ctx, &t, "expect").map(String::into_bytes);
+            port.map(|port| CheckKind::Udp { port, send, expect })
+        }
+        Some("tcp") => port.map(|port| CheckKind::Tcp { port }),
+        Some(_) => Some(CheckKind::Icmp),
+        None => None,
+    };
+    let timing = read_timing(ctx, &t, defaults);
+    if ctx.problems.len() != before {
+        return None;
+    }
+    Some(CheckConfig {
+        kind: kind?,
+        interval: timing.interval,
+        timeout: timing.timeout,
+        rise: timing.rise,
+        fall: timing.fall,
+    })
+}
+
+/// Fields of another check type are named as such ("only of http checks"), others as unknown.
+fn deny_fields_of_other_types(ctx: &mut Ctx, t: &Table, ty: Option<&str>) {
     match ty {
         None => t.deny_unknown(ctx, CHECK_FIELDS),
         Some(ty) => {
@@ -184,87 +218,65 @@ pub(super) fn read_check(
             }
         }
     }
-    let port = match ty {
-        Some("tcp" | "http" | "udp") => t
-            .required(ctx, "port")
-            .and_then(|item| want_port(ctx, item, &t.field("port"))),
-        _ => None,
-    };
-    let non_empty_text = |ctx: &mut Ctx, name: &str| -> Option<String> {
-        let item = t.get(name)?;
-        let field = t.field(name);
-        let s = want_str(ctx, item, &field)?;
-        if s.is_empty() {
-            ctx.report(
-                item.span,
-                &field,
-                "must not be empty (omit it for the default)",
-            );
-            return None;
-        }
-        Some(s.to_owned())
-    };
-    let no_space = |ctx: &mut Ctx, name: &str, s: &str| -> bool {
-        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            let item = t.get(name).expect("read above");
-            ctx.report(
-                item.span,
-                &t.field(name),
-                format!("{s:?} must not contain whitespace or control characters"),
-            );
-            return false;
-        }
-        true
-    };
-    let kind = match ty {
-        Some("http") => {
-            let path = non_empty_text(ctx, "path");
-            if let Some(p) = &path {
-                if !p.starts_with('/') {
-                    ctx.report(
-                        t.get("path").and_then(|i| i.span),
-                        &t.field("path"),
-                        format!("{p:?} must start with '/'"),
-                    );
-                } else {
-                    no_space(ctx, "path", p);
-                }
-            }
-            let host = non_empty_text(ctx, "host");
-            if let Some(h) = &host {
-                no_space(ctx, "host", h);
-            }
-            let expect_status = t
-                .get("expect_status")
-                .and_then(|item| want_range(ctx, item, &t.field("expect_status"), 100, 599))
-                .map_or(DEFAULT_EXPECT_STATUS, |v| v as u16);
-            port.map(|port| CheckKind::Http {
-                port,
-                path: path.unwrap_or_else(|| DEFAULT_HTTP_PATH.to_owned()),
-                host,
-                expect_status,
-            })
-        }
-        Some("udp") => {
-            let send = non_empty_text(ctx, "send")
-                .map_or_else(|| DEFAULT_UDP_SEND.to_vec(), String::into_bytes);
-            let expect = non_empty_text(ctx, "expect").map(String::into_bytes);
-            port.map(|port| CheckKind::Udp { port, send, expect })
-        }
-        Some("tcp") => port.map(|port| CheckKind::Tcp { port }),
-        Some(_) => Some(CheckKind::Icmp),
-        None => None,
-    };
-    let timing = read_timing(ctx, &t, defaults);
-    if ctx.problems.len() != before {
+}
+
+/// An optional text field that, when given, is not empty.
+fn non_empty_text(ctx: &mut Ctx, t: &Table, name: &str) -> Option<String> {
+    let item = t.get(name)?;
+    let field = t.field(name);
+    let s = want_str(ctx, item, &field)?;
+    if s.is_empty() {
+        ctx.report(
+            item.span,
+            &field,
+            "must not be empty (omit it for the default)",
+        );
         return None;
     }
-    Some(CheckConfig {
-        kind: kind?,
-        interval: timing.interval,
-        timeout: timing.timeout,
-        rise: timing.rise,
-        fall: timing.fall,
+    Some(s.to_owned())
+}
+
+/// False (and reported) when a field that goes into a request line holds whitespace.
+fn no_space(ctx: &mut Ctx, t: &Table, name: &str, s: &str) -> bool {
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let item = t.get(name).expect("read above");
+        ctx.report(
+            item.span,
+            &t.field(name),
+            format!("{s:?} must not contain whitespace or control characters"),
+        );
+        return false;
+    }
+    true
+}
+
+/// An http check's `path`, `host` and `expect_status`.
+fn read_http(ctx: &mut Ctx, t: &Table, port: Option<u16>) -> Option<CheckKind> {
+    let path = non_empty_text(ctx, t, "path");
+    if let Some(p) = &path {
+        if !p.starts_with('/') {
+            ctx.report(
+                t.get("path").and_then(|i| i.span),
+                &t.field("path"),
+                format!("{p:?} must start with '/'"),
+            );
+        } else {
+            no_space(ctx, t, "path", p);
+        }
+    }
+    let host = non_empty_text(ctx, t, "host");
+    if let Some(h) = &host {
+        no_space(ctx, t, "host", h);
+    }
+    let expect_status = t
+        .get("expect_status")
+        .and_then(|item| want_range(ctx, item, &t.field("expect_status"), 100, 599))
+        .map_or(DEFAULT_EXPECT_STATUS, |v| v as u16);
+    port.map(|port| CheckKind::Http {
+        port,
+        path: path.unwrap_or_else(|| DEFAULT_HTTP_PATH.to_owned()),
+        host,
+        expect_status,
     })
 }
 
@@ -477,9 +489,47 @@ pub(super) fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<
         );
     }
 
-    // ports
+    raw.ports = read_ports(ctx, &t, raw.protocol);
+    raw.servers = read_server_list(ctx, &t);
+    raw.failback = read_failback(ctx, &t);
+    if let Some(item) = t.get("drain") {
+        if let Some(d) = want_duration(ctx, item, &t.field("drain")) {
+            if d > MAX_HOLD_OR_DRAIN {
+                ctx.report(
+                    item.span,
+                    &t.field("drain"),
+                    format!(
+                        "{} is too long: at most {}",
+                        human(d),
+                        human(MAX_HOLD_OR_DRAIN)
+                    ),
+                );
+            } else {
+                raw.drain = d;
+            }
+        }
+    }
+    if let Some(item) = t.get("on_no_server") {
+        if let Some(a) = want_choice(
+            ctx,
+            item,
+            &t.field("on_no_server"),
+            &[
+                ("drop", NoServerAction::Drop),
+                ("reject", NoServerAction::Reject),
+            ],
+        ) {
+            raw.on_no_server = a;
+        }
+    }
+    Some(raw)
+}
+
+/// `ports`: at least one for tcp and udp, none for icmp; each once.
+fn read_ports(ctx: &mut Ctx, t: &Table, protocol: Option<Protocol>) -> Vec<(u16, Option<Span>)> {
+    let mut ports: Vec<(u16, Option<Span>)> = Vec::new();
     let ports_field = t.field("ports");
-    match (raw.protocol, t.get("ports")) {
+    match (protocol, t.get("ports")) {
         (Some(Protocol::Icmp), Some(item)) => {
             if !matches!(&item.node, Node::Array(a) if a.is_empty()) {
                 ctx.report(
@@ -506,10 +556,10 @@ pub(super) fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<
                     let Some(port) = want_port(ctx, it, &f) else {
                         continue;
                     };
-                    if raw.ports.iter().any(|(p, _)| *p == port) {
+                    if ports.iter().any(|(p, _)| *p == port) {
                         ctx.report(it.span, &f, format!("port {port} is listed twice"));
                     } else {
-                        raw.ports.push((port, it.span));
+                        ports.push((port, it.span));
                     }
                 }
             }
@@ -517,7 +567,12 @@ pub(super) fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<
         (_, None) => {}
     }
 
-    // servers
+    ports
+}
+
+/// `servers`: the primary first, then the backups; each once.
+fn read_server_list(ctx: &mut Ctx, t: &Table) -> Vec<(String, Option<Span>)> {
+    let mut servers: Vec<(String, Option<Span>)> = Vec::new();
     if let Some(item) = t.required(ctx, "servers") {
         let field = t.field("servers");
         if let Some(list) = want_array(ctx, item, &field) {
@@ -545,13 +600,17 @@ pub(super) fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<
                     );
                 } else {
                     seen.push((name, i));
-                    raw.servers.push((name.to_owned(), it.span));
+                    servers.push((name.to_owned(), it.span));
                 }
             }
         }
     }
 
-    // failback
+    servers
+}
+
+/// `failback` and `hold` (only with failback = "hold").
+fn read_failback(ctx: &mut Ctx, t: &Table) -> Failback {
     let failback_item = t.get("failback");
     #[derive(Clone, Copy, PartialEq)]
     enum Policy {
@@ -605,40 +664,9 @@ pub(super) fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<
         },
         None => None,
     };
-    raw.failback = match policy {
+    match policy {
         Some(Some(Policy::Immediate)) => Failback::Immediate,
         Some(Some(Policy::Manual)) => Failback::Manual,
         _ => Failback::Hold(hold.unwrap_or(DEFAULT_HOLD)),
-    };
-    if let Some(item) = t.get("drain") {
-        if let Some(d) = want_duration(ctx, item, &t.field("drain")) {
-            if d > MAX_HOLD_OR_DRAIN {
-                ctx.report(
-                    item.span,
-                    &t.field("drain"),
-                    format!(
-                        "{} is too long: at most {}",
-                        human(d),
-                        human(MAX_HOLD_OR_DRAIN)
-                    ),
-                );
-            } else {
-                raw.drain = d;
-            }
-        }
     }
-    if let Some(item) = t.get("on_no_server") {
-        if let Some(a) = want_choice(
-            ctx,
-            item,
-            &t.field("on_no_server"),
-            &[
-                ("drop", NoServerAction::Drop),
-                ("reject", NoServerAction::Reject),
-            ],
-        ) {
-            raw.on_no_server = a;
-        }
-    }
-    Some(raw)
 }

@@ -391,6 +391,16 @@ pub(super) fn read_etcd(ctx: &mut Ctx, t: &Table) -> EtcdConfig {
         user: None,
         password: None,
     };
+    let tls_endpoints = read_endpoints(ctx, t, &mut c);
+    read_prefix(ctx, t, &mut c);
+    read_etcd_timeouts(ctx, t, &mut c);
+    read_tls_files(ctx, t, &mut c, &tls_endpoints);
+    read_credentials(ctx, t, &mut c);
+    c
+}
+
+/// `endpoints`: each valid and once, one scheme for all. Returns which ones are https://.
+fn read_endpoints(ctx: &mut Ctx, t: &Table, c: &mut EtcdConfig) -> Vec<bool> {
     let mut tls_endpoints = Vec::new();
     if let Some(item) = t.required(ctx, "endpoints") {
         let field = t.field("endpoints");
@@ -423,6 +433,11 @@ pub(super) fn read_etcd(ctx: &mut Ctx, t: &Table) -> EtcdConfig {
             }
         }
     }
+    tls_endpoints
+}
+
+/// `prefix`: an absolute key prefix, kept without its trailing '/'.
+fn read_prefix(ctx: &mut Ctx, t: &Table, c: &mut EtcdConfig) {
     if let Some(item) = t.get("prefix") {
         let field = t.field("prefix");
         if let Some(p) = want_str(ctx, item, &field) {
@@ -444,6 +459,10 @@ pub(super) fn read_etcd(ctx: &mut Ctx, t: &Table) -> EtcdConfig {
             }
         }
     }
+}
+
+/// `dial_timeout`, `request_timeout` and `lease_ttl`, each within its bounds.
+fn read_etcd_timeouts(ctx: &mut Ctx, t: &Table, c: &mut EtcdConfig) {
     for (name, slot) in [
         ("dial_timeout", &mut c.dial_timeout),
         ("request_timeout", &mut c.request_timeout),
@@ -473,6 +492,11 @@ pub(super) fn read_etcd(ctx: &mut Ctx, t: &Table) -> EtcdConfig {
             }
         }
     }
+}
+
+/// `ca_file`, `cert_file` and `key_file`: files that exist, a certificate with its key, and
+/// only with https:// endpoints.
+fn read_tls_files(ctx: &mut Ctx, t: &Table, c: &mut EtcdConfig, tls_endpoints: &[bool]) {
     for (name, slot) in [
         ("ca_file", &mut c.ca_file),
         ("cert_file", &mut c.cert_file),
@@ -523,6 +547,10 @@ pub(super) fn read_etcd(ctx: &mut Ctx, t: &Table) -> EtcdConfig {
             );
         }
     }
+}
+
+/// `user` with `password` or `password_file` (one of them, not both).
+fn read_credentials(ctx: &mut Ctx, t: &Table, c: &mut EtcdConfig) {
     if let Some(item) = t.get("user") {
         let field = t.field("user");
         if let Some(u) = want_str(ctx, item, &field) {
@@ -578,7 +606,6 @@ pub(super) fn read_etcd(ctx: &mut Ctx, t: &Table) -> EtcdConfig {
         }
         _ => {}
     }
-    c
 }
 
 pub(super) fn read_dataplane(ctx: &mut Ctx, t: &Table) -> DataplaneConfig {

@@ -56,6 +56,63 @@ pub(super) fn check_servers(ctx: &mut Ctx, servers: &[RawServer]) {
 }
 
 pub(super) fn check_resources(ctx: &mut Ctx, resources: &[RawResource], servers: &[RawServer]) {
+    check_capacity(ctx, resources);
+    let index = ServerIndex::new(servers);
+    let mut names: HashMap<&str, Option<Span>> = HashMap::new();
+    let mut owners: Owners = HashMap::new();
+    for r in resources {
+        if let Some(name) = &r.name {
+            if let Some(first) = names.get(name.as_str()) {
+                let at = ctx.line_of(*first);
+                ctx.report(
+                    r.name_span,
+                    &format!("{}.name", r.label),
+                    format!("duplicate resource name {name:?}: already defined{at}"),
+                );
+            } else {
+                names.insert(name, r.name_span);
+            }
+        }
+        check_vip_is_no_server(ctx, r, &index);
+        check_server_list(ctx, r, &index);
+        claim_entries(ctx, r, &mut owners);
+    }
+}
+
+/// Which resource (label, span) owns each (VIP, protocol, port).
+type Owners<'a> = HashMap<(IpAddr, Protocol, u16), (&'a str, Option<Span>)>;
+
+/// The servers by name and by address (first definition wins; duplicates are reported by
+/// check_servers).
+struct ServerIndex<'a> {
+    by_name: HashMap<&'a str, &'a RawServer>,
+    known: Vec<&'a str>,
+    by_address: HashMap<IpAddr, &'a RawServer>,
+}
+
+impl<'a> ServerIndex<'a> {
+    fn new(servers: &'a [RawServer]) -> Self {
+        let mut by_name: HashMap<&str, &RawServer> = HashMap::new();
+        let mut by_address: HashMap<IpAddr, &RawServer> = HashMap::new();
+        for s in servers {
+            if let Some(name) = &s.name {
+                by_name.entry(name).or_insert(s);
+            }
+            if let Some(a) = s.address {
+                by_address.entry(a).or_insert(s);
+            }
+        }
+        let known = servers.iter().filter_map(|s| s.name.as_deref()).collect();
+        ServerIndex {
+            by_name,
+            known,
+            by_address,
+        }
+    }
+}
+
+/// The dataplane's table sizes.
+fn check_capacity(ctx: &mut Ctx, resources: &[RawResource]) {
     if resources.len() > MAX_RESOURCES as usize {
         let first_extra = &resources[MAX_RESOURCES as usize];
         ctx.report(
@@ -77,125 +134,102 @@ pub(super) fn check_resources(ctx: &mut Ctx, resources: &[RawResource], servers:
             ),
         );
     }
+}
 
-    // Servers by name (first definition wins; duplicates are reported by check_servers).
-    let mut by_name: HashMap<&str, &RawServer> = HashMap::new();
-    for s in servers {
-        if let Some(name) = &s.name {
-            by_name.entry(name).or_insert(s);
+/// A VIP must be no server's address.
+fn check_vip_is_no_server(ctx: &mut Ctx, r: &RawResource, index: &ServerIndex) {
+    let by_address = &index.by_address;
+    if let Some(vip) = r.vip {
+        if let Some(s) = by_address.get(&vip) {
+            let at = ctx.line_of(s.address_span.or(s.table_span));
+            let who = s
+                .name
+                .as_deref()
+                .map(|n| format!("server {n:?}"))
+                .unwrap_or_else(|| s.label.clone());
+            ctx.report(
+                r.vip_span,
+                &format!("{}.vip", r.label),
+                format!(
+                    "VIP {vip} is also the address of {who}{at}: a VIP must not be a server's address (the gateway would rewrite that server's own traffic)"
+                ),
+            );
         }
     }
-    let known: Vec<&str> = servers.iter().filter_map(|s| s.name.as_deref()).collect();
-    // Server addresses (first definition wins): a VIP must be none of them.
-    let mut by_address: HashMap<IpAddr, &RawServer> = HashMap::new();
-    for s in servers {
-        if let Some(a) = s.address {
-            by_address.entry(a).or_insert(s);
-        }
-    }
+}
 
-    let mut names: HashMap<&str, Option<Span>> = HashMap::new();
-    let mut owners: HashMap<(IpAddr, Protocol, u16), (&str, Option<Span>)> = HashMap::new();
-    for r in resources {
-        if let Some(name) = &r.name {
-            if let Some(first) = names.get(name.as_str()) {
-                let at = ctx.line_of(*first);
-                ctx.report(
-                    r.name_span,
-                    &format!("{}.name", r.label),
-                    format!("duplicate resource name {name:?}: already defined{at}"),
-                );
-            } else {
-                names.insert(name, r.name_span);
+/// Every listed server exists and is of the VIP's address family.
+fn check_server_list(ctx: &mut Ctx, r: &RawResource, index: &ServerIndex) {
+    let (by_name, known) = (&index.by_name, &index.known);
+    for (i, (server, span)) in r.servers.iter().enumerate() {
+        let field = format!("{}.servers[{i}]", r.label);
+        match by_name.get(server.as_str()) {
+            None => {
+                let hint = if known.is_empty() {
+                    " (no [[server]] is defined)".to_owned()
+                } else if known.len() <= 10 {
+                    format!(" (known: {})", known.join(", "))
+                } else if let Some(s) = suggestion(server, known.iter().copied()) {
+                    format!(" (did you mean {s:?}?)")
+                } else {
+                    format!(" ({} servers are defined)", known.len())
+                };
+                ctx.report(*span, &field, format!("unknown server {server:?}{hint}"));
             }
-        }
-
-        if let Some(vip) = r.vip {
-            if let Some(s) = by_address.get(&vip) {
-                let at = ctx.line_of(s.address_span.or(s.table_span));
-                let who = s
-                    .name
-                    .as_deref()
-                    .map(|n| format!("server {n:?}"))
-                    .unwrap_or_else(|| s.label.clone());
-                ctx.report(
-                    r.vip_span,
-                    &format!("{}.vip", r.label),
-                    format!(
-                        "VIP {vip} is also the address of {who}{at}: a VIP must not be a server's address (the gateway would rewrite that server's own traffic)"
-                    ),
-                );
-            }
-        }
-
-        for (i, (server, span)) in r.servers.iter().enumerate() {
-            let field = format!("{}.servers[{i}]", r.label);
-            match by_name.get(server.as_str()) {
-                None => {
-                    let hint = if known.is_empty() {
-                        " (no [[server]] is defined)".to_owned()
-                    } else if known.len() <= 10 {
-                        format!(" (known: {})", known.join(", "))
-                    } else if let Some(s) = suggestion(server, known.iter().copied()) {
-                        format!(" (did you mean {s:?}?)")
-                    } else {
-                        format!(" ({} servers are defined)", known.len())
-                    };
-                    ctx.report(*span, &field, format!("unknown server {server:?}{hint}"));
-                }
-                Some(s) => {
-                    if let (Some(vip), Some(addr)) = (r.vip, s.address) {
-                        if vip.is_ipv4() != addr.is_ipv4() {
-                            let fam = |ip: IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
-                            ctx.report(
-                                *span,
-                                &field,
-                                format!(
-                                    "server {server:?} has an {} address ({addr}) but the VIP {vip} is {}: a resource's servers must be of the VIP's address family",
-                                    fam(addr),
-                                    fam(vip)
-                                ),
-                            );
-                        }
+            Some(s) => {
+                if let (Some(vip), Some(addr)) = (r.vip, s.address) {
+                    if vip.is_ipv4() != addr.is_ipv4() {
+                        let fam = |ip: IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+                        ctx.report(
+                            *span,
+                            &field,
+                            format!(
+                                "server {server:?} has an {} address ({addr}) but the VIP {vip} is {}: a resource's servers must be of the VIP's address family",
+                                fam(addr),
+                                fam(vip)
+                            ),
+                        );
                     }
                 }
             }
         }
+    }
+}
 
-        // One (VIP, protocol, port) belongs to one resource.
-        let (Some(vip), Some(protocol)) = (r.vip, r.protocol) else {
-            continue;
-        };
-        let entries: Vec<(u16, Option<Span>, String)> = if protocol == Protocol::Icmp {
-            vec![(0, r.vip_span, format!("{}.vip", r.label))]
-        } else {
-            r.ports
-                .iter()
-                .enumerate()
-                .map(|(i, (p, span))| (*p, *span, format!("{}.ports[{i}]", r.label)))
-                .collect()
-        };
-        for (port, span, field) in entries {
-            match owners.get(&(vip, protocol, port)) {
-                Some((other, other_span)) => {
-                    let at = ctx.line_of(*other_span);
-                    let what = if protocol == Protocol::Icmp {
-                        format!("icmp on VIP {vip}")
-                    } else {
-                        format!("{protocol} port {port} of VIP {vip}")
-                    };
-                    let other = other.to_string();
-                    ctx.report(
-                        span,
-                        &field,
-                        format!(
-                            "duplicate VIP: {what} already belongs to {other}{at}; a VIP, protocol and port may belong to one resource only"
-                        ),
-                    );
-                }
-                None => {
-                    owners.insert((vip, protocol, port), (&r.label, r.table_span));
-                }
+/// One (VIP, protocol, port) belongs to one resource.
+fn claim_entries<'a>(ctx: &mut Ctx, r: &'a RawResource, owners: &mut Owners<'a>) {
+    let (Some(vip), Some(protocol)) = (r.vip, r.protocol) else {
+        return;
+    };
+    let entries: Vec<(u16, Option<Span>, String)> = if protocol == Protocol::Icmp {
+        vec![(0, r.vip_span, format!("{}.vip", r.label))]
+    } else {
+        r.ports
+            .iter()
+            .enumerate()
+            .map(|(i, (p, span))| (*p, *span, format!("{}.ports[{i}]", r.label)))
+            .collect()
+    };
+    for (port, span, field) in entries {
+        match owners.get(&(vip, protocol, port)) {
+            Some((other, other_span)) => {
+                let at = ctx.line_of(*other_span);
+                let what = if protocol == Protocol::Icmp {
+                    format!("icmp on VIP {vip}")
+                } else {
+                    format!("{protocol} port {port} of VIP {vip}")
+                };
+                let other = other.to_string();
+                ctx.report(
+                    span,
+                    &field,
+                    format!(
+                        "duplicate VIP: {what} already belongs to {other}{at}; a VIP, protocol and port may belong to one resource only"
+                    ),
+                );
+            }
+            None => {
+                owners.insert((vip, protocol, port), (&r.label, r.table_span));
             }
         }
     }
