@@ -174,7 +174,77 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // A binary built without the eBPF toolchain (build.rs embedded a stub) stops here, before it
     // opens the directory or touches the pin folder, and says why.
     crate::dataplane::ebpf_object()?;
-    let mut etcd_dir: Option<(Arc<EtcdDirectory>, std::time::Duration)> = None;
+    let (directory, etcd_dir) = open_directory(&config).await?;
+    let Loaded {
+        mut dp,
+        attached,
+        adopted,
+        interfaces,
+    } = load_dataplane(&config)?;
+    let (passive_tx, passive_rx) = mpsc::channel(1024);
+    match dp.take_events() {
+        Some(ring) => spawn_passive_reader(ring, passive_tx)?,
+        None => {
+            tracing::warn!("no passive-health ring buffer: detection relies on active checks only")
+        }
+    }
+    let sync = MapSync::spawn(dp);
+    *sync
+        .stats()
+        .interfaces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = interfaces;
+    let shutdown = CancellationToken::new();
+    crate::links::spawn_watcher(sync.clone(), shutdown.clone());
+    let (cluster_tx, cluster_rx) = mpsc::channel(256);
+    let cluster = etcd_dir
+        .map(|(dir, ttl)| start_cluster(&config, dir, ttl, cluster_tx.clone(), shutdown.clone()));
+    let controller = Controller::start_with_prober(
+        config.clone(),
+        directory,
+        sync.clone(),
+        attached,
+        adopted,
+        Arc::new(NetProber),
+        cluster,
+    )
+    .await?;
+    // Start-up (parsing a large configuration, the first plan) leaves freed memory behind in the
+    // allocator's arenas; hand it back to the system.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let token = controller.token.clone();
+    let (req_tx, req_rx) = mpsc::channel(64);
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let api = crate::api::serve(
+        config.api.listen,
+        crate::api::ApiState::new(req_tx, token, sync.clone()),
+        api_limits(&config, raise_nofile_limit()),
+        shutdown.clone(),
+    )
+    .await?;
+    // Installed only now: a SIGTERM during start-up still ends the process at once.
+    spawn_signal_handlers(shutdown.clone(), reload_tx);
+    tracing::info!(config = %config_path.display(), api = %config.api.listen, "ftn controller running");
+    controller
+        .run(req_rx, reload_rx, passive_rx, cluster_rx, shutdown.clone())
+        .await;
+    shutdown.cancel();
+    drop(cluster_tx);
+    let _ = api.await;
+    Ok(())
+}
+
+/// The shared directory's handle and its lease time, when the directory is on etcd.
+type EtcdHandle = Option<(Arc<EtcdDirectory>, std::time::Duration)>;
+
+/// Opens the embedded directory, or connects to etcd and checks that this gateway's
+/// declarations and name fit the shared directory.
+async fn open_directory(config: &Config) -> anyhow::Result<(Arc<dyn Directory>, EtcdHandle)> {
+    let mut etcd_dir: EtcdHandle = None;
     let directory: Arc<dyn Directory> = match &config.directory {
         DirectoryConfig::Embedded { path } => Arc::new(
             EmbeddedDirectory::open(path)
@@ -183,7 +253,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         DirectoryConfig::Etcd(ec) => {
             let pool = crate::directory::etcd::Pool::connect(ec).await?;
             let keys = crate::directory::etcd::Keys::new(&ec.prefix);
-            crate::directory::etcd::check_declarations(&pool, &keys, &config).await?;
+            crate::directory::etcd::check_declarations(&pool, &keys, config).await?;
             crate::directory::etcd::check_name_free(
                 &pool,
                 &keys,
@@ -201,6 +271,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             dir
         }
     };
+    Ok((directory, etcd_dir))
+}
+
+/// The dataplane as loaded or adopted, before the map-sync thread owns it.
+struct Loaded {
+    dp: AyaDataplane,
+    attached: Vec<String>,
+    adopted: bool,
+    interfaces: Vec<crate::dataplane::InterfaceState>,
+}
+
+/// Loads the XDP program and attaches it, or adopts the pinned one (which must be attached to
+/// the configured interfaces), sets its configuration and repairs replaced interfaces.
+fn load_dataplane(config: &Config) -> anyhow::Result<Loaded> {
     check_bpffs(&config.gateway.pin_dir)?;
     if config.gateway.pin_dir.exists()
         && !crate::dataplane::pinned_dataplane_exists(&config.gateway.pin_dir)
@@ -256,94 +340,59 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             (None, _) => {}
         }
     }
-    let (passive_tx, passive_rx) = mpsc::channel(1024);
-    match dp.take_events() {
-        Some(ring) => spawn_passive_reader(ring, passive_tx)?,
-        None => {
-            tracing::warn!("no passive-health ring buffer: detection relies on active checks only")
-        }
-    }
-    let sync = MapSync::spawn(dp);
-    *sync
-        .stats()
-        .interfaces
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = interfaces;
-    let shutdown = CancellationToken::new();
-    crate::links::spawn_watcher(sync.clone(), shutdown.clone());
-    let (cluster_tx, cluster_rx) = mpsc::channel(256);
-    let cluster = etcd_dir.map(|(dir, ttl)| {
-        let record = GatewayRecord {
-            name: config.gateway.name.clone(),
-            api: config.api.listen.to_string(),
-            started_ms: crate::directory::now_ms(),
-            machine: crate::directory::etcd::machine_id(),
-            ..Default::default()
-        };
-        let session = Session::start(
-            dir.clone(),
-            config.gateway.name.clone(),
-            ttl,
-            record,
-            cluster_tx.clone(),
-            shutdown.clone(),
-        );
-        ClusterView::new(config.gateway.name.clone(), dir, session)
-    });
-    let controller = Controller::start_with_prober(
-        config.clone(),
-        directory,
-        sync.clone(),
+    Ok(Loaded {
+        dp,
         attached,
         adopted,
-        Arc::new(NetProber),
-        cluster,
-    )
-    .await?;
-    // Start-up (parsing a large configuration, the first plan) leaves freed memory behind in the
-    // allocator's arenas; hand it back to the system.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    let token = controller.token.clone();
-    let (req_tx, req_rx) = mpsc::channel(64);
-    let (reload_tx, reload_rx) = mpsc::channel(4);
-    let api = crate::api::serve(
-        config.api.listen,
-        crate::api::ApiState::new(req_tx, token, sync.clone()),
-        api_limits(&config, raise_nofile_limit()),
-        shutdown.clone(),
-    )
-    .await?;
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::hangup()),
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = hup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); let _ = reload_tx.send(()).await; }
-                    _ = term.recv() => { tracing::info!("SIGTERM: stopping the controller; the dataplane stays pinned and forwarding"); shutdown.cancel(); break; }
-                    _ = int.recv() => { tracing::info!("SIGINT: stopping the controller; the dataplane stays pinned and forwarding"); shutdown.cancel(); break; }
-                }
+        interfaces,
+    })
+}
+
+/// This gateway's session in the shared directory (lease, leader election, gateway record).
+fn start_cluster(
+    config: &Config,
+    dir: Arc<EtcdDirectory>,
+    ttl: std::time::Duration,
+    cluster_tx: mpsc::Sender<crate::directory::etcd::ClusterEvent>,
+    shutdown: CancellationToken,
+) -> ClusterView {
+    let record = GatewayRecord {
+        name: config.gateway.name.clone(),
+        api: config.api.listen.to_string(),
+        started_ms: crate::directory::now_ms(),
+        machine: crate::directory::etcd::machine_id(),
+        ..Default::default()
+    };
+    let session = Session::start(
+        dir.clone(),
+        config.gateway.name.clone(),
+        ttl,
+        record,
+        cluster_tx,
+        shutdown,
+    );
+    ClusterView::new(config.gateway.name.clone(), dir, session)
+}
+
+/// SIGHUP reloads the configuration; SIGTERM and SIGINT stop the controller (the dataplane
+/// stays pinned and forwarding).
+fn spawn_signal_handlers(shutdown: CancellationToken, reload_tx: mpsc::Sender<()>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); let _ = reload_tx.send(()).await; }
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping the controller; the dataplane stays pinned and forwarding"); shutdown.cancel(); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping the controller; the dataplane stays pinned and forwarding"); shutdown.cancel(); break; }
             }
-        });
-    }
-    tracing::info!(config = %config_path.display(), api = %config.api.listen, "ftn controller running");
-    controller
-        .run(req_rx, reload_rx, passive_rx, cluster_rx, shutdown.clone())
-        .await;
-    shutdown.cancel();
-    drop(cluster_tx);
-    let _ = api.await;
-    Ok(())
+        }
+    });
 }

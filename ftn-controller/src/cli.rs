@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use ftn_controller::api::{self, Done, ErrorBody};
 use ftn_controller::directory::now_ms;
 use ftn_controller::model::Health;
-use ftn_controller::wire::Status;
+use ftn_controller::wire::{ClusterStatus, Status};
 use ftn_controller::{config, files};
 
 use crate::{ApiArgs, DEFAULT_API};
@@ -142,6 +142,15 @@ pub(crate) fn print_status(st: &Status) {
         println!("WARNING: {w}");
     }
     println!();
+    print_resources(st);
+    println!();
+    print_servers(st);
+    if let Some(c) = &st.cluster {
+        print_cluster(c);
+    }
+}
+
+fn print_resources(st: &Status) {
     let mut rows = vec![[
         "RESOURCE".to_string(),
         "VIP".into(),
@@ -176,7 +185,9 @@ pub(crate) fn print_status(st: &Status) {
         ]);
     }
     table(&rows);
-    println!();
+}
+
+fn print_servers(st: &Status) {
     let mut rows = vec![[
         "SERVER".to_string(),
         "ADDRESS".into(),
@@ -224,50 +235,51 @@ pub(crate) fn print_status(st: &Status) {
         ]);
     }
     table(&rows);
-    if let Some(c) = &st.cluster {
-        println!();
-        println!(
-            "shared directory: this gateway {} is the {}; leader {}; etcd {}{} ({}); maps at revision {}",
-            c.gateway,
-            c.role,
-            c.leader.as_deref().unwrap_or("none"),
-            c.etcd,
-            c.etcd_error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default(),
-            ago(c.etcd_since_ms),
-            c.applied_revision
-        );
-        let mut rows = vec![[
-            "GATEWAY".to_string(),
-            "LIVE".into(),
-            "ROLE".into(),
-            "MAPS AT".into(),
-            "SINCE".into(),
-            "SEES".into(),
-        ]];
-        for g in &c.gateways {
-            rows.push([
-                g.name.clone(),
-                if g.live { "yes" } else { "no" }.into(),
-                if c.leader.as_deref() == Some(g.name.as_str()) {
-                    "leader"
-                } else {
-                    "follower"
-                }
-                .into(),
-                format!("revision {}", g.applied_revision),
-                ago(g.applied_at_ms),
-                g.observations
-                    .iter()
-                    .map(|(s, h)| format!("{s} {h}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ]);
-        }
-        table(&rows);
+}
+
+fn print_cluster(c: &ClusterStatus) {
+    println!();
+    println!(
+        "shared directory: this gateway {} is the {}; leader {}; etcd {}{} ({}); maps at revision {}",
+        c.gateway,
+        c.role,
+        c.leader.as_deref().unwrap_or("none"),
+        c.etcd,
+        c.etcd_error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default(),
+        ago(c.etcd_since_ms),
+        c.applied_revision
+    );
+    let mut rows = vec![[
+        "GATEWAY".to_string(),
+        "LIVE".into(),
+        "ROLE".into(),
+        "MAPS AT".into(),
+        "SINCE".into(),
+        "SEES".into(),
+    ]];
+    for g in &c.gateways {
+        rows.push([
+            g.name.clone(),
+            if g.live { "yes" } else { "no" }.into(),
+            if c.leader.as_deref() == Some(g.name.as_str()) {
+                "leader"
+            } else {
+                "follower"
+            }
+            .into(),
+            format!("revision {}", g.applied_revision),
+            ago(g.applied_at_ms),
+            g.observations
+                .iter()
+                .map(|(s, h)| format!("{s} {h}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ]);
     }
+    table(&rows);
 }
 
 pub(crate) fn table<const N: usize>(rows: &[[String; N]]) {

@@ -40,128 +40,9 @@ impl Controller {
     pub(super) fn status(&self) -> Status {
         let snap = self.engine.snapshot();
         let cfg = self.engine.config();
-        let resources = cfg
-            .resources
-            .iter()
-            .map(|rc| {
-                let rec = snap.resources.get(&rc.name);
-                let current = rec.and_then(|r| r.current.clone());
-                let pinned = rec.and_then(|r| r.pinned.clone());
-                let state = match (&current, &pinned) {
-                    (None, _) => "no-server",
-                    (Some(_), Some(_)) => "pinned",
-                    (Some(c), None) if rc.servers.first() == Some(c) => "on-primary",
-                    _ => "failed-over",
-                };
-                ResourceStatus {
-                    name: rc.name.clone(),
-                    id: rec.map_or(u32::MAX, |r| r.id),
-                    vip: rc.vip.to_string(),
-                    protocol: rc.protocol.to_string(),
-                    ports: rc.ports.clone(),
-                    servers: rc.servers.clone(),
-                    current,
-                    pinned,
-                    state: state.into(),
-                    since_ms: rec.map_or(0, |r| r.since_ms),
-                    reason: rec.map(|r| r.reason.clone()).unwrap_or_default(),
-                    generation: rec.map_or(0, |r| r.generation),
-                    failback: match rc.failback {
-                        crate::model::Failback::Immediate => "immediate".into(),
-                        crate::model::Failback::Manual => "manual".into(),
-                        crate::model::Failback::Hold(d) => {
-                            format!("hold {}", humantime::format_duration(d))
-                        }
-                    },
-                }
-            })
-            .collect();
-        let servers: Vec<ServerStatus> = cfg
-            .servers
-            .iter()
-            .map(|sc| {
-                let rec = snap.servers.get(&sc.name);
-                let checks = self
-                    .checkers
-                    .get(&sc.name)
-                    .map(|(c, _)| {
-                        c.stats()
-                            .into_iter()
-                            .map(|(label, st)| CheckStatus {
-                                check: label,
-                                up: st.is_up(),
-                                last_latency_us: st.last_latency_us(),
-                                probes_ok: st.probes_ok(),
-                                probes_failed: st.probes_failed(),
-                                last_failure: st.last_failure(),
-                                local_errors: st.local_errors(),
-                                unable_to_run: st.unable_to_run(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                ServerStatus {
-                    name: sc.name.clone(),
-                    id: rec.map_or(u32::MAX, |r| r.id),
-                    address: sc.address.to_string(),
-                    health: rec.map_or(Health::Up, |r| r.health),
-                    drained: rec.is_some_and(|r| r.drained_at_ms.is_some()),
-                    since_ms: rec.map_or(0, |r| r.since_ms),
-                    evidence: rec.map(|r| r.evidence.clone()).unwrap_or_default(),
-                    checks,
-                }
-            })
-            .collect();
-        let cluster = self.cluster.as_ref().map(|cv| {
-            let mut names: BTreeSet<String> = cv.gateways.keys().cloned().collect();
-            names.insert(cv.me.clone());
-            let record = cv.session.record();
-            ClusterStatus {
-                gateway: cv.me.clone(),
-                role: if cv.leads() { "leader" } else { "follower" }.into(),
-                leader: cv.leader.clone(),
-                etcd: if cv.etcd_ok {
-                    "connected"
-                } else {
-                    "unreachable"
-                }
-                .into(),
-                etcd_error: cv.etcd_error.clone(),
-                etcd_since_ms: cv.etcd_since_ms,
-                applied_revision: record.applied_revision,
-                leaderships: cv.leaderships,
-                gateways: names
-                    .into_iter()
-                    .map(|name| {
-                        // This gateway from its own record; the others as etcd has them.
-                        let (live, r) = if name == cv.me {
-                            (cv.etcd_ok && cv.gateways.contains_key(&name), Some(&record))
-                        } else {
-                            (cv.gateways.contains_key(&name), cv.gateways.get(&name))
-                        };
-                        GatewayStatus {
-                            name: name.clone(),
-                            live,
-                            applied_revision: r.map_or(0, |r| r.applied_revision),
-                            applied_at_ms: r.map_or(0, |r| r.applied_at_ms),
-                            observations: r
-                                .map(|r| {
-                                    r.observations
-                                        .iter()
-                                        .map(|(s, o)| {
-                                            (
-                                                s.clone(),
-                                                if o.up { "up" } else { "down" }.to_string(),
-                                            )
-                                        })
-                                        .collect()
-                                })
-                                .unwrap_or_default(),
-                        }
-                    })
-                    .collect(),
-            }
-        });
+        let resources = self.resource_statuses();
+        let servers = self.server_statuses();
+        let cluster = self.cluster.as_ref().map(cluster_status);
         let mut warnings = Self::warnings(&servers);
         let dataplane_fault = self.dataplane_fault_now();
         warnings.extend(dataplane_fault.clone());
@@ -203,6 +84,80 @@ impl Controller {
             interface_states,
             dataplane_fault_suspected: dataplane_fault.is_some(),
         }
+    }
+
+    fn resource_statuses(&self) -> Vec<ResourceStatus> {
+        let snap = self.engine.snapshot();
+        let cfg = self.engine.config();
+        cfg.resources
+            .iter()
+            .map(|rc| {
+                let rec = snap.resources.get(&rc.name);
+                let current = rec.and_then(|r| r.current.clone());
+                let pinned = rec.and_then(|r| r.pinned.clone());
+                let state = match (&current, &pinned) {
+                    (None, _) => "no-server",
+                    (Some(_), Some(_)) => "pinned",
+                    (Some(c), None) if rc.servers.first() == Some(c) => "on-primary",
+                    _ => "failed-over",
+                };
+                ResourceStatus {
+                    name: rc.name.clone(),
+                    id: rec.map_or(u32::MAX, |r| r.id),
+                    vip: rc.vip.to_string(),
+                    protocol: rc.protocol.to_string(),
+                    ports: rc.ports.clone(),
+                    servers: rc.servers.clone(),
+                    current,
+                    pinned,
+                    state: state.into(),
+                    since_ms: rec.map_or(0, |r| r.since_ms),
+                    reason: rec.map(|r| r.reason.clone()).unwrap_or_default(),
+                    generation: rec.map_or(0, |r| r.generation),
+                    failback: rc.failback.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    fn server_statuses(&self) -> Vec<ServerStatus> {
+        let snap = self.engine.snapshot();
+        let cfg = self.engine.config();
+        cfg.servers
+            .iter()
+            .map(|sc| {
+                let rec = snap.servers.get(&sc.name);
+                let checks = self
+                    .checkers
+                    .get(&sc.name)
+                    .map(|(c, _)| {
+                        c.stats()
+                            .into_iter()
+                            .map(|(label, st)| CheckStatus {
+                                check: label,
+                                up: st.is_up(),
+                                last_latency_us: st.last_latency_us(),
+                                probes_ok: st.probes_ok(),
+                                probes_failed: st.probes_failed(),
+                                last_failure: st.last_failure(),
+                                local_errors: st.local_errors(),
+                                unable_to_run: st.unable_to_run(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ServerStatus {
+                    name: sc.name.clone(),
+                    id: rec.map_or(u32::MAX, |r| r.id),
+                    address: sc.address.to_string(),
+                    health: rec.map_or(Health::Up, |r| r.health),
+                    drained: rec.is_some_and(|r| r.drained_at_ms.is_some()),
+                    since_ms: rec.map_or(0, |r| r.since_ms),
+                    evidence: rec.map(|r| r.evidence.clone()).unwrap_or_default(),
+                    checks,
+                }
+            })
+            .collect()
     }
 
     /// The gateway's own faults, from the status just built.
@@ -269,5 +224,54 @@ impl Controller {
             _ => {}
         }
         self.dataplane_fault = fault;
+    }
+}
+
+/// The shared directory as this gateway sees it: its role, etcd, every gateway's record.
+fn cluster_status(cv: &ClusterView) -> ClusterStatus {
+    let mut names: BTreeSet<String> = cv.gateways.keys().cloned().collect();
+    names.insert(cv.me.clone());
+    let record = cv.session.record();
+    ClusterStatus {
+        gateway: cv.me.clone(),
+        role: if cv.leads() { "leader" } else { "follower" }.into(),
+        leader: cv.leader.clone(),
+        etcd: if cv.etcd_ok {
+            "connected"
+        } else {
+            "unreachable"
+        }
+        .into(),
+        etcd_error: cv.etcd_error.clone(),
+        etcd_since_ms: cv.etcd_since_ms,
+        applied_revision: record.applied_revision,
+        leaderships: cv.leaderships,
+        gateways: names
+            .into_iter()
+            .map(|name| {
+                // This gateway from its own record; the others as etcd has them.
+                let (live, r) = if name == cv.me {
+                    (cv.etcd_ok && cv.gateways.contains_key(&name), Some(&record))
+                } else {
+                    (cv.gateways.contains_key(&name), cv.gateways.get(&name))
+                };
+                GatewayStatus {
+                    name: name.clone(),
+                    live,
+                    applied_revision: r.map_or(0, |r| r.applied_revision),
+                    applied_at_ms: r.map_or(0, |r| r.applied_at_ms),
+                    observations: r
+                        .map(|r| {
+                            r.observations
+                                .iter()
+                                .map(|(s, o)| {
+                                    (s.clone(), if o.up { "up" } else { "down" }.to_string())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect(),
     }
 }
