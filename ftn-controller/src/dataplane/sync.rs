@@ -3,6 +3,7 @@
 //! rewrites the whole state), answers counter reads, and follows the interfaces.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -77,7 +78,6 @@ impl MapSync {
         let (tx, mut rx) = mpsc::unbounded_channel::<SyncMsg>();
         let stats = Arc::new(SyncStats::default());
         let st = stats.clone();
-        use std::sync::atomic::Ordering::Relaxed;
         // A thread of its own (not the runtime's blocking pool): it lives as long as the
         // controller and does blocking map syscalls.
         let spawned = std::thread::Builder::new()
@@ -105,98 +105,6 @@ impl MapSync {
         if let Err(e) = spawned {
             // Without the thread every request answers "the map-sync task is gone".
             tracing::error!("cannot start the map-sync thread: {e}");
-        }
-        fn flush<D: Dataplane>(dp: &mut D, pending: &mut Vec<Change>, st: &SyncStats) {
-            if pending.is_empty() {
-                return;
-            }
-            st.batches.fetch_add(1, Relaxed);
-            match dp.apply(pending) {
-                Ok(()) => {
-                    st.writes.fetch_add(pending.len() as u64, Relaxed);
-                }
-                Err((i, e)) => {
-                    st.writes.fetch_add(i as u64, Relaxed);
-                    st.errors.fetch_add(1, Relaxed);
-                    st.needs_resync.store(true, Relaxed);
-                    tracing::error!(error = %e, change = ?pending[i], "dataplane write failed; the whole state will be rewritten");
-                }
-            }
-            pending.clear();
-        }
-        fn handle_other<D: Dataplane + ListKeys>(dp: &mut D, m: SyncMsg, st: &SyncStats) {
-            match m {
-                SyncMsg::Apply(_) => {}
-                SyncMsg::Barrier(done) => {
-                    let _ = done.send(());
-                }
-                SyncMsg::FollowInterfaces => {
-                    let now = dp.follow_interfaces();
-                    let mut last = st.interfaces.lock().unwrap_or_else(|p| p.into_inner());
-                    for i in &now {
-                        let before = last.iter().find(|b| b.name == i.name);
-                        let changed = before.map(|b| (b.ifindex, b.attached))
-                            != Some((i.ifindex, i.attached));
-                        if changed && !i.attached {
-                            tracing::warn!(interface = %i.name, ifindex = ?i.ifindex, "{}", i.note.as_deref().unwrap_or("not attached"));
-                        }
-                    }
-                    *last = now;
-                }
-                SyncMsg::Resync {
-                    changes,
-                    servers,
-                    resources,
-                    done,
-                } => {
-                    let r = (|| -> Result<(), String> {
-                        dp.apply(&changes)
-                            .map_err(|(i, e)| format!("{e} (writing {:?})", changes[i]))?;
-                        st.writes.fetch_add(changes.len() as u64, Relaxed);
-                        for m in dp.resource_matches()? {
-                            if !resources.contains(&m) {
-                                dp.remove_resource(&m).map_err(|e| e.to_string())?;
-                                tracing::info!(
-                                    ?m,
-                                    "removed a resource entry that is not in the configuration"
-                                );
-                            }
-                        }
-                        for id in dp.server_ids()? {
-                            if !servers.contains(&id) {
-                                dp.remove_server(id).map_err(|e| e.to_string())?;
-                            }
-                        }
-                        Ok(())
-                    })();
-                    if r.is_err() {
-                        st.errors.fetch_add(1, Relaxed);
-                    } else {
-                        st.needs_resync.store(false, Relaxed);
-                    }
-                    let _ = done.send(r);
-                }
-                SyncMsg::Counters {
-                    resources,
-                    servers,
-                    reply,
-                } => {
-                    let r = (|| -> Result<Counters, String> {
-                        let mut c = Counters::default();
-                        for (name, id) in resources {
-                            c.resources
-                                .push((name, dp.resource_stats(id).map_err(|e| e.to_string())?));
-                        }
-                        for (name, id) in servers {
-                            c.servers
-                                .push((name, dp.server_stats(id).map_err(|e| e.to_string())?));
-                        }
-                        c.global = dp.global_stats().map_err(|e| e.to_string())?;
-                        Ok(c)
-                    })();
-                    let _ = reply.send(r);
-                }
-            }
         }
         MapSync { tx, stats }
     }
@@ -285,4 +193,114 @@ impl ListKeys for crate::dataplane::MemoryDataplane {
             .filter_map(ResourceMatch::from_key)
             .collect())
     }
+}
+
+fn flush<D: Dataplane>(dp: &mut D, pending: &mut Vec<Change>, st: &SyncStats) {
+    if pending.is_empty() {
+        return;
+    }
+    st.batches.fetch_add(1, Relaxed);
+    match dp.apply(pending) {
+        Ok(()) => {
+            st.writes.fetch_add(pending.len() as u64, Relaxed);
+        }
+        Err((i, e)) => {
+            st.writes.fetch_add(i as u64, Relaxed);
+            st.errors.fetch_add(1, Relaxed);
+            st.needs_resync.store(true, Relaxed);
+            tracing::error!(error = %e, change = ?pending[i], "dataplane write failed; the whole state will be rewritten");
+        }
+    }
+    pending.clear();
+}
+fn handle_other<D: Dataplane + ListKeys>(dp: &mut D, m: SyncMsg, st: &SyncStats) {
+    match m {
+        SyncMsg::Apply(_) => {}
+        SyncMsg::Barrier(done) => {
+            let _ = done.send(());
+        }
+        SyncMsg::FollowInterfaces => follow(dp, st),
+        SyncMsg::Resync {
+            changes,
+            servers,
+            resources,
+            done,
+        } => {
+            let r = resync(dp, &changes, &servers, &resources, st);
+            if r.is_err() {
+                st.errors.fetch_add(1, Relaxed);
+            } else {
+                st.needs_resync.store(false, Relaxed);
+            }
+            let _ = done.send(r);
+        }
+        SyncMsg::Counters {
+            resources,
+            servers,
+            reply,
+        } => {
+            let r = read_counters(dp, resources, servers);
+            let _ = reply.send(r);
+        }
+    }
+}
+
+/// Records the interfaces as the dataplane now follows them; warns once per change.
+fn follow<D: Dataplane>(dp: &mut D, st: &SyncStats) {
+    let now = dp.follow_interfaces();
+    let mut last = st.interfaces.lock().unwrap_or_else(|p| p.into_inner());
+    for i in &now {
+        let before = last.iter().find(|b| b.name == i.name);
+        let changed = before.map(|b| (b.ifindex, b.attached)) != Some((i.ifindex, i.attached));
+        if changed && !i.attached {
+            tracing::warn!(interface = %i.name, ifindex = ?i.ifindex, "{}", i.note.as_deref().unwrap_or("not attached"));
+        }
+    }
+    *last = now;
+}
+
+/// Writes every entry, then removes what the maps hold beyond `servers` and `resources`.
+fn resync<D: Dataplane + ListKeys>(
+    dp: &mut D,
+    changes: &[Change],
+    servers: &BTreeSet<u32>,
+    resources: &BTreeSet<ResourceMatch>,
+    st: &SyncStats,
+) -> Result<(), String> {
+    dp.apply(changes)
+        .map_err(|(i, e)| format!("{e} (writing {:?})", changes[i]))?;
+    st.writes.fetch_add(changes.len() as u64, Relaxed);
+    for m in dp.resource_matches()? {
+        if !resources.contains(&m) {
+            dp.remove_resource(&m).map_err(|e| e.to_string())?;
+            tracing::info!(
+                ?m,
+                "removed a resource entry that is not in the configuration"
+            );
+        }
+    }
+    for id in dp.server_ids()? {
+        if !servers.contains(&id) {
+            dp.remove_server(id).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn read_counters<D: Dataplane>(
+    dp: &mut D,
+    resources: Vec<(String, u32)>,
+    servers: Vec<(String, u32)>,
+) -> Result<Counters, String> {
+    let mut c = Counters::default();
+    for (name, id) in resources {
+        c.resources
+            .push((name, dp.resource_stats(id).map_err(|e| e.to_string())?));
+    }
+    for (name, id) in servers {
+        c.servers
+            .push((name, dp.server_stats(id).map_err(|e| e.to_string())?));
+    }
+    c.global = dp.global_stats().map_err(|e| e.to_string())?;
+    Ok(c)
 }

@@ -366,103 +366,157 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DirectoryErr
     Ok(())
 }
 
+/// `state.json`, or an empty snapshot when there is none.
+fn read_state(state_path: &Path) -> Result<Snapshot, DirectoryError> {
+    let snapshot = match fs::read(state_path) {
+        Ok(bytes) => {
+            // Written without a newline; one added by hand is no damage. Replaced only
+            // once complete and synced, so NULs in it are never a crash's.
+            let body = bytes.trim_ascii_end();
+            unseal::<Snapshot>(body, false).map(|(s, _)| s).map_err(|bad| DirectoryError::Store {
+            path: state_path.to_path_buf(),
+            detail: format!("unreadable snapshot ({bad}); refusing to start with a guessed directory — restore it from a backup, or move the whole directory away to start empty (moving only state.json would replay the log onto nothing)"),
+        })?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
+        Err(e) => return Err(io_err(state_path)(e)),
+    };
+    Ok(snapshot)
+}
+
+/// What replaying the WAL found.
+struct WalReplay {
+    scan: Scanned,
+    /// The last revision in the file (folded in or not).
+    last: Option<Revision>,
+    /// Lines applied on top of the snapshot.
+    lines: u64,
+}
+
+/// Applies the commits made after the snapshot, in order; refuses a gap.
+fn replay_wal(wal_path: &Path, snapshot: &mut Snapshot) -> Result<WalReplay, DirectoryError> {
+    let base = snapshot.revision;
+    let mut wal_last: Option<Revision> = None;
+    let mut wal_lines = 0;
+    let scan = scan_records::<WalLine>(wal_path, |l, _, _| {
+        match wal_last {
+            None if l.revision > base + 1 => {
+                let snap = if base == 0 {
+                    "there is no snapshot (state.json) before it".to_string()
+                } else {
+                    format!("state.json is at revision {base}")
+                };
+                return Err(format!("the WAL starts at revision {}, but {snap}: {} (a WAL cut at its start, or state.json and wal.jsonl from different moments)", l.revision, missing("revision", base + 1, l.revision - 1)));
+            }
+            Some(prev) if l.revision != prev + 1 => {
+                let what = if l.revision > prev + 1 {
+                    missing("revision", prev + 1, l.revision - 1)
+                } else {
+                    "revisions must go up by one".to_string()
+                };
+                return Err(format!(
+                    "revision {} follows revision {prev}: {what}",
+                    l.revision
+                ));
+            }
+            _ => {}
+        }
+        wal_last = Some(l.revision);
+        // Lines at or below the snapshot's revision are folded in already (a crash between
+        // the snapshot's rename and the WAL's truncation).
+        if l.revision > base {
+            snapshot.apply(&l.update);
+            wal_lines += 1;
+        }
+        Ok(())
+    })?;
+    Ok(WalReplay {
+        scan,
+        last: wal_last,
+        lines: wal_lines,
+    })
+}
+
+/// What reading the event log found.
+struct EventsRead {
+    scan: Scanned,
+    /// The newest events of committed revisions (at most [`EVENTS_IN_MEMORY`]).
+    recent: VecDeque<Event>,
+    /// Where the last event of a committed revision ends.
+    committed_end: u64,
+    /// Events of the revision after `rev`, the commit that was in progress.
+    uncommitted: u64,
+}
+
+/// Events of committed revisions (up to `rev`), then maybe those of the commit that was in
+/// progress (its events landed, its WAL line did not).
+fn read_events(events_path: &Path, rev: Revision) -> Result<EventsRead, DirectoryError> {
+    let mut recent: VecDeque<Event> = VecDeque::new();
+    let mut last: Option<(u64, Revision)> = None;
+    let mut committed_end = 0u64;
+    let mut uncommitted = 0u64;
+    let scan = scan_records::<Event>(events_path, |e, sealed, at| {
+        if let (Some((seq, revision)), true) = (last, sealed) {
+            if e.seq != seq + 1 {
+                let what = if e.seq > seq + 1 {
+                    missing("event", seq + 1, e.seq - 1)
+                } else {
+                    "sequence numbers must go up by one".to_string()
+                };
+                return Err(format!("event {} follows event {seq}: {what}", e.seq));
+            }
+            if e.revision < revision {
+                return Err(format!("event {} belongs to revision {} but follows an event of revision {revision}: revisions never go back", e.seq, e.revision));
+            }
+        }
+        last = Some((e.seq, e.revision));
+        if e.revision > rev {
+            if e.revision > rev + 1 {
+                return Err(format!("event {} belongs to revision {}, but state.json and wal.jsonl end at revision {rev}: wal.jsonl has lost commits ({})", e.seq, e.revision, missing("revision", rev + 1, e.revision - 1)));
+            }
+            uncommitted += 1;
+            return Ok(());
+        }
+        if uncommitted > 0 {
+            return Err(format!("event {} of committed revision {} follows events of revision {}, which never committed: those can only be the end of the file", e.seq, e.revision, rev + 1));
+        }
+        committed_end = at.end();
+        if recent.len() == EVENTS_IN_MEMORY {
+            recent.pop_front();
+        }
+        recent.push_back(e);
+        Ok(())
+    })?;
+    Ok(EventsRead {
+        scan,
+        recent,
+        committed_end,
+        uncommitted,
+    })
+}
+
 impl EmbeddedDirectory {
     /// Opens (or creates) the store in `dir`, recovering from a crash as described above, or
     /// refusing with [`DirectoryError::Corrupt`] (and changing nothing) when a file holds what
     /// a crash cannot have left.
     pub fn open(dir: &Path) -> Result<Self, DirectoryError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let state_path = dir.join("state.json");
-        let mut snapshot = match fs::read(&state_path) {
-            Ok(bytes) => {
-                // Written without a newline; one added by hand is no damage. Replaced only
-                // once complete and synced, so NULs in it are never a crash's.
-                let body = bytes.trim_ascii_end();
-                unseal::<Snapshot>(body, false).map(|(s, _)| s).map_err(|bad| DirectoryError::Store {
-                    path: state_path.clone(),
-                    detail: format!("unreadable snapshot ({bad}); refusing to start with a guessed directory — restore it from a backup, or move the whole directory away to start empty (moving only state.json would replay the log onto nothing)"),
-                })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
-            Err(e) => return Err(io_err(&state_path)(e)),
-        };
-        // Replay the commits made after the snapshot, in order.
+        let mut snapshot = read_state(&dir.join("state.json"))?;
         let wal_path = dir.join("wal.jsonl");
         let base = snapshot.revision;
-        let mut wal_last: Option<Revision> = None;
-        let mut wal_lines = 0;
-        let wal_scan = scan_records::<WalLine>(&wal_path, |l, _, _| {
-            match wal_last {
-                None if l.revision > base + 1 => {
-                    let snap = if base == 0 {
-                        "there is no snapshot (state.json) before it".to_string()
-                    } else {
-                        format!("state.json is at revision {base}")
-                    };
-                    return Err(format!("the WAL starts at revision {}, but {snap}: {} (a WAL cut at its start, or state.json and wal.jsonl from different moments)", l.revision, missing("revision", base + 1, l.revision - 1)));
-                }
-                Some(prev) if l.revision != prev + 1 => {
-                    let what = if l.revision > prev + 1 {
-                        missing("revision", prev + 1, l.revision - 1)
-                    } else {
-                        "revisions must go up by one".to_string()
-                    };
-                    return Err(format!(
-                        "revision {} follows revision {prev}: {what}",
-                        l.revision
-                    ));
-                }
-                _ => {}
-            }
-            wal_last = Some(l.revision);
-            // Lines at or below the snapshot's revision are folded in already (a crash between
-            // the snapshot's rename and the WAL's truncation).
-            if l.revision > base {
-                snapshot.apply(&l.update);
-                wal_lines += 1;
-            }
-            Ok(())
-        })?;
-        // Events: those of committed revisions, then maybe those of the commit that was in
-        // progress (its events landed, its WAL line did not).
+        let WalReplay {
+            scan: wal_scan,
+            last: wal_last,
+            lines: wal_lines,
+        } = replay_wal(&wal_path, &mut snapshot)?;
         let events_path = dir.join("events.jsonl");
         let rev = snapshot.revision;
-        let mut recent: VecDeque<Event> = VecDeque::new();
-        let mut last: Option<(u64, Revision)> = None;
-        let mut committed_end = 0u64;
-        let mut uncommitted = 0u64;
-        let events_scan = scan_records::<Event>(&events_path, |e, sealed, at| {
-            if let (Some((seq, revision)), true) = (last, sealed) {
-                if e.seq != seq + 1 {
-                    let what = if e.seq > seq + 1 {
-                        missing("event", seq + 1, e.seq - 1)
-                    } else {
-                        "sequence numbers must go up by one".to_string()
-                    };
-                    return Err(format!("event {} follows event {seq}: {what}", e.seq));
-                }
-                if e.revision < revision {
-                    return Err(format!("event {} belongs to revision {} but follows an event of revision {revision}: revisions never go back", e.seq, e.revision));
-                }
-            }
-            last = Some((e.seq, e.revision));
-            if e.revision > rev {
-                if e.revision > rev + 1 {
-                    return Err(format!("event {} belongs to revision {}, but state.json and wal.jsonl end at revision {rev}: wal.jsonl has lost commits ({})", e.seq, e.revision, missing("revision", rev + 1, e.revision - 1)));
-                }
-                uncommitted += 1;
-                return Ok(());
-            }
-            if uncommitted > 0 {
-                return Err(format!("event {} of committed revision {} follows events of revision {}, which never committed: those can only be the end of the file", e.seq, e.revision, rev + 1));
-            }
-            committed_end = at.end();
-            if recent.len() == EVENTS_IN_MEMORY {
-                recent.pop_front();
-            }
-            recent.push_back(e);
-            Ok(())
-        })?;
+        let EventsRead {
+            scan: events_scan,
+            recent,
+            committed_end,
+            uncommitted,
+        } = read_events(&events_path, rev)?;
         // Everything is read and checked: only now may anything on disk change.
         let mut wal_cut: Vec<String> = wal_scan.torn_desc().into_iter().collect();
         let wal_keep = if wal_lines == 0 && wal_last.is_some() {

@@ -363,48 +363,65 @@ impl SessionTask {
                     if resp.canceled() {
                         return Err(Follow::Broken(format!("the watch was cancelled: {}", resp.cancel_reason())));
                     }
-                    // Gateway records first: when a lease expires, its gateway record and
-                    // (for a leader) the leader key go in the same revision, and a new leader
-                    // must not count the dead gateway.
-                    let mut gateways_changed = false;
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        let key = kv.key_str().unwrap_or_default();
-                        let Some(name) = key.strip_prefix(&keys.gateways_prefix()) else { continue };
-                        gateways_changed = true;
-                        if ev.event_type() == EventType::Put {
-                            self.insert_record(name, kv.value());
-                        } else {
-                            self.gateways.remove(name);
-                        }
-                    }
-                    if gateways_changed {
-                        let _ = self.events.send(ClusterEvent::Gateways(self.gateways.clone())).await;
-                    }
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        let key = kv.key_str().unwrap_or_default();
-                        let put = ev.event_type() == EventType::Put;
-                        if key == keys.state() && put {
-                            self.on_state(kv.value(), kv.mod_revision()).await;
-                        } else if key == keys.leader() {
-                            // A change older than one already handled (a campaign between the
-                            // read and the watch's start) is history.
-                            if kv.mod_revision() <= self.leader_rev {
-                                continue;
-                            }
-                            self.leader_rev = kv.mod_revision();
-                            if put {
-                                self.on_leader(Some(LeaderKey::of(kv)), lease).await;
-                            } else {
-                                self.on_leader(None, lease).await;
-                                self.campaign(pool, keys, lease).await?;
-                            }
-                        }
-                    }
+                    self.on_watch(&resp, pool, keys, lease).await?;
                 }
             }
         }
+    }
+
+    /// One watch answer: gateway records first, then the state and the leader key.
+    async fn on_watch(
+        &mut self,
+        resp: &etcd_client::WatchResponse,
+        pool: &Pool,
+        keys: &Keys,
+        lease: i64,
+    ) -> Result<(), Follow> {
+        // Gateway records first: when a lease expires, its gateway record and
+        // (for a leader) the leader key go in the same revision, and a new leader
+        // must not count the dead gateway.
+        let mut gateways_changed = false;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = kv.key_str().unwrap_or_default();
+            let Some(name) = key.strip_prefix(&keys.gateways_prefix()) else {
+                continue;
+            };
+            gateways_changed = true;
+            if ev.event_type() == EventType::Put {
+                self.insert_record(name, kv.value());
+            } else {
+                self.gateways.remove(name);
+            }
+        }
+        if gateways_changed {
+            let _ = self
+                .events
+                .send(ClusterEvent::Gateways(self.gateways.clone()))
+                .await;
+        }
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = kv.key_str().unwrap_or_default();
+            let put = ev.event_type() == EventType::Put;
+            if key == keys.state() && put {
+                self.on_state(kv.value(), kv.mod_revision()).await;
+            } else if key == keys.leader() {
+                // A change older than one already handled (a campaign between the
+                // read and the watch's start) is history.
+                if kv.mod_revision() <= self.leader_rev {
+                    continue;
+                }
+                self.leader_rev = kv.mod_revision();
+                if put {
+                    self.on_leader(Some(LeaderKey::of(kv)), lease).await;
+                } else {
+                    self.on_leader(None, lease).await;
+                    self.campaign(pool, keys, lease).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn insert_record(&mut self, name: &str, value: &[u8]) {
