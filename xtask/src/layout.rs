@@ -423,3 +423,97 @@ impl<'ast> Visit<'ast> for Visitor {
         syn::visit::visit_macro(self, m);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A throw-away ftn-controller/src tree under the system's temp directory.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(name: &str, files: &[(&str, String)]) -> Tree {
+            let root =
+                std::env::temp_dir().join(format!("ftn-layout-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&root);
+            for (path, text) in files {
+                let p = root.join("ftn-controller/src").join(path);
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                fs::write(p, text).unwrap();
+            }
+            Tree(root)
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn long_fn(name: &str, lines: usize) -> String {
+        format!(
+            "pub fn {name}() {{\n{}}}\n",
+            "    let _ = 1;\n".repeat(lines - 2)
+        )
+    }
+
+    #[test]
+    fn a_use_of_a_later_module_and_an_oversized_function_are_reported() {
+        let tree = Tree::new(
+            "bad",
+            &[
+                ("lib.rs", "pub mod a;\npub mod b;\n".into()),
+                ("a.rs", "use crate::b::X;\npub fn f(_: X) {}\n".into()),
+                (
+                    "b/mod.rs",
+                    format!("pub struct X;\n{}", long_fn("long", MAX_FN_LINES + 1)),
+                ),
+            ],
+        );
+        let r = check(&tree.0).unwrap();
+        let all = r.problems.join("\n");
+        assert_eq!(r.problems.len(), 2, "{all}");
+        assert!(
+            all.contains("a.rs:1: `a` names `crate::b`, which lib.rs declares after it"),
+            "{all}"
+        );
+        assert!(
+            all.contains(&format!("fn long is {} lines", MAX_FN_LINES + 1)),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn earlier_modules_tests_and_macros_are_read_right() {
+        let tree = Tree::new(
+            "good",
+            &[
+                ("lib.rs", "pub mod a;\npub mod b;\n".into()),
+                (
+                    "a.rs",
+                    // Test code may use anything; a fn at the budget passes.
+                    format!(
+                        "{}#[cfg(test)]\nmod tests {{ use crate::b::Y; }}\n#[cfg(test)]\nmod more;\n",
+                        long_fn("at_budget", MAX_FN_LINES)
+                    ),
+                ),
+                ("a/more.rs", "use crate::b::Y;\n".into()),
+                (
+                    "b.rs",
+                    "pub struct Y;\npub fn g() { let _ = format!(\"{:?}\", crate::a::at_budget()); }\n"
+                        .into(),
+                ),
+            ],
+        );
+        let r = check(&tree.0).unwrap();
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        // The use inside format!'s tokens is seen.
+        assert_eq!(r.edges["b"].iter().collect::<Vec<_>>(), vec!["a"]);
+        assert!(
+            !r.edges.contains_key("a"),
+            "test code counted: {:?}",
+            r.edges
+        );
+    }
+}

@@ -68,8 +68,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-// A Response is the natural error of a handler step; handlers return it at once.
-#[allow(clippy::result_large_err)]
+#[expect(
+    clippy::result_large_err,
+    reason = "a Response is the natural error of a handler step: handlers return it at once"
+)]
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
     let token = state
         .token
@@ -99,7 +101,6 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
     Ok(())
 }
 
-#[allow(clippy::result_large_err)]
 async fn ask<T>(
     state: &ApiState,
     make: impl FnOnce(oneshot::Sender<T>) -> Request,

@@ -19,7 +19,6 @@ use super::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Span {
     pub(super) start: usize,
-    #[allow(dead_code)]
     pub(super) end: usize,
 }
 
