@@ -274,12 +274,10 @@ impl Visitor {
 
     fn use_tree(&mut self, tree: &syn::UseTree, at_crate: bool) {
         match tree {
-            syn::UseTree::Path(p) if !at_crate => {
-                if p.ident == "crate" {
-                    self.use_tree(&p.tree, true);
-                }
+            syn::UseTree::Path(p) if !at_crate && p.ident == "crate" => {
+                self.use_tree(&p.tree, true)
             }
-            syn::UseTree::Path(p) => self.note_use(&p.ident),
+            syn::UseTree::Path(p) if at_crate => self.note_use(&p.ident),
             syn::UseTree::Name(n) if at_crate => self.note_use(&n.ident),
             syn::UseTree::Rename(r) if at_crate => self.note_use(&r.ident),
             syn::UseTree::Group(g) => {
