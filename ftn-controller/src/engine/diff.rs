@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::resources::ResourcePlan;
 use super::servers::ServerSet;
-use super::{all_matchers, Engine};
+use super::{all_matchers, set_resource, Engine};
 use crate::config::ResourceConfig;
-use crate::dataplane::{Change, ResourceAssignment, ServerEntry};
+use crate::dataplane::{Change, ServerEntry};
 use crate::directory::{EventDraft, ResourceRecord, Update};
 
 impl Engine {
@@ -104,18 +104,7 @@ impl Engine {
                     || o.on_no_server != rc.on_no_server
             });
             if id_changed || shape_changed || prev.is_none() {
-                let assignment = ResourceAssignment {
-                    resource_id: rec.id,
-                    server: server_id(&rec.current),
-                    generation: rec.generation,
-                    on_no_server: rc.on_no_server,
-                };
-                for m in rc.matchers() {
-                    changes.push(Change::SetResource {
-                        matcher: m,
-                        assignment,
-                    });
-                }
+                changes.extend(set_resource(rc, rec, server_id(&rec.current)));
             }
             if prev != Some(rec) {
                 update.set_resources.push(rec.clone());

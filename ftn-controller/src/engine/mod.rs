@@ -35,10 +35,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, ResourceConfig};
 use crate::dataplane::sync::Desired;
 use crate::dataplane::{Change, ResourceAssignment, ServerEntry};
-use crate::directory::{EventDraft, Snapshot, Update};
+use crate::directory::{EventDraft, ResourceRecord, Snapshot, Update};
 use crate::model::{Failback, Health, ResourceMatch};
 
 /// A server's health as the checkers last reported it.
@@ -103,6 +103,26 @@ pub struct Engine {
     applied: Arc<Config>,
     snapshot: Snapshot,
     health: HashMap<String, Observation>,
+}
+
+/// The dataplane entries of resource `rc`, on `server` (an id), as `rec` records it.
+fn set_resource(
+    rc: &ResourceConfig,
+    rec: &ResourceRecord,
+    server: Option<u32>,
+) -> impl Iterator<Item = Change> {
+    let assignment = ResourceAssignment {
+        resource_id: rec.id,
+        server,
+        generation: rec.generation,
+        on_no_server: rc.on_no_server,
+    };
+    rc.matchers()
+        .into_iter()
+        .map(move |matcher| Change::SetResource {
+            matcher,
+            assignment,
+        })
 }
 
 fn all_matchers(c: &Config) -> BTreeMap<ResourceMatch, String> {
@@ -271,28 +291,17 @@ impl Engine {
         }
         for rc in &self.config.resources {
             if let Some(rec) = self.snapshot.resources.get(&rc.name) {
-                let assignment = ResourceAssignment {
-                    resource_id: rec.id,
-                    server: rec
-                        .current
-                        .as_ref()
-                        .and_then(|c| self.snapshot.servers.get(c))
-                        .map(|s| s.id),
-                    generation: rec.generation,
-                    on_no_server: rc.on_no_server,
-                };
-                for m in rc.matchers() {
-                    out.push(Change::SetResource {
-                        matcher: m,
-                        assignment,
-                    });
-                }
+                let server = rec
+                    .current
+                    .as_ref()
+                    .and_then(|c| self.snapshot.servers.get(c))
+                    .map(|s| s.id);
+                out.extend(set_resource(rc, rec, server));
             }
         }
         out
     }
 
-    /// The server ids and resource matches the dataplane should hold (to remove strays).
     /// What the maps must hold for this state (for [`MapSync::resync`]).
     ///
     /// [`MapSync::resync`]: crate::dataplane::sync::MapSync::resync
