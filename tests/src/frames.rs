@@ -284,82 +284,109 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
         Some(TransportSlice::Udp(u)) => u.payload().to_vec(),
         _ => Vec::new(),
     };
-    match (&p.net, &p.transport) {
+    // (what, the checksum in the frame, the one etherparse computes)
+    let check: Option<(&str, u16, u16)> = match (&p.net, &p.transport) {
         (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) => {
             let h = t.to_header();
-            let c = h
-                .calc_checksum_ipv4(&ip.header().to_header(), &payload)
-                .unwrap();
-            if c != h.checksum {
-                return Err(format!(
-                    "TCP checksum {:#06x}, expected {c:#06x}",
-                    h.checksum
-                ));
-            }
+            let c = h.calc_checksum_ipv4(&ip.header().to_header(), &payload);
+            Some(("TCP", h.checksum, c.unwrap()))
         }
         (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Tcp(t))) => {
             let h = t.to_header();
-            let c = h
-                .calc_checksum_ipv6(&ip.header().to_header(), &payload)
-                .unwrap();
-            if c != h.checksum {
-                return Err(format!(
-                    "TCP checksum {:#06x}, expected {c:#06x}",
-                    h.checksum
-                ));
-            }
+            let c = h.calc_checksum_ipv6(&ip.header().to_header(), &payload);
+            Some(("TCP", h.checksum, c.unwrap()))
         }
+        // Over IPv4, a UDP checksum of 0 means none.
         (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Udp(u))) => {
             let h = u.to_header();
-            if h.checksum != 0 {
-                let c = h
-                    .calc_checksum_ipv4(&ip.header().to_header(), &payload)
-                    .unwrap();
-                if c != h.checksum {
-                    return Err(format!(
-                        "UDP checksum {:#06x}, expected {c:#06x}",
-                        h.checksum
-                    ));
-                }
-            }
+            (h.checksum != 0).then(|| {
+                let c = h.calc_checksum_ipv4(&ip.header().to_header(), &payload);
+                ("UDP", h.checksum, c.unwrap())
+            })
         }
         (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Udp(u))) => {
             let h = u.to_header();
-            let c = h
-                .calc_checksum_ipv6(&ip.header().to_header(), &payload)
-                .unwrap();
-            if c != h.checksum {
-                return Err(format!(
-                    "UDP checksum {:#06x}, expected {c:#06x}",
-                    h.checksum
-                ));
-            }
+            let c = h.calc_checksum_ipv6(&ip.header().to_header(), &payload);
+            Some(("UDP", h.checksum, c.unwrap()))
         }
         (Some(NetSlice::Ipv4(_)), Some(TransportSlice::Icmpv4(i))) => {
             let h = i.header();
-            let c = h.icmp_type.calc_checksum(i.payload());
-            if c != h.checksum {
-                return Err(format!(
-                    "ICMPv4 checksum {:#06x}, expected {c:#06x}",
-                    h.checksum
-                ));
-            }
+            Some(("ICMPv4", h.checksum, h.icmp_type.calc_checksum(i.payload())))
         }
         (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(i))) => {
-            let h = i.header();
-            let ih = ip.header();
+            let (h, ih) = (i.header(), ip.header());
             let c = h
                 .icmp_type
-                .calc_checksum(ih.source(), ih.destination(), i.payload())
-                .unwrap();
-            if c != h.checksum {
-                return Err(format!(
-                    "ICMPv6 checksum {:#06x}, expected {c:#06x}",
-                    h.checksum
-                ));
-            }
+                .calc_checksum(ih.source(), ih.destination(), i.payload());
+            Some(("ICMPv6", h.checksum, c.unwrap()))
         }
-        _ => {}
+        _ => None,
+    };
+    match check {
+        Some((what, got, want)) if got != want => {
+            Err(format!("{what} checksum {got:#06x}, expected {want:#06x}"))
+        }
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> IpAddr {
+        IpAddr::V4(s.parse().unwrap())
+    }
+
+    fn v6(s: &str) -> IpAddr {
+        IpAddr::V6(s.parse().unwrap())
+    }
+
+    /// `f` with the byte at `at` changed.
+    fn spoiled(mut f: Vec<u8>, at: usize) -> Vec<u8> {
+        f[at] ^= 0x55;
+        f
+    }
+
+    #[test]
+    fn every_checksum_is_verified() {
+        let (c4, s4, c6, s6) = (
+            v4("198.18.1.10"),
+            v4("198.18.2.10"),
+            v6("2001:2:1::10"),
+            v6("2001:2:2::10"),
+        );
+        let tcp4 = frame(CM, G0, c4, s4, 64, tcp(1, 2, 3, 4, ACK), b"data");
+        let tcp6 = frame(CM, G0, c6, s6, 64, tcp(1, 2, 3, 4, ACK), b"data");
+        let udp4 = frame(CM, G0, c4, s4, 64, udp(1, 2), b"data");
+        let udp6 = frame(CM, G0, c6, s6, 64, udp(1, 2), b"data");
+        let echo4 = frame(CM, G0, c4, s4, 64, L4::EchoReq { id: 1, seq: 2 }, b"data");
+        let echo6 = frame(CM, G0, c6, s6, 64, L4::EchoReq { id: 1, seq: 2 }, b"data");
+        for f in [&tcp4, &tcp6, &udp4, &udp6, &echo4, &echo6] {
+            assert_eq!(verify_checksums(f), Ok(()), "{}", crate::hex(f));
+        }
+        // Checksum offsets: IPv4 header 14 + 10, TCP + 16, UDP + 6, ICMP + 2.
+        for (f, at, what) in [
+            (&tcp4, 14 + 10, "IPv4 header checksum"),
+            (&tcp4, 34 + 16, "TCP checksum"),
+            (&tcp6, 54 + 16, "TCP checksum"),
+            (&udp4, 34 + 6, "UDP checksum"),
+            (&udp6, 54 + 6, "UDP checksum"),
+            (&echo4, 34 + 2, "ICMPv4 checksum"),
+            (&echo6, 54 + 2, "ICMPv6 checksum"),
+        ] {
+            let e = verify_checksums(&spoiled(f.clone(), at)).expect_err(what);
+            assert!(e.starts_with(&format!("{what} 0x")), "{e}");
+            assert!(e.contains(", expected 0x"), "{e}");
+        }
+        // Over IPv4, a UDP checksum of 0 is none; over IPv6 it is wrong.
+        let mut none4 = udp4.clone();
+        none4[40..42].copy_from_slice(&[0, 0]);
+        assert_eq!(verify_checksums(&none4), Ok(()));
+        let mut none6 = udp6.clone();
+        none6[60..62].copy_from_slice(&[0, 0]);
+        assert!(verify_checksums(&none6).is_err());
+        // Not parseable: nothing to verify.
+        assert_eq!(verify_checksums(&[0u8; 10]), Ok(()));
+    }
 }
