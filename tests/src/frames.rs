@@ -48,7 +48,7 @@ pub const RST: u8 = 0x04;
 pub const PSH: u8 = 0x08;
 
 /// The transport part of a [`frame`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub enum L4 {
     Tcp {
         sport: u16,
@@ -69,6 +69,10 @@ pub enum L4 {
         id: u16,
         seq: u16,
     },
+    /// An ICMPv4 error (IPv4 only); the payload is its quote (an IP packet, possibly truncated).
+    Icmpv4Err(Icmpv4Type),
+    /// An ICMPv6 error (IPv6 only); the payload is its quote.
+    Icmpv6Err(Icmpv6Type),
 }
 
 /// A TCP segment: `ack` is written only when `flags` has ACK; window 64240.
@@ -148,51 +152,15 @@ pub fn frame(
             .icmpv4_echo_reply(id, seq)
             .write(&mut out, payload)
             .unwrap(),
+        L4::Icmpv4Err(t) => {
+            assert!(!v6, "v4 only");
+            ip.icmpv4(t).write(&mut out, payload).unwrap()
+        }
+        L4::Icmpv6Err(t) => {
+            assert!(v6, "v6 only");
+            ip.icmpv6(t).write(&mut out, payload).unwrap()
+        }
     }
-    out
-}
-
-/// ICMPv4 error frame quoting `quote` (an IP packet, possibly truncated).
-pub fn icmp4_err(
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    src: IpAddr,
-    dst: IpAddr,
-    ttl: u8,
-    t: Icmpv4Type,
-    quote: &[u8],
-) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
-        panic!("v4 only")
-    };
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(s.octets(), d.octets(), ttl)
-        .icmpv4(t)
-        .write(&mut out, quote)
-        .unwrap();
-    out
-}
-
-/// ICMPv6 error frame quoting `quote` (an IP packet, possibly truncated).
-pub fn icmp6_err(
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    src: IpAddr,
-    dst: IpAddr,
-    ttl: u8,
-    t: Icmpv6Type,
-    quote: &[u8],
-) -> Vec<u8> {
-    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
-        panic!("v6 only")
-    };
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(smac, dmac)
-        .ipv6(s.octets(), d.octets(), ttl)
-        .icmpv6(t)
-        .write(&mut out, quote)
-        .unwrap();
     out
 }
 

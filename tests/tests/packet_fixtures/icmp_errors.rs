@@ -4,8 +4,7 @@
 use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Type};
 use ftn_common::GlobalCounter;
 use ftn_tests::frames::{
-    frame, icmp4_err, icmp6_err, ip_part, tcp, udp, ACK, BM, CM, G0, G1, PM, R0M, R1M, SYN,
-    XDP_PASS, XDP_REDIRECT,
+    frame, ip_part, tcp, udp, ACK, BM, CM, G0, G1, L4, PM, R0M, R1M, SYN, XDP_PASS, XDP_REDIRECT,
 };
 
 use super::{case, Addrs, Case, Ingress, PL};
@@ -24,27 +23,27 @@ fn v4(a: &Addrs) -> Vec<Case> {
             // The gateway DNATed C4:50000 -> P4:53 (case 3). A router on the server side says
             // "fragmentation needed" to the client about that datagram.
             let quoted = frame(G1, PM, a.c4, a.p4, 63, udp(50000, 53), PL);
-            let input = icmp4_err(
+            let input = frame(
                 R1M,
                 G1,
                 a.r1_4,
                 a.c4,
                 64,
-                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
-                    next_hop_mtu: 1400,
-                }),
+                L4::Icmpv4Err(Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+                )),
                 &ip_part(&quoted, 28),
             );
             let quoted_vip = frame(G1, PM, a.c4, a.vip4, 63, udp(50000, 53), PL);
-            let out = icmp4_err(
+            let out = frame(
                 G0,
                 CM,
                 a.r1_4,
                 a.c4,
                 63,
-                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
-                    next_hop_mtu: 1400,
-                }),
+                L4::Icmpv4Err(Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+                )),
                 &ip_part(&quoted_vip, 28),
             );
             case(
@@ -59,23 +58,27 @@ fn v4(a: &Addrs) -> Vec<Case> {
         {
             // The whole quoted TCP header: the quoted TCP checksum is fixed too.
             let quoted = frame(G1, PM, a.c4, a.p4, 63, tcp(40011, 80, 1, 0, SYN), b"");
-            let input = icmp4_err(
+            let input = frame(
                 PM,
                 G1,
                 a.p4,
                 a.c4,
                 64,
-                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+                L4::Icmpv4Err(Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::Port,
+                )),
                 &ip_part(&quoted, 40),
             );
             let quoted_vip = frame(G1, PM, a.c4, a.vip4, 63, tcp(40011, 80, 1, 0, SYN), b"");
-            let out = icmp4_err(
+            let out = frame(
                 G0,
                 CM,
                 a.vip4,
                 a.c4,
                 63,
-                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+                L4::Icmpv4Err(Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::Port,
+                )),
                 &ip_part(&quoted_vip, 40),
             );
             case(
@@ -91,27 +94,27 @@ fn v4(a: &Addrs) -> Vec<Case> {
             // A router on the client side says "fragmentation needed" to the VIP about a reply the
             // gateway SNATed (VIP:53 -> C4:50000): it goes to the primary, about P4 -> C4.
             let quoted = frame(G0, CM, a.vip4, a.c4, 63, udp(53, 50000), PL);
-            let input = icmp4_err(
+            let input = frame(
                 R0M,
                 G0,
                 a.r0_4,
                 a.vip4,
                 64,
-                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
-                    next_hop_mtu: 1280,
-                }),
+                L4::Icmpv4Err(Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+                )),
                 &ip_part(&quoted, 28),
             );
             let quoted_srv = frame(G0, CM, a.p4, a.c4, 63, udp(53, 50000), PL);
-            let out = icmp4_err(
+            let out = frame(
                 G1,
                 PM,
                 a.r0_4,
                 a.p4,
                 63,
-                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
-                    next_hop_mtu: 1280,
-                }),
+                L4::Icmpv4Err(Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+                )),
                 &ip_part(&quoted_srv, 28),
             );
             case(
@@ -134,23 +137,23 @@ fn v6(a: &Addrs) -> Vec<Case> {
         {
             // v6: the backup B6 says "packet too big" about C6:40100 -> B6:80 (flow moved above).
             let quoted = frame(G1, BM, a.c6, a.b6, 63, tcp(40100, 80, 2, 78, ACK), PL);
-            let input = icmp6_err(
+            let input = frame(
                 BM,
                 G1,
                 a.b6,
                 a.c6,
                 64,
-                Icmpv6Type::PacketTooBig { mtu: 1280 },
+                L4::Icmpv6Err(Icmpv6Type::PacketTooBig { mtu: 1280 }),
                 &ip_part(&quoted, 60),
             );
             let quoted_vip = frame(G1, BM, a.c6, a.vip6, 63, tcp(40100, 80, 2, 78, ACK), PL);
-            let out = icmp6_err(
+            let out = frame(
                 G0,
                 CM,
                 a.vip6,
                 a.c6,
                 63,
-                Icmpv6Type::PacketTooBig { mtu: 1280 },
+                L4::Icmpv6Err(Icmpv6Type::PacketTooBig { mtu: 1280 }),
                 &ip_part(&quoted_vip, 60),
             );
             case(
@@ -165,23 +168,23 @@ fn v6(a: &Addrs) -> Vec<Case> {
         {
             // v6: an error to the VIP about VIP:80 -> C6:40100 goes to the flow's server (B6).
             let quoted = frame(G0, CM, a.vip6, a.c6, 63, tcp(80, 40100, 3, 3, ACK), b"");
-            let input = icmp6_err(
+            let input = frame(
                 R0M,
                 G0,
                 a.r0_6,
                 a.vip6,
                 64,
-                Icmpv6Type::PacketTooBig { mtu: 1280 },
+                L4::Icmpv6Err(Icmpv6Type::PacketTooBig { mtu: 1280 }),
                 &ip_part(&quoted, 60),
             );
             let quoted_srv = frame(G0, CM, a.b6, a.c6, 63, tcp(80, 40100, 3, 3, ACK), b"");
-            let out = icmp6_err(
+            let out = frame(
                 G1,
                 BM,
                 a.r0_6,
                 a.b6,
                 63,
-                Icmpv6Type::PacketTooBig { mtu: 1280 },
+                L4::Icmpv6Err(Icmpv6Type::PacketTooBig { mtu: 1280 }),
                 &ip_part(&quoted_srv, 60),
             );
             case(
@@ -202,13 +205,15 @@ fn unmatched(a: &Addrs) -> Vec<Case> {
     use Ingress::*;
     vec![{
         let quoted = frame(G1, PM, a.c4, a.p4, 63, udp(59999, 53), PL);
-        let input = icmp4_err(
+        let input = frame(
             PM,
             G1,
             a.p4,
             a.c4,
             64,
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+            L4::Icmpv4Err(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::Port,
+            )),
             &ip_part(&quoted, 28),
         );
         case(

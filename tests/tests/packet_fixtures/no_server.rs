@@ -6,15 +6,14 @@ use etherparse::{
 };
 use ftn_common::{DataplaneConfig, GlobalCounter};
 use ftn_tests::frames::{
-    frame, icmp4_err, icmp6_err, ip_part, tcp, udp, ACK, CM, G0, L4, PSH, RST, SYN, XDP_DROP,
-    XDP_TX,
+    frame, ip_part, tcp, udp, ACK, CM, G0, L4, PSH, RST, SYN, XDP_DROP, XDP_TX,
 };
 
 use super::{case, with, Addrs, Case, Ingress, Op, PL};
 
 /// Cases 25-32.
 pub fn cases(a: &Addrs) -> Vec<Case> {
-    [drop_policy, reject_v4, reject_v6]
+    [drop_policy, reject_v4_rst, reject_v4_unreachable, reject_v6]
         .iter()
         .flat_map(|f| f(a))
         .collect()
@@ -45,8 +44,8 @@ fn drop_policy(a: &Addrs) -> Vec<Case> {
     )]
 }
 
-/// Reject policy, IPv4: RSTs and ICMP unreachables from the VIP.
-fn reject_v4(a: &Addrs) -> Vec<Case> {
+/// Reject policy, IPv4: TCP segments get RSTs from the VIP.
+fn reject_v4_rst(a: &Addrs) -> Vec<Case> {
     use GlobalCounter as G;
     use Ingress::*;
     vec![
@@ -98,15 +97,25 @@ fn reject_v4(a: &Addrs) -> Vec<Case> {
             ))),
             G::RejectTcpRst,
         ),
+    ]
+}
+
+/// Reject policy, IPv4: UDP and echo requests get ICMP unreachables; a RST gets nothing.
+fn reject_v4_unreachable(a: &Addrs) -> Vec<Case> {
+    use GlobalCounter as G;
+    use Ingress::*;
+    vec![
         {
             let input = frame(CM, G0, a.c4, a.vip4_rej, 64, udp(50010, 53), PL);
-            let out = icmp4_err(
+            let out = frame(
                 G0,
                 CM,
                 a.vip4_rej,
                 a.c4,
                 64,
-                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+                L4::Icmpv4Err(Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::Port,
+                )),
                 &ip_part(&input, 28),
             );
             case(
@@ -128,13 +137,15 @@ fn reject_v4(a: &Addrs) -> Vec<Case> {
                 L4::EchoReq { id: 9, seq: 3 },
                 PL,
             );
-            let out = icmp4_err(
+            let out = frame(
                 G0,
                 CM,
                 a.vip4_rej,
                 a.c4,
                 64,
-                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host),
+                L4::Icmpv4Err(Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::Host,
+                )),
                 &ip_part(&input, 28),
             );
             case(
@@ -196,13 +207,15 @@ fn reject_v6(a: &Addrs) -> Vec<Case> {
         ),
         {
             let input = frame(CM, G0, a.c6, a.vip6_rej, 64, udp(50011, 53), PL);
-            let out = icmp6_err(
+            let out = frame(
                 G0,
                 CM,
                 a.vip6_rej,
                 a.c6,
                 64,
-                Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port),
+                L4::Icmpv6Err(Icmpv6Type::DestinationUnreachable(
+                    DestUnreachableCode::Port,
+                )),
                 &ip_part(&input, 48),
             );
             case(
