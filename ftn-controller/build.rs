@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         }
         let out = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
         write_stub(&out.join("ftn-ebpf"))?;
+        write_stub(&out.join("ftn-bench-ebpf"))?;
         println!(
             "cargo:warning=ftn-ebpf not built ({reason}): the `ftn` binary embeds no XDP program \
              and `ftn run` will refuse to start; `cargo xtask build` builds the real one"

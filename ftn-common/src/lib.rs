@@ -549,9 +549,9 @@ mod tests {
 }
 
 // =============================================================================================
-// Bench-only items (`cargo xtask bench`, tests/src/bench/xdp.rs and ftn-ebpf/src/bench.rs).
-// The dataplane never uses them: the bench programs live in the same object so that they can
-// tail-call `ftn_xdp`, and their small maps are created with every load of the object.
+// Bench-only items (`cargo xtask bench`, tests/src/bench/xdp/ and ftn-ebpf/src/bench.rs).
+// The dataplane never uses them: the bench programs are an object of their own
+// (`ftn-bench-ebpf`), whose wrapper tail-calls `ftn_xdp` of the dataplane's object.
 // =============================================================================================
 
 /// Bench-only programs and maps.

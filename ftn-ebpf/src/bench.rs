@@ -1,6 +1,8 @@
-//! Bench-only programs (`cargo xtask bench`, tests/src/bench/xdp.rs). The dataplane never runs
-//! them; they sit in this object so that the wrapper can tail-call `ftn_xdp` (a tail call needs
-//! programs of one object's kind: same type, same JIT state).
+//! `ftn-bench-ebpf`: the bench-only XDP programs (`cargo xtask bench`, tests/src/bench/xdp/), a
+//! separate object from the dataplane's (`ftn-ebpf`), so that no gateway loads them or their
+//! maps. The wrapper tail-calls `ftn_xdp` of the dataplane's object: a program array accepts a
+//! program of another object when it is of the same type, JIT state and `xdp.frags` setting as
+//! the array's owner, which two XDP objects loaded the same way are.
 //!
 //! - `ftn_bench_wrap`: `BPF_PROG_TEST_RUN` with `repeat` reuses one buffer, so a NAT program
 //!   would see its own output from the second run on. The wrapper writes the original frame
@@ -15,6 +17,20 @@
 //!   `XDP_TX`es it out of the test run's ingress interface.
 //! - `ftn_bench_sink`: on the receiving host, counts the frames addressed to `FTN_BENCH_SINK`
 //!   and drops every frame.
+#![no_std]
+#![no_main]
+
+// The dataplane's packet accessors and checksum helpers, compiled into this object too.
+#[expect(
+    dead_code,
+    reason = "the bench programs use a few of the dataplane's checksum helpers"
+)]
+mod csum;
+#[expect(
+    dead_code,
+    reason = "the bench programs use only the packet accessors of the parser"
+)]
+mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -28,10 +44,7 @@ use ftn_common::{
     PROTO_UDP,
 };
 
-use crate::{
-    csum,
-    parse::{read, write, ETH_LEN},
-};
+use crate::parse::{read, write, ETH_LEN};
 
 #[map]
 pub static FTN_BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
@@ -151,4 +164,10 @@ fn sink_check(ctx: &XdpContext) -> Result<bool, ()> {
         return Ok(false);
     }
     Ok(read::<u16>(ctx, ETH_LEN + 20 + 2)? == want.port)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
 }

@@ -13,7 +13,6 @@
 #![no_std]
 #![no_main]
 
-mod bench;
 mod csum;
 mod flow;
 mod fwd;

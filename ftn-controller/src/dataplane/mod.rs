@@ -29,6 +29,12 @@ use ftn_common::{
 /// this binary was built without the eBPF toolchain: read it through [`ebpf_object`].
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftn-ebpf"));
 
+/// The bench-only programs (`ftn-bench-ebpf`, `cargo xtask bench`), built beside the dataplane's
+/// object. Nothing in ftn loads them, and a binary that does not call [`bench_object`] does not
+/// carry them (the linker drops the unused static).
+static EBPF_BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftn-bench-ebpf"));
+
 /// Why this binary embeds no eBPF object (build.rs stubbed it), or `None` for a real one.
 pub const EBPF_STUB_REASON: Option<&str> = option_env!("FTN_EBPF_STUB");
 
@@ -39,6 +45,11 @@ pub fn ebpf_object() -> Result<&'static [u8], DataplaneError> {
         Some(reason) => Err(DataplaneError::NoEbpfObject { reason }),
         None => Ok(EBPF_OBJECT),
     }
+}
+
+/// The bench programs' object (see [`EBPF_BENCH_OBJECT`]), or why the build left it out.
+pub fn bench_object() -> Result<&'static [u8], DataplaneError> {
+    ebpf_object().map(|_| EBPF_BENCH_OBJECT)
 }
 
 /// Where a resource's new flows go now.

@@ -51,41 +51,22 @@ use std::{
 use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use ftn_common::{
     bench::{BenchFrame, BenchSink, COUNT_MAP, FRAME_MAP, PROG_GEN, PROG_SINK, SINK_MAP},
-    map_names, PROTO_UDP,
+    PROTO_UDP,
 };
 use ftn_controller::dataplane::{
     AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ServerEntry,
 };
 use ftn_controller::model::{NoServerAction, Protocol, ResourceMatch, XdpAttachMode};
 
-use super::{bench_frame, chain, list, load_prog, prog_ref, take_map};
+use super::{bench_frame, chain, list, load_bench_object, load_prog, prog_ref, take_map};
 use crate::bench::{attempt, median, Figure, Size};
 use crate::frames::{frame, udp};
 use crate::{attach_pass, lab::veth, run_quiet, unique_name, xdp_md, Netns};
 
-/// Loads the embedded object with its big maps shrunk (only bench programs are used from it).
-fn load_small_object() -> Result<Ebpf, String> {
-    let mut loader = EbpfLoader::new();
-    for name in [
-        map_names::FLOWS,
-        map_names::REVERSE,
-        map_names::RESOURCES,
-        map_names::RESOURCE_STATS,
-        map_names::SERVER_STATS,
-        map_names::SERVERS,
-        map_names::PASSIVE,
-    ] {
-        loader.map_max_entries(name, 1);
-    }
-    let object = ftn_controller::dataplane::ebpf_object().map_err(|e| e.to_string())?;
-    loader
-        .load(object)
-        .map_err(|e| format!("load the eBPF object: {}", chain(&e)))
-}
 fn ns_mac(ns: &Netns, dev: &str) -> Result<[u8; 6], String> {
     let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -386,7 +367,7 @@ struct Traffic {
 fn traffic(lab: &Lab2) -> Result<Traffic, String> {
     let (mut sink, counts) = {
         let _in = lab.srv.enter();
-        let mut sink = load_small_object()?;
+        let mut sink = load_bench_object()?;
         load_prog(&mut sink, PROG_SINK)?
             .attach("s0", XdpMode::Driver)
             .map_err(|e| format!("attach {PROG_SINK} to s0: {}", chain(&e)))?;
@@ -406,7 +387,7 @@ fn traffic(lab: &Lab2) -> Result<Traffic, String> {
         0,
     )
     .map_err(|e| format!("configure the sink: {}", chain(&e)))?;
-    let mut gen = load_small_object()?;
+    let mut gen = load_bench_object()?;
     load_prog(&mut gen, PROG_GEN)?;
     let frame_map = take_map(&mut gen, FRAME_MAP)?;
     Ok(Traffic {

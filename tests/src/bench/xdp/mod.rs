@@ -60,6 +60,16 @@ fn bench_frame(frame: &[u8], vary_port: Option<(u32, u32)>) -> Result<BenchFrame
     }
     Ok(f)
 }
+/// Loads the bench programs' own object (`ftn-bench-ebpf`: wrapper, nop, floor, generator,
+/// sink and their small maps); the dataplane's object is loaded by `AyaDataplane` as a gateway
+/// loads it.
+fn load_bench_object() -> Result<Ebpf, String> {
+    let object = ftn_controller::dataplane::bench_object().map_err(|e| e.to_string())?;
+    aya::EbpfLoader::new()
+        .load(object)
+        .map_err(|e| format!("load the bench eBPF object: {}", chain(&e)))
+}
+
 fn load_prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> {
     let prog: &mut Xdp = ebpf
         .program_mut(name)

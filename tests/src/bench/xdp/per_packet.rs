@@ -4,7 +4,8 @@
 //! kernel's mean time per run (whole nanoseconds; migration is disabled and the clock stops
 //! whenever the run loop yields the CPU to another task). A NAT program rewrites its buffer, so
 //! from the second run on it would see its own output. The bench programs in
-//! `ftn-ebpf/src/bench.rs` fix this:
+//! `ftn-ebpf/src/bench.rs` (an object of their own, `ftn-bench-ebpf`, loaded beside the
+//! dataplane's) fix this:
 //!
 //! - `ftn_bench_wrap` writes the original frame (kept in the bench map `FTN_BENCH_FRAME`) over the
 //!   packet with `bpf_xdp_store_bytes`, then tail-calls the program in slot 0 of the
@@ -69,7 +70,7 @@ use ftn_controller::dataplane::{
 };
 use ftn_controller::model::{NoServerAction, Protocol, ResourceMatch};
 
-use super::{bench_frame, chain, list, load_prog, prog_ref, take_map};
+use super::{bench_frame, chain, list, load_bench_object, load_prog, prog_ref, take_map};
 use crate::bench::{attempt, median, Figure, Size};
 use crate::frames::{
     action_name, frame, tcp, ACK, CM, G0, G1, PM, SYN, XDP_PASS, XDP_REDIRECT, XDP_TX,
@@ -222,6 +223,8 @@ fn lab1() -> Result<(Netns, u32, u32), String> {
 
 struct Bench1 {
     dp: AyaDataplane,
+    /// The bench programs' object: the wrapper tail-calls `ftn_xdp` of `dp`'s object.
+    bench: Ebpf,
     frame_map: Array<MapData, BenchFrame>,
     jmp: ProgramArray<MapData>,
     xdp_fd: ProgramFd,
@@ -233,17 +236,10 @@ struct Bench1 {
 }
 
 impl Bench1 {
-    fn ebpf(&mut self) -> Result<&mut Ebpf, String> {
-        self.dp
-            .ebpf_mut()
-            .ok_or_else(|| "the dataplane has no loaded object".to_string())
-    }
-
     /// Runs a bench program directly.
     fn direct(&mut self, name: &str, frame: &[u8], repeat: u32) -> Result<(u32, f64), String> {
         let ingress = self.fx0;
-        let ebpf = self.ebpf()?;
-        let (a, ns, _) = test_run(prog_ref(ebpf, name)?, frame, ingress, repeat, false)?;
+        let (a, ns, _) = test_run(prog_ref(&self.bench, name)?, frame, ingress, repeat, false)?;
         Ok((a, ns))
     }
 
@@ -278,8 +274,13 @@ impl Bench1 {
         self.frame_map
             .set(0, bench_frame(frame, vary_port)?, 0)
             .map_err(|e| format!("write the bench frame: {}", chain(&e)))?;
-        let ebpf = self.ebpf()?;
-        test_run(prog_ref(ebpf, PROG_WRAP)?, frame, ingress, repeat, want_out)
+        test_run(
+            prog_ref(&self.bench, PROG_WRAP)?,
+            frame,
+            ingress,
+            repeat,
+            want_out,
+        )
     }
 
     /// Makes sure the established IPv4 and IPv6 flows exist (new-flow runs empty the tables).
@@ -518,17 +519,19 @@ fn setup1() -> Result<(Netns, Bench1), String> {
     let ebpf = dp
         .ebpf_mut()
         .ok_or_else(|| "the dataplane has no loaded object".to_string())?;
-    for name in [PROG_WRAP, PROG_NOP, PROG_FLOOR] {
-        load_prog(ebpf, name)?;
-    }
-    let frame_map = take_map(ebpf, FRAME_MAP)?;
-    let jmp = take_map(ebpf, JUMP_MAP)?;
-    let nop_fd = prog_fd(ebpf, PROG_NOP)?;
-    let floor_fd = prog_fd(ebpf, PROG_FLOOR)?;
     let xdp_fd = prog_fd(ebpf, ftn_common::PROGRAM_NAME)?;
+    let mut bench = load_bench_object()?;
+    for name in [PROG_WRAP, PROG_NOP, PROG_FLOOR] {
+        load_prog(&mut bench, name)?;
+    }
+    let frame_map = take_map(&mut bench, FRAME_MAP)?;
+    let jmp = take_map(&mut bench, JUMP_MAP)?;
+    let nop_fd = prog_fd(&bench, PROG_NOP)?;
+    let floor_fd = prog_fd(&bench, PROG_FLOOR)?;
     drop(_in);
     let b = Bench1 {
         dp,
+        bench,
         frame_map,
         jmp,
         xdp_fd,
