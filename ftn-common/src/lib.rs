@@ -172,9 +172,17 @@ pub struct FlowValue {
     pub resource_id: u32,
     /// `FLOW_FLAG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// TCP: the sequence number of the client's last segment, host order (a client's RST is
+    /// honoured only within [`RST_WINDOW`] bytes ahead of it). 0 for other protocols.
+    pub client_seq: u32,
 }
 const _: () = assert!(size_of::<FlowValue>() == 24);
+
+/// How far ahead of the client's last seen sequence number a client RST may be and still end
+/// its flow (move it to closing). A blind attacker must guess the sequence number within this
+/// window (1 in 4,096 per try) and the client's port; an RST outside it is forwarded to the
+/// server (whose own stack judges it) and leaves the flow as it was.
+pub const RST_WINDOW: u32 = 1 << 20;
 
 /// Key of [`map_names::REVERSE`]: the 5-tuple of a reply as the server sends it
 /// (server -> client).

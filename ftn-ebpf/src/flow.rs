@@ -3,14 +3,20 @@
 //! A flow stays on the server it started on while that server is up, even after its resource
 //! switched to another server (this is what makes failback lossless for established
 //! connections). A flow whose server is marked down moves at once to the resource's current
-//! server. Idle entries expire (per-protocol idle times from `FTN_CONFIG`), a FIN shortens the
-//! idle time, a RST ends the flow, and a new SYN on a closing flow starts a new one. The LRU map
-//! evicts the oldest entries when full.
+//! server. Idle entries expire (per-protocol idle times from `FTN_CONFIG`). A FIN, or an RST the
+//! flow honours, moves it to closing: its NAT stays for `tcp_closing_idle`, so the last packets
+//! of either side are still translated, and a forged RST cannot delete it. A client's RST is
+//! honoured only within [`RST_WINDOW`] bytes ahead of the client's last sequence number; one
+//! outside is forwarded (the server's stack judges it) and changes nothing here. A new
+//! connection (a SYN without ACK) always goes to the resource's current server: a flow left on
+//! this 5-tuple by an earlier connection (closing, or a SYN the client gave up on during a
+//! failover) must not send it elsewhere, e.g. to a primary the resource is held away from. The
+//! LRU map evicts the oldest entries when full.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use ftn_common::{
     DataplaneConfig, FlowKey, FlowValue, GlobalCounter, ResourceValue, ReverseKey, ReverseValue,
-    ServerValue, FLOW_FLAG_CLOSING, NO_SERVER, PROTO_TCP, PROTO_UDP, SERVER_UP,
+    ServerValue, FLOW_FLAG_CLOSING, NO_SERVER, PROTO_TCP, PROTO_UDP, RST_WINDOW, SERVER_UP,
 };
 
 use crate::{
@@ -69,19 +75,43 @@ fn idle_limit(c: &DataplaneConfig, proto: u8, flags: u32) -> u64 {
     }
 }
 
+/// `FLOW_FLAG_CLOSING` for a FIN, or for an RST the flow honours (counted); else 0. A client
+/// RST on a known flow (`last_seq`: the client's last sequence number) is honoured only within
+/// [`RST_WINDOW`] ahead of it; a server's RST, or one that starts a flow, always.
 #[inline(always)]
-fn fin_flag(pkt: &Pkt) -> u32 {
-    if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_FIN != 0 {
+fn closing_flag(pkt: &Pkt, seq: u32, last_seq: Option<u32>) -> u32 {
+    if pkt.proto != PROTO_TCP {
+        return 0;
+    }
+    if pkt.tcp_flags & TCP_RST != 0 {
+        let honoured = match last_seq {
+            Some(s) => seq.wrapping_sub(s) < RST_WINDOW,
+            None => true,
+        };
+        if !honoured {
+            return 0;
+        }
+        count(GlobalCounter::FlowsReset);
+        return FLOW_FLAG_CLOSING;
+    }
+    if pkt.tcp_flags & TCP_FIN != 0 {
         FLOW_FLAG_CLOSING
     } else {
         0
     }
 }
 
-/// Picks the server for a client -> VIP packet, creating or moving the flow as needed.
+/// Picks the server for a client -> VIP packet, creating or moving the flow as needed. `seq`:
+/// the TCP sequence number (host order; 0 for other protocols).
 /// `None`: the resource has no live server.
 #[inline(always)]
-pub fn select(pkt: &Pkt, res: &ResourceValue, now: u64, cfg: &DataplaneConfig) -> Option<Chosen> {
+pub fn select(
+    pkt: &Pkt,
+    seq: u32,
+    res: &ResourceValue,
+    now: u64,
+    cfg: &DataplaneConfig,
+) -> Option<Chosen> {
     let key = flow_key(pkt);
     let mut old: Option<(u32, ServerValue)> = None;
     let mut moved = false;
@@ -90,15 +120,21 @@ pub fn select(pkt: &Pkt, res: &ResourceValue, now: u64, cfg: &DataplaneConfig) -
         // program run (RCU).
         let fv = unsafe { *f };
         let expired = now.saturating_sub(fv.last_seen_ns) > idle_limit(cfg, pkt.proto, fv.flags);
+        // A new connection on a 5-tuple that has a flow: the old one is closing, or it is on
+        // another server than the resource's current one (a SYN the client gave up on).
         let restart = pkt.proto == PROTO_TCP
             && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && fv.flags & FLOW_FLAG_CLOSING != 0;
+            && (fv.flags & FLOW_FLAG_CLOSING != 0 || fv.server_id != res.server_id);
         if let Some(s) = maps::server(fv.server_id) {
             if !expired && !restart && s.state == SERVER_UP {
+                let closing = closing_flag(pkt, seq, Some(fv.client_seq));
                 // SAFETY: as above.
                 unsafe {
                     (*f).last_seen_ns = now;
-                    (*f).flags |= fin_flag(pkt);
+                    (*f).flags |= closing;
+                    if pkt.tcp_flags & TCP_RST == 0 {
+                        (*f).client_seq = seq;
+                    }
                 }
                 return Some(Chosen {
                     server_id: fv.server_id,
@@ -123,8 +159,8 @@ pub fn select(pkt: &Pkt, res: &ResourceValue, now: u64, cfg: &DataplaneConfig) -
         last_seen_ns: now,
         server_id: res.server_id,
         resource_id: res.resource_id,
-        flags: fin_flag(pkt),
-        _pad: 0,
+        flags: closing_flag(pkt, seq, None),
+        client_seq: seq,
     };
     let rv = ReverseValue {
         vip: pkt.dst,
@@ -153,17 +189,8 @@ pub fn select(pkt: &Pkt, res: &ResourceValue, now: u64, cfg: &DataplaneConfig) -
     })
 }
 
-/// A client sent a RST: the flow ends after this packet.
-#[inline(always)]
-pub fn end_forward(pkt: &Pkt, server: &[u32; 4]) {
-    if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
-        let _ = FTN_FLOWS.remove(flow_key(pkt));
-        let _ = FTN_REVERSE.remove(reverse_key(pkt, server));
-        count(GlobalCounter::FlowsReset);
-    }
-}
-
-/// A server -> client packet of a known flow: refresh the flow, note FIN, end on RST.
+/// A server -> client packet of a known flow: refresh the flow; a FIN or RST moves it to
+/// closing (its NAT stays for `tcp_closing_idle`).
 #[inline(always)]
 pub fn on_reply(pkt: &Pkt, rev: &ReverseValue, now: u64) {
     let key = FlowKey {
@@ -175,27 +202,14 @@ pub fn on_reply(pkt: &Pkt, rev: &ReverseValue, now: u64) {
         family: pkt.family,
         _pad: [0; 2],
     };
-    if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
-        let _ = FTN_FLOWS.remove(key);
-        let rkey = ReverseKey {
-            server: pkt.src,
-            client: pkt.dst,
-            server_port: pkt.sport,
-            client_port: pkt.dport,
-            proto: pkt.proto,
-            family: pkt.family,
-            _pad: [0; 2],
-        };
-        let _ = FTN_REVERSE.remove(rkey);
-        count(GlobalCounter::FlowsReset);
-        return;
-    }
     if let Some(f) = FTN_FLOWS.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup (RCU-protected during the run).
-        unsafe {
-            if (*f).server_id == rev.server_id {
+        if unsafe { (*f).server_id } == rev.server_id {
+            let closing = closing_flag(pkt, 0, None);
+            // SAFETY: as above.
+            unsafe {
                 (*f).last_seen_ns = now;
-                (*f).flags |= fin_flag(pkt);
+                (*f).flags |= closing;
             }
         }
     }

@@ -123,7 +123,14 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
             if let Some(s) = srv_stats(f.server_id) {
                 s.icmp_errors += 1;
             }
-            return send(ctx, pkt, &pkt.src, &srv.addr, &maps::config(), flow::now());
+            return send(
+                ctx,
+                pkt,
+                &pkt.src,
+                &srv.addr,
+                maps::config().ok_or(())?,
+                flow::now(),
+            );
         }
     }
     // Towards the client: the quoted packet went client -> server (after DNAT).
@@ -160,7 +167,14 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
             if let Some(s) = srv_stats(rev.server_id) {
                 s.icmp_errors += 1;
             }
-            return send(ctx, pkt, &outer_src, &pkt.dst, &maps::config(), flow::now());
+            return send(
+                ctx,
+                pkt,
+                &outer_src,
+                &pkt.dst,
+                maps::config().ok_or(())?,
+                flow::now(),
+            );
         }
     }
     unmatched()

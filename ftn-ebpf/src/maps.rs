@@ -83,9 +83,32 @@ pub fn server(id: u32) -> Option<ServerValue> {
     FTN_SERVERS.get(id).copied()
 }
 
+/// The dataplane's settings, read in place (a copy would cost the program ~70 bytes of its
+/// 512-byte stack). A field the controller left 0 is set to its default in the map entry itself,
+/// once; every CPU writes the same values. `None` only if the array has no entry 0, which it
+/// always has.
 #[inline(always)]
-pub fn config() -> DataplaneConfig {
-    let mut c = FTN_CONFIG.get(0).copied().unwrap_or_default();
+pub fn config() -> Option<&'static DataplaneConfig> {
+    let p = FTN_CONFIG.get_ptr_mut(0)?;
+    // SAFETY: pointer from a successful array lookup: valid for the whole run (array values are
+    // never freed while the program runs).
+    let c = unsafe { &mut *p };
+    if c.tcp_idle_ns == 0
+        || c.tcp_closing_ns == 0
+        || c.udp_idle_ns == 0
+        || c.icmp_idle_ns == 0
+        || c.passive_window_ns == 0
+        || c.passive_rearm_ns == 0
+        || c.passive_min == 0
+        || c.nexthop_ttl_ns == 0
+    {
+        fill_defaults(c);
+    }
+    Some(c)
+}
+
+#[inline(always)]
+fn fill_defaults(c: &mut DataplaneConfig) {
     let d = DataplaneConfig::default();
     if c.tcp_idle_ns == 0 {
         c.tcp_idle_ns = d.tcp_idle_ns;
@@ -111,7 +134,6 @@ pub fn config() -> DataplaneConfig {
     if c.nexthop_ttl_ns == 0 {
         c.nexthop_ttl_ns = d.nexthop_ttl_ns;
     }
-    c
 }
 
 /// The resource a packet is addressed to: exact port first, then the VIP's every-port entry.

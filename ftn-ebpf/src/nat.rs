@@ -27,8 +27,13 @@ pub fn forward(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, 
         return Ok(xdp_action::XDP_PASS);
     }
     let now = flow::now();
-    let cfg = config();
-    let Some(ch) = flow::select(pkt, res, now, &cfg) else {
+    let cfg = config().ok_or(())?;
+    let seq = if pkt.proto == PROTO_TCP {
+        u32::from_be(read::<u32>(ctx, pkt.l4_off + 4)?)
+    } else {
+        0
+    };
+    let Some(ch) = flow::select(pkt, seq, res, now, cfg) else {
         return reject::no_server(ctx, pkt, res);
     };
     rewrite_addr(ctx, pkt, Which::Dst, &ch.server.addr)?;
@@ -55,10 +60,9 @@ pub fn forward(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, 
         }
     }
     if ch.new_flow && pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        passive::on_syn(ch.server_id, now, &cfg);
+        passive::on_syn(ch.server_id, now, cfg);
     }
-    flow::end_forward(pkt, &ch.server.addr);
-    send(ctx, pkt, &pkt.src, &ch.server.addr, &cfg, now)
+    send(ctx, pkt, &pkt.src, &ch.server.addr, cfg, now)
 }
 
 /// Server -> client of a known flow: SNAT back to the VIP and send.
@@ -78,12 +82,12 @@ pub fn reply(ctx: &XdpContext, pkt: &Pkt, rev: &ReverseValue) -> Result<u32, ()>
         s.reply_bytes += u64::from(pkt.frame_len);
     }
     let now = flow::now();
-    let cfg = config();
+    let cfg = config().ok_or(())?;
     if pkt.proto == PROTO_TCP {
-        passive::on_reply(rev.server_id, pkt.tcp_flags & TCP_RST != 0, now, &cfg);
+        passive::on_reply(rev.server_id, pkt.tcp_flags & TCP_RST != 0, now, cfg);
     }
     flow::on_reply(pkt, rev, now);
-    send(ctx, pkt, &rev.vip, &pkt.dst, &cfg, now)
+    send(ctx, pkt, &rev.vip, &pkt.dst, cfg, now)
 }
 
 /// Rewrites the source or destination address of the outer IP header, fixing the IPv4 header

@@ -22,11 +22,14 @@ mod forward_v6;
 mod icmp_errors;
 mod passed;
 mod passive_health;
+mod tcp_state;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use ftn_common::{DataplaneConfig, FlowKey, FlowValue, GlobalCounter, FAMILY_V4, PROTO_TCP};
+use ftn_common::{
+    DataplaneConfig, FlowKey, FlowValue, GlobalCounter, FAMILY_V4, FLOW_FLAG_CLOSING, PROTO_TCP,
+};
 use ftn_controller::dataplane::{
     AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ServerEntry,
 };
@@ -178,6 +181,7 @@ fn cases(a: &Addrs) -> Vec<Case> {
         forward_v6::cases,
         icmp_errors::cases,
         passed::cases,
+        tcp_state::cases,
     ]
     .iter()
     .flat_map(|f| f(a))
@@ -270,7 +274,7 @@ fn apply(dp: &mut AyaDataplane, op: &Op) {
                 server_id: *server,
                 resource_id: *resource,
                 flags: 0,
-                _pad: 0,
+                client_seq: 0,
             };
             dp.insert_flow(&key, &value).unwrap();
         }
@@ -446,8 +450,13 @@ fn check_counters(dp: &AyaDataplane, failures: &mut Vec<String>) {
         format!("P4 icmp_errors = {} (>= 2 expected)", p4.icmp_errors),
     );
     check(
-        g[GlobalCounter::FlowsReset as usize].1 == 1,
-        format!("flows_reset = {}", g[GlobalCounter::FlowsReset as usize].1),
+        // The client RST of case "a client RST is forwarded on its flow", and in tcp_state the
+        // client's in-window RST and the primary's RST; not the blind one.
+        g[GlobalCounter::FlowsReset as usize].1 == 3,
+        format!(
+            "flows_reset = {} (3 expected)",
+            g[GlobalCounter::FlowsReset as usize].1
+        ),
     );
     check(
         g[GlobalCounter::FlowsMoved as usize].1 == 2,
@@ -510,6 +519,19 @@ fn packet_fixtures() {
         .any(|(k, v)| u16::from_be(k.client_port) == 40001 && v.server_id == B4);
     if !rst_gone {
         failures.push("the RSTed flow 40001 -> B4 is still in the flow table".into());
+    }
+    // An RST moves a flow to closing and keeps it (on its server): both RSTed flows of
+    // tcp_state are there, closing; the blind RST before did not re-pin the held one.
+    for (port, server) in [(tcp_state::HELD, B4), (tcp_state::SERVER_RESET, P4)] {
+        let flow = flows
+            .iter()
+            .find(|(k, _)| u16::from_be(k.client_port) == port && u16::from_be(k.vip_port) == 8443);
+        match flow {
+            Some((_, v)) if v.server_id == server && v.flags & FLOW_FLAG_CLOSING != 0 => {}
+            other => failures.push(format!(
+                "flow {port} -> 8443: {other:?} (closing, on server {server} expected)"
+            )),
+        }
     }
     println!(
         "{} cases, {} flows in the table, counters by case: {counted:?}",
