@@ -227,8 +227,6 @@ pub fn lookup_return(server: &[u32; 4], port: u16, proto: u8, family: u8) -> Opt
     };
     k.proto = proto;
     k.family = family;
-    // The key by reference: it stays in the scratch map (a copy would be on the stack).
-    let key: &ReturnKey = k;
     // SAFETY: the value is copied out at once.
-    unsafe { FTN_RETURN.get(key) }.copied()
+    unsafe { FTN_RETURN.get(&*k) }.copied()
 }
