@@ -41,16 +41,9 @@ pub mod map_names {
     pub const EVENTS: &str = "FTN_EVENTS";
     /// `LruHashMap<NexthopKey, NexthopValue>`: FIB answers cached for `nexthop_ttl_ns`.
     pub const NEXTHOP: &str = "FTN_NEXTHOP";
-    /// `HashMap<ReturnKey, ReverseValue>` (not preallocated, never evicted): the stateless
-    /// return path. A server's (address, port, protocol) that belongs to one VIP -> that VIP;
-    /// written by the controller, so any gateway translates any reply of it.
-    pub const RETURN: &str = "FTN_RETURN";
-    /// `PerCpuArray<ReturnKey>` with one element: where the program builds a return-path key
-    /// (keeps it off its 512-byte stack).
-    pub const SCRATCH: &str = "FTN_SCRATCH";
 
     /// Every map of the object, for checks and pinning.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 12] = [
         RESOURCES,
         SERVERS,
         FLOWS,
@@ -63,8 +56,6 @@ pub mod map_names {
         PASSIVE,
         EVENTS,
         NEXTHOP,
-        RETURN,
-        SCRATCH,
     ];
 }
 
@@ -74,9 +65,6 @@ pub const MAX_RESOURCE_KEYS: u32 = 262_144;
 pub const MAX_RESOURCES: u32 = 131_072;
 /// Server ids are `0..MAX_SERVERS` (index of [`map_names::SERVERS`] and its counters).
 pub const MAX_SERVERS: u32 = 16_384;
-/// Capacity of [`map_names::RETURN`]: (server, port, protocol) keys of the stateless return
-/// path. Entries cost memory only when written (the map is not preallocated).
-pub const MAX_RETURN_KEYS: u32 = 262_144;
 /// Default capacity of the flow and reverse tables (the controller may change it at load).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 262_144;
 /// Capacity of the devmap (interfaces the program may redirect to).
@@ -215,21 +203,7 @@ pub struct ReverseKey {
 }
 const _: () = assert!(size_of::<ReverseKey>() == 40);
 
-/// Key of [`map_names::RETURN`]: a server's side of a reply. `port` 0 for ICMP (an echo
-/// identifier is no port); the program looks up TCP and UDP by their exact port only.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-pub struct ReturnKey {
-    /// Server address, network byte order.
-    pub server: [u32; 4],
-    /// Server's source port, network byte order (0 for ICMP).
-    pub port: u16,
-    pub proto: u8,
-    pub family: u8,
-}
-const _: () = assert!(size_of::<ReturnKey>() == 20);
-
-/// Value of [`map_names::REVERSE`] and [`map_names::RETURN`].
+/// Value of [`map_names::REVERSE`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ReverseValue {
@@ -511,8 +485,6 @@ mod user {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for ReverseKey {}
     unsafe impl aya::Pod for ReverseValue {}
-    // SAFETY: as above: plain integers, no padding.
-    unsafe impl aya::Pod for ReturnKey {}
     unsafe impl aya::Pod for DataplaneConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PassiveState {}

@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ftn_common::{
-    addr, ResourceKey, ReturnKey, ReverseValue, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP, PROTO_UDP,
+    addr, ResourceKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 use serde::{ser::SerializeStruct, Deserialize, Serialize, Serializer};
 
@@ -86,64 +85,6 @@ impl ResourceMatch {
             },
             proto: self.protocol.number(self.vip),
             family: family(self.vip),
-        }
-    }
-}
-
-/// A server's side of replies: (address, protocol, port), port 0 for every port (and always
-/// for ICMP). The key of the stateless return path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReturnMatch {
-    pub server: IpAddr,
-    pub protocol: Protocol,
-    pub port: u16,
-}
-
-impl ReturnMatch {
-    pub fn to_key(&self) -> ReturnKey {
-        ReturnKey {
-            server: ip_words(self.server),
-            port: if self.protocol == Protocol::Icmp {
-                0
-            } else {
-                self.port.to_be()
-            },
-            proto: self.protocol.number(self.server),
-            family: family(self.server),
-        }
-    }
-
-    /// The match a map key stands for (None for a key no controller writes).
-    pub fn from_key(k: &ReturnKey) -> Option<ReturnMatch> {
-        let rk = ResourceKey {
-            vip: k.server,
-            port: k.port,
-            proto: k.proto,
-            family: k.family,
-        };
-        ResourceMatch::from_key(&rk).map(|m| ReturnMatch {
-            server: m.vip,
-            protocol: m.protocol,
-            port: m.port,
-        })
-    }
-}
-
-/// Where the replies of a [`ReturnMatch`] are SNATed to (the VIP), and the resource and server
-/// whose reply counters they count in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReturnTarget {
-    pub vip: IpAddr,
-    pub resource_id: u32,
-    pub server_id: u32,
-}
-
-impl ReturnTarget {
-    pub fn to_value(&self) -> ReverseValue {
-        ReverseValue {
-            vip: ip_words(self.vip),
-            resource_id: self.resource_id,
-            server_id: self.server_id,
         }
     }
 }

@@ -170,10 +170,7 @@ pub fn select(
     // Insert failures (map full is impossible for LRU; -ENOMEM under pressure) only cost the
     // flow its stickiness: the packet is still forwarded to the current server.
     let _ = FTN_FLOWS.insert(key, fv, 0);
-    // A server port that belongs to one VIP has a stateless return entry: no per-flow state.
-    if maps::lookup_return(&s.addr, pkt.dport, pkt.proto, pkt.family).is_none() {
-        let _ = FTN_REVERSE.insert(reverse_key(pkt, &s.addr), rv, 0);
-    }
+    let _ = FTN_REVERSE.insert(reverse_key(pkt, &s.addr), rv, 0);
     let mut moved_from = None;
     if let Some((old_id, old_srv)) = old {
         if old_id != res.server_id {

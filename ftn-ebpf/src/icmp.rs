@@ -13,12 +13,12 @@
 //! extension header, or a protocol other than TCP/UDP are passed untouched.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use ftn_common::{FlowKey, GlobalCounter, PROTO_TCP, PROTO_UDP};
+use ftn_common::{FlowKey, GlobalCounter, ReverseKey, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     csum, flow,
     fwd::send,
-    maps::{self, count, srv_stats, FTN_FLOWS},
+    maps::{self, count, srv_stats, FTN_FLOWS, FTN_REVERSE},
     parse::{read, write, Pkt, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_CSUM_OFF, UDP_CSUM_OFF},
 };
 
@@ -135,14 +135,17 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
     }
     // Towards the client: the quoted packet went client -> server (after DNAT).
     {
-        if let Some(rev) = maps::lookup_reply(
-            &inner.dst,
-            &inner.src,
-            inner.dport,
-            inner.sport,
-            inner.proto,
-            pkt.family,
-        ) {
+        let key = ReverseKey {
+            server: inner.dst,
+            client: inner.src,
+            server_port: inner.dport,
+            client_port: inner.sport,
+            proto: inner.proto,
+            family: pkt.family,
+            _pad: [0; 2],
+        };
+        // SAFETY: value copied out at once.
+        if let Some(rev) = unsafe { FTN_REVERSE.get(key) }.copied() {
             let mut icmp_d = rewrite_inner(ctx, pkt, &inner, true, &rev.vip)?;
             let mut outer_src = pkt.src;
             if pkt.src == inner.dst {

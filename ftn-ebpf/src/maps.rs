@@ -5,16 +5,14 @@
 //! `ftn_common` is present in the built object.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use ftn_common::{
     DataplaneConfig, FlowKey, FlowValue, GlobalCounter, NexthopKey, NexthopValue, PassiveState,
-    ResourceKey, ResourceStats, ResourceValue, ReturnKey, ReverseKey, ReverseValue, ServerStats,
-    ServerValue, DEFAULT_FLOW_CAPACITY, EVENTS_BYTES, GLOBAL_COUNTERS, MAX_INTERFACES,
-    MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_RETURN_KEYS, MAX_SERVERS, NEXTHOP_CAPACITY, PROTO_ICMP,
-    PROTO_ICMPV6,
+    ResourceKey, ResourceStats, ResourceValue, ReverseKey, ReverseValue, ServerStats, ServerValue,
+    DEFAULT_FLOW_CAPACITY, EVENTS_BYTES, GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES,
+    MAX_RESOURCE_KEYS, MAX_SERVERS, NEXTHOP_CAPACITY,
 };
 
 use crate::parse::Pkt;
@@ -33,14 +31,6 @@ pub static FTN_FLOWS: LruHashMap<FlowKey, FlowValue> =
 #[map]
 pub static FTN_REVERSE: LruHashMap<ReverseKey, ReverseValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
-
-/// `BPF_F_NO_PREALLOC`: entries are written by the controller only, and cost memory only then.
-#[map]
-pub static FTN_RETURN: HashMap<ReturnKey, ReverseValue> =
-    HashMap::with_max_entries(MAX_RETURN_KEYS, BPF_F_NO_PREALLOC);
-
-#[map]
-pub static FTN_SCRATCH: PerCpuArray<ReturnKey> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static FTN_CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
@@ -171,62 +161,21 @@ pub fn lookup_resource(pkt: &Pkt) -> Option<ResourceValue> {
     unsafe { FTN_RESOURCES.get(key) }.copied()
 }
 
-/// What a reply (server -> client) is SNATed to: the stateless return entry of the server's
-/// (address, port, protocol); else the flow's own reverse entry (a server port that serves
-/// several VIPs, or one the controller did not write).
+/// The flow a reply (server -> client) belongs to.
 #[inline(always)]
 pub fn lookup_reverse(pkt: &Pkt) -> Option<ReverseValue> {
     if pkt.is_icmp() && !pkt.is_echo_reply() {
         return None;
     }
-    lookup_reply(
-        &pkt.src, &pkt.dst, pkt.sport, pkt.dport, pkt.proto, pkt.family,
-    )
-}
-
-/// [`lookup_reverse`] for a server -> client 5-tuple (also the one quoted in an ICMP error).
-#[inline(always)]
-pub fn lookup_reply(
-    server: &[u32; 4],
-    client: &[u32; 4],
-    server_port: u16,
-    client_port: u16,
-    proto: u8,
-    family: u8,
-) -> Option<ReverseValue> {
-    if let Some(v) = lookup_return(server, server_port, proto, family) {
-        return Some(v);
-    }
     let key = ReverseKey {
-        server: *server,
-        client: *client,
-        server_port,
-        client_port,
-        proto,
-        family,
+        server: pkt.src,
+        client: pkt.dst,
+        server_port: pkt.sport,
+        client_port: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
         _pad: [0; 2],
     };
     // SAFETY: the value is copied out at once.
     unsafe { FTN_REVERSE.get(key) }.copied()
-}
-
-/// The stateless return entry of a server's (address, port, protocol); ICMP: port 0 (an echo
-/// identifier is no port). One lookup: the controller writes exact ports (a TCP or UDP resource
-/// always lists its ports). The key is built in [`FTN_SCRATCH`], not on the stack.
-#[inline(always)]
-pub fn lookup_return(server: &[u32; 4], port: u16, proto: u8, family: u8) -> Option<ReverseValue> {
-    let k = FTN_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: pointer from a successful per-CPU array lookup, valid for the run; XDP runs with
-    // preemption disabled, so no other program uses this CPU's element meanwhile.
-    let k = unsafe { &mut *k };
-    k.server = *server;
-    k.port = if proto == PROTO_ICMP || proto == PROTO_ICMPV6 {
-        0
-    } else {
-        port
-    };
-    k.proto = proto;
-    k.family = family;
-    // SAFETY: the value is copied out at once.
-    unsafe { FTN_RETURN.get(&*k) }.copied()
 }

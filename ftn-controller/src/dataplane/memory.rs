@@ -3,21 +3,18 @@
 
 use std::collections::HashMap;
 
-use ftn_common::{
-    ResourceKey, ResourceValue, ReturnKey, ReverseValue, ServerValue, GLOBAL_COUNTERS,
-};
+use ftn_common::{ResourceKey, ResourceValue, ServerValue, GLOBAL_COUNTERS};
 
 use super::{
     check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, GlobalCounter,
     ResourceAssignment, ResourceStats, ServerEntry, ServerStats,
 };
-use crate::model::{ResourceMatch, ReturnMatch, ReturnTarget};
+use crate::model::ResourceMatch;
 
 #[derive(Debug, Default, Clone)]
 pub struct MemoryDataplane {
     pub resources: HashMap<ResourceKey, ResourceValue>,
     pub servers: HashMap<u32, ServerValue>,
-    pub returns: HashMap<ReturnKey, ReverseValue>,
     pub config: Option<DataplaneConfig>,
     pub resource_stats: HashMap<u32, ResourceStats>,
     pub server_stats: HashMap<u32, ServerStats>,
@@ -37,20 +34,6 @@ impl MemoryDataplane {
 }
 
 impl Dataplane for MemoryDataplane {
-    fn set_return(&mut self, m: &ReturnMatch, t: &ReturnTarget) -> Result<(), DataplaneError> {
-        check_resource_id(t.resource_id)?;
-        check_server_id(t.server_id)?;
-        self.returns.insert(m.to_key(), t.to_value());
-        self.writes += 1;
-        Ok(())
-    }
-
-    fn remove_return(&mut self, m: &ReturnMatch) -> Result<(), DataplaneError> {
-        self.returns.remove(&m.to_key());
-        self.writes += 1;
-        Ok(())
-    }
-
     fn set_server(&mut self, id: u32, server: &ServerEntry) -> Result<(), DataplaneError> {
         check_server_id(id)?;
         self.servers.insert(id, server.to_value());

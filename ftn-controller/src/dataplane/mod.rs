@@ -18,9 +18,7 @@ pub use ebpf::{
 pub use ftn_common::{DataplaneConfig, GlobalCounter, ResourceStats, ServerStats};
 pub use memory::MemoryDataplane;
 
-use crate::model::{
-    family, ip_words, NoServerAction, ResourceMatch, ReturnMatch, ReturnTarget, XdpAttachMode,
-};
+use crate::model::{family, ip_words, NoServerAction, ResourceMatch, XdpAttachMode};
 
 use ftn_common::{
     ResourceValue, ServerValue, MAX_RESOURCES, MAX_SERVERS, NO_SERVER, RES_FLAG_REJECT,
@@ -117,14 +115,6 @@ pub enum Change {
     RemoveResource {
         matcher: ResourceMatch,
     },
-    /// A stateless return entry: replies of `matcher` are SNATed to `target.vip`.
-    SetReturn {
-        matcher: ReturnMatch,
-        target: ReturnTarget,
-    },
-    RemoveReturn {
-        matcher: ReturnMatch,
-    },
     SetConfig(DataplaneConfig),
 }
 
@@ -180,12 +170,6 @@ pub trait Dataplane: Send {
         assignment: &ResourceAssignment,
     ) -> Result<(), DataplaneError>;
     fn remove_resource(&mut self, matcher: &ResourceMatch) -> Result<(), DataplaneError>;
-    fn set_return(
-        &mut self,
-        matcher: &ReturnMatch,
-        target: &ReturnTarget,
-    ) -> Result<(), DataplaneError>;
-    fn remove_return(&mut self, matcher: &ReturnMatch) -> Result<(), DataplaneError>;
     fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError>;
 
     /// Counters of a resource, summed over CPUs.
@@ -212,8 +196,6 @@ pub trait Dataplane: Send {
                     assignment,
                 } => self.set_resource(matcher, assignment),
                 Change::RemoveResource { matcher } => self.remove_resource(matcher),
-                Change::SetReturn { matcher, target } => self.set_return(matcher, target),
-                Change::RemoveReturn { matcher } => self.remove_return(matcher),
                 Change::SetConfig(c) => self.set_config(c),
             };
             r.map_err(|e| (i, e))?;

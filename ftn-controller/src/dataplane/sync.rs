@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{ResourceMatch, ReturnMatch};
+use crate::model::ResourceMatch;
 
 use super::{AyaDataplane, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats};
 
@@ -24,7 +24,9 @@ enum SyncMsg {
     Apply(Vec<Change>),
     /// Write everything and remove entries not in the sets (start, and after an error).
     Resync {
-        desired: Desired,
+        changes: Vec<Change>,
+        servers: BTreeSet<u32>,
+        resources: BTreeSet<ResourceMatch>,
         done: oneshot::Sender<Result<(), String>>,
     },
     Counters {
@@ -44,7 +46,6 @@ pub struct Desired {
     pub changes: Vec<Change>,
     pub servers: BTreeSet<u32>,
     pub resources: BTreeSet<ResourceMatch>,
-    pub returns: BTreeSet<ReturnMatch>,
 }
 
 /// Handle to the map-sync task.
@@ -69,7 +70,6 @@ pub struct SyncStats {
 pub trait ListKeys {
     fn server_ids(&self) -> Result<Vec<u32>, String>;
     fn resource_matches(&self) -> Result<Vec<ResourceMatch>, String>;
-    fn return_matches(&self) -> Result<Vec<ReturnMatch>, String>;
 }
 
 impl MapSync {
@@ -123,9 +123,19 @@ impl MapSync {
     /// Makes the maps hold exactly `desired` (the engine's [`Desired`] state): writes every
     /// entry and removes what is not in it.
     pub async fn resync(&self, desired: Desired) -> Result<(), String> {
+        let Desired {
+            changes,
+            servers,
+            resources,
+        } = desired;
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(SyncMsg::Resync { desired, done })
+            .send(SyncMsg::Resync {
+                changes,
+                servers,
+                resources,
+                done,
+            })
             .map_err(|_| "the map-sync task is gone".to_string())?;
         rx.await
             .map_err(|_| "the map-sync task is gone".to_string())?
@@ -170,9 +180,6 @@ impl ListKeys for AyaDataplane {
     fn resource_matches(&self) -> Result<Vec<ResourceMatch>, String> {
         self.resource_matches().map_err(|e| e.to_string())
     }
-    fn return_matches(&self) -> Result<Vec<ReturnMatch>, String> {
-        self.return_matches().map_err(|e| e.to_string())
-    }
 }
 
 impl ListKeys for crate::dataplane::MemoryDataplane {
@@ -184,13 +191,6 @@ impl ListKeys for crate::dataplane::MemoryDataplane {
             .resources
             .keys()
             .filter_map(ResourceMatch::from_key)
-            .collect())
-    }
-    fn return_matches(&self) -> Result<Vec<ReturnMatch>, String> {
-        Ok(self
-            .returns
-            .keys()
-            .filter_map(ReturnMatch::from_key)
             .collect())
     }
 }
@@ -220,8 +220,13 @@ fn handle_other<D: Dataplane + ListKeys>(dp: &mut D, m: SyncMsg, st: &SyncStats)
             let _ = done.send(());
         }
         SyncMsg::FollowInterfaces => follow(dp, st),
-        SyncMsg::Resync { desired, done } => {
-            let r = resync(dp, &desired, st);
+        SyncMsg::Resync {
+            changes,
+            servers,
+            resources,
+            done,
+        } => {
+            let r = resync(dp, &changes, &servers, &resources, st);
             if r.is_err() {
                 st.errors.fetch_add(1, Relaxed);
             } else {
@@ -257,15 +262,16 @@ fn follow<D: Dataplane>(dp: &mut D, st: &SyncStats) {
 /// Writes every entry, then removes what the maps hold beyond `servers` and `resources`.
 fn resync<D: Dataplane + ListKeys>(
     dp: &mut D,
-    desired: &Desired,
+    changes: &[Change],
+    servers: &BTreeSet<u32>,
+    resources: &BTreeSet<ResourceMatch>,
     st: &SyncStats,
 ) -> Result<(), String> {
-    let changes = &desired.changes;
     dp.apply(changes)
         .map_err(|(i, e)| format!("{e} (writing {:?})", changes[i]))?;
     st.writes.fetch_add(changes.len() as u64, Relaxed);
     for m in dp.resource_matches()? {
-        if !desired.resources.contains(&m) {
+        if !resources.contains(&m) {
             dp.remove_resource(&m).map_err(|e| e.to_string())?;
             tracing::info!(
                 ?m,
@@ -273,13 +279,8 @@ fn resync<D: Dataplane + ListKeys>(
             );
         }
     }
-    for m in dp.return_matches()? {
-        if !desired.returns.contains(&m) {
-            dp.remove_return(&m).map_err(|e| e.to_string())?;
-        }
-    }
     for id in dp.server_ids()? {
-        if !desired.servers.contains(&id) {
+        if !servers.contains(&id) {
             dp.remove_server(id).map_err(|e| e.to_string())?;
         }
     }

@@ -4,7 +4,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::resources::ResourcePlan;
-use super::returns::return_entries;
 use super::servers::ServerSet;
 use super::{all_matchers, set_resource, Engine};
 use crate::config::ResourceConfig;
@@ -22,7 +21,6 @@ impl Engine {
         let mut changes = Vec::new();
         self.diff_servers(servers, update, &mut changes);
         self.diff_resources(servers, resources, update, &mut changes);
-        self.diff_returns(servers, resources, &mut changes);
         self.removals(servers, update, events, &mut changes);
         changes
     }
@@ -110,49 +108,6 @@ impl Engine {
             }
             if prev != Some(rec) {
                 update.set_resources.push(rec.clone());
-            }
-        }
-    }
-
-    /// The stateless return entries: recomputed only when the configuration or a server's id
-    /// or address changed (a failover changes neither).
-    fn diff_returns(
-        &self,
-        servers: &ServerSet,
-        resources: &ResourcePlan,
-        changes: &mut Vec<Change>,
-    ) {
-        let old = &self.snapshot;
-        let same_servers = servers.0.len() == old.servers.len()
-            && servers.0.iter().all(|(name, s)| {
-                old.servers
-                    .get(name)
-                    .is_some_and(|o| o.id == s.id && o.address == s.address)
-            });
-        if Arc::ptr_eq(&self.applied, &self.config) && same_servers {
-            return;
-        }
-        let before = return_entries(&self.applied, &old.servers, |name| {
-            old.resources.get(name).map(|r| r.id)
-        });
-        let after = return_entries(&self.config, &servers.0, |name| {
-            resources
-                .records
-                .get(name)
-                .or_else(|| old.resources.get(name))
-                .map(|r| r.id)
-        });
-        for (matcher, target) in &after {
-            if before.get(matcher) != Some(target) {
-                changes.push(Change::SetReturn {
-                    matcher: *matcher,
-                    target: *target,
-                });
-            }
-        }
-        for matcher in before.keys() {
-            if !after.contains_key(matcher) {
-                changes.push(Change::RemoveReturn { matcher: *matcher });
             }
         }
     }

@@ -28,7 +28,6 @@
 
 mod diff;
 mod resources;
-mod returns;
 mod servers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -40,7 +39,7 @@ use crate::config::{Config, ResourceConfig};
 use crate::dataplane::sync::Desired;
 use crate::dataplane::{Change, ResourceAssignment, ServerEntry};
 use crate::directory::{EventDraft, ResourceRecord, Snapshot, Update};
-use crate::model::{Failback, Health, ResourceMatch, ReturnMatch, ReturnTarget};
+use crate::model::{Failback, Health, ResourceMatch};
 
 /// A server's health as the checkers last reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,18 +299,7 @@ impl Engine {
                 out.extend(set_resource(rc, rec, server));
             }
         }
-        for (matcher, target) in self.returns_now() {
-            out.push(Change::SetReturn { matcher, target });
-        }
         out
-    }
-
-    /// The stateless return entries of the committed state (see [`returns`]).
-    fn returns_now(&self) -> BTreeMap<ReturnMatch, ReturnTarget> {
-        let snap = &self.snapshot;
-        returns::return_entries(&self.config, &snap.servers, |name| {
-            snap.resources.get(name).map(|r| r.id)
-        })
     }
 
     /// What the maps must hold for this state (for [`MapSync::resync`]).
@@ -323,7 +311,6 @@ impl Engine {
             changes: self.full_state(),
             servers,
             resources,
-            returns: self.returns_now().into_keys().collect(),
         }
     }
 

@@ -351,22 +351,12 @@ servers = ["b1", "p1"]
 "#;
     r.engine.set_config(config("", extra));
     let plan = r.step(T0 + 10, None).unwrap();
-    let (returns, others): (Vec<&Change>, Vec<&Change>) = plan
-        .changes
-        .iter()
-        .partition(|c| matches!(c, Change::SetReturn { .. } | Change::RemoveReturn { .. }));
     assert_eq!(
-        others.len(),
+        plan.changes.len(),
         1,
         "only dns:53 is written: {:?}",
         plan.changes
     );
-    // And the stateless return path of dns's two servers' port 53 (each serves one VIP).
-    assert_eq!(returns.len(), 2, "{returns:?}");
-    assert!(returns.iter().all(|c| matches!(c,
-        Change::SetReturn { matcher, target }
-            if matcher.port == 53 && matcher.protocol == Protocol::Udp
-                && target.vip == "198.18.100.2".parse::<IpAddr>().unwrap())));
     assert_eq!(
         r.engine.snapshot().resources["dns"].current.as_deref(),
         Some("b1")
@@ -449,106 +439,4 @@ fn restart_from_the_directory_changes_nothing() {
     let before = (dp.resources.clone(), dp.servers.clone());
     dp.apply(&again.full_state()).unwrap();
     assert_eq!((dp.resources, dp.servers), before);
-}
-
-/// The stateless return map as the dataplane holds it: (server, protocol, port) -> VIP.
-fn returns_of(dp: &MemoryDataplane) -> BTreeMap<(String, u8, u16), String> {
-    dp.returns
-        .iter()
-        .filter_map(|(k, v)| {
-            let m = crate::model::ReturnMatch::from_key(k)?;
-            let o = ftn_common::addr::octets(v.vip);
-            let vip = IpAddr::from([o[0], o[1], o[2], o[3]]);
-            Some(((m.server.to_string(), k.proto, m.port), vip.to_string()))
-        })
-        .collect()
-}
-
-#[test]
-fn every_listed_server_port_of_one_vip_is_translated_without_per_flow_state() {
-    let r = Rig::new(config("", ""));
-    let got = returns_of(&r.dp);
-    let want: BTreeMap<(String, u8, u16), String> = [
-        ("198.18.2.10", 80),
-        ("198.18.2.10", 443),
-        ("198.18.3.10", 80),
-        ("198.18.3.10", 443),
-    ]
-    .into_iter()
-    .map(|(s, p)| ((s.to_string(), 6, p), "198.18.100.1".to_string()))
-    .collect();
-    assert_eq!(got, want);
-}
-
-#[test]
-fn a_server_port_of_two_vips_is_left_to_per_flow_state() {
-    // api shares p1:80 with web (two VIPs on one server port): ambiguous, per flow. Its port
-    // 8080 and web's 443 name one VIP each: stateless.
-    let extra = r#"
-[[resource]]
-name = "api"
-vip = "198.18.100.2"
-protocol = "tcp"
-ports = [80, 8080]
-servers = ["p1"]
-"#;
-    let r = Rig::new(config("", extra));
-    let got = returns_of(&r.dp);
-    let key = |s: &str, p: u16| (s.to_string(), 6u8, p);
-    assert!(!got.contains_key(&key("198.18.2.10", 80)), "{got:?}");
-    assert_eq!(got[&key("198.18.2.10", 443)], "198.18.100.1");
-    assert_eq!(got[&key("198.18.2.10", 8080)], "198.18.100.2");
-    // b1 serves only web: both its ports.
-    assert_eq!(got[&key("198.18.3.10", 80)], "198.18.100.1");
-    assert_eq!(got.len(), 4, "{got:?}");
-}
-
-#[test]
-fn an_every_port_entry_beside_another_vip_leaves_the_whole_address_per_flow() {
-    // Two icmp resources (ICMP has no port: one every-port entry each) on p1 name two VIPs.
-    let extra = r#"
-[[resource]]
-name = "ping1"
-vip = "198.18.100.3"
-protocol = "icmp"
-servers = ["p1"]
-
-[[resource]]
-name = "ping2"
-vip = "198.18.100.4"
-protocol = "icmp"
-servers = ["p1", "b1"]
-"#;
-    let r = Rig::new(config("", extra));
-    let got = returns_of(&r.dp);
-    assert!(
-        !got.contains_key(&("198.18.2.10".to_string(), 1, 0)),
-        "{got:?}"
-    );
-    assert_eq!(got[&("198.18.3.10".to_string(), 1, 0)], "198.18.100.4");
-    // tcp of the same address is another group: still stateless.
-    assert_eq!(got[&("198.18.2.10".to_string(), 6, 80)], "198.18.100.1");
-}
-
-#[test]
-fn a_readdressed_server_moves_its_return_entries_and_a_failover_writes_none() {
-    let mut r = Rig::new(config("", ""));
-    let plan = r.observe(T0 + 10, "p1", false);
-    assert!(
-        !plan
-            .changes
-            .iter()
-            .any(|c| matches!(c, Change::SetReturn { .. } | Change::RemoveReturn { .. })),
-        "a failover rewrites no return entry: {:?}",
-        plan.changes
-    );
-    let text = config("", "");
-    let mut c = (*text).clone();
-    c.servers[0].address = "198.18.2.11".parse().unwrap();
-    r.engine.set_config(Arc::new(c));
-    r.step(T0 + 20, None).unwrap();
-    let got = returns_of(&r.dp);
-    assert!(got.keys().all(|(s, _, _)| s != "198.18.2.10"), "{got:?}");
-    assert_eq!(got[&("198.18.2.11".to_string(), 6, 80)], "198.18.100.1");
-    assert_eq!(got.len(), 4);
 }

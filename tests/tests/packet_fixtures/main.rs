@@ -22,7 +22,6 @@ mod forward_v6;
 mod icmp_errors;
 mod passed;
 mod passive_health;
-mod stateless_return;
 mod tcp_state;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -34,9 +33,7 @@ use ftn_common::{
 use ftn_controller::dataplane::{
     AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ServerEntry,
 };
-use ftn_controller::model::{
-    ip_words, NoServerAction, Protocol, ResourceMatch, ReturnMatch, ReturnTarget,
-};
+use ftn_controller::model::{ip_words, NoServerAction, Protocol, ResourceMatch};
 use ftn_tests::frames::{action_name, verify_checksums, BM, CM, G0, G1, G2, PM, R0M, R1M, SCM, XM};
 use ftn_tests::{hex, require_root, xdp_md, Netns};
 
@@ -120,8 +117,6 @@ enum Op {
     Server(u32, IpAddr, bool),
     Resource(ResourceMatch, u32, Option<u32>, NoServerAction),
     Config(DataplaneConfig),
-    /// A stateless return entry, as the controller writes it.
-    Return(ReturnMatch, ReturnTarget),
     /// Insert a flow entry of client -> VIP on `server`, last seen at time 1 ns (long idle).
     AgedFlow {
         client: IpAddr,
@@ -187,7 +182,6 @@ fn cases(a: &Addrs) -> Vec<Case> {
         icmp_errors::cases,
         passed::cases,
         tcp_state::cases,
-        stateless_return::cases,
     ]
     .iter()
     .flat_map(|f| f(a))
@@ -258,7 +252,6 @@ fn apply(dp: &mut AyaDataplane, op: &Op) {
             )
             .unwrap(),
         Op::Config(c) => dp.set_config(c).unwrap(),
-        Op::Return(mt, t) => dp.set_return(mt, t).unwrap(),
         Op::AgedFlow {
             client,
             vip,
@@ -526,16 +519,6 @@ fn packet_fixtures() {
         .any(|(k, v)| u16::from_be(k.client_port) == 40001 && v.server_id == B4);
     if !rst_gone {
         failures.push("the RSTed flow 40001 -> B4 is still in the flow table".into());
-    }
-    // A flow to a server port with a stateless return entry has no reverse entry.
-    let reverse = dp.reverse_entries().unwrap();
-    if let Some((k, _)) = reverse
-        .iter()
-        .find(|(k, _)| u16::from_be(k.client_port) == stateless_return::CLIENT_PORT)
-    {
-        failures.push(format!(
-            "the flow to a stateless server port has a reverse entry: {k:?}"
-        ));
     }
     // An RST moves a flow to closing and keeps it (on its server): both RSTed flows of
     // tcp_state are there, closing; the blind RST before did not re-pin the held one.

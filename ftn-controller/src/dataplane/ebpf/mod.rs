@@ -34,15 +34,14 @@ use aya::{
 };
 use ftn_common::{
     map_names, FlowKey, FlowValue, NexthopKey, NexthopValue, PassiveState, ResourceKey,
-    ResourceValue, ReturnKey, ReverseKey, ReverseValue, ServerValue, DEFAULT_FLOW_CAPACITY,
-    PROGRAM_NAME,
+    ResourceValue, ReverseKey, ReverseValue, ServerValue, DEFAULT_FLOW_CAPACITY, PROGRAM_NAME,
 };
 
 use super::{
     check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, GlobalCounter,
     ResourceAssignment, ResourceStats, ServerEntry, ServerStats,
 };
-use crate::model::{family, ResourceMatch, ReturnMatch, ReturnTarget, XdpAttachMode};
+use crate::model::{family, ResourceMatch, XdpAttachMode};
 
 /// Options of [`AyaDataplane::load`].
 #[derive(Clone, Debug)]
@@ -80,7 +79,6 @@ pub struct AyaDataplane {
     /// The loaded object (None when adopted from pins: the program is the pinned one).
     ebpf: Option<Ebpf>,
     resources: HashMap<MapData, ResourceKey, ResourceValue>,
-    returns: HashMap<MapData, ReturnKey, ReverseValue>,
     servers: Array<MapData, ServerValue>,
     config: Array<MapData, DataplaneConfig>,
     res_stats: PerCpuArray<MapData, ResourceStats>,
@@ -193,9 +191,6 @@ impl AyaDataplane {
             Ok(map)
         };
         let resources = typed(take(map_names::RESOURCES)?, map_names::RESOURCES)?;
-        let returns = typed(take(map_names::RETURN)?, map_names::RETURN)?;
-        // Pinned so that an adopting controller finds every map of the object.
-        take(map_names::SCRATCH)?;
         let servers = typed(take(map_names::SERVERS)?, map_names::SERVERS)?;
         let config = typed(take(map_names::CONFIG)?, map_names::CONFIG)?;
         let res_stats = typed(take(map_names::RESOURCE_STATS)?, map_names::RESOURCE_STATS)?;
@@ -211,7 +206,6 @@ impl AyaDataplane {
         let mut dp = AyaDataplane {
             ebpf: Some(ebpf),
             resources,
-            returns,
             servers,
             config,
             res_stats,
@@ -273,7 +267,6 @@ impl AyaDataplane {
         Ok(AyaDataplane {
             ebpf: None,
             resources: typed(open(map_names::RESOURCES)?, map_names::RESOURCES)?,
-            returns: typed(open(map_names::RETURN)?, map_names::RETURN)?,
             servers: typed(open(map_names::SERVERS)?, map_names::SERVERS)?,
             config: typed(open(map_names::CONFIG)?, map_names::CONFIG)?,
             res_stats: typed(open(map_names::RESOURCE_STATS)?, map_names::RESOURCE_STATS)?,
@@ -341,16 +334,6 @@ impl AyaDataplane {
     }
 
     /// Every resource match in the resource table.
-    /// Every stateless return entry in the map.
-    pub fn return_matches(&self) -> Result<Vec<ReturnMatch>, DataplaneError> {
-        let mut out = Vec::new();
-        for k in self.returns.keys() {
-            let k = k.map_err(map_err(map_names::RETURN, "iterate"))?;
-            out.extend(ReturnMatch::from_key(&k));
-        }
-        Ok(out)
-    }
-
     pub fn resource_matches(&self) -> Result<Vec<ResourceMatch>, DataplaneError> {
         let keys: Vec<ResourceKey> = self
             .resources
@@ -466,21 +449,6 @@ fn sum_srv(v: &PerCpuValues<ServerStats>) -> ServerStats {
 }
 
 impl Dataplane for AyaDataplane {
-    fn set_return(&mut self, m: &ReturnMatch, t: &ReturnTarget) -> Result<(), DataplaneError> {
-        check_resource_id(t.resource_id)?;
-        check_server_id(t.server_id)?;
-        self.returns
-            .insert(m.to_key(), t.to_value(), 0)
-            .map_err(map_err(map_names::RETURN, "insert"))
-    }
-
-    fn remove_return(&mut self, m: &ReturnMatch) -> Result<(), DataplaneError> {
-        match self.returns.remove(&m.to_key()) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(map_names::RETURN, "remove")(e)),
-        }
-    }
-
     fn follow_interfaces(&mut self) -> Vec<InterfaceState> {
         AyaDataplane::follow_interfaces(self)
     }
