@@ -544,7 +544,7 @@ fn setup1() -> Result<(Netns, Bench1), String> {
     Ok((ns, b))
 }
 
-const PART1_KEYS: [(&str, &str); 8] = [
+const PART1_KEYS: [(&str, &str); 11] = [
     ("xdp_floor_ns", "ns"),
     ("xdp_established_ns", "ns"),
     ("xdp_new_flow_ns", "ns"),
@@ -553,6 +553,9 @@ const PART1_KEYS: [(&str, &str); 8] = [
     ("xdp_pass_ns", "ns"),
     ("xdp_ratio_established", "ratio"),
     ("xdp_ratio_new_flow", "ratio"),
+    ("xdp_ratio_reply", "ratio"),
+    ("xdp_ratio_pass", "ratio"),
+    ("xdp_ratio_ipv6", "ratio"),
 ];
 
 /// Per case, its time in each round (mean ns per run); the cases that failed, with why.
@@ -727,6 +730,8 @@ fn figures(
     for (key, case) in [
         ("xdp_ratio_established", Case::Established),
         ("xdp_ratio_new_flow", Case::NewFlow),
+        ("xdp_ratio_reply", Case::Reply),
+        ("xdp_ratio_pass", Case::Pass),
     ] {
         out.push(match (&floor, medians.get(&case)) {
             (Ok((f, _)), Some(m)) if *f > 0.0 => Figure::new(
@@ -748,6 +753,36 @@ fn figures(
             ),
         });
     }
+    // IPv6 against IPv4, both established (the issue: within 15 %).
+    let key = "xdp_ratio_ipv6";
+    out.push(
+        match (medians.get(&Case::Ipv6), medians.get(&Case::Established)) {
+            (Some(v6), Some(v4)) if *v4 > 0.0 => Figure::new(
+                key,
+                v6 / v4,
+                "ratio",
+                format!("IPv6 {v6:.0} ns / IPv4 {v4:.0} ns, established (medians, same runs)"),
+            ),
+            (Some(_), Some(v4)) => Figure::missing(
+                key,
+                "ratio",
+                format!("IPv4 measured as {v4:.0} ns: no ratio"),
+            ),
+            (None, _) => Figure::missing(
+                key,
+                "ratio",
+                format!("Ipv6 not measured: {}", missing_why(Case::Ipv6)),
+            ),
+            (_, None) => Figure::missing(
+                key,
+                "ratio",
+                format!(
+                    "Established not measured: {}",
+                    missing_why(Case::Established)
+                ),
+            ),
+        },
+    );
     out
 }
 
