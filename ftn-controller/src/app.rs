@@ -299,7 +299,7 @@ fn load_dataplane(config: &Config) -> anyhow::Result<Loaded> {
         interfaces: config.gateway.interfaces.clone(),
         mode: config.gateway.xdp_mode,
         pin_dir: Some(config.gateway.pin_dir.clone()),
-        ..Default::default()
+        flow_capacity: config.gateway.flow_table,
     };
     let mut dp = AyaDataplane::open(&opts).with_context(|| {
         format!(
@@ -323,6 +323,16 @@ fn load_dataplane(config: &Config) -> anyhow::Result<Loaded> {
             );
         }
         tracing::info!(interfaces = %attached.join(","), pin_dir = %config.gateway.pin_dir.display(), "adopted the pinned dataplane: it kept forwarding while the controller was down");
+        match dp.flow_table_entries() {
+            Ok(n) if n != config.gateway.flow_table => tracing::warn!(
+                pinned = n,
+                configured = config.gateway.flow_table,
+                "the pinned flow table holds {n} entries, gateway.flow_table says {}: the pinned size stays until `ftn detach` and a restart (a new load)",
+                config.gateway.flow_table
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot read the pinned flow table's size: {e}"),
+        }
     } else {
         tracing::info!(interfaces = %attached.join(","), "XDP dataplane loaded and attached");
         if let Some(ebpf) = dp.ebpf_mut() {

@@ -54,6 +54,10 @@ pub const DEFAULT_UDP_SEND: &[u8] = b"ping";
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 /// Upper bounds of the other durations: a value beyond them is a typo (`5000000000h`), and one
 /// that large would overflow the dataplane's nanosecond clocks or never come.
+/// `[gateway] flow_table`: the smallest table worth having, and the largest (16 Mi entries:
+/// 4 GiB of kernel memory for the two tables at the measured 256 bytes per entry, CONFIG.md).
+pub const MIN_FLOW_TABLE: u32 = 1024;
+pub const MAX_FLOW_TABLE: u32 = 16 * 1024 * 1024;
 /// `failback = "hold"`'s `hold` and a resource's `drain`: one week.
 pub const MAX_HOLD_OR_DRAIN: Duration = Duration::from_secs(7 * 86_400);
 /// `[dataplane]` flow idle timeouts: 30 days (conntrack's established default is 5 days).
@@ -106,6 +110,8 @@ pub struct GatewayConfig {
     pub xdp_mode: XdpAttachMode,
     /// Where maps and links are pinned (default [`DEFAULT_PIN_DIR`]).
     pub pin_dir: PathBuf,
+    /// Entries of the flow table and of the reverse table (fixed when the dataplane is loaded).
+    pub flow_table: u32,
 }
 
 /// `[api]`.

@@ -123,7 +123,10 @@ pub(super) fn read_array_of_tables<'a>(ctx: &mut Ctx, root: &Table<'a>, name: &s
 }
 
 pub(super) fn read_gateway(ctx: &mut Ctx, t: &Table) -> GatewayConfig {
-    t.deny_unknown(ctx, &["name", "interfaces", "xdp_mode", "pin_dir"]);
+    t.deny_unknown(
+        ctx,
+        &["name", "interfaces", "xdp_mode", "pin_dir", "flow_table"],
+    );
     let mut name = default_gateway_name();
     if let Some(item) = t.get("name") {
         let field = t.field("name");
@@ -189,11 +192,24 @@ pub(super) fn read_gateway(ctx: &mut Ctx, t: &Table) -> GatewayConfig {
         .get("pin_dir")
         .and_then(|item| want_abs_path(ctx, item, &t.field("pin_dir")))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+    let flow_table = t
+        .get("flow_table")
+        .and_then(|item| {
+            want_range(
+                ctx,
+                item,
+                &t.field("flow_table"),
+                i64::from(MIN_FLOW_TABLE),
+                i64::from(MAX_FLOW_TABLE),
+            )
+        })
+        .map_or(ftn_common::DEFAULT_FLOW_CAPACITY, |n| n as u32);
     GatewayConfig {
         name,
         interfaces,
         xdp_mode,
         pin_dir,
+        flow_table,
     }
 }
 

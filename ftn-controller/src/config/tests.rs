@@ -53,6 +53,7 @@ const FULL: &str = r#"
 interfaces = ["eth0", "eth1"]
 xdp_mode = "native"
 pin_dir = "/sys/fs/bpf/ftn-test"
+flow_table = 65536
 
 [api]
 listen = "[::1]:9000"
@@ -146,6 +147,7 @@ fn full_example_parses_with_values_and_defaults() {
             interfaces: vec!["eth0".into(), "eth1".into()],
             xdp_mode: XdpAttachMode::Native,
             pin_dir: "/sys/fs/bpf/ftn-test".into(),
+            flow_table: 65536,
         }
     );
     assert_eq!(c.api.listen, "[::1]:9000".parse().unwrap());
@@ -1393,4 +1395,23 @@ fn dist_example_parses() {
         };
         assert!(ok, "{ip} is outside 198.18.0.0/15 and 2001:2::/48");
     }
+}
+
+#[test]
+fn flow_table_size_is_bounded_and_defaults() {
+    let c = ok(&with_gateway(""));
+    assert_eq!(c.gateway.flow_table, ftn_common::DEFAULT_FLOW_CAPACITY);
+    for bad in ["512", "20000000", "\"big\""] {
+        let text = format!("[gateway]\ninterfaces = [\"eth0\"]\nflow_table = {bad}\n");
+        let e = err(&text).to_string();
+        assert!(
+            e.contains(&format!("{PATH}:3:14: gateway.flow_table:")),
+            "{bad}: {e}"
+        );
+    }
+    let e = err("[gateway]\ninterfaces = [\"eth0\"]\nflow_table = 512\n").to_string();
+    assert!(
+        e.contains("must be between 1024 and 16777216, got 512"),
+        "{e}"
+    );
 }

@@ -363,6 +363,35 @@ impl AyaDataplane {
             .map_err(map_err(map_names::FLOWS, "iterate"))
     }
 
+    /// Entries the flow table holds at most (its `max_entries`; the reverse table has the same).
+    pub fn flow_table_entries(&self) -> Result<u32, DataplaneError> {
+        use aya::maps::IterableMap as _;
+        let info = self
+            .flows
+            .map()
+            .info()
+            .map_err(map_err(map_names::FLOWS, "info"))?;
+        Ok(info.max_entries())
+    }
+
+    /// Kernel memory of the flow and reverse tables, in bytes, as the kernel accounts it
+    /// (`memlock` in the maps' fdinfo).
+    pub fn flow_table_memory(&self) -> Result<u64, DataplaneError> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let memlock = |m: &MapData| -> Result<u64, DataplaneError> {
+            let fd = m.fd().as_fd().as_raw_fd();
+            let text = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| {
+                    DataplaneError::Io(std::io::Error::other("no memlock line in the map's fdinfo"))
+                })
+        };
+        Ok(memlock(self.flows.map())? + memlock(self.reverse.map())?)
+    }
+
     /// Every entry of the reverse table.
     pub fn reverse_entries(&self) -> Result<Vec<(ReverseKey, ReverseValue)>, DataplaneError> {
         self.reverse
