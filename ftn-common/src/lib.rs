@@ -214,7 +214,9 @@ pub struct ReverseValue {
 }
 const _: () = assert!(size_of::<ReverseValue>() == 24);
 
-/// The single element of [`map_names::CONFIG`]. Zero values mean "use the default".
+/// The single element of [`map_names::CONFIG`]. A zero field means "use the default": the
+/// writer resolves it ([`DataplaneConfig::resolved`]) before the map is written, so the program
+/// reads the entry as it is, with no check per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataplaneConfig {
@@ -267,6 +269,29 @@ impl Default for DataplaneConfig {
             passive_min: DEFAULT_PASSIVE_MIN,
             _pad: 0,
             nexthop_ttl_ns: DEFAULT_NEXTHOP_TTL_NS,
+        }
+    }
+}
+
+impl DataplaneConfig {
+    /// This configuration with every zero field replaced by its default.
+    pub fn resolved(self) -> Self {
+        let d = Self::default();
+        let or = |v: u64, def: u64| if v == 0 { def } else { v };
+        Self {
+            tcp_idle_ns: or(self.tcp_idle_ns, d.tcp_idle_ns),
+            tcp_closing_ns: or(self.tcp_closing_ns, d.tcp_closing_ns),
+            udp_idle_ns: or(self.udp_idle_ns, d.udp_idle_ns),
+            icmp_idle_ns: or(self.icmp_idle_ns, d.icmp_idle_ns),
+            passive_window_ns: or(self.passive_window_ns, d.passive_window_ns),
+            passive_rearm_ns: or(self.passive_rearm_ns, d.passive_rearm_ns),
+            passive_min: if self.passive_min == 0 {
+                d.passive_min
+            } else {
+                self.passive_min
+            },
+            _pad: 0,
+            nexthop_ttl_ns: or(self.nexthop_ttl_ns, d.nexthop_ttl_ns),
         }
     }
 }
@@ -543,6 +568,34 @@ mod tests {
         for (i, c) in GlobalCounter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "{}", c.name());
         }
+    }
+
+    #[test]
+    fn zero_settings_resolve_to_their_defaults_and_others_stay() {
+        let zero = DataplaneConfig {
+            tcp_idle_ns: 0,
+            tcp_closing_ns: 0,
+            udp_idle_ns: 0,
+            icmp_idle_ns: 0,
+            passive_window_ns: 0,
+            passive_rearm_ns: 0,
+            passive_min: 0,
+            _pad: 0,
+            nexthop_ttl_ns: 0,
+        };
+        assert_eq!(zero.resolved(), DataplaneConfig::default());
+        let set = DataplaneConfig {
+            tcp_idle_ns: 7,
+            passive_min: PASSIVE_OFF,
+            nexthop_ttl_ns: NEXTHOP_CACHE_OFF,
+            ..zero
+        };
+        let r = set.resolved();
+        assert_eq!(
+            (r.tcp_idle_ns, r.passive_min, r.nexthop_ttl_ns),
+            (7, PASSIVE_OFF, NEXTHOP_CACHE_OFF)
+        );
+        assert_eq!(r.udp_idle_ns, DEFAULT_UDP_IDLE_NS);
     }
 
     #[test]

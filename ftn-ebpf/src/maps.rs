@@ -84,56 +84,11 @@ pub fn server(id: u32) -> Option<ServerValue> {
 }
 
 /// The dataplane's settings, read in place (a copy would cost the program ~70 bytes of its
-/// 512-byte stack). A field the controller left 0 is set to its default in the map entry itself,
-/// once; every CPU writes the same values. `None` only if the array has no entry 0, which it
-/// always has.
+/// 512-byte stack). The controller writes them with every default resolved
+/// (`DataplaneConfig::resolved`). `None` only if the array has no entry 0, which it always has.
 #[inline(always)]
 pub fn config() -> Option<&'static DataplaneConfig> {
-    let p = FTN_CONFIG.get_ptr_mut(0)?;
-    // SAFETY: pointer from a successful array lookup: valid for the whole run (array values are
-    // never freed while the program runs).
-    let c = unsafe { &mut *p };
-    if c.tcp_idle_ns == 0
-        || c.tcp_closing_ns == 0
-        || c.udp_idle_ns == 0
-        || c.icmp_idle_ns == 0
-        || c.passive_window_ns == 0
-        || c.passive_rearm_ns == 0
-        || c.passive_min == 0
-        || c.nexthop_ttl_ns == 0
-    {
-        fill_defaults(c);
-    }
-    Some(c)
-}
-
-#[inline(always)]
-fn fill_defaults(c: &mut DataplaneConfig) {
-    let d = DataplaneConfig::default();
-    if c.tcp_idle_ns == 0 {
-        c.tcp_idle_ns = d.tcp_idle_ns;
-    }
-    if c.tcp_closing_ns == 0 {
-        c.tcp_closing_ns = d.tcp_closing_ns;
-    }
-    if c.udp_idle_ns == 0 {
-        c.udp_idle_ns = d.udp_idle_ns;
-    }
-    if c.icmp_idle_ns == 0 {
-        c.icmp_idle_ns = d.icmp_idle_ns;
-    }
-    if c.passive_window_ns == 0 {
-        c.passive_window_ns = d.passive_window_ns;
-    }
-    if c.passive_rearm_ns == 0 {
-        c.passive_rearm_ns = d.passive_rearm_ns;
-    }
-    if c.passive_min == 0 {
-        c.passive_min = d.passive_min;
-    }
-    if c.nexthop_ttl_ns == 0 {
-        c.nexthop_ttl_ns = d.nexthop_ttl_ns;
-    }
+    FTN_CONFIG.get(0)
 }
 
 /// The resource a packet is addressed to: exact port first, then the VIP's every-port entry.

@@ -535,8 +535,9 @@ impl Dataplane for AyaDataplane {
     }
 
     fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
+        // The program reads the entry as it is: zero fields become their defaults here.
         self.config
-            .set(0, *config, 0)
+            .set(0, config.resolved(), 0)
             .map_err(map_err(map_names::CONFIG, "set"))
     }
 
