@@ -303,8 +303,7 @@ impl Visitor {
                     ) = (list.get(i + 1), list.get(i + 2), list.get(i + 3))
                     {
                         if a.as_char() == ':' && b.as_char() == ':' {
-                            let m = syn::Ident::new(&m.to_string(), m.span());
-                            self.note_use(&m);
+                            self.note_use(m);
                         }
                     }
                 }
