@@ -24,9 +24,7 @@ enum SyncMsg {
     Apply(Vec<Change>),
     /// Write everything and remove entries not in the sets (start, and after an error).
     Resync {
-        changes: Vec<Change>,
-        servers: BTreeSet<u32>,
-        resources: BTreeSet<ResourceMatch>,
+        desired: Desired,
         done: oneshot::Sender<Result<(), String>>,
     },
     Counters {
@@ -123,19 +121,9 @@ impl MapSync {
     /// Makes the maps hold exactly `desired` (the engine's [`Desired`] state): writes every
     /// entry and removes what is not in it.
     pub async fn resync(&self, desired: Desired) -> Result<(), String> {
-        let Desired {
-            changes,
-            servers,
-            resources,
-        } = desired;
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(SyncMsg::Resync {
-                changes,
-                servers,
-                resources,
-                done,
-            })
+            .send(SyncMsg::Resync { desired, done })
             .map_err(|_| "the map-sync task is gone".to_string())?;
         rx.await
             .map_err(|_| "the map-sync task is gone".to_string())?
@@ -220,13 +208,8 @@ fn handle_other<D: Dataplane + ListKeys>(dp: &mut D, m: SyncMsg, st: &SyncStats)
             let _ = done.send(());
         }
         SyncMsg::FollowInterfaces => follow(dp, st),
-        SyncMsg::Resync {
-            changes,
-            servers,
-            resources,
-            done,
-        } => {
-            let r = resync(dp, &changes, &servers, &resources, st);
+        SyncMsg::Resync { desired, done } => {
+            let r = resync(dp, &desired, st);
             if r.is_err() {
                 st.errors.fetch_add(1, Relaxed);
             } else {
@@ -262,16 +245,15 @@ fn follow<D: Dataplane>(dp: &mut D, st: &SyncStats) {
 /// Writes every entry, then removes what the maps hold beyond `servers` and `resources`.
 fn resync<D: Dataplane + ListKeys>(
     dp: &mut D,
-    changes: &[Change],
-    servers: &BTreeSet<u32>,
-    resources: &BTreeSet<ResourceMatch>,
+    desired: &Desired,
     st: &SyncStats,
 ) -> Result<(), String> {
+    let changes = &desired.changes;
     dp.apply(changes)
         .map_err(|(i, e)| format!("{e} (writing {:?})", changes[i]))?;
     st.writes.fetch_add(changes.len() as u64, Relaxed);
     for m in dp.resource_matches()? {
-        if !resources.contains(&m) {
+        if !desired.resources.contains(&m) {
             dp.remove_resource(&m).map_err(|e| e.to_string())?;
             tracing::info!(
                 ?m,
@@ -280,7 +262,7 @@ fn resync<D: Dataplane + ListKeys>(
         }
     }
     for id in dp.server_ids()? {
-        if !servers.contains(&id) {
+        if !desired.servers.contains(&id) {
             dp.remove_server(id).map_err(|e| e.to_string())?;
         }
     }
