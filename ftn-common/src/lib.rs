@@ -22,8 +22,10 @@ pub mod map_names {
     pub const SERVERS: &str = "FTN_SERVERS";
     /// `LruHashMap<FlowKey, FlowValue>`: client-side 5-tuple -> server the flow is on.
     pub const FLOWS: &str = "FTN_FLOWS";
-    /// `LruHashMap<ReverseKey, ReverseValue>`: server-side 5-tuple -> VIP to SNAT replies to.
-    pub const REVERSE: &str = "FTN_REVERSE";
+    /// `HashMap<ReturnKey, ReturnValue>`: (server address, port, protocol) -> the VIP its
+    /// replies are SNATed to. Written by the controller from the configuration, never evicted:
+    /// the return path keeps no per-flow state, so any gateway translates any reply.
+    pub const RETURN: &str = "FTN_RETURN";
     /// `Array<DataplaneConfig>` with one element.
     pub const CONFIG: &str = "FTN_CONFIG";
     /// `PerCpuArray<ResourceStats>` indexed by resource id.
@@ -47,7 +49,7 @@ pub mod map_names {
         RESOURCES,
         SERVERS,
         FLOWS,
-        REVERSE,
+        RETURN,
         CONFIG,
         RESOURCE_STATS,
         SERVER_STATS,
@@ -65,7 +67,9 @@ pub const MAX_RESOURCE_KEYS: u32 = 262_144;
 pub const MAX_RESOURCES: u32 = 131_072;
 /// Server ids are `0..MAX_SERVERS` (index of [`map_names::SERVERS`] and its counters).
 pub const MAX_SERVERS: u32 = 16_384;
-/// Default capacity of the flow and reverse tables (the controller may change it at load).
+/// Capacity of [`map_names::RETURN`] ((server, port, protocol) keys).
+pub const MAX_RETURN_KEYS: u32 = 262_144;
+/// Default capacity of the flow table (the controller may change it at load).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 262_144;
 /// Capacity of the devmap (interfaces the program may redirect to).
 pub const MAX_INTERFACES: u32 = 64;
@@ -95,14 +99,14 @@ pub const SERVER_UP: u8 = 1;
 /// and a new SYN on the same 5-tuple starts a new flow.
 pub const FLOW_FLAG_CLOSING: u32 = 1;
 
-/// Key of [`map_names::RESOURCES`]. A port of 0 means "every port of this VIP and protocol";
-/// ICMP echo resources always use port 0.
+/// Key of [`map_names::RESOURCES`]. ICMP echo resources use port 0; TCP and UDP ones their
+/// port (1..65535: the configuration has no every-port resource).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ResourceKey {
     /// VIP, network byte order (see crate docs).
     pub vip: [u32; 4],
-    /// Destination port, network byte order; 0 = every port.
+    /// Destination port, network byte order; 0 for ICMP echo.
     pub port: u16,
     /// IP protocol number (6, 17, 1 or 58).
     pub proto: u8,
@@ -184,35 +188,30 @@ const _: () = assert!(size_of::<FlowValue>() == 24);
 /// server (whose own stack judges it) and leaves the flow as it was.
 pub const RST_WINDOW: u32 = 1 << 20;
 
-/// Key of [`map_names::REVERSE`]: the 5-tuple of a reply as the server sends it
-/// (server -> client).
+/// Key of [`map_names::RETURN`]: where a server's replies come from. Same layout as
+/// [`ResourceKey`]; ICMP echo always uses port 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct ReverseKey {
+pub struct ReturnKey {
     /// Server address, network byte order.
     pub server: [u32; 4],
-    /// Client address, network byte order.
-    pub client: [u32; 4],
     /// Server's source port (= the VIP port), network byte order.
-    pub server_port: u16,
-    /// Client's port, network byte order.
-    pub client_port: u16,
+    pub port: u16,
     pub proto: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<ReverseKey>() == 40);
+const _: () = assert!(size_of::<ReturnKey>() == 20);
 
-/// Value of [`map_names::REVERSE`].
+/// Value of [`map_names::RETURN`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ReverseValue {
-    /// VIP the client sent to, network byte order: the source address of SNATed replies.
+pub struct ReturnValue {
+    /// The VIP whose resource lists this server: the source address of SNATed replies.
     pub vip: [u32; 4],
     pub resource_id: u32,
     pub server_id: u32,
 }
-const _: () = assert!(size_of::<ReverseValue>() == 24);
+const _: () = assert!(size_of::<ReturnValue>() == 24);
 
 /// The single element of [`map_names::CONFIG`]. A zero field means "use the default": the
 /// writer resolves it ([`DataplaneConfig::resolved`]) before the map is written, so the program
@@ -315,10 +314,15 @@ pub struct NexthopValue {
     /// `bpf_ktime_get_coarse_ns()` when the FIB answered.
     pub learned_ns: u64,
     pub egress: u32,
+    /// The path MTU the FIB gave for this destination (route metrics and learned PMTU
+    /// included): a larger packet gets "fragmentation needed" / "packet too big", or is left
+    /// to the kernel to fragment.
+    pub mtu: u32,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(size_of::<NexthopValue>() == 24);
+const _: () = assert!(size_of::<NexthopValue>() == 32);
 
 /// Passive health of one server (element of [`map_names::PASSIVE`]). Updated by every CPU
 /// without atomics: a lost update only delays or advances a report by a packet, and a report
@@ -416,7 +420,7 @@ pub enum GlobalCounter {
     PassTtl,
     /// NATed, neighbour not resolved yet: passed (rewritten) for the kernel to resolve.
     PassNoNeigh,
-    /// NATed, FIB lookup failed otherwise (no route, forwarding off, MTU): passed rewritten.
+    /// NATed, FIB lookup failed otherwise (no route, forwarding off): passed rewritten.
     PassFibOther,
     /// ICMP error not about a known flow: passed.
     PassIcmpUnmatched,
@@ -441,10 +445,19 @@ pub enum GlobalCounter {
     FlowsMoved,
     /// Flows ended by a TCP RST.
     FlowsReset,
+    /// A server's packet to an address of the gateway itself (its health checks): passed
+    /// untouched, not SNATed.
+    PassLocal,
+    /// Larger than the egress path's MTU with DF set (IPv4) or IPv6: answered with ICMP
+    /// "fragmentation needed" / ICMPv6 "packet too big" quoting the packet as it was sent.
+    IcmpTooBig,
+    /// Larger than the egress path's MTU, IPv4 without DF: rewritten and passed for the kernel
+    /// to fragment.
+    PassFragmentable,
 }
 
 /// Number of [`GlobalCounter`] slots.
-pub const GLOBAL_COUNTERS: u32 = GlobalCounter::FlowsReset as u32 + 1;
+pub const GLOBAL_COUNTERS: u32 = GlobalCounter::PassFragmentable as u32 + 1;
 
 impl GlobalCounter {
     /// Every counter, in index order (for the controller's exporters and the tests).
@@ -469,6 +482,9 @@ impl GlobalCounter {
         Self::IcmpErrorTranslated,
         Self::FlowsMoved,
         Self::FlowsReset,
+        Self::PassLocal,
+        Self::IcmpTooBig,
+        Self::PassFragmentable,
     ];
 
     /// Stable snake_case name (metrics label).
@@ -494,6 +510,9 @@ impl GlobalCounter {
             Self::IcmpErrorTranslated => "icmp_error_translated",
             Self::FlowsMoved => "flows_moved",
             Self::FlowsReset => "flows_reset",
+            Self::PassLocal => "pass_local",
+            Self::IcmpTooBig => "icmp_too_big",
+            Self::PassFragmentable => "pass_fragmentable",
         }
     }
 }
@@ -508,8 +527,8 @@ mod user {
     unsafe impl aya::Pod for ServerValue {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
-    unsafe impl aya::Pod for ReverseKey {}
-    unsafe impl aya::Pod for ReverseValue {}
+    unsafe impl aya::Pod for ReturnKey {}
+    unsafe impl aya::Pod for ReturnValue {}
     unsafe impl aya::Pod for DataplaneConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PassiveState {}

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ftn_common::{
-    addr, ResourceKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    addr, ResourceKey, ReturnKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP,
 };
 use serde::{ser::SerializeStruct, Deserialize, Serialize, Serializer};
 
@@ -45,7 +46,7 @@ impl std::fmt::Display for Protocol {
     }
 }
 
-/// One (VIP, protocol, port) entry of a resource. Port 0: every port.
+/// One (VIP, protocol, port) entry of a resource. Port 0 for ICMP echo.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ResourceMatch {
     pub vip: IpAddr,
@@ -85,6 +86,52 @@ impl ResourceMatch {
             },
             proto: self.protocol.number(self.vip),
             family: family(self.vip),
+        }
+    }
+}
+
+/// Where a resource server's replies come from: (server address, protocol, port), port 0 for
+/// ICMP echo. The key of the dataplane's return table, which SNATs them to the VIP with no
+/// per-flow state; the configuration lets one such key serve one VIP only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReturnMatch {
+    pub server: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl ReturnMatch {
+    fn as_resource(&self) -> ResourceMatch {
+        ResourceMatch {
+            vip: self.server,
+            protocol: self.protocol,
+            port: self.port,
+        }
+    }
+
+    /// The match a map key stands for (None for a key no controller writes).
+    pub fn from_key(k: &ReturnKey) -> Option<ReturnMatch> {
+        let m = ResourceMatch::from_key(&ResourceKey {
+            vip: k.server,
+            port: k.port,
+            proto: k.proto,
+            family: k.family,
+        })?;
+        Some(ReturnMatch {
+            server: m.vip,
+            protocol: m.protocol,
+            port: m.port,
+        })
+    }
+
+    /// The map key (same layout and byte orders as a resource's).
+    pub fn to_key(&self) -> ReturnKey {
+        let k = self.as_resource().to_key();
+        ReturnKey {
+            server: k.vip,
+            port: k.port,
+            proto: k.proto,
+            family: k.family,
         }
     }
 }

@@ -3,9 +3,11 @@
 //! A flow stays on the server it started on while that server is up, even after its resource
 //! switched to another server (this is what makes failback lossless for established
 //! connections). A flow whose server is marked down moves at once to the resource's current
-//! server. Idle entries expire (per-protocol idle times from `FTN_CONFIG`). A FIN, or an RST the
-//! flow honours, moves it to closing: its NAT stays for `tcp_closing_idle`, so the last packets
-//! of either side are still translated, and a forged RST cannot delete it. A client's RST is
+//! server. Idle entries expire (per-protocol idle times from `FTN_CONFIG`, measured from the
+//! client's last packet: replies take the stateless return path and never touch this table).
+//! The client's FIN, or an RST the flow honours, moves it to closing: its entry stays for
+//! `tcp_closing_idle`, so the last packets are still forwarded to the same server, and a
+//! forged RST cannot delete it. A client's RST is
 //! honoured only within [`RST_WINDOW`] bytes ahead of the client's last sequence number; one
 //! outside is forwarded (the server's stack judges it) and changes nothing here. A new
 //! connection (a SYN without ACK) always goes to the resource's current server: a flow left on
@@ -13,30 +15,36 @@
 //! failover) must not send it elsewhere, e.g. to a primary the resource is held away from. The
 //! LRU map evicts the oldest entries when full.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use ftn_common::{
-    DataplaneConfig, FlowKey, FlowValue, GlobalCounter, ResourceValue, ReverseKey, ReverseValue,
-    ServerValue, FLOW_FLAG_CLOSING, NO_SERVER, PROTO_TCP, PROTO_UDP, RST_WINDOW, SERVER_UP,
+    DataplaneConfig, FlowKey, FlowValue, GlobalCounter, ResourceValue, FLOW_FLAG_CLOSING,
+    NO_SERVER, PROTO_TCP, PROTO_UDP, RST_WINDOW, SERVER_UP,
 };
 
 use crate::{
-    maps::{self, count, FTN_FLOWS, FTN_REVERSE},
+    maps::{self, count, Env, FTN_FLOWS},
     parse::{Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-/// The server a forward packet goes to.
+/// The server a forward packet goes to (filled by [`select`]).
 pub struct Chosen {
     pub server_id: u32,
-    pub server: ServerValue,
+    /// The server's address.
+    pub addr: [u32; 4],
     pub new_flow: bool,
-    /// The flow left this (down) server.
-    pub moved_from: Option<u32>,
+    /// The (down) server the flow left, or `NO_SERVER`.
+    pub moved_from: u32,
 }
 
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+impl Chosen {
+    #[inline(always)]
+    pub const fn empty() -> Chosen {
+        Chosen {
+            server_id: NO_SERVER,
+            addr: [0; 4],
+            new_flow: false,
+            moved_from: NO_SERVER,
+        }
+    }
 }
 
 #[inline(always)]
@@ -46,19 +54,6 @@ fn flow_key(pkt: &Pkt) -> FlowKey {
         vip: pkt.dst,
         client_port: pkt.sport,
         vip_port: pkt.dport,
-        proto: pkt.proto,
-        family: pkt.family,
-        _pad: [0; 2],
-    }
-}
-
-#[inline(always)]
-fn reverse_key(pkt: &Pkt, server: &[u32; 4]) -> ReverseKey {
-    ReverseKey {
-        server: *server,
-        client: pkt.src,
-        server_port: pkt.dport,
-        client_port: pkt.sport,
         proto: pkt.proto,
         family: pkt.family,
         _pad: [0; 2],
@@ -77,7 +72,7 @@ fn idle_limit(c: &DataplaneConfig, proto: u8, flags: u32) -> u64 {
 
 /// `FLOW_FLAG_CLOSING` for a FIN, or for an RST the flow honours (counted); else 0. A client
 /// RST on a known flow (`last_seq`: the client's last sequence number) is honoured only within
-/// [`RST_WINDOW`] ahead of it; a server's RST, or one that starts a flow, always.
+/// [`RST_WINDOW`] ahead of it; one that starts a flow, always.
 #[inline(always)]
 fn closing_flag(pkt: &Pkt, seq: u32, last_seq: Option<u32>) -> u32 {
     if pkt.proto != PROTO_TCP {
@@ -104,8 +99,22 @@ fn closing_flag(pkt: &Pkt, seq: u32, last_seq: Option<u32>) -> u32 {
 /// Picks the server for a client -> VIP packet, creating or moving the flow as needed. `seq`:
 /// the TCP sequence number (host order; 0 for other protocols).
 /// `None`: the resource has no live server.
+///
+/// A subprogram of its own (its keys and values in its own frame): fills `out`, returns 1, or
+/// 0 when the resource has no live server.
+#[inline(never)]
+pub fn select(pkt: &Pkt, seq: u32, res: &ResourceValue, env: &Env, out: &mut Chosen) -> u32 {
+    match select_checked(pkt, seq, res, env.now, env.cfg) {
+        Some(c) => {
+            *out = c;
+            1
+        }
+        None => 0,
+    }
+}
+
 #[inline(always)]
-pub fn select(
+fn select_checked(
     pkt: &Pkt,
     seq: u32,
     res: &ResourceValue,
@@ -113,38 +122,46 @@ pub fn select(
     cfg: &DataplaneConfig,
 ) -> Option<Chosen> {
     let key = flow_key(pkt);
-    let mut old: Option<(u32, ServerValue)> = None;
-    let mut moved = false;
+    let mut moved_from = NO_SERVER;
     if let Some(f) = FTN_FLOWS.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup; the LRU entry stays valid during the
-        // program run (RCU).
-        let fv = unsafe { *f };
-        let expired = now.saturating_sub(fv.last_seen_ns) > idle_limit(cfg, pkt.proto, fv.flags);
+        // program run (RCU). Fields are read one by one: no copy of the entry on the stack.
+        let (last_seen, server_id, flags, last_seq) = unsafe {
+            (
+                (*f).last_seen_ns,
+                (*f).server_id,
+                (*f).flags,
+                (*f).client_seq,
+            )
+        };
+        let expired = now.saturating_sub(last_seen) > idle_limit(cfg, pkt.proto, flags);
         // A new connection on a 5-tuple that has a flow: the old one is closing, or it is on
         // another server than the resource's current one (a SYN the client gave up on).
         let restart = pkt.proto == PROTO_TCP
             && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && (fv.flags & FLOW_FLAG_CLOSING != 0 || fv.server_id != res.server_id);
-        if let Some(s) = maps::server(fv.server_id) {
+            && (flags & FLOW_FLAG_CLOSING != 0 || server_id != res.server_id);
+        if let Some(s) = maps::server(server_id) {
             if !expired && !restart && s.state == SERVER_UP {
-                let closing = closing_flag(pkt, seq, Some(fv.client_seq));
+                let closing = closing_flag(pkt, seq, Some(last_seq));
                 // SAFETY: as above.
                 unsafe {
                     (*f).last_seen_ns = now;
-                    (*f).flags |= closing;
+                    (*f).flags = flags | closing;
                     if pkt.tcp_flags & TCP_RST == 0 {
                         (*f).client_seq = seq;
                     }
                 }
                 return Some(Chosen {
-                    server_id: fv.server_id,
-                    server: s,
+                    server_id,
+                    addr: s.addr,
                     new_flow: false,
-                    moved_from: None,
+                    moved_from: NO_SERVER,
                 });
             }
-            moved = !expired && !restart && s.state != SERVER_UP;
-            old = Some((fv.server_id, s));
+            if !expired && !restart {
+                // Its server is down: the flow moves to the resource's current server.
+                moved_from = server_id;
+            }
         }
     }
     if res.server_id == NO_SERVER {
@@ -162,55 +179,16 @@ pub fn select(
         flags: closing_flag(pkt, seq, None),
         client_seq: seq,
     };
-    let rv = ReverseValue {
-        vip: pkt.dst,
-        resource_id: res.resource_id,
-        server_id: res.server_id,
-    };
     // Insert failures (map full is impossible for LRU; -ENOMEM under pressure) only cost the
     // flow its stickiness: the packet is still forwarded to the current server.
     let _ = FTN_FLOWS.insert(key, fv, 0);
-    let _ = FTN_REVERSE.insert(reverse_key(pkt, &s.addr), rv, 0);
-    let mut moved_from = None;
-    if let Some((old_id, old_srv)) = old {
-        if old_id != res.server_id {
-            let _ = FTN_REVERSE.remove(reverse_key(pkt, &old_srv.addr));
-        }
-        if moved {
-            count(GlobalCounter::FlowsMoved);
-            moved_from = Some(old_id);
-        }
+    if moved_from != NO_SERVER {
+        count(GlobalCounter::FlowsMoved);
     }
     Some(Chosen {
         server_id: res.server_id,
-        server: s,
+        addr: s.addr,
         new_flow: true,
         moved_from,
     })
-}
-
-/// A server -> client packet of a known flow: refresh the flow; a FIN or RST moves it to
-/// closing (its NAT stays for `tcp_closing_idle`).
-#[inline(always)]
-pub fn on_reply(pkt: &Pkt, rev: &ReverseValue, now: u64) {
-    let key = FlowKey {
-        client: pkt.dst,
-        vip: rev.vip,
-        client_port: pkt.dport,
-        vip_port: pkt.sport,
-        proto: pkt.proto,
-        family: pkt.family,
-        _pad: [0; 2],
-    };
-    if let Some(f) = FTN_FLOWS.get_ptr_mut(key) {
-        // SAFETY: pointer from a successful lookup (RCU-protected during the run).
-        if unsafe { (*f).server_id } == rev.server_id {
-            let closing = closing_flag(pkt, 0, None);
-            // SAFETY: as above.
-            unsafe {
-                (*f).last_seen_ns = now;
-                (*f).flags |= closing;
-            }
-        }
-    }
 }

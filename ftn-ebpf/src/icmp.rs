@@ -13,12 +13,12 @@
 //! extension header, or a protocol other than TCP/UDP are passed untouched.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use ftn_common::{FlowKey, GlobalCounter, ReverseKey, PROTO_TCP, PROTO_UDP};
+use ftn_common::{FlowKey, GlobalCounter, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    csum, flow,
-    fwd::send,
-    maps::{self, count, srv_stats, FTN_FLOWS, FTN_REVERSE},
+    csum,
+    fwd::{is_local, ROUTED_FROM, ROUTED_TO},
+    maps::{self, count, srv_stats, sub, FTN_FLOWS},
     parse::{read, write, Pkt, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_CSUM_OFF, UDP_CSUM_OFF},
 };
 
@@ -50,38 +50,49 @@ fn parse_inner(ctx: &XdpContext, pkt: &Pkt) -> Option<Inner> {
         sport: 0,
         dport: 0,
     };
+    // Field by field (see `parse::read`): no copy of the quoted header on the stack.
     if pkt.v6() {
-        let h: [u8; 40] = read(ctx, off).ok()?;
-        if h[0] >> 4 != 6 {
+        // Two-byte reads: see `parse::parse_l4` on one-byte reads at a variable offset.
+        if read::<u16>(ctx, off).ok()?.to_ne_bytes()[0] >> 4 != 6 {
             return None;
         }
-        inner.proto = h[6];
-        let s: [u32; 4] = read(ctx, off + 8).ok()?;
-        let d: [u32; 4] = read(ctx, off + 24).ok()?;
-        inner.src = s;
-        inner.dst = d;
+        inner.proto = read::<u16>(ctx, off + 6).ok()?.to_ne_bytes()[0];
+        inner.src = read::<[u32; 4]>(ctx, off + 8).ok()?;
+        inner.dst = read::<[u32; 4]>(ctx, off + 24).ok()?;
         inner.l4_off = off + IPV6_LEN;
     } else {
-        let h: [u8; 20] = read(ctx, off).ok()?;
-        if h[0] != 0x45 {
+        if read::<u16>(ctx, off).ok()?.to_ne_bytes()[0] != 0x45 {
             return None;
         }
-        inner.proto = h[9];
-        inner.src = [u32::from_ne_bytes([h[12], h[13], h[14], h[15]]), 0, 0, 0];
-        inner.dst = [u32::from_ne_bytes([h[16], h[17], h[18], h[19]]), 0, 0, 0];
+        inner.proto = read::<u16>(ctx, off + 8).ok()?.to_ne_bytes()[1];
+        inner.src = [read::<u32>(ctx, off + 12).ok()?, 0, 0, 0];
+        inner.dst = [read::<u32>(ctx, off + 16).ok()?, 0, 0, 0];
         inner.l4_off = off + IPV4_LEN;
     }
     if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP {
         return None;
     }
-    let ports: [u16; 2] = read(ctx, inner.l4_off).ok()?;
-    inner.sport = ports[0];
-    inner.dport = ports[1];
+    inner.sport = read::<u16>(ctx, inner.l4_off).ok()?;
+    inner.dport = read::<u16>(ctx, inner.l4_off + 2).ok()?;
     Some(inner)
 }
 
+/// A subprogram of its own: the error path's keys and quoted header stay out of the fast
+/// path's stack frame.
+///
+/// Returns an XDP action, or [`SEND`] | a `fwd` routing mode with `route` filled: the caller
+/// sends the translated error on with `fwd::send` (one call level up, so that the error path's
+/// frame and the sender's do not add up on the stack).
+#[inline(never)]
+pub fn translate_error(ctx: &XdpContext, pkt: &Pkt, route: &mut [u32; 4]) -> u32 {
+    sub(translate_error_checked(ctx, pkt, route))
+}
+
+/// [`translate_error`]'s flag for "send on, routed per the mode in the low bits".
+pub const SEND: u32 = 0x4000_0000;
+
 #[inline(always)]
-pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
+fn translate_error_checked(ctx: &XdpContext, pkt: &Pkt, route: &mut [u32; 4]) -> Result<u32, ()> {
     if pkt.ttl <= 1 {
         count(GlobalCounter::PassTtl);
         return Ok(xdp_action::XDP_PASS);
@@ -104,9 +115,10 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
             family: pkt.family,
             _pad: [0; 2],
         };
-        // SAFETY: value copied out at once.
-        if let Some(f) = unsafe { FTN_FLOWS.get(key) }.copied() {
-            let Some(srv) = maps::server(f.server_id) else {
+        // SAFETY: the entry stays valid for the program run (RCU).
+        if let Some(f) = unsafe { FTN_FLOWS.get(key) } {
+            let server_id = f.server_id;
+            let Some(srv) = maps::server(server_id) else {
                 return unmatched();
             };
             let outer_d = csum::diff_addr(&pkt.dst, &srv.addr, pkt.v6());
@@ -120,32 +132,22 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
             let icmp_d = rewrite_inner(ctx, pkt, &inner, false, &srv.addr)?;
             fix_icmp_csum(ctx, pkt, icmp_d + if pkt.v6() { outer_d } else { 0 })?;
             count(GlobalCounter::IcmpErrorTranslated);
-            if let Some(s) = srv_stats(f.server_id) {
+            if let Some(s) = srv_stats(server_id) {
                 s.icmp_errors += 1;
             }
-            return send(
-                ctx,
-                pkt,
-                &pkt.src,
-                &srv.addr,
-                maps::config().ok_or(())?,
-                flow::now(),
-            );
+            *route = srv.addr;
+            return Ok(SEND | ROUTED_TO);
         }
     }
-    // Towards the client: the quoted packet went client -> server (after DNAT).
+    // Towards the client: the quoted packet went client -> server (after DNAT), to a port of a
+    // resource's server. Unless it went to the gateway itself (its own health check).
     {
-        let key = ReverseKey {
-            server: inner.dst,
-            client: inner.src,
-            server_port: inner.dport,
-            client_port: inner.sport,
-            proto: inner.proto,
-            family: pkt.family,
-            _pad: [0; 2],
-        };
-        // SAFETY: value copied out at once.
-        if let Some(rev) = unsafe { FTN_REVERSE.get(key) }.copied() {
+        if let Some(rev) = maps::lookup_return_of(&inner.dst, inner.dport, inner.proto, pkt.family)
+        {
+            if is_local(ctx, pkt, &pkt.dst) != 0 {
+                count(GlobalCounter::PassLocal);
+                return Ok(xdp_action::XDP_PASS);
+            }
             let mut icmp_d = rewrite_inner(ctx, pkt, &inner, true, &rev.vip)?;
             let mut outer_src = pkt.src;
             if pkt.src == inner.dst {
@@ -167,14 +169,8 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Pkt) -> Result<u32, ()> {
             if let Some(s) = srv_stats(rev.server_id) {
                 s.icmp_errors += 1;
             }
-            return send(
-                ctx,
-                pkt,
-                &outer_src,
-                &pkt.dst,
-                maps::config().ok_or(())?,
-                flow::now(),
-            );
+            *route = outer_src;
+            return Ok(SEND | ROUTED_FROM);
         }
     }
     unmatched()
@@ -229,7 +225,11 @@ fn rewrite_inner(
         } else {
             UDP_CSUM_OFF
         };
-    // The quoted transport checksum is fixed only when the quote includes it.
+    // The quoted transport checksum is fixed only when the quote includes it: inside the IP
+    // datagram, not in an Ethernet trailer (padding) after it, which no checksum covers.
+    if coff + 2 > ETH_LEN + usize::from(pkt.ip_len) {
+        return Ok(icmp_d);
+    }
     if let Ok(c) = read::<u16>(ctx, coff) {
         if !(inner.proto == PROTO_UDP && c == 0 && !v6) {
             let mut n = csum::apply(c, d);

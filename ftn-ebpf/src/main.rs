@@ -2,7 +2,8 @@
 //!
 //! One program, `ftn_xdp`, on every gateway interface:
 //! - packets to a resource (VIP, protocol, port) are DNATed to the flow's server (`nat::forward`);
-//! - replies from a server to a client of a known flow are SNATed back to the VIP (`nat::reply`);
+//! - packets from a resource's server (address, port, protocol) are SNATed to its VIP
+//!   (`nat::reply`): no per-flow state, so any gateway translates any reply;
 //! - ICMP errors about a NATed flow are translated both ways (`icmp`);
 //! - a resource with no live server drops or rejects (`reject`);
 //! - everything else is `XDP_PASS`ed untouched.
@@ -26,7 +27,7 @@ mod reject;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use ftn_common::GlobalCounter;
 
-use crate::maps::count;
+use crate::maps::{count, count_at, unsub, Env, ABORTED};
 
 #[xdp]
 pub fn ftn_xdp(ctx: XdpContext) -> u32 {
@@ -44,21 +45,26 @@ pub fn ftn_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_ftn_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let pkt = match parse::parse(ctx) {
-        Ok(p) => p,
-        Err(reason) => {
-            count(reason);
-            return Ok(xdp_action::XDP_PASS);
-        }
-    };
+    let mut pkt = parse::Pkt::empty();
+    let reason = parse::parse(ctx, &mut pkt);
+    if reason != 0 {
+        count_at(reason);
+        return Ok(xdp_action::XDP_PASS);
+    }
     if pkt.is_icmp_error() {
-        return icmp::translate_error(ctx, &pkt);
+        let mut route = [0u32; 4];
+        let r = icmp::translate_error(ctx, &pkt, &mut route);
+        if r != ABORTED && r & icmp::SEND != 0 {
+            let env = Env::read().ok_or(())?;
+            return unsub(fwd::send(ctx, &pkt, &route, r & !icmp::SEND, &env));
+        }
+        return unsub(r);
     }
     if let Some(res) = maps::lookup_resource(&pkt) {
-        return nat::forward(ctx, &pkt, &res);
+        return unsub(nat::forward(ctx, &pkt, res));
     }
-    if let Some(rev) = maps::lookup_reverse(&pkt) {
-        return nat::reply(ctx, &pkt, &rev);
+    if let Some(ret) = maps::lookup_return(&pkt) {
+        return unsub(nat::reply(ctx, &pkt, ret));
     }
     count(GlobalCounter::PassNoMatch);
     Ok(xdp_action::XDP_PASS)

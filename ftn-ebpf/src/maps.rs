@@ -10,9 +10,9 @@ use aya_ebpf::{
 };
 use ftn_common::{
     DataplaneConfig, FlowKey, FlowValue, GlobalCounter, NexthopKey, NexthopValue, PassiveState,
-    ResourceKey, ResourceStats, ResourceValue, ReverseKey, ReverseValue, ServerStats, ServerValue,
+    ResourceKey, ResourceStats, ResourceValue, ReturnKey, ReturnValue, ServerStats, ServerValue,
     DEFAULT_FLOW_CAPACITY, EVENTS_BYTES, GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES,
-    MAX_RESOURCE_KEYS, MAX_SERVERS, NEXTHOP_CAPACITY,
+    MAX_RESOURCE_KEYS, MAX_RETURN_KEYS, MAX_SERVERS, NEXTHOP_CAPACITY,
 };
 
 use crate::parse::Pkt;
@@ -29,8 +29,8 @@ pub static FTN_FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map]
-pub static FTN_REVERSE: LruHashMap<ReverseKey, ReverseValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+pub static FTN_RETURN: HashMap<ReturnKey, ReturnValue> =
+    HashMap::with_max_entries(MAX_RETURN_KEYS, 0);
 
 #[map]
 pub static FTN_CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
@@ -60,7 +60,13 @@ pub static FTN_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[inline(always)]
 pub fn count(c: GlobalCounter) {
-    if let Some(p) = FTN_GLOBAL.get_ptr_mut(c as u32) {
+    count_at(c as u32);
+}
+
+/// [`count`] by the counter's index.
+#[inline(always)]
+pub fn count_at(index: u32) {
+    if let Some(p) = FTN_GLOBAL.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, XDP runs with preemption disabled.
         unsafe { *p += 1 };
     }
@@ -79,8 +85,8 @@ pub fn srv_stats(id: u32) -> Option<&'static mut ServerStats> {
 }
 
 #[inline(always)]
-pub fn server(id: u32) -> Option<ServerValue> {
-    FTN_SERVERS.get(id).copied()
+pub fn server(id: u32) -> Option<&'static ServerValue> {
+    FTN_SERVERS.get(id)
 }
 
 /// The dataplane's settings, read in place (a copy would cost the program ~70 bytes of its
@@ -91,46 +97,97 @@ pub fn config() -> Option<&'static DataplaneConfig> {
     FTN_CONFIG.get(0)
 }
 
-/// The resource a packet is addressed to: exact port first, then the VIP's every-port entry.
-/// ICMP echo only matches port 0 (the identifier is not a port).
+/// What a subprogram returns for `Err(())` (a bounds check that failed after parsing): BPF
+/// functions return one register, so `Result<u32, ()>` (returned through memory) cannot cross
+/// a call. [`sub`] and [`unsub`] convert.
+pub const ABORTED: u32 = u32::MAX;
+
+/// A subprogram's `Result` as its one-register return value.
 #[inline(always)]
-pub fn lookup_resource(pkt: &Pkt) -> Option<ResourceValue> {
-    if pkt.is_icmp() && !pkt.is_echo_request() {
-        return None;
-    }
-    let mut key = ResourceKey {
-        vip: pkt.dst,
-        port: 0,
-        proto: pkt.proto,
-        family: pkt.family,
-    };
-    if !pkt.is_icmp() {
-        key.port = pkt.dport;
-        // SAFETY: the value is copied out at once.
-        if let Some(v) = unsafe { FTN_RESOURCES.get(key) } {
-            return Some(*v);
-        }
-        key.port = 0;
-    }
-    // SAFETY: as above.
-    unsafe { FTN_RESOURCES.get(key) }.copied()
+pub fn sub(r: Result<u32, ()>) -> u32 {
+    r.unwrap_or(ABORTED)
 }
 
-/// The flow a reply (server -> client) belongs to.
+/// A subprogram's return value back as a `Result`.
 #[inline(always)]
-pub fn lookup_reverse(pkt: &Pkt) -> Option<ReverseValue> {
-    if pkt.is_icmp() && !pkt.is_echo_reply() {
-        return None;
+pub fn unsub(action: u32) -> Result<u32, ()> {
+    if action == ABORTED {
+        Err(())
+    } else {
+        Ok(action)
     }
-    let key = ReverseKey {
-        server: pkt.src,
-        client: pkt.dst,
-        server_port: pkt.sport,
-        client_port: pkt.dport,
+}
+
+/// What every stage of a packet's handling reads once per packet: the settings and the time.
+pub struct Env {
+    pub cfg: &'static DataplaneConfig,
+    pub now: u64,
+}
+
+impl Env {
+    /// `None` only if `FTN_CONFIG` has no entry 0, which it always has.
+    #[inline(always)]
+    pub fn read() -> Option<Env> {
+        Some(Env {
+            cfg: config()?,
+            // SAFETY: helper without arguments.
+            now: unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() },
+        })
+    }
+}
+
+/// The resource a packet is addressed to: one lookup, of the exact port (ICMP echo: port 0;
+/// the identifier is not a port). The controller writes no every-port entry for TCP or UDP.
+#[inline(always)]
+pub fn lookup_resource(pkt: &Pkt) -> Option<&'static ResourceValue> {
+    let port = if pkt.is_icmp() {
+        if !pkt.is_echo_request() {
+            return None;
+        }
+        0
+    } else {
+        pkt.dport
+    };
+    let key = ResourceKey {
+        vip: pkt.dst,
+        port,
         proto: pkt.proto,
         family: pkt.family,
-        _pad: [0; 2],
     };
-    // SAFETY: the value is copied out at once.
-    unsafe { FTN_REVERSE.get(key) }.copied()
+    // SAFETY: a map value stays valid for the program run (RCU); the controller replaces an
+    // entry whole (a reader sees the old or the new one).
+    unsafe { FTN_RESOURCES.get(key) }
+}
+
+/// The VIP a server's packet is SNATed to (see [`lookup_return_of`]); ICMP echo replies match
+/// port 0. `None`: not from a server of any resource.
+#[inline(always)]
+pub fn lookup_return(pkt: &Pkt) -> Option<&'static ReturnValue> {
+    let port = if pkt.is_icmp() {
+        if !pkt.is_echo_reply() {
+            return None;
+        }
+        0
+    } else {
+        pkt.sport
+    };
+    lookup_return_of(&pkt.src, port, pkt.proto, pkt.family)
+}
+
+/// The VIP of a server's (address, protocol, port): one lookup. `port` in network order.
+#[inline(always)]
+pub fn lookup_return_of(
+    server: &[u32; 4],
+    port: u16,
+    proto: u8,
+    family: u8,
+) -> Option<&'static ReturnValue> {
+    let key = ReturnKey {
+        server: *server,
+        port,
+        proto,
+        family,
+    };
+    // SAFETY: as for `lookup_resource`.
+    unsafe { FTN_RETURN.get(key) }
 }

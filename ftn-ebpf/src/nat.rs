@@ -1,12 +1,13 @@
 //! Address rewriting: DNAT of client packets to their server, SNAT of replies to the VIP.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use ftn_common::{GlobalCounter, ResourceValue, ReverseValue, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use ftn_common::{
+    GlobalCounter, ResourceValue, ReturnValue, NO_SERVER, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
 
 use crate::{
-    csum, flow,
-    fwd::send,
-    maps::{config, count, res_stats, srv_stats},
+    csum, flow, fwd,
+    maps::{count, res_stats, srv_stats, sub, unsub, Env},
     parse::{read, write, Pkt, ETH_LEN, TCP_ACK, TCP_RST, TCP_SYN},
     passive, reject,
 };
@@ -18,32 +19,60 @@ pub enum Which {
     Dst,
 }
 
-/// Client -> VIP: DNAT to the flow's server and send.
+/// Client -> VIP: DNAT to the flow's server and send. A subprogram of its own (its flow key
+/// and value in its own stack frame).
+#[inline(never)]
+pub fn forward(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> u32 {
+    sub(forward_checked(ctx, pkt, res))
+}
+
+/// [`fwd::send`]'s answer as the program's: an oversized packet is answered (ICMP error from
+/// the gateway, quoting it), a local one passed.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, ()> {
+fn finish(ctx: &XdpContext, pkt: &Pkt, action: u32) -> Result<u32, ()> {
+    if action == fwd::LOCAL {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    if (fwd::TOO_BIG..fwd::LOCAL).contains(&action) {
+        return unsub(reject::too_big(ctx, pkt, action - fwd::TOO_BIG));
+    }
+    unsub(action)
+}
+
+/// True when `action` (from [`fwd::send`]) forwarded the packet rewritten (counted as such).
+#[inline(always)]
+fn forwarded(action: u32) -> bool {
+    action < fwd::TOO_BIG
+}
+
+#[inline(always)]
+fn forward_checked(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, ()> {
     if pkt.ttl <= 1 {
         // The kernel answers with "time exceeded" from the gateway itself.
         count(GlobalCounter::PassTtl);
         return Ok(xdp_action::XDP_PASS);
     }
-    let now = flow::now();
-    let cfg = config().ok_or(())?;
+    let env = Env::read().ok_or(())?;
     let seq = if pkt.proto == PROTO_TCP {
         u32::from_be(read::<u32>(ctx, pkt.l4_off + 4)?)
     } else {
         0
     };
-    let Some(ch) = flow::select(pkt, seq, res, now, cfg) else {
-        return reject::no_server(ctx, pkt, res);
-    };
-    rewrite_addr(ctx, pkt, Which::Dst, &ch.server.addr)?;
+    let mut ch = flow::Chosen::empty();
+    if flow::select(pkt, seq, res, &env, &mut ch) == 0 {
+        return unsub(reject::no_server(ctx, pkt, res));
+    }
+    let action = fwd::send(ctx, pkt, &ch.addr, fwd::DNAT, &env);
+    if !forwarded(action) {
+        return finish(ctx, pkt, action);
+    }
     if let Some(s) = res_stats(res.resource_id) {
         s.packets += 1;
         s.bytes += u64::from(pkt.frame_len);
         if ch.new_flow {
             s.new_flows += 1;
         }
-        if ch.moved_from.is_some() {
+        if ch.moved_from != NO_SERVER {
             s.flows_moved += 1;
         }
     }
@@ -54,40 +83,52 @@ pub fn forward(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, 
             s.new_flows += 1;
         }
     }
-    if let Some(old) = ch.moved_from {
-        if let Some(s) = srv_stats(old) {
+    if ch.moved_from != NO_SERVER {
+        if let Some(s) = srv_stats(ch.moved_from) {
             s.flows_moved_away += 1;
         }
     }
     if ch.new_flow && pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        passive::on_syn(ch.server_id, now, cfg);
+        passive::on_syn(ch.server_id, env.now, env.cfg);
     }
-    send(ctx, pkt, &pkt.src, &ch.server.addr, cfg, now)
+    unsub(action)
 }
 
-/// Server -> client of a known flow: SNAT back to the VIP and send.
+/// Server -> client: SNAT to the VIP of the server's (address, port, protocol) and send. No
+/// per-flow state: any gateway translates any reply. A subprogram of its own.
+#[inline(never)]
+pub fn reply(ctx: &XdpContext, pkt: &Pkt, ret: &ReturnValue) -> u32 {
+    sub(reply_checked(ctx, pkt, ret))
+}
+
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, pkt: &Pkt, rev: &ReverseValue) -> Result<u32, ()> {
+fn reply_checked(ctx: &XdpContext, pkt: &Pkt, ret: &ReturnValue) -> Result<u32, ()> {
     if pkt.ttl <= 1 {
         count(GlobalCounter::PassTtl);
         return Ok(xdp_action::XDP_PASS);
     }
-    rewrite_addr(ctx, pkt, Which::Src, &rev.vip)?;
-    if let Some(s) = res_stats(rev.resource_id) {
+    let env = Env::read().ok_or(())?;
+    let action = fwd::send(ctx, pkt, &ret.vip, fwd::SNAT, &env);
+    if !forwarded(action) {
+        return finish(ctx, pkt, action);
+    }
+    if let Some(s) = res_stats(ret.resource_id) {
         s.reply_packets += 1;
         s.reply_bytes += u64::from(pkt.frame_len);
     }
-    if let Some(s) = srv_stats(rev.server_id) {
+    if let Some(s) = srv_stats(ret.server_id) {
         s.reply_packets += 1;
         s.reply_bytes += u64::from(pkt.frame_len);
     }
-    let now = flow::now();
-    let cfg = config().ok_or(())?;
     if pkt.proto == PROTO_TCP {
-        passive::on_reply(rev.server_id, pkt.tcp_flags & TCP_RST != 0, now, cfg);
+        passive::on_reply(
+            ret.server_id,
+            pkt.tcp_flags & TCP_RST != 0,
+            env.now,
+            env.cfg,
+        );
     }
-    flow::on_reply(pkt, rev, now);
-    send(ctx, pkt, &rev.vip, &pkt.dst, cfg, now)
+    unsub(action)
 }
 
 /// Rewrites the source or destination address of the outer IP header, fixing the IPv4 header

@@ -7,14 +7,9 @@ use aya_ebpf::programs::XdpContext;
 use ftn_common::{
     GlobalCounter, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-};
-
-pub const ETH_LEN: usize = EthHdr::LEN;
-pub const IPV4_LEN: usize = Ipv4Hdr::LEN;
-pub const IPV6_LEN: usize = Ipv6Hdr::LEN;
+pub const ETH_LEN: usize = 14;
+pub const IPV4_LEN: usize = 20;
+pub const IPV6_LEN: usize = 40;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 
@@ -28,31 +23,54 @@ pub const TCP_CSUM_OFF: usize = 16;
 pub const UDP_CSUM_OFF: usize = 6;
 pub const ICMP_CSUM_OFF: usize = 2;
 
+/// `xdp_md.data`, read in the function that uses it. A volatile load: without it, LLVM
+/// hoists the context loads of a subprogram into its callers and passes the packet pointers
+/// as integers it then zero-extends with shifts, which the verifier refuses ("pointer
+/// arithmetic on pkt_end prohibited").
+#[inline(always)]
+pub fn data(ctx: &XdpContext) -> usize {
+    // SAFETY: the context pointer the kernel passed; `data` is a field of `xdp_md`.
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data) as usize }
+}
+
+/// `xdp_md.data_end` (see [`data`]).
+#[inline(always)]
+pub fn data_end(ctx: &XdpContext) -> usize {
+    // SAFETY: as in `data`.
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+}
+
 /// The one bounds-checked access to packet memory.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    let start = data(ctx);
+    let end = data_end(ctx);
     if start + off + size_of::<T>() > end {
         return Err(());
     }
     Ok((start + off) as *mut T)
 }
 
-/// Reads a `T` (unaligned) at `off`.
+/// Reads a `T` at `off` with one load of `T`'s width.
+///
+/// Packet memory is not aligned (an IPv4 address sits at offset 26 of the frame), and the load is
+/// the width of `T` anyway: the BPF verifier checks packet accesses for bounds, not alignment
+/// (x86, arm64 and the other JITs with efficient unaligned access), and `read_unaligned` would
+/// become byte loads, each spilled to its own 8-byte stack slot, on a target that has 512 bytes
+/// of stack. Read whole fields (`u16`, `u32`, `[u32; 4]`), never a header struct of bytes.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, ()> {
     let p = ptr_at::<T>(ctx, off)?;
-    // SAFETY: bounds checked by `ptr_at`; packet memory may be unaligned.
-    Ok(unsafe { p.read_unaligned() })
+    // SAFETY: bounds checked by `ptr_at`; see above for the alignment.
+    Ok(unsafe { p.read() })
 }
 
-/// Writes a `T` (unaligned) at `off`.
+/// Writes a `T` at `off` with one store of `T`'s width (see [`read`]).
 #[inline(always)]
 pub fn write<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> Result<(), ()> {
     let p = ptr_at::<T>(ctx, off)?;
-    // SAFETY: bounds checked by `ptr_at`; packet memory may be unaligned.
-    unsafe { p.write_unaligned(v) };
+    // SAFETY: bounds checked by `ptr_at`; see [`read`] for the alignment.
+    unsafe { p.write(v) };
     Ok(())
 }
 
@@ -124,73 +142,99 @@ impl Pkt {
     }
 }
 
-/// Parses the headers, or says (as a counter) why the packet is left to the kernel.
+impl Pkt {
+    /// All zero, for [`parse`] to fill.
+    #[inline(always)]
+    pub const fn empty() -> Pkt {
+        Pkt {
+            family: 0,
+            proto: 0,
+            l4_off: 0,
+            src: [0; 4],
+            dst: [0; 4],
+            sport: 0,
+            dport: 0,
+            tcp_flags: 0,
+            icmp_type: 0,
+            ttl: 0,
+            frame_len: 0,
+            ip_len: 0,
+        }
+    }
+}
+
+/// Parses the headers into `pkt`: 0, or the `GlobalCounter` (never 0, which is `Packets`) that
+/// says why the packet is left to the kernel. A subprogram of its own: the parser's temporaries live in its frame, which is gone
+/// before the packet is handled.
+#[inline(never)]
+pub fn parse(ctx: &XdpContext, pkt: &mut Pkt) -> u32 {
+    match parse_checked(ctx, pkt) {
+        Ok(()) => 0,
+        Err(reason) => reason as u32,
+    }
+}
+
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Pkt, GlobalCounter> {
+fn parse_checked(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
     let ether_type = u16::from_be(read::<u16>(ctx, 12).map_err(|()| GlobalCounter::PassMalformed)?);
-    let frame_len = (ctx.data_end() - ctx.data()) as u32;
-    let mut pkt = Pkt {
-        family: 0,
-        proto: 0,
-        l4_off: 0,
-        src: [0; 4],
-        dst: [0; 4],
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        ttl: 0,
-        frame_len,
-        ip_len: 0,
-    };
+    pkt.frame_len = (data_end(ctx) - data(ctx)) as u32;
     match ether_type {
-        ETH_P_IP => parse_v4(ctx, &mut pkt)?,
-        ETH_P_IPV6 => parse_v6(ctx, &mut pkt)?,
+        ETH_P_IP => parse_v4(ctx, pkt)?,
+        ETH_P_IPV6 => parse_v6(ctx, pkt)?,
         // ARP, VLAN tags, LLDP...: the kernel's business.
         _ => return Err(GlobalCounter::PassNotIp),
     }
-    parse_l4(ctx, &mut pkt)?;
-    Ok(pkt)
+    parse_l4(ctx, pkt)
+}
+
+#[inline(always)]
+fn malformed<T>(r: Result<T, ()>) -> Result<T, GlobalCounter> {
+    r.map_err(|()| GlobalCounter::PassMalformed)
 }
 
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
-    let ip: Ipv4Hdr = read(ctx, ETH_LEN).map_err(|()| GlobalCounter::PassMalformed)?;
-    let ihl = usize::from(ip.vihl & 0x0f) * 4;
-    if ip.vihl >> 4 != 4 || ihl < IPV4_LEN {
+    const IP: usize = ETH_LEN;
+    // The header's last byte first: one bounds check covers the fixed header.
+    malformed(read::<u32>(ctx, IP + 16))?;
+    let vihl = malformed(read::<u8>(ctx, IP))?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < IPV4_LEN {
         return Err(GlobalCounter::PassMalformed);
     }
-    let tot_len = u16::from_be_bytes(ip.tot_len);
+    let tot_len = u16::from_be(malformed(read::<u16>(ctx, IP + 2))?);
     // The frame may carry Ethernet padding after the datagram, never less than the datagram.
     if usize::from(tot_len) < ihl || ETH_LEN + usize::from(tot_len) > pkt.frame_len as usize {
         return Err(GlobalCounter::PassMalformed);
     }
     // MF set or a fragment offset: no L4 header we could trust in every fragment.
-    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+    if u16::from_be(malformed(read::<u16>(ctx, IP + 6))?) & 0x3fff != 0 {
         return Err(GlobalCounter::PassFragment);
     }
     pkt.family = FAMILY_V4;
-    pkt.proto = ip.proto;
+    pkt.ttl = malformed(read::<u8>(ctx, IP + 8))?;
+    pkt.proto = malformed(read::<u8>(ctx, IP + 9))?;
     pkt.l4_off = ETH_LEN + ihl;
-    pkt.src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
-    pkt.dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
-    pkt.ttl = ip.ttl;
+    pkt.src = [malformed(read::<u32>(ctx, IP + 12))?, 0, 0, 0];
+    pkt.dst = [malformed(read::<u32>(ctx, IP + 16))?, 0, 0, 0];
     pkt.ip_len = tot_len;
     Ok(())
 }
 
 #[inline(always)]
 fn parse_v6(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
-    let ip: Ipv6Hdr = read(ctx, ETH_LEN).map_err(|()| GlobalCounter::PassMalformed)?;
-    if ip.vcf[0] >> 4 != 6 {
+    const IP: usize = ETH_LEN;
+    malformed(read::<[u32; 4]>(ctx, IP + 24))?;
+    if malformed(read::<u8>(ctx, IP))? >> 4 != 6 {
         return Err(GlobalCounter::PassMalformed);
     }
-    let payload_len = u16::from_be_bytes(ip.payload_len);
+    let payload_len = u16::from_be(malformed(read::<u16>(ctx, IP + 4))?);
     // payload_len 0 is a jumbogram (hop-by-hop option): not ours either way.
     if payload_len == 0 || ETH_LEN + IPV6_LEN + usize::from(payload_len) > pkt.frame_len as usize {
         return Err(GlobalCounter::PassMalformed);
     }
-    match ip.next_hdr {
+    let next_hdr = malformed(read::<u8>(ctx, IP + 6))?;
+    match next_hdr {
         PROTO_TCP | PROTO_UDP | PROTO_ICMPV6 => {}
         44 => return Err(GlobalCounter::PassFragment),
         // Hop-by-hop, routing, destination options, AH, ESP, mobility, HIP, shim6: not parsed.
@@ -198,11 +242,11 @@ fn parse_v6(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
         _ => return Err(GlobalCounter::PassNoMatch),
     }
     pkt.family = FAMILY_V6;
-    pkt.proto = ip.next_hdr;
+    pkt.proto = next_hdr;
     pkt.l4_off = ETH_LEN + IPV6_LEN;
-    pkt.src = ftn_common::addr::v6(ip.src_addr);
-    pkt.dst = ftn_common::addr::v6(ip.dst_addr);
-    pkt.ttl = ip.hop_limit;
+    pkt.ttl = malformed(read::<u8>(ctx, IP + 7))?;
+    pkt.src = malformed(read::<[u32; 4]>(ctx, IP + 8))?;
+    pkt.dst = malformed(read::<[u32; 4]>(ctx, IP + 24))?;
     pkt.ip_len = payload_len + IPV6_LEN as u16;
     Ok(())
 }
@@ -213,35 +257,38 @@ fn parse_l4(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
     let ip_end = ETH_LEN + usize::from(pkt.ip_len);
     match pkt.proto {
         PROTO_TCP => {
-            let h: [u8; 20] = read(ctx, off).map_err(|()| GlobalCounter::PassMalformed)?;
-            let doff = usize::from(h[12] >> 4) * 4;
+            // Bytes 12 (data offset) and 13 (flags) of the header; 16..20 bounds-checked first.
+            malformed(read::<u32>(ctx, off + 16))?;
+            // Two bytes at once: a one-byte read at a variable offset becomes a bounds check
+            // the verifier cannot follow (LLVM turns `p + 1 > end` into `p >= end`).
+            let [doff, flags] = malformed(read::<u16>(ctx, off + 12))?.to_ne_bytes();
+            let doff = usize::from(doff >> 4) * 4;
             if doff < 20 || off + doff > ip_end {
                 return Err(GlobalCounter::PassMalformed);
             }
-            pkt.sport = u16::from_ne_bytes([h[0], h[1]]);
-            pkt.dport = u16::from_ne_bytes([h[2], h[3]]);
-            pkt.tcp_flags = h[13];
+            pkt.sport = malformed(read::<u16>(ctx, off))?;
+            pkt.dport = malformed(read::<u16>(ctx, off + 2))?;
+            pkt.tcp_flags = flags;
         }
         PROTO_UDP => {
-            let h: [u8; 8] = read(ctx, off).map_err(|()| GlobalCounter::PassMalformed)?;
             if off + 8 > ip_end {
                 return Err(GlobalCounter::PassMalformed);
             }
-            pkt.sport = u16::from_ne_bytes([h[0], h[1]]);
-            pkt.dport = u16::from_ne_bytes([h[2], h[3]]);
+            pkt.sport = malformed(read::<u16>(ctx, off))?;
+            pkt.dport = malformed(read::<u16>(ctx, off + 2))?;
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             if (pkt.proto == PROTO_ICMP) == (pkt.family == FAMILY_V6) {
                 // ICMPv4 in IPv6 or ICMPv6 in IPv4: nonsense, not ours.
                 return Err(GlobalCounter::PassNoMatch);
             }
-            let h: [u8; 8] = read(ctx, off).map_err(|()| GlobalCounter::PassMalformed)?;
             if off + 8 > ip_end {
                 return Err(GlobalCounter::PassMalformed);
             }
-            pkt.icmp_type = h[0];
+            malformed(read::<u32>(ctx, off + 4))?;
+            pkt.icmp_type = malformed(read::<u16>(ctx, off))?.to_ne_bytes()[0];
             if pkt.is_echo_request() || pkt.is_echo_reply() {
-                let id = u16::from_ne_bytes([h[4], h[5]]);
+                let id = malformed(read::<u16>(ctx, off + 4))?;
                 pkt.sport = id;
                 pkt.dport = id;
             } else if !pkt.is_icmp_error() {

@@ -17,14 +17,21 @@ use ftn_common::{
 
 use crate::{
     csum,
-    maps::{count, res_stats},
+    maps::{count, res_stats, sub},
+    parse,
     parse::{read, write, Pkt, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const TTL: u8 = 64;
 
+/// A subprogram of its own (the answers' header buffers stay out of the forward path's frame).
+#[inline(never)]
+pub fn no_server(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> u32 {
+    sub(no_server_checked(ctx, pkt, res))
+}
+
 #[inline(always)]
-pub fn no_server(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, ()> {
+fn no_server_checked(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, ()> {
     let stats = res_stats(res.resource_id);
     if res.flags & RES_FLAG_REJECT == 0 {
         count(GlobalCounter::DropNoServer);
@@ -61,7 +68,7 @@ pub fn no_server(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32
 
 #[inline(always)]
 fn frame_len(ctx: &XdpContext) -> i32 {
-    (ctx.data_end() - ctx.data()) as i32
+    (parse::data_end(ctx) - parse::data(ctx)) as i32
 }
 
 /// Shrinks the frame to `len` bytes.
@@ -213,12 +220,50 @@ fn tcp_rst(ctx: &XdpContext, pkt: &Pkt) -> Result<(), ()> {
 }
 
 /// Answers a UDP datagram (port unreachable) or an echo request (host/address unreachable)
-/// with an ICMP error from the VIP that quotes the IP header and the first 8 bytes after it.
+/// with an ICMP error from the VIP.
 #[inline(always)]
 fn icmp_unreachable(ctx: &XdpContext, pkt: &Pkt) -> Result<(), ()> {
-    let v6 = pkt.v6();
     let udp = pkt.proto == PROTO_UDP;
-    if v6 {
+    let header = if pkt.v6() {
+        [1, if udp { 4 } else { 3 }, 0, 0, 0, 0, 0, 0]
+    } else {
+        [3, if udp { 3 } else { 1 }, 0, 0, 0, 0, 0, 0]
+    };
+    icmp_error(ctx, pkt, header)
+}
+
+/// A packet larger than the path MTU that may not be fragmented: answered with ICMP
+/// "fragmentation needed" (type 3 code 4, RFC 1191) / ICMPv6 "packet too big" (type 2, RFC
+/// 8201) carrying `mtu`, from the packet's destination back to its sender, quoting the packet
+/// as it arrived (so the sender matches it to its connection). A subprogram of its own.
+#[inline(never)]
+pub fn too_big(ctx: &XdpContext, pkt: &Pkt, mtu: u32) -> u32 {
+    let header = if pkt.v6() {
+        let m = mtu.to_be_bytes();
+        [2, 0, 0, 0, m[0], m[1], m[2], m[3]]
+    } else {
+        let m = (mtu.min(u32::from(u16::MAX)) as u16).to_be_bytes();
+        [3, 4, 0, 0, 0, 0, m[0], m[1]]
+    };
+    match icmp_error(ctx, pkt, header) {
+        Ok(()) => {
+            count(GlobalCounter::IcmpTooBig);
+            xdp_action::XDP_TX
+        }
+        // Half rewritten at worst: it must not go anywhere.
+        Err(()) => {
+            count(GlobalCounter::DropRejectFailed);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// Turns the packet into an ICMP(v6) error with the 8-byte ICMP `header` (type, code, zero
+/// checksum, rest), from its destination back to its source, quoting its IP header and the
+/// first 8 bytes after it. Only for packets without IPv4 options or IPv6 extension headers.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, pkt: &Pkt, header: [u8; 8]) -> Result<(), ()> {
+    if pkt.v6() {
         if pkt.l4_off != ETH_LEN + IPV6_LEN {
             return Err(());
         }
@@ -233,9 +278,8 @@ fn icmp_unreachable(ctx: &XdpContext, pkt: &Pkt) -> Result<(), ()> {
         }
         write::<[u8; 14]>(ctx, 0, eth(macs, 0x86DD))?;
         write_ipv6(ctx, ETH_LEN, MSG as u16, PROTO_ICMPV6, &pkt.dst, &pkt.src)?;
-        let code = if udp { 4 } else { 3 };
-        write::<[u8; 8]>(ctx, ETH_LEN + IPV6_LEN, [1, code, 0, 0, 0, 0, 0, 0])?;
         let off = ETH_LEN + IPV6_LEN;
+        write::<[u8; 8]>(ctx, off, header)?;
         let sum = pseudo_sum(true, &pkt.dst, &pkt.src, PROTO_ICMPV6, MSG as u16)
             + sum_words::<{ MSG / 4 }>(ctx, off)?;
         write(ctx, off + 2, csum::finish(sum))
@@ -260,9 +304,8 @@ fn icmp_unreachable(ctx: &XdpContext, pkt: &Pkt) -> Result<(), ()> {
             pkt.dst[0],
             pkt.src[0],
         )?;
-        let code = if udp { 3 } else { 1 };
         let off = ETH_LEN + IPV4_LEN;
-        write::<[u8; 8]>(ctx, off, [3, code, 0, 0, 0, 0, 0, 0])?;
+        write::<[u8; 8]>(ctx, off, header)?;
         let sum = sum_words::<{ MSG / 4 }>(ctx, off)?;
         write(ctx, off + 2, csum::finish(sum))
     }

@@ -238,9 +238,7 @@ pub fn attach_pass(interface: &str) -> aya::Ebpf {
 /// [`pass_program`] and `attach`, once per interface: the links live as long as the object.
 pub fn load_pass() -> aya::Ebpf {
     let mut loader = aya::EbpfLoader::new();
-    for name in [ftn_common::map_names::FLOWS, ftn_common::map_names::REVERSE] {
-        loader.map_max_entries(name, 1);
-    }
+    loader.map_max_entries(ftn_common::map_names::FLOWS, 1);
     let mut ebpf = loader
         .load(ftn_controller::dataplane::ebpf_object().expect("the embedded eBPF object"))
         .expect("load the eBPF object for ftn_pass");

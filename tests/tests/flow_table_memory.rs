@@ -1,5 +1,5 @@
-//! `[gateway] flow_table`: the flow and reverse tables get the configured size, and what they
-//! cost in kernel memory (the figure CONFIG.md quotes) is measured here, not guessed.
+//! `[gateway] flow_table`: the flow table gets the configured size, and what it
+//! costs in kernel memory (the figure CONFIG.md quotes) is measured here, not guessed.
 
 use ftn_controller::dataplane::{AyaDataplane, AyaOptions};
 use ftn_tests::require_root;
@@ -18,7 +18,7 @@ fn the_flow_table_has_the_configured_size_and_its_memory_grows_with_it() {
         assert_eq!(dp.flow_table_entries().unwrap(), entries);
         let bytes = dp.flow_table_memory().expect("the tables' memlock");
         println!(
-            "flow_table = {entries}: flow + reverse tables {bytes} bytes ({:.0} bytes per entry)",
+            "flow_table = {entries}: flow table {bytes} bytes ({:.0} bytes per entry)",
             bytes as f64 / f64::from(entries)
         );
         per_entry.push(bytes as f64 / f64::from(entries));

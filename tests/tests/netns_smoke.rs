@@ -18,13 +18,35 @@
 use std::{net::IpAddr, time::Instant};
 
 use ftn_controller::dataplane::{
-    AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ServerEntry,
+    AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ReturnTarget, ServerEntry,
 };
-use ftn_controller::model::{NoServerAction, Protocol, ResourceMatch, XdpAttachMode};
+use ftn_controller::model::{NoServerAction, Protocol, ResourceMatch, ReturnMatch, XdpAttachMode};
 use ftn_tests::{
     lab::{attach_pass_in, topology, try_in_ns, udp_ask, Conn, Service, Topology, VIP4, VIP6},
     require_root,
 };
+
+/// The return entries the controller derives for a resource on TCP 80 and UDP 53 listing
+/// `servers` (address, id): their replies are SNATed to `vip` with no per-flow state.
+fn returns(dp: &mut AyaDataplane, vip: IpAddr, rid: u32, servers: &[(&str, u32)]) {
+    for (addr, id) in servers {
+        for (protocol, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53)] {
+            dp.set_return(
+                &ReturnMatch {
+                    server: addr.parse().unwrap(),
+                    protocol,
+                    port,
+                },
+                &ReturnTarget {
+                    vip,
+                    resource_id: rid,
+                    server_id: *id,
+                },
+            )
+            .unwrap();
+        }
+    }
+}
 
 fn assign(dp: &mut AyaDataplane, vip: IpAddr, rid: u32, server: u32) {
     for (proto, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53)] {
@@ -95,6 +117,13 @@ fn netns_smoke() {
     }
     assign(&mut dp, vip4, 0, 0);
     assign(&mut dp, vip6, 1, 1);
+    returns(&mut dp, vip4, 0, &[("198.18.2.10", 0), ("198.18.3.10", 2)]);
+    returns(
+        &mut dp,
+        vip6,
+        1,
+        &[("2001:2:2::10", 1), ("2001:2:3::10", 3)],
+    );
 
     // Before the switch: everything reaches the primary; the client sees only the VIP.
     let (long4, long6, before) = in_ns_or_dump(&dp, &t, move || {

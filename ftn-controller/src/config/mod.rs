@@ -110,7 +110,7 @@ pub struct GatewayConfig {
     pub xdp_mode: XdpAttachMode,
     /// Where maps and links are pinned (default [`DEFAULT_PIN_DIR`]).
     pub pin_dir: PathBuf,
-    /// Entries of the flow table and of the reverse table (fixed when the dataplane is loaded).
+    /// Entries of the flow table (fixed when the dataplane is loaded).
     pub flow_table: u32,
 }
 

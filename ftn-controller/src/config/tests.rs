@@ -131,7 +131,7 @@ hold = "1m"
 name = "web-manual"
 vip = "198.18.100.2"
 protocol = "tcp"
-ports = [443, 80]
+ports = [443, 8443]
 servers = ["p1"]
 failback = "manual"
 "#;
@@ -267,7 +267,7 @@ fn full_example_parses_with_values_and_defaults() {
     );
     let manual = c.resource("web-manual").unwrap();
     assert_eq!(manual.failback, Failback::Manual);
-    assert_eq!(manual.ports, vec![443, 80]);
+    assert_eq!(manual.ports, vec![443, 8443]);
     assert_eq!(manual.matchers().len(), 2);
     assert!(c.resource("nope").is_none() && c.server("nope").is_none());
 }
@@ -342,12 +342,6 @@ protocol = "tcp"
 ports = [8443]
 servers = ["a", "b", "c"]
 [[resource]]
-name = "r2"
-vip = "198.18.100.2"
-protocol = "tcp"
-ports = [8443]
-servers = ["a"]
-[[resource]]
 name = "r3"
 vip = "198.18.100.3"
 protocol = "tcp"
@@ -363,7 +357,7 @@ servers = ["c"]
     );
     let c = ok(&text);
     let kind = |s: &str| c.server(s).unwrap().checks[0].kind.clone();
-    // a: tcp 8443 twice -> tcp 8443; b: tcp on two ports -> icmp; c: tcp + udp -> icmp.
+    // a: tcp 8443 -> tcp 8443; b: tcp on two ports -> icmp; c: tcp + udp -> icmp.
     assert_eq!(kind("a"), CheckKind::Tcp { port: 8443 });
     assert_eq!(kind("b"), CheckKind::Icmp);
     assert_eq!(kind("c"), CheckKind::Icmp);
@@ -1205,7 +1199,7 @@ fn resource_rules() {
     let text = with_gateway(&format!(
         "{TWO_SERVERS}{}{}",
         resource("r", "198.18.100.1", "icmp", "", "[\"p1\"]"),
-        resource("r", "198.18.100.2", "icmp", "", "[\"p1\"]")
+        resource("r", "198.18.100.2", "icmp", "", "[\"b1\"]")
     ));
     let e = err(&text);
     assert_eq!(e.problems.len(), 1, "{e}");
@@ -1414,4 +1408,69 @@ fn flow_table_size_is_bounded_and_defaults() {
         e.contains("must be between 1024 and 16777216, got 512"),
         "{e}"
     );
+}
+
+#[test]
+fn one_server_port_serving_two_vips_is_an_ambiguous_return_path() {
+    let text = with_gateway(&format!(
+        "{TWO_SERVERS}{}{}",
+        resource(
+            "a",
+            "198.18.100.1",
+            "tcp",
+            "ports = [80]\n",
+            "[\"p1\", \"b1\"]"
+        ),
+        resource(
+            "b",
+            "198.18.100.2",
+            "tcp",
+            "ports = [443, 80]\n",
+            "[\"b1\"]"
+        ),
+    ));
+    let e = single(
+        &text,
+        "resource \"b\".servers[0]",
+        "ambiguous return path: server \"b1\" (198.18.3.10) tcp port 80 already serves VIP 198.18.100.1 of resource \"a\"",
+        "servers = [\"b1\"]",
+    );
+    assert!(
+        e.message.contains("give the server a second address"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn an_icmp_resource_server_of_one_vip_cannot_serve_another_vip() {
+    let text = with_gateway(&format!(
+        "{TWO_SERVERS}{}{}",
+        resource("a", "198.18.100.1", "icmp", "", "[\"p1\"]"),
+        resource("b", "198.18.100.2", "icmp", "", "[\"b1\", \"p1\"]"),
+    ));
+    single(
+        &text,
+        "resource \"b\".servers[1]",
+        "ambiguous return path: server \"p1\" (198.18.2.10) icmp already serves VIP 198.18.100.1",
+        "servers = [\"b1\", \"p1\"]",
+    );
+}
+
+#[test]
+fn one_server_on_several_ports_of_one_vip_or_other_protocols_is_fine() {
+    let text = with_gateway(&format!(
+        "{TWO_SERVERS}{}{}{}{}",
+        resource(
+            "a",
+            "198.18.100.1",
+            "tcp",
+            "ports = [80]\n",
+            "[\"p1\", \"b1\"]"
+        ),
+        resource("b", "198.18.100.1", "tcp", "ports = [443]\n", "[\"p1\"]"),
+        resource("c", "198.18.100.2", "udp", "ports = [80]\n", "[\"p1\"]"),
+        resource("d", "198.18.100.2", "tcp", "ports = [81]\n", "[\"b1\"]"),
+    ));
+    assert_eq!(ok(&text).resources.len(), 4);
 }

@@ -60,6 +60,7 @@ pub(super) fn check_resources(ctx: &mut Ctx, resources: &[RawResource], servers:
     let index = ServerIndex::new(servers);
     let mut names: HashMap<&str, Option<Span>> = HashMap::new();
     let mut owners: Owners = HashMap::new();
+    let mut returns: ReturnOwners = HashMap::new();
     for r in resources {
         if let Some(name) = &r.name {
             if let Some(first) = names.get(name.as_str()) {
@@ -76,6 +77,7 @@ pub(super) fn check_resources(ctx: &mut Ctx, resources: &[RawResource], servers:
         check_vip_is_no_server(ctx, r, &index);
         check_server_list(ctx, r, &index);
         claim_entries(ctx, r, &mut owners);
+        claim_return_paths(ctx, r, &index, &mut returns);
     }
 }
 
@@ -230,6 +232,60 @@ fn claim_entries<'a>(ctx: &mut Ctx, r: &'a RawResource, owners: &mut Owners<'a>)
             }
             None => {
                 owners.insert((vip, protocol, port), (&r.label, r.table_span));
+            }
+        }
+    }
+}
+
+/// Who a (server address, protocol, port) answers for: the first resource that listed it
+/// (VIP, label, span).
+type ReturnOwners<'a> = HashMap<(IpAddr, Protocol, u16), (IpAddr, &'a str, Option<Span>)>;
+
+/// The stateless return path (ftn-ebpf `FTN_RETURN`) SNATs a server's replies by (server
+/// address, protocol, source port) alone: one such key may serve one VIP only. Two VIPs on one
+/// key would make the gateway answer one VIP's clients from the other (and the server's stack
+/// would see two conversations with one 5-tuple): refused, with the way out.
+fn claim_return_paths<'a>(
+    ctx: &mut Ctx,
+    r: &'a RawResource,
+    index: &ServerIndex<'a>,
+    owners: &mut ReturnOwners<'a>,
+) {
+    let (Some(vip), Some(protocol)) = (r.vip, r.protocol) else {
+        return;
+    };
+    let ports: Vec<u16> = if protocol == Protocol::Icmp {
+        vec![0]
+    } else {
+        r.ports.iter().map(|(p, _)| *p).collect()
+    };
+    for (i, (server, span)) in r.servers.iter().enumerate() {
+        let Some(addr) = index.by_name.get(server.as_str()).and_then(|s| s.address) else {
+            continue;
+        };
+        for &port in &ports {
+            match owners.get(&(addr, protocol, port)) {
+                Some(&(other_vip, other, other_span)) if other_vip != vip => {
+                    let at = ctx.line_of(other_span);
+                    let what = if protocol == Protocol::Icmp {
+                        "icmp".to_owned()
+                    } else {
+                        format!("{protocol} port {port}")
+                    };
+                    let other = other.to_string();
+                    ctx.report(
+                        *span,
+                        &format!("{}.servers[{i}]", r.label),
+                        format!(
+                            "ambiguous return path: server {server:?} ({addr}) {what} already serves VIP {other_vip} of {other}{at}; the gateway translates a server's replies back to the VIP by (server address, protocol, port) alone, so one of them may serve one VIP only (give the server a second address for this VIP, or use another port)"
+                        ),
+                    );
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    owners.insert((addr, protocol, port), (vip, &r.label, r.table_span));
+                }
             }
         }
     }

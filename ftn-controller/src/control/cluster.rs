@@ -110,6 +110,7 @@ pub fn majority<'a>(
 pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
     let mut old_servers = BTreeMap::new();
     let mut old_resources = BTreeMap::new();
+    let mut old_returns = BTreeMap::new();
     for c in old {
         match c {
             Change::SetServer { id, server } => {
@@ -120,6 +121,9 @@ pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
                 assignment,
             } => {
                 old_resources.insert(matcher, assignment);
+            }
+            Change::SetReturn { matcher, target } => {
+                old_returns.insert(matcher, target);
             }
             _ => {}
         }
@@ -140,6 +144,11 @@ pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
                     out.push(c);
                 }
             }
+            Change::SetReturn { matcher, target } => {
+                if old_returns.remove(matcher).as_ref() != Some(target) {
+                    out.push(c);
+                }
+            }
             _ => out.push(c),
         }
     }
@@ -147,6 +156,11 @@ pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
         old_resources
             .into_keys()
             .map(|matcher| Change::RemoveResource { matcher }),
+    );
+    out.extend(
+        old_returns
+            .into_keys()
+            .map(|matcher| Change::RemoveReturn { matcher }),
     );
     out.extend(
         old_servers

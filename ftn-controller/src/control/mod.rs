@@ -654,6 +654,16 @@ mod tests {
         fn remove_resource(&mut self, m: &ResourceMatch) -> Result<(), DataplaneError> {
             self.0.lock().unwrap().remove_resource(m)
         }
+        fn set_return(
+            &mut self,
+            m: &crate::model::ReturnMatch,
+            t: &crate::dataplane::ReturnTarget,
+        ) -> Result<(), DataplaneError> {
+            self.0.lock().unwrap().set_return(m, t)
+        }
+        fn remove_return(&mut self, m: &crate::model::ReturnMatch) -> Result<(), DataplaneError> {
+            self.0.lock().unwrap().remove_return(m)
+        }
         fn set_config(
             &mut self,
             c: &crate::dataplane::DataplaneConfig,
@@ -677,6 +687,9 @@ mod tests {
         }
         fn resource_matches(&self) -> Result<Vec<ResourceMatch>, String> {
             ListKeys::resource_matches(&*self.0.lock().unwrap())
+        }
+        fn return_matches(&self) -> Result<Vec<crate::model::ReturnMatch>, String> {
+            ListKeys::return_matches(&*self.0.lock().unwrap())
         }
     }
 

@@ -3,18 +3,21 @@
 
 use std::collections::HashMap;
 
-use ftn_common::{ResourceKey, ResourceValue, ServerValue, GLOBAL_COUNTERS};
+use ftn_common::{
+    ResourceKey, ResourceValue, ReturnKey, ReturnValue, ServerValue, GLOBAL_COUNTERS,
+};
 
 use super::{
     check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, GlobalCounter,
-    ResourceAssignment, ResourceStats, ServerEntry, ServerStats,
+    ResourceAssignment, ResourceStats, ReturnTarget, ServerEntry, ServerStats,
 };
-use crate::model::ResourceMatch;
+use crate::model::{ResourceMatch, ReturnMatch};
 
 #[derive(Debug, Default, Clone)]
 pub struct MemoryDataplane {
     pub resources: HashMap<ResourceKey, ResourceValue>,
     pub servers: HashMap<u32, ServerValue>,
+    pub returns: HashMap<ReturnKey, ReturnValue>,
     pub config: Option<DataplaneConfig>,
     pub resource_stats: HashMap<u32, ResourceStats>,
     pub server_stats: HashMap<u32, ServerStats>,
@@ -64,6 +67,20 @@ impl Dataplane for MemoryDataplane {
 
     fn remove_resource(&mut self, m: &ResourceMatch) -> Result<(), DataplaneError> {
         self.resources.remove(&m.to_key());
+        self.writes += 1;
+        Ok(())
+    }
+
+    fn set_return(&mut self, m: &ReturnMatch, t: &ReturnTarget) -> Result<(), DataplaneError> {
+        check_resource_id(t.resource_id)?;
+        check_server_id(t.server_id)?;
+        self.returns.insert(m.to_key(), t.to_value());
+        self.writes += 1;
+        Ok(())
+    }
+
+    fn remove_return(&mut self, m: &ReturnMatch) -> Result<(), DataplaneError> {
+        self.returns.remove(&m.to_key());
         self.writes += 1;
         Ok(())
     }

@@ -18,11 +18,11 @@ pub use ebpf::{
 pub use ftn_common::{DataplaneConfig, GlobalCounter, ResourceStats, ServerStats};
 pub use memory::MemoryDataplane;
 
-use crate::model::{family, ip_words, NoServerAction, ResourceMatch, XdpAttachMode};
+use crate::model::{family, ip_words, NoServerAction, ResourceMatch, ReturnMatch, XdpAttachMode};
 
 use ftn_common::{
-    ResourceValue, ServerValue, MAX_RESOURCES, MAX_SERVERS, NO_SERVER, RES_FLAG_REJECT,
-    SERVER_DOWN, SERVER_UP,
+    ResourceValue, ReturnValue, ServerValue, MAX_RESOURCES, MAX_SERVERS, NO_SERVER,
+    RES_FLAG_REJECT, SERVER_DOWN, SERVER_UP,
 };
 
 /// The eBPF object built by build.rs (ftn-ebpf for bpfel-unknown-none), or an empty stub when
@@ -77,6 +77,25 @@ impl ResourceAssignment {
     }
 }
 
+/// The VIP a server's (address, protocol, port) replies are SNATed to, and whose counters
+/// they count in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReturnTarget {
+    pub vip: IpAddr,
+    pub resource_id: u32,
+    pub server_id: u32,
+}
+
+impl ReturnTarget {
+    pub fn to_value(&self) -> ReturnValue {
+        ReturnValue {
+            vip: ip_words(self.vip),
+            resource_id: self.resource_id,
+            server_id: self.server_id,
+        }
+    }
+}
+
 /// A server as the dataplane sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerEntry {
@@ -114,6 +133,13 @@ pub enum Change {
     },
     RemoveResource {
         matcher: ResourceMatch,
+    },
+    SetReturn {
+        matcher: ReturnMatch,
+        target: ReturnTarget,
+    },
+    RemoveReturn {
+        matcher: ReturnMatch,
     },
     SetConfig(DataplaneConfig),
 }
@@ -170,6 +196,12 @@ pub trait Dataplane: Send {
         assignment: &ResourceAssignment,
     ) -> Result<(), DataplaneError>;
     fn remove_resource(&mut self, matcher: &ResourceMatch) -> Result<(), DataplaneError>;
+    fn set_return(
+        &mut self,
+        matcher: &ReturnMatch,
+        target: &ReturnTarget,
+    ) -> Result<(), DataplaneError>;
+    fn remove_return(&mut self, matcher: &ReturnMatch) -> Result<(), DataplaneError>;
     fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError>;
 
     /// Counters of a resource, summed over CPUs.
@@ -196,6 +228,8 @@ pub trait Dataplane: Send {
                     assignment,
                 } => self.set_resource(matcher, assignment),
                 Change::RemoveResource { matcher } => self.remove_resource(matcher),
+                Change::SetReturn { matcher, target } => self.set_return(matcher, target),
+                Change::RemoveReturn { matcher } => self.remove_return(matcher),
                 Change::SetConfig(c) => self.set_config(c),
             };
             r.map_err(|e| (i, e))?;

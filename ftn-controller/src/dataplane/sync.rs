@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::ResourceMatch;
+use crate::model::{ResourceMatch, ReturnMatch};
 
 use super::{AyaDataplane, Change, Dataplane, GlobalCounter, ResourceStats, ServerStats};
 
@@ -44,6 +44,7 @@ pub struct Desired {
     pub changes: Vec<Change>,
     pub servers: BTreeSet<u32>,
     pub resources: BTreeSet<ResourceMatch>,
+    pub returns: BTreeSet<ReturnMatch>,
 }
 
 /// Handle to the map-sync task.
@@ -68,6 +69,7 @@ pub struct SyncStats {
 pub trait ListKeys {
     fn server_ids(&self) -> Result<Vec<u32>, String>;
     fn resource_matches(&self) -> Result<Vec<ResourceMatch>, String>;
+    fn return_matches(&self) -> Result<Vec<ReturnMatch>, String>;
 }
 
 impl MapSync {
@@ -168,6 +170,9 @@ impl ListKeys for AyaDataplane {
     fn resource_matches(&self) -> Result<Vec<ResourceMatch>, String> {
         self.resource_matches().map_err(|e| e.to_string())
     }
+    fn return_matches(&self) -> Result<Vec<ReturnMatch>, String> {
+        self.return_matches().map_err(|e| e.to_string())
+    }
 }
 
 impl ListKeys for crate::dataplane::MemoryDataplane {
@@ -179,6 +184,13 @@ impl ListKeys for crate::dataplane::MemoryDataplane {
             .resources
             .keys()
             .filter_map(ResourceMatch::from_key)
+            .collect())
+    }
+    fn return_matches(&self) -> Result<Vec<ReturnMatch>, String> {
+        Ok(self
+            .returns
+            .keys()
+            .filter_map(ReturnMatch::from_key)
             .collect())
     }
 }
@@ -259,6 +271,11 @@ fn resync<D: Dataplane + ListKeys>(
                 ?m,
                 "removed a resource entry that is not in the configuration"
             );
+        }
+    }
+    for m in dp.return_matches()? {
+        if !desired.returns.contains(&m) {
+            dp.remove_return(&m).map_err(|e| e.to_string())?;
         }
     }
     for id in dp.server_ids()? {

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::resources::ResourcePlan;
+use super::returns::{return_changes, return_entries};
 use super::servers::ServerSet;
 use super::{all_matchers, set_resource, Engine};
 use crate::config::ResourceConfig;
@@ -21,8 +22,34 @@ impl Engine {
         let mut changes = Vec::new();
         self.diff_servers(servers, update, &mut changes);
         self.diff_resources(servers, resources, update, &mut changes);
+        self.diff_returns(servers, resources, &mut changes);
         self.removals(servers, update, events, &mut changes);
         changes
+    }
+
+    /// The return table follows the configuration and the ids of records: it changes only with
+    /// a new configuration or a resource's first record (a plan without either skips it, and
+    /// stays linear in what changed).
+    fn diff_returns(
+        &self,
+        servers: &ServerSet,
+        resources: &ResourcePlan,
+        changes: &mut Vec<Change>,
+    ) {
+        let old = &self.snapshot;
+        let new_records = resources
+            .records
+            .iter()
+            .any(|(n, r)| old.resources.get(n).is_none_or(|p| p.id != r.id));
+        if Arc::ptr_eq(&self.applied, &self.config) && !new_records {
+            return;
+        }
+        let new = return_entries(
+            &self.config,
+            |n| resources.records.get(n).or_else(|| old.resources.get(n)),
+            |n| servers.0.get(n),
+        );
+        changes.extend(return_changes(&self.committed_returns(), &new));
     }
 
     fn diff_servers(&self, servers: &ServerSet, update: &mut Update, changes: &mut Vec<Change>) {

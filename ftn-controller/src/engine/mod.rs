@@ -28,6 +28,7 @@
 
 mod diff;
 mod resources;
+mod returns;
 mod servers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -39,7 +40,7 @@ use crate::config::{Config, ResourceConfig};
 use crate::dataplane::sync::Desired;
 use crate::dataplane::{Change, ResourceAssignment, ServerEntry};
 use crate::directory::{EventDraft, ResourceRecord, Snapshot, Update};
-use crate::model::{Failback, Health, ResourceMatch};
+use crate::model::{Failback, Health, ResourceMatch, ReturnMatch};
 
 /// A server's health as the checkers last reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,7 +277,7 @@ impl Engine {
     }
 
     /// Every entry the dataplane should hold (for a fresh or adopted dataplane at start):
-    /// servers first, then resources.
+    /// servers first, then resources, then the return table.
     pub fn full_state(&self) -> Vec<Change> {
         let mut out = Vec::new();
         for s in self.snapshot.servers.values() {
@@ -299,7 +300,22 @@ impl Engine {
                 out.extend(set_resource(rc, rec, server));
             }
         }
+        out.extend(
+            self.state_returns()
+                .into_iter()
+                .map(|(matcher, target)| Change::SetReturn { matcher, target }),
+        );
         out
+    }
+
+    /// The return entries of the current configuration and records.
+    fn state_returns(&self) -> BTreeMap<ReturnMatch, crate::dataplane::ReturnTarget> {
+        let snap = &self.snapshot;
+        returns::return_entries(
+            &self.config,
+            |n| snap.resources.get(n),
+            |n| snap.servers.get(n),
+        )
     }
 
     /// What the maps must hold for this state (for [`MapSync::resync`]).
@@ -311,6 +327,7 @@ impl Engine {
             changes: self.full_state(),
             servers,
             resources,
+            returns: self.state_returns().into_keys().collect(),
         }
     }
 

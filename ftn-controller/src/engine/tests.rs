@@ -1,6 +1,7 @@
 use super::*;
 use crate::dataplane::{Dataplane, MemoryDataplane};
 use crate::model::Protocol;
+use std::net::IpAddr;
 use std::path::Path;
 
 const T0: u64 = 1_000_000;
@@ -351,9 +352,30 @@ servers = ["b1", "p1"]
 "#;
     r.engine.set_config(config("", extra));
     let plan = r.step(T0 + 10, None).unwrap();
+    // dns:53's resource entry, and the return entries of its two servers (udp 53 -> its VIP).
+    let returns: Vec<(IpAddr, u16, IpAddr)> = plan
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::SetReturn { matcher, target } => {
+                Some((matcher.server, matcher.port, target.vip))
+            }
+            _ => None,
+        })
+        .collect();
+    let vip: IpAddr = "198.18.100.2".parse().unwrap();
+    assert_eq!(
+        returns,
+        vec![
+            ("198.18.2.10".parse().unwrap(), 53, vip),
+            ("198.18.3.10".parse().unwrap(), 53, vip)
+        ],
+        "{:?}",
+        plan.changes
+    );
     assert_eq!(
         plan.changes.len(),
-        1,
+        3,
         "only dns:53 is written: {:?}",
         plan.changes
     );
@@ -377,9 +399,14 @@ servers = ["b1", "p1"]
         .all(|c| !matches!(c, Change::SetResource { matcher, .. } if matcher.port == 53)));
     assert_eq!(r.dp.resources.len(), 2);
     // Remove dns entirely.
+    assert_eq!(r.dp.returns.len(), 4, "web:80 and dns:53 on p1 and b1");
     r.engine.set_config(config("", ""));
     let plan = r.step(T0 + 30, None).unwrap();
     assert_eq!(plan.update.remove_resources, vec!["dns".to_string()]);
+    // web is back on 80 and 443; dns's return entries went with it.
+    let mut ports: Vec<u16> = r.dp.returns.keys().map(|k| u16::from_be(k.port)).collect();
+    ports.sort();
+    assert_eq!(ports, vec![80, 80, 443, 443]);
     assert!(!r.engine.snapshot().resources.contains_key("dns"));
 }
 

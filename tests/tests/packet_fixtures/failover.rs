@@ -3,9 +3,7 @@
 
 use ftn_common::{DataplaneConfig, GlobalCounter};
 use ftn_controller::model::{NoServerAction, Protocol};
-use ftn_tests::frames::{
-    frame, tcp, ACK, BM, CM, FIN, G0, G1, PM, RST, SYN, XDP_PASS, XDP_REDIRECT,
-};
+use ftn_tests::frames::{frame, tcp, ACK, BM, CM, FIN, G0, G1, PM, RST, SYN, XDP_REDIRECT};
 
 use super::{case, m, with, Addrs, Case, Ingress, Op, B4, P4, PL};
 
@@ -82,12 +80,20 @@ fn failover(a: &Addrs) -> Vec<Case> {
             vec![Op::Server(P4, a.p4, false)],
         ),
         case(
-            "a moved flow's old reverse entry is gone: the dead primary's packet is not SNATed",
+            "the dead primary's late packet is still SNATed (the return path keeps no per-flow state; the client's stack judges it)",
             Fx1,
             frame(PM, G1, a.p4, a.c4, 64, tcp(80, 40000, 5001, 121, ACK), b""),
-            XDP_PASS,
-            None,
-            G::PassNoMatch,
+            XDP_REDIRECT,
+            Some(frame(
+                G0,
+                CM,
+                a.vip4,
+                a.c4,
+                63,
+                tcp(80, 40000, 5001, 121, ACK),
+                b"",
+            )),
+            G::Redirect,
         ),
         case(
             "the moved flow's replies from the backup are SNATed",
@@ -214,7 +220,7 @@ fn reset_and_idle(a: &Addrs) -> Vec<Case> {
                 G::Redirect,
             ),
             vec![Op::Resource(
-                m(a.vip4, Protocol::Tcp, 0),
+                m(a.vip4, Protocol::Tcp, 8080),
                 2,
                 Some(P4),
                 NoServerAction::Drop,

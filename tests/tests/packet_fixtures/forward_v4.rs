@@ -82,7 +82,7 @@ fn dnat(a: &Addrs) -> Vec<Case> {
             )
         },
         case(
-            "v4 TCP to another port hits the VIP's every-port resource (backup)",
+            "v4 TCP to another port hits that port's resource (on the backup)",
             Fx0,
             frame(CM, G0, a.c4, a.vip4, 64, tcp(40001, 8080, 1, 0, SYN), b""),
             XDP_REDIRECT,

@@ -204,7 +204,8 @@ fn unmatched(a: &Addrs) -> Vec<Case> {
     use GlobalCounter as G;
     use Ingress::*;
     vec![{
-        let quoted = frame(G1, PM, a.c4, a.p4, 63, udp(59999, 53), PL);
+        // UDP 54 is no resource's port: no flow, and no return entry for the quoted server.
+        let quoted = frame(G1, PM, a.c4, a.p4, 63, udp(59999, 54), PL);
         let input = frame(
             PM,
             G1,
@@ -217,7 +218,7 @@ fn unmatched(a: &Addrs) -> Vec<Case> {
             &ip_part(&quoted, 28),
         );
         case(
-            "ICMP error about an unknown flow is passed untouched",
+            "ICMP error about a packet of no flow and no resource is passed untouched",
             Fx1,
             input,
             XDP_PASS,

@@ -31,9 +31,9 @@ use ftn_common::{
     DataplaneConfig, FlowKey, FlowValue, GlobalCounter, FAMILY_V4, FLOW_FLAG_CLOSING, PROTO_TCP,
 };
 use ftn_controller::dataplane::{
-    AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ServerEntry,
+    AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ReturnTarget, ServerEntry,
 };
-use ftn_controller::model::{ip_words, NoServerAction, Protocol, ResourceMatch};
+use ftn_controller::model::{ip_words, NoServerAction, Protocol, ResourceMatch, ReturnMatch};
 use ftn_tests::frames::{action_name, verify_checksums, BM, CM, G0, G1, G2, PM, R0M, R1M, SCM, XM};
 use ftn_tests::{hex, require_root, xdp_md, Netns};
 
@@ -116,6 +116,8 @@ enum Ingress {
 enum Op {
     Server(u32, IpAddr, bool),
     Resource(ResourceMatch, u32, Option<u32>, NoServerAction),
+    /// A return entry: the server's (address, protocol, port) -> VIP, resource id, server id.
+    Return(ReturnMatch, IpAddr, u32, u32),
     Config(DataplaneConfig),
     /// Insert a flow entry of client -> VIP on `server`, last seen at time 1 ns (long idle).
     AgedFlow {
@@ -251,6 +253,16 @@ fn apply(dp: &mut AyaDataplane, op: &Op) {
                 },
             )
             .unwrap(),
+        Op::Return(mt, vip, rid, sid) => dp
+            .set_return(
+                mt,
+                &ReturnTarget {
+                    vip: *vip,
+                    resource_id: *rid,
+                    server_id: *sid,
+                },
+            )
+            .unwrap(),
         Op::Config(c) => dp.set_config(c).unwrap(),
         Op::AgedFlow {
             client,
@@ -297,22 +309,51 @@ fn provision(dp: &mut AyaDataplane, a: &Addrs) {
     let res = [
         (m(a.vip4, Tcp, 80), 0, Some(P4), Drop),
         (m(a.vip4, Udp, 53), 1, Some(P4), Drop),
-        (m(a.vip4, Tcp, 0), 2, Some(B4), Drop),
+        (m(a.vip4, Tcp, 8080), 2, Some(B4), Drop),
         (m(a.vip4, Icmp, 0), 3, Some(P4), Drop),
         (m(a.vip6, Tcp, 80), 4, Some(P6), Drop),
         (m(a.vip6, Udp, 53), 5, Some(P6), Drop),
         (m(a.vip6, Icmp, 0), 6, Some(P6), Drop),
         (m(a.vip4_dead, Tcp, 80), 7, None, Drop),
-        (m(a.vip4_rej, Tcp, 0), 8, None, Reject),
-        (m(a.vip4_rej, Udp, 0), 8, None, Reject),
+        (m(a.vip4_rej, Tcp, 443), 8, None, Reject),
+        (m(a.vip4_rej, Udp, 53), 8, None, Reject),
         (m(a.vip4_rej, Icmp, 0), 8, None, Reject),
-        (m(a.vip6_rej, Tcp, 0), 9, None, Reject),
-        (m(a.vip6_rej, Udp, 0), 9, None, Reject),
+        (m(a.vip6_rej, Tcp, 443), 9, None, Reject),
+        (m(a.vip6_rej, Udp, 53), 9, None, Reject),
         (m(a.vip4_u, Tcp, 80), 10, Some(U4), Drop),
         (m(a.vip4_x, Tcp, 80), 11, Some(X4), Drop),
     ];
     for (mt, rid, s, act) in res {
         apply(dp, &Op::Resource(mt, rid, s, act));
+    }
+    // The return table as the controller derives it: every server of each resource's list
+    // (primary and backup), on the resource's protocol and port, to its VIP.
+    let ret = |server: IpAddr, protocol: Protocol, port: u16| ReturnMatch {
+        server,
+        protocol,
+        port,
+    };
+    let returns = [
+        (ret(a.p4, Tcp, 80), a.vip4, 0, P4),
+        (ret(a.b4, Tcp, 80), a.vip4, 0, B4),
+        (ret(a.p4, Udp, 53), a.vip4, 1, P4),
+        (ret(a.b4, Udp, 53), a.vip4, 1, B4),
+        (ret(a.b4, Tcp, 8080), a.vip4, 2, B4),
+        (ret(a.p4, Icmp, 0), a.vip4, 3, P4),
+        (ret(a.b4, Icmp, 0), a.vip4, 3, B4),
+        (ret(a.p6, Tcp, 80), a.vip6, 4, P6),
+        (ret(a.b6, Tcp, 80), a.vip6, 4, B6),
+        (ret(a.p6, Udp, 53), a.vip6, 5, P6),
+        (ret(a.b6, Udp, 53), a.vip6, 5, B6),
+        (ret(a.p6, Icmp, 0), a.vip6, 6, P6),
+        (ret(a.b6, Icmp, 0), a.vip6, 6, B6),
+        (ret(a.p4, Tcp, 8443), a.vip4, 9, P4),
+        (ret(a.b4, Tcp, 8443), a.vip4, 9, B4),
+        (ret(a.u4, Tcp, 80), a.vip4_u, 10, U4),
+        (ret(a.x4, Tcp, 80), a.vip4_x, 11, X4),
+    ];
+    for (mt, vip, rid, sid) in returns {
+        apply(dp, &Op::Return(mt, vip, rid, sid));
     }
 }
 
@@ -451,10 +492,11 @@ fn check_counters(dp: &AyaDataplane, failures: &mut Vec<String>) {
     );
     check(
         // The client RST of case "a client RST is forwarded on its flow", and in tcp_state the
-        // client's in-window RST and the primary's RST; not the blind one.
-        g[GlobalCounter::FlowsReset as usize].1 == 3,
+        // client's in-window RST; not the blind one, nor the primary's (replies take the
+        // stateless return path and leave the flow table alone).
+        g[GlobalCounter::FlowsReset as usize].1 == 2,
         format!(
-            "flows_reset = {} (3 expected)",
+            "flows_reset = {} (2 expected)",
             g[GlobalCounter::FlowsReset as usize].1
         ),
     );
@@ -520,17 +562,25 @@ fn packet_fixtures() {
     if !rst_gone {
         failures.push("the RSTed flow 40001 -> B4 is still in the flow table".into());
     }
-    // An RST moves a flow to closing and keeps it (on its server): both RSTed flows of
-    // tcp_state are there, closing; the blind RST before did not re-pin the held one.
-    for (port, server) in [(tcp_state::HELD, B4), (tcp_state::SERVER_RESET, P4)] {
-        let flow = flows
+    // tcp_state's flows on VIP:8443, by client port: (server, closing).
+    let flow_8443 = |port: u16| {
+        flows
             .iter()
-            .find(|(k, _)| u16::from_be(k.client_port) == port && u16::from_be(k.vip_port) == 8443);
-        match flow {
-            Some((_, v)) if v.server_id == server && v.flags & FLOW_FLAG_CLOSING != 0 => {}
-            other => failures.push(format!(
-                "flow {port} -> 8443: {other:?} (closing, on server {server} expected)"
-            )),
+            .find(|(k, _)| u16::from_be(k.client_port) == port && u16::from_be(k.vip_port) == 8443)
+            .map(|(_, v)| (v.server_id, v.flags & FLOW_FLAG_CLOSING != 0))
+    };
+    // A client's RST moves a flow to closing and keeps it (on its server): the held flow is
+    // there, closing; the blind RST before did not re-pin it. The server's RST left its flow as
+    // it was (open, on the primary): the reply path does not read or write the flow table.
+    for (port, want) in [
+        (tcp_state::HELD, (B4, true)),
+        (tcp_state::SERVER_RESET, (P4, false)),
+    ] {
+        let got = flow_8443(port);
+        if got != Some(want) {
+            failures.push(format!(
+                "flow {port} -> 8443: (server, closing) {got:?}, {want:?} expected"
+            ));
         }
     }
     println!(

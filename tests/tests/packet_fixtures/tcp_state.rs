@@ -168,7 +168,7 @@ pub fn cases(a: &Addrs) -> Vec<Case> {
             false,
         ),
         case(
-            "the primary's RST is SNATed to the VIP and moves the flow to closing (kept)",
+            "the primary's RST is SNATed to the VIP (the reply path leaves the flow as it is)",
             Ingress::Fx1,
             frame(
                 PM,

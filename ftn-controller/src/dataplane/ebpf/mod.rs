@@ -34,14 +34,14 @@ use aya::{
 };
 use ftn_common::{
     map_names, FlowKey, FlowValue, NexthopKey, NexthopValue, PassiveState, ResourceKey,
-    ResourceValue, ReverseKey, ReverseValue, ServerValue, DEFAULT_FLOW_CAPACITY, PROGRAM_NAME,
+    ResourceValue, ReturnKey, ReturnValue, ServerValue, DEFAULT_FLOW_CAPACITY, PROGRAM_NAME,
 };
 
 use super::{
     check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, GlobalCounter,
-    ResourceAssignment, ResourceStats, ServerEntry, ServerStats,
+    ResourceAssignment, ResourceStats, ReturnTarget, ServerEntry, ServerStats,
 };
-use crate::model::{family, ResourceMatch, XdpAttachMode};
+use crate::model::{family, ResourceMatch, ReturnMatch, XdpAttachMode};
 
 /// Options of [`AyaDataplane::load`].
 #[derive(Clone, Debug)]
@@ -51,7 +51,7 @@ pub struct AyaOptions {
     pub mode: XdpAttachMode,
     /// Pin maps and links here; `None`: nothing pinned, everything goes away on drop.
     pub pin_dir: Option<PathBuf>,
-    /// Capacity of the flow and reverse tables.
+    /// Capacity of the flow table.
     pub flow_capacity: u32,
 }
 
@@ -86,7 +86,7 @@ pub struct AyaDataplane {
     global: PerCpuArray<MapData, u64>,
     devmap: DevMapHash<MapData>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
-    reverse: HashMap<MapData, ReverseKey, ReverseValue>,
+    returns: HashMap<MapData, ReturnKey, ReturnValue>,
     passive: Array<MapData, PassiveState>,
     /// The FIB answers the program caches; flushed when an interface is replaced (a cached
     /// answer names the old ifindex and MACs).
@@ -156,9 +156,7 @@ impl AyaDataplane {
     /// Loads the embedded program and its maps, attaches, and pins (see module docs).
     pub fn load(opts: &AyaOptions) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(map_names::FLOWS, opts.flow_capacity)
-            .map_max_entries(map_names::REVERSE, opts.flow_capacity);
+        loader.map_max_entries(map_names::FLOWS, opts.flow_capacity);
         let mut ebpf = loader
             .load(super::ebpf_object()?)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
@@ -198,7 +196,7 @@ impl AyaDataplane {
         let global = typed(take(map_names::GLOBAL_STATS)?, map_names::GLOBAL_STATS)?;
         let devmap = typed(take(map_names::DEVMAP)?, map_names::DEVMAP)?;
         let flows = typed(take(map_names::FLOWS)?, map_names::FLOWS)?;
-        let reverse = typed(take(map_names::REVERSE)?, map_names::REVERSE)?;
+        let returns = typed(take(map_names::RETURN)?, map_names::RETURN)?;
         let passive = typed(take(map_names::PASSIVE)?, map_names::PASSIVE)?;
         let events = Some(typed(take(map_names::EVENTS)?, map_names::EVENTS)?);
         // Pinned with the rest (an adopted dataplane keeps its cache); only flushed here.
@@ -213,7 +211,7 @@ impl AyaDataplane {
             global,
             devmap,
             flows,
-            reverse,
+            returns,
             passive,
             nexthop,
             events,
@@ -274,7 +272,7 @@ impl AyaDataplane {
             global: typed(open(map_names::GLOBAL_STATS)?, map_names::GLOBAL_STATS)?,
             devmap: typed(open(map_names::DEVMAP)?, map_names::DEVMAP)?,
             flows: typed(open(map_names::FLOWS)?, map_names::FLOWS)?,
-            reverse: typed(open(map_names::REVERSE)?, map_names::REVERSE)?,
+            returns: typed(open(map_names::RETURN)?, map_names::RETURN)?,
             passive: typed(open(map_names::PASSIVE)?, map_names::PASSIVE)?,
             nexthop: typed(open(map_names::NEXTHOP)?, map_names::NEXTHOP)?,
             events: Some(typed(open(map_names::EVENTS)?, map_names::EVENTS)?),
@@ -363,7 +361,7 @@ impl AyaDataplane {
             .map_err(map_err(map_names::FLOWS, "iterate"))
     }
 
-    /// Entries the flow table holds at most (its `max_entries`; the reverse table has the same).
+    /// Entries the flow table holds at most (its `max_entries`).
     pub fn flow_table_entries(&self) -> Result<u32, DataplaneError> {
         use aya::maps::IterableMap as _;
         let info = self
@@ -374,7 +372,7 @@ impl AyaDataplane {
         Ok(info.max_entries())
     }
 
-    /// Kernel memory of the flow and reverse tables, in bytes, as the kernel accounts it
+    /// Kernel memory of the flow table, in bytes, as the kernel accounts it
     /// (`memlock` in the maps' fdinfo).
     pub fn flow_table_memory(&self) -> Result<u64, DataplaneError> {
         use aya::maps::IterableMap as _;
@@ -389,15 +387,26 @@ impl AyaDataplane {
                     DataplaneError::Io(std::io::Error::other("no memlock line in the map's fdinfo"))
                 })
         };
-        Ok(memlock(self.flows.map())? + memlock(self.reverse.map())?)
+        memlock(self.flows.map())
     }
 
-    /// Every entry of the reverse table.
-    pub fn reverse_entries(&self) -> Result<Vec<(ReverseKey, ReverseValue)>, DataplaneError> {
-        self.reverse
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(map_names::REVERSE, "iterate"))
+    /// Every (server address, protocol, port) in the return table.
+    pub fn return_matches(&self) -> Result<Vec<ReturnMatch>, DataplaneError> {
+        let keys: Vec<ReturnKey> = self
+            .returns
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::RETURN, "iterate"))?;
+        Ok(keys.iter().filter_map(ReturnMatch::from_key).collect())
+    }
+
+    /// The return table's entry for a match, if any.
+    pub fn return_entry(&self, m: &ReturnMatch) -> Result<Option<ReturnValue>, DataplaneError> {
+        match self.returns.get(&m.to_key(), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(map_names::RETURN, "get")(e)),
+        }
     }
 
     /// Removes every flow (tests; an operator's "forget all flows").
@@ -409,14 +418,6 @@ impl AyaDataplane {
             .map_err(map_err(map_names::FLOWS, "iterate"))?;
         for k in keys {
             let _ = self.flows.remove(&k);
-        }
-        let keys: Vec<ReverseKey> = self
-            .reverse
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::REVERSE, "iterate"))?;
-        for k in keys {
-            let _ = self.reverse.remove(&k);
         }
         Ok(())
     }
@@ -531,6 +532,21 @@ impl Dataplane for AyaDataplane {
         match self.resources.remove(&m.to_key()) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(map_names::RESOURCES, "remove")(e)),
+        }
+    }
+
+    fn set_return(&mut self, m: &ReturnMatch, t: &ReturnTarget) -> Result<(), DataplaneError> {
+        check_resource_id(t.resource_id)?;
+        check_server_id(t.server_id)?;
+        self.returns
+            .insert(m.to_key(), t.to_value(), 0)
+            .map_err(map_err(map_names::RETURN, "insert"))
+    }
+
+    fn remove_return(&mut self, m: &ReturnMatch) -> Result<(), DataplaneError> {
+        match self.returns.remove(&m.to_key()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(map_names::RETURN, "remove")(e)),
         }
     }
 

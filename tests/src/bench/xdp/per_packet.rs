@@ -35,11 +35,11 @@
 //!   is at most 50,000 (fewer than 65,536 ports, far below the LRU's capacity): this is the
 //!   cost of inserting into a table that is not full (no LRU eviction). Passive health is on
 //!   (defaults), as in production: each SYN also updates the server's unanswered-SYN record.
-//! - *reply*: server → client TCP ACK of a known flow: reverse lookup, SNAT back to the VIP,
-//!   flow refresh, FIB, redirect.
+//! - *reply*: server → client TCP ACK: one `FTN_RETURN` lookup (no per-flow state), SNAT to the
+//!   VIP, next hop (cached), redirect.
 //! - *IPv6 established*: as *established*, over IPv6.
-//! - *pass*: IPv4 TCP to an address no resource has: parsed, resource lookups (exact port, then
-//!   every port) and reverse lookup all miss, `XDP_PASS`.
+//! - *pass*: IPv4 TCP to an address no resource has: parsed, the resource lookup and the return
+//!   lookup miss, `XDP_PASS`.
 //!
 //! The program runs inside a private network namespace with two veth interfaces and static
 //! neighbours (the `bpf_fib_lookup` answers are known and the program redirects, as in the
@@ -497,10 +497,34 @@ fn setup1() -> Result<(Netns, Bench1), String> {
         .map_err(dpe)?;
     dp.set_server(1, &server(P6.parse::<Ipv6Addr>().unwrap().into()))
         .map_err(dpe)?;
-    for (vip, rid, sid) in [
-        (std::net::IpAddr::from(Ipv4Addr::from(VIP4)), 0, 0),
-        (VIP6.parse::<Ipv6Addr>().unwrap().into(), 1, 1),
+    for (vip, rid, sid, saddr) in [
+        (
+            std::net::IpAddr::from(Ipv4Addr::from(VIP4)),
+            0,
+            0,
+            std::net::IpAddr::from(Ipv4Addr::from(P4)),
+        ),
+        (
+            VIP6.parse::<Ipv6Addr>().unwrap().into(),
+            1,
+            1,
+            P6.parse::<Ipv6Addr>().unwrap().into(),
+        ),
     ] {
+        // The return entry the controller derives for the resource's server.
+        dp.set_return(
+            &ftn_controller::model::ReturnMatch {
+                server: saddr,
+                protocol: Protocol::Tcp,
+                port: 80,
+            },
+            &ftn_controller::dataplane::ReturnTarget {
+                vip,
+                resource_id: rid,
+                server_id: sid,
+            },
+        )
+        .map_err(dpe)?;
         dp.set_resource(
             &ResourceMatch {
                 vip,
@@ -708,7 +732,7 @@ fn figures(
     let cases = [
         ("xdp_established_ns", Case::Established, repeat, "IPv4 TCP ACK, client -> VIP:80, flow in the table: DNAT + FIB + redirect (54-byte frame)"),
         ("xdp_new_flow_ns", Case::NewFlow, new_repeat, "IPv4 TCP SYN to VIP:80 from a new client port every run (the wrapper adds its run counter to the port and fixes the TCP checksum; resource new_flows counter checked = runs; flow tables emptied before each round, never full): flow + reverse insert, passive-health update, DNAT + FIB + redirect"),
-        ("xdp_reply_ns", Case::Reply, repeat, "server -> client TCP ACK of a known flow: reverse lookup, SNAT to the VIP, flow refresh, FIB, redirect"),
+        ("xdp_reply_ns", Case::Reply, repeat, "server -> client TCP ACK: one FTN_RETURN lookup (stateless), SNAT to the VIP, FIB, redirect"),
         ("xdp_ipv6_established_ns", Case::Ipv6, repeat, "IPv6 TCP ACK, client -> VIP:80, flow in the table: DNAT + FIB + redirect (74-byte frame)"),
         ("xdp_pass_ns", Case::Pass, repeat, "IPv4 TCP to an address no resource has: parse, resource and reverse lookups, XDP_PASS"),
     ];
