@@ -11,7 +11,10 @@ use super::{case, Addrs, Case, Ingress, PL};
 
 /// Cases 39-44.
 pub fn cases(a: &Addrs) -> Vec<Case> {
-    [v4, v6, unmatched].iter().flat_map(|f| f(a)).collect()
+    [v4, v6, unmatched, trailer_and_local]
+        .iter()
+        .flat_map(|f| f(a))
+        .collect()
 }
 
 /// ICMPv4 errors from the server side and to the VIP.
@@ -226,4 +229,58 @@ fn unmatched(a: &Addrs) -> Vec<Case> {
             G::PassIcmpUnmatched,
         )
     }]
+}
+
+/// Frames with an Ethernet trailer (padding after the IP datagram), and errors to the gateway
+/// itself.
+fn trailer_and_local(a: &Addrs) -> Vec<Case> {
+    use GlobalCounter as G;
+    use Ingress::*;
+    // The server answers a DNATed TCP segment with "port unreachable"; the quote (IP header +
+    // 8 bytes) ends before the quoted TCP checksum, and the frame carries 18 bytes of trailer
+    // where that checksum would be: only the IP length counts.
+    let trailer = [0xa5u8; 18];
+    // "Port unreachable" from `src` to `dst` quoting the first 28 bytes of `quoted`'s packet.
+    let unreachable = |(smac, dmac), src, dst, ttl, quoted: &[u8]| {
+        frame(
+            smac,
+            dmac,
+            src,
+            dst,
+            ttl,
+            L4::Icmpv4Err(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::Port,
+            )),
+            &ip_part(quoted, 28),
+        )
+    };
+    let quoted = frame(G1, PM, a.c4, a.p4, 63, tcp(40000, 80, 1, 0, ACK), b"");
+    let mut input = unreachable((PM, G1), a.p4, a.c4, 64, &quoted);
+    input.extend_from_slice(&trailer);
+    let quoted_vip = frame(G1, PM, a.c4, a.vip4, 63, tcp(40000, 80, 1, 0, ACK), b"");
+    let mut out = unreachable((G0, CM), a.vip4, a.c4, 63, &quoted_vip);
+    out.extend_from_slice(&trailer);
+    // The server's "port unreachable" about the gateway's own health-check probe: the quoted
+    // packet went from the gateway (198.18.2.1) to P4:80, a resource's server port.
+    let gw = "198.18.2.1".parse().unwrap();
+    let probe = frame(G1, PM, gw, a.p4, 64, tcp(45000, 80, 1, 0, SYN), b"");
+    let to_gw = unreachable((PM, G1), a.p4, gw, 64, &probe);
+    vec![
+        case(
+            "v4 error in a frame with an Ethernet trailer: translated, checksums over the IP length (trailer untouched)",
+            Fx1,
+            input,
+            XDP_REDIRECT,
+            Some(out),
+            G::Redirect,
+        ),
+        case(
+            "an error to the gateway itself about its own probe of a server port is passed untouched",
+            Fx1,
+            to_gw,
+            XDP_PASS,
+            None,
+            G::PassLocal,
+        ),
+    ]
 }

@@ -23,6 +23,7 @@ mod icmp_errors;
 mod passed;
 mod passive_health;
 mod tcp_state;
+mod mtu;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -65,6 +66,11 @@ struct Addrs {
     vip6: IpAddr,
     vip6_rej: IpAddr,
     other4: IpAddr,
+    /// Servers behind a smaller path MTU (routes `mtu lock 1300` / `mtu 1280`) and their VIPs.
+    m4: IpAddr,
+    m6: IpAddr,
+    vip4_m: IpAddr,
+    vip6_m: IpAddr,
 }
 
 fn addrs() -> Addrs {
@@ -89,6 +95,10 @@ fn addrs() -> Addrs {
         vip6: v6("2001:2:100::1"),
         vip6_rej: v6("2001:2:100::3"),
         other4: v4("198.18.2.77"),
+        m4: v4("198.18.2.60"),
+        m6: v6("2001:2:2::60"),
+        vip4_m: v4("198.18.100.6"),
+        vip6_m: v6("2001:2:100::6"),
     }
 }
 
@@ -99,6 +109,12 @@ const P6: u32 = 2;
 const B6: u32 = 3;
 const U4: u32 = 4;
 const X4: u32 = 5;
+const M4: u32 = 6;
+const M6: u32 = 7;
+
+/// MACs of the small-MTU servers.
+const MM4: [u8; 6] = [2, 0, 0, 0, 2, 0x60];
+const MM6: [u8; 6] = [2, 0, 0, 0, 2, 0x61];
 
 /// The payload of the cases' data segments and datagrams.
 const PL: &[u8] = b"hello ftn";
@@ -184,6 +200,7 @@ fn cases(a: &Addrs) -> Vec<Case> {
         icmp_errors::cases,
         passed::cases,
         tcp_state::cases,
+        mtu::cases,
     ]
     .iter()
     .flat_map(|f| f(a))
@@ -223,9 +240,26 @@ fn lab() -> Lab {
         ("2001:2:2::10", PM, "fx1"),
         ("2001:2:2::11", BM, "fx1"),
         ("198.18.3.10", XM, "fx2"),
+        ("198.18.2.60", MM4, "fx1"),
+        ("2001:2:2::60", MM6, "fx1"),
     ] {
         ns.neigh_permanent(ip, m, dev);
     }
+    // The small path MTUs. IPv4: a route's MTU, which a forwarding FIB lookup takes only when
+    // it is locked. IPv6: fx1's own MTU (the kernel's FIB lookup for BPF answered with the
+    // device's MTU for an IPv6 route with `mtu lock 1280`, on 6.18). Every other case's frames
+    // are far below both.
+    ns.ip(&["link", "set", "fx1", "mtu", "1400"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "198.18.2.60/32",
+        "dev",
+        "fx1",
+        "mtu",
+        "lock",
+        "1300",
+    ]);
     let (fx0, fx1) = (ns.ifindex("fx0").unwrap(), ns.ifindex("fx1").unwrap());
     Lab { ns, fx0, fx1 }
 }
@@ -303,6 +337,8 @@ fn provision(dp: &mut AyaDataplane, a: &Addrs) {
         (B6, a.b6),
         (U4, a.u4),
         (X4, a.x4),
+        (M4, a.m4),
+        (M6, a.m6),
     ] {
         apply(dp, &Op::Server(id, addr, true));
     }
@@ -322,6 +358,9 @@ fn provision(dp: &mut AyaDataplane, a: &Addrs) {
         (m(a.vip6_rej, Udp, 53), 9, None, Reject),
         (m(a.vip4_u, Tcp, 80), 10, Some(U4), Drop),
         (m(a.vip4_x, Tcp, 80), 11, Some(X4), Drop),
+        (m(a.vip4_m, Tcp, 80), 12, Some(M4), Drop),
+        (m(a.vip4_m, Udp, 53), 12, Some(M4), Drop),
+        (m(a.vip6_m, Tcp, 80), 13, Some(M6), Drop),
     ];
     for (mt, rid, s, act) in res {
         apply(dp, &Op::Resource(mt, rid, s, act));
@@ -351,6 +390,9 @@ fn provision(dp: &mut AyaDataplane, a: &Addrs) {
         (ret(a.b4, Tcp, 8443), a.vip4, 9, B4),
         (ret(a.u4, Tcp, 80), a.vip4_u, 10, U4),
         (ret(a.x4, Tcp, 80), a.vip4_x, 11, X4),
+        (ret(a.m4, Tcp, 80), a.vip4_m, 12, M4),
+        (ret(a.m4, Udp, 53), a.vip4_m, 12, M4),
+        (ret(a.m6, Tcp, 80), a.vip6_m, 13, M6),
     ];
     for (mt, vip, rid, sid) in returns {
         apply(dp, &Op::Return(mt, vip, rid, sid));
@@ -508,9 +550,10 @@ fn check_counters(dp: &AyaDataplane, failures: &mut Vec<String>) {
         ),
     );
     check(
-        g[GlobalCounter::IcmpErrorTranslated as usize].1 == 5,
+        // The five of icmp_errors' v4 and v6 cases and the one in a frame with a trailer.
+        g[GlobalCounter::IcmpErrorTranslated as usize].1 == 6,
         format!(
-            "icmp_error_translated = {} (5 expected)",
+            "icmp_error_translated = {} (6 expected)",
             g[GlobalCounter::IcmpErrorTranslated as usize].1
         ),
     );

@@ -1,5 +1,5 @@
-//! The IPv4 return path: a server's replies are SNATed back to the VIP; a server's packet
-//! without a flow is passed.
+//! The IPv4 return path: a server's packets are SNATed back to the VIP with no per-flow state;
+//! a server port that is no resource's, and packets to the gateway itself, are passed.
 
 use ftn_common::GlobalCounter;
 use ftn_tests::frames::{frame, tcp, udp, ACK, CM, G0, G1, L4, PM, SYN, XDP_PASS, XDP_REDIRECT};
@@ -74,6 +74,22 @@ pub fn cases(a: &Addrs) -> Vec<Case> {
                 b"",
             )),
             G::Redirect,
+        ),
+        case(
+            "a server's SYN-ACK to the gateway itself (its health check) is passed untouched, not SNATed",
+            Fx1,
+            frame(
+                PM,
+                G1,
+                a.p4,
+                "198.18.2.1".parse().unwrap(),
+                64,
+                tcp(80, 45000, 1, 2, SYN | ACK),
+                b"",
+            ),
+            XDP_PASS,
+            None,
+            G::PassLocal,
         ),
         case(
             "v4 packet from a server port that is no resource's is passed untouched",

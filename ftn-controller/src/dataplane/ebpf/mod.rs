@@ -390,6 +390,14 @@ impl AyaDataplane {
         memlock(self.flows.map())
     }
 
+    /// Every entry of the next-hop cache (tests, diagnostics).
+    pub fn nexthops(&self) -> Result<Vec<(NexthopKey, NexthopValue)>, DataplaneError> {
+        self.nexthop
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(map_names::NEXTHOP, "iterate"))
+    }
+
     /// Every (server address, protocol, port) in the return table.
     pub fn return_matches(&self) -> Result<Vec<ReturnMatch>, DataplaneError> {
         let keys: Vec<ReturnKey> = self
