@@ -22,6 +22,11 @@ pub mod map_names {
     pub const SERVERS: &str = "FTN_SERVERS";
     /// `LruHashMap<FlowKey, FlowValue>`: client-side 5-tuple -> server the flow is on.
     pub const FLOWS: &str = "FTN_FLOWS";
+    /// `LruHashMap<FlowKey, FlowValue>` with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): flows
+    /// that have sent one packet (a TCP SYN, a first datagram). Their second packet (for TCP the
+    /// handshake's ACK) moves them to [`FLOWS`]: a flood of new or spoofed flows fills this
+    /// table, never the one the established flows are in.
+    pub const PENDING: &str = "FTN_PENDING";
     /// `HashMap<ReturnKey, ReturnValue>`: (server address, port, protocol) -> the VIP its
     /// replies are SNATed to. Written by the controller from the configuration, never evicted:
     /// the return path keeps no per-flow state, so any gateway translates any reply.
@@ -45,10 +50,11 @@ pub mod map_names {
     pub const NEXTHOP: &str = "FTN_NEXTHOP";
 
     /// Every map of the object, for checks and pinning.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         RESOURCES,
         SERVERS,
         FLOWS,
+        PENDING,
         RETURN,
         CONFIG,
         RESOURCE_STATS,
@@ -71,6 +77,10 @@ pub const MAX_SERVERS: u32 = 16_384;
 pub const MAX_RETURN_KEYS: u32 = 262_144;
 /// Default capacity of the flow table (the controller may change it at load).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 262_144;
+/// Default capacity of the pending table (the controller may change it at load).
+pub const DEFAULT_PENDING_CAPACITY: u32 = 65_536;
+/// `BPF_F_NO_COMMON_LRU`: an LRU map with one LRU list per CPU.
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 /// Capacity of the devmap (interfaces the program may redirect to).
 pub const MAX_INTERFACES: u32 = 64;
 
@@ -454,10 +464,12 @@ pub enum GlobalCounter {
     /// Larger than the egress path's MTU, IPv4 without DF: rewritten and passed for the kernel
     /// to fragment.
     PassFragmentable,
+    /// Flows moved from the pending table to the flow table (their second packet).
+    FlowsPromoted,
 }
 
 /// Number of [`GlobalCounter`] slots.
-pub const GLOBAL_COUNTERS: u32 = GlobalCounter::PassFragmentable as u32 + 1;
+pub const GLOBAL_COUNTERS: u32 = GlobalCounter::FlowsPromoted as u32 + 1;
 
 impl GlobalCounter {
     /// Every counter, in index order (for the controller's exporters and the tests).
@@ -485,6 +497,7 @@ impl GlobalCounter {
         Self::PassLocal,
         Self::IcmpTooBig,
         Self::PassFragmentable,
+        Self::FlowsPromoted,
     ];
 
     /// Stable snake_case name (metrics label).
@@ -513,6 +526,7 @@ impl GlobalCounter {
             Self::PassLocal => "pass_local",
             Self::IcmpTooBig => "icmp_too_big",
             Self::PassFragmentable => "pass_fragmentable",
+            Self::FlowsPromoted => "flows_promoted",
         }
     }
 }

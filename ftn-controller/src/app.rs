@@ -300,6 +300,7 @@ fn load_dataplane(config: &Config) -> anyhow::Result<Loaded> {
         mode: config.gateway.xdp_mode,
         pin_dir: Some(config.gateway.pin_dir.clone()),
         flow_capacity: config.gateway.flow_table,
+        pending_capacity: config.gateway.pending_table,
     };
     let mut dp = AyaDataplane::open(&opts).with_context(|| {
         format!(

@@ -21,7 +21,7 @@ use ftn_common::{
 };
 
 use crate::{
-    maps::{self, count, Env, FTN_FLOWS},
+    maps::{self, count, Env, FTN_FLOWS, FTN_PENDING},
     parse::{Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -122,46 +122,59 @@ fn select_checked(
     cfg: &DataplaneConfig,
 ) -> Option<Chosen> {
     let key = flow_key(pkt);
+    let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let mut moved_from = NO_SERVER;
-    if let Some(f) = FTN_FLOWS.get_ptr_mut(key) {
-        // SAFETY: pointer from a successful lookup; the LRU entry stays valid during the
-        // program run (RCU). Fields are read one by one: no copy of the entry on the stack.
-        let (last_seen, server_id, flags, last_seq) = unsafe {
-            (
-                (*f).last_seen_ns,
-                (*f).server_id,
-                (*f).flags,
-                (*f).client_seq,
-            )
-        };
-        let expired = now.saturating_sub(last_seen) > idle_limit(cfg, pkt.proto, flags);
-        // A new connection on a 5-tuple that has a flow: the old one is closing, or it is on
-        // another server than the resource's current one (a SYN the client gave up on).
-        let restart = pkt.proto == PROTO_TCP
-            && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && (flags & FLOW_FLAG_CLOSING != 0 || server_id != res.server_id);
-        if let Some(s) = maps::server(server_id) {
-            if !expired && !restart && s.state == SERVER_UP {
-                let closing = closing_flag(pkt, seq, Some(last_seq));
-                // SAFETY: as above.
-                unsafe {
-                    (*f).last_seen_ns = now;
-                    (*f).flags = flags | closing;
-                    if pkt.tcp_flags & TCP_RST == 0 {
-                        (*f).client_seq = seq;
+    // A new connection (a SYN without ACK) never looks at the flow table: it goes to the
+    // resource's current server, and its state to the pending table.
+    if !syn {
+        if let Some(f) = FTN_FLOWS.get_ptr_mut(key) {
+            // SAFETY: pointer from a successful lookup; the LRU entry stays valid during the
+            // program run (RCU). Fields are read one by one: no copy of the entry.
+            let (last_seen, server_id, flags, last_seq) = unsafe {
+                (
+                    (*f).last_seen_ns,
+                    (*f).server_id,
+                    (*f).flags,
+                    (*f).client_seq,
+                )
+            };
+            let expired = now.saturating_sub(last_seen) > idle_limit(cfg, pkt.proto, flags);
+            // A closing flow whose 5-tuple started a new handshake since: the new one wins.
+            let superseded = flags & FLOW_FLAG_CLOSING != 0 && FTN_PENDING.get_ptr(key).is_some();
+            if let Some(s) = maps::server(server_id) {
+                if !expired && !superseded && s.state == SERVER_UP {
+                    let closing = closing_flag(pkt, seq, Some(last_seq));
+                    // SAFETY: as above.
+                    unsafe {
+                        (*f).last_seen_ns = now;
+                        (*f).flags = flags | closing;
+                        if pkt.tcp_flags & TCP_RST == 0 {
+                            (*f).client_seq = seq;
+                        }
                     }
+                    return Some(Chosen {
+                        server_id,
+                        addr: s.addr,
+                        new_flow: false,
+                        moved_from: NO_SERVER,
+                    });
                 }
-                return Some(Chosen {
-                    server_id,
-                    addr: s.addr,
-                    new_flow: false,
-                    moved_from: NO_SERVER,
-                });
+                if !expired && !superseded {
+                    // Its server is down: the established flow moves to the resource's current
+                    // server (and stays in the flow table).
+                    moved_from = server_id;
+                }
             }
-            if !expired && !restart {
-                // Its server is down: the flow moves to the resource's current server.
-                moved_from = server_id;
+        }
+        if moved_from == NO_SERVER {
+            if let Some(c) = promote(pkt, seq, &key, now, cfg, &mut moved_from) {
+                return Some(c);
             }
+        }
+    }
+    if syn {
+        if let Some(c) = syn_again(seq, &key, now, cfg) {
+            return Some(c);
         }
     }
     if res.server_id == NO_SERVER {
@@ -181,14 +194,90 @@ fn select_checked(
     };
     // Insert failures (map full is impossible for LRU; -ENOMEM under pressure) only cost the
     // flow its stickiness: the packet is still forwarded to the current server.
-    let _ = FTN_FLOWS.insert(key, fv, 0);
     if moved_from != NO_SERVER {
         count(GlobalCounter::FlowsMoved);
+        let _ = FTN_FLOWS.insert(key, fv, 0);
+    } else {
+        let _ = FTN_PENDING.insert(key, fv, 0);
     }
     Some(Chosen {
         server_id: res.server_id,
         addr: s.addr,
-        new_flow: true,
+        new_flow: moved_from == NO_SERVER,
         moved_from,
+    })
+}
+
+/// A retransmission of a pending SYN (same sequence number, its server still up): it goes
+/// where the first one went and is no new flow. `None` otherwise.
+#[inline(always)]
+fn syn_again(seq: u32, key: &FlowKey, now: u64, cfg: &DataplaneConfig) -> Option<Chosen> {
+    let p = FTN_PENDING.get_ptr_mut(key)?;
+    // SAFETY: pointer from a successful lookup (RCU-protected during the run).
+    let (last_seen, server_id, last_seq) =
+        unsafe { ((*p).last_seen_ns, (*p).server_id, (*p).client_seq) };
+    if last_seq != seq || now.saturating_sub(last_seen) > cfg.tcp_idle_ns {
+        return None;
+    }
+    let s = maps::server(server_id)?;
+    if s.state != SERVER_UP {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { (*p).last_seen_ns = now };
+    Some(Chosen {
+        server_id,
+        addr: s.addr,
+        new_flow: false,
+        moved_from: NO_SERVER,
+    })
+}
+
+/// The second packet of a pending flow (for TCP the handshake's ACK): the flow moves to the
+/// flow table, on the server its first packet went to. An RST instead ends it (honoured as a
+/// new flow's: the pending entry goes). `None`: no live pending flow; `moved_from` is set
+/// when there was one but its server is down (the caller puts the flow on the current server,
+/// in the flow table).
+#[inline(always)]
+fn promote(
+    pkt: &Pkt,
+    seq: u32,
+    key: &FlowKey,
+    now: u64,
+    cfg: &DataplaneConfig,
+    moved_from: &mut u32,
+) -> Option<Chosen> {
+    let p = FTN_PENDING.get_ptr(key)?;
+    // SAFETY: pointer from a successful lookup (RCU-protected during the run); copied at once.
+    let pv = unsafe { *p };
+    if now.saturating_sub(pv.last_seen_ns) > idle_limit(cfg, pkt.proto, pv.flags) {
+        return None;
+    }
+    let s = maps::server(pv.server_id)?;
+    if s.state != SERVER_UP {
+        let _ = FTN_PENDING.remove(key);
+        *moved_from = pv.server_id;
+        return None;
+    }
+    if pkt.tcp_flags & TCP_RST != 0 {
+        count(GlobalCounter::FlowsReset);
+        let _ = FTN_PENDING.remove(key);
+    } else {
+        let fv = FlowValue {
+            last_seen_ns: now,
+            server_id: pv.server_id,
+            resource_id: pv.resource_id,
+            flags: closing_flag(pkt, seq, None),
+            client_seq: seq,
+        };
+        let _ = FTN_FLOWS.insert(key, fv, 0);
+        let _ = FTN_PENDING.remove(key);
+        count(GlobalCounter::FlowsPromoted);
+    }
+    Some(Chosen {
+        server_id: pv.server_id,
+        addr: s.addr,
+        new_flow: false,
+        moved_from: NO_SERVER,
     })
 }

@@ -18,7 +18,7 @@ use ftn_common::{FlowKey, GlobalCounter, PROTO_TCP, PROTO_UDP};
 use crate::{
     csum,
     fwd::{is_local, ROUTED_FROM, ROUTED_TO},
-    maps::{self, count, srv_stats, sub, FTN_FLOWS},
+    maps::{self, count, srv_stats, sub, FTN_FLOWS, FTN_PENDING},
     parse::{read, write, Pkt, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_CSUM_OFF, UDP_CSUM_OFF},
 };
 
@@ -115,8 +115,9 @@ fn translate_error_checked(ctx: &XdpContext, pkt: &Pkt, route: &mut [u32; 4]) ->
             family: pkt.family,
             _pad: [0; 2],
         };
-        // SAFETY: the entry stays valid for the program run (RCU).
-        if let Some(f) = unsafe { FTN_FLOWS.get(key) } {
+        // SAFETY: the entries stay valid for the program run (RCU).
+        let flow = unsafe { FTN_FLOWS.get(key).or_else(|| FTN_PENDING.get(key)) };
+        if let Some(f) = flow {
             let server_id = f.server_id;
             let Some(srv) = maps::server(server_id) else {
                 return unmatched();

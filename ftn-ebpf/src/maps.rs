@@ -11,8 +11,9 @@ use aya_ebpf::{
 use ftn_common::{
     DataplaneConfig, FlowKey, FlowValue, GlobalCounter, NexthopKey, NexthopValue, PassiveState,
     ResourceKey, ResourceStats, ResourceValue, ReturnKey, ReturnValue, ServerStats, ServerValue,
-    DEFAULT_FLOW_CAPACITY, EVENTS_BYTES, GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES,
-    MAX_RESOURCE_KEYS, MAX_RETURN_KEYS, MAX_SERVERS, NEXTHOP_CAPACITY,
+    BPF_F_NO_COMMON_LRU, DEFAULT_FLOW_CAPACITY, DEFAULT_PENDING_CAPACITY, EVENTS_BYTES,
+    GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_RETURN_KEYS,
+    MAX_SERVERS, NEXTHOP_CAPACITY,
 };
 
 use crate::parse::Pkt;
@@ -27,6 +28,10 @@ pub static FTN_SERVERS: Array<ServerValue> = Array::with_max_entries(MAX_SERVERS
 #[map]
 pub static FTN_FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+#[map]
+pub static FTN_PENDING: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_PENDING_CAPACITY, BPF_F_NO_COMMON_LRU);
 
 #[map]
 pub static FTN_RETURN: HashMap<ReturnKey, ReturnValue> =

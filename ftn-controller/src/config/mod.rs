@@ -54,8 +54,9 @@ pub const DEFAULT_UDP_SEND: &[u8] = b"ping";
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 /// Upper bounds of the other durations: a value beyond them is a typo (`5000000000h`), and one
 /// that large would overflow the dataplane's nanosecond clocks or never come.
-/// `[gateway] flow_table`: the smallest table worth having, and the largest (16 Mi entries:
-/// 4 GiB of kernel memory for the two tables at the measured 256 bytes per entry, CONFIG.md).
+/// `[gateway] flow_table` and `pending_table`: the smallest table worth having, and the
+/// largest (16 Mi entries: 2 GiB of kernel memory at the measured 128 bytes per entry,
+/// CONFIG.md).
 pub const MIN_FLOW_TABLE: u32 = 1024;
 pub const MAX_FLOW_TABLE: u32 = 16 * 1024 * 1024;
 /// `failback = "hold"`'s `hold` and a resource's `drain`: one week.
@@ -112,6 +113,8 @@ pub struct GatewayConfig {
     pub pin_dir: PathBuf,
     /// Entries of the flow table (fixed when the dataplane is loaded).
     pub flow_table: u32,
+    /// Entries of the pending table: flows that sent one packet (fixed when loaded).
+    pub pending_table: u32,
 }
 
 /// `[api]`.

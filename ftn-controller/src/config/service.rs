@@ -125,7 +125,14 @@ pub(super) fn read_array_of_tables<'a>(ctx: &mut Ctx, root: &Table<'a>, name: &s
 pub(super) fn read_gateway(ctx: &mut Ctx, t: &Table) -> GatewayConfig {
     t.deny_unknown(
         ctx,
-        &["name", "interfaces", "xdp_mode", "pin_dir", "flow_table"],
+        &[
+            "name",
+            "interfaces",
+            "xdp_mode",
+            "pin_dir",
+            "flow_table",
+            "pending_table",
+        ],
     );
     let mut name = default_gateway_name();
     if let Some(item) = t.get("name") {
@@ -192,24 +199,28 @@ pub(super) fn read_gateway(ctx: &mut Ctx, t: &Table) -> GatewayConfig {
         .get("pin_dir")
         .and_then(|item| want_abs_path(ctx, item, &t.field("pin_dir")))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
-    let flow_table = t
-        .get("flow_table")
-        .and_then(|item| {
-            want_range(
-                ctx,
-                item,
-                &t.field("flow_table"),
-                i64::from(MIN_FLOW_TABLE),
-                i64::from(MAX_FLOW_TABLE),
-            )
-        })
-        .map_or(ftn_common::DEFAULT_FLOW_CAPACITY, |n| n as u32);
+    let table = |ctx: &mut Ctx, key: &str, default: u32| {
+        t.get(key)
+            .and_then(|item| {
+                want_range(
+                    ctx,
+                    item,
+                    &t.field(key),
+                    i64::from(MIN_FLOW_TABLE),
+                    i64::from(MAX_FLOW_TABLE),
+                )
+            })
+            .map_or(default, |n| n as u32)
+    };
+    let flow_table = table(ctx, "flow_table", ftn_common::DEFAULT_FLOW_CAPACITY);
+    let pending_table = table(ctx, "pending_table", ftn_common::DEFAULT_PENDING_CAPACITY);
     GatewayConfig {
         name,
         interfaces,
         xdp_mode,
         pin_dir,
         flow_table,
+        pending_table,
     }
 }
 

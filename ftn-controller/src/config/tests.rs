@@ -54,6 +54,7 @@ interfaces = ["eth0", "eth1"]
 xdp_mode = "native"
 pin_dir = "/sys/fs/bpf/ftn-test"
 flow_table = 65536
+pending_table = 4096
 
 [api]
 listen = "[::1]:9000"
@@ -148,6 +149,7 @@ fn full_example_parses_with_values_and_defaults() {
             xdp_mode: XdpAttachMode::Native,
             pin_dir: "/sys/fs/bpf/ftn-test".into(),
             flow_table: 65536,
+            pending_table: 4096,
         }
     );
     assert_eq!(c.api.listen, "[::1]:9000".parse().unwrap());
@@ -1389,6 +1391,21 @@ fn dist_example_parses() {
         };
         assert!(ok, "{ip} is outside 198.18.0.0/15 and 2001:2::/48");
     }
+}
+
+#[test]
+fn pending_table_size_is_bounded_and_defaults() {
+    let c = ok(&with_gateway(""));
+    assert_eq!(
+        c.gateway.pending_table,
+        ftn_common::DEFAULT_PENDING_CAPACITY
+    );
+    let e = err("[gateway]\ninterfaces = [\"eth0\"]\npending_table = 100\n").to_string();
+    assert!(
+        e.contains(&format!("{PATH}:3:17: gateway.pending_table:"))
+            && e.contains("must be between 1024 and 16777216, got 100"),
+        "{e}"
+    );
 }
 
 #[test]

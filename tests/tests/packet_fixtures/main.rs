@@ -24,6 +24,7 @@ mod passed;
 mod passive_health;
 mod tcp_state;
 mod mtu;
+mod pending;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -71,6 +72,8 @@ struct Addrs {
     m6: IpAddr,
     vip4_m: IpAddr,
     vip6_m: IpAddr,
+    /// The pending-table cases' VIP.
+    vip4_p: IpAddr,
 }
 
 fn addrs() -> Addrs {
@@ -99,6 +102,7 @@ fn addrs() -> Addrs {
         m6: v6("2001:2:2::60"),
         vip4_m: v4("198.18.100.6"),
         vip6_m: v6("2001:2:100::6"),
+        vip4_p: v4("198.18.100.7"),
     }
 }
 
@@ -201,6 +205,7 @@ fn cases(a: &Addrs) -> Vec<Case> {
         passed::cases,
         tcp_state::cases,
         mtu::cases,
+        pending::cases,
     ]
     .iter()
     .flat_map(|f| f(a))
@@ -605,10 +610,13 @@ fn packet_fixtures() {
     if !rst_gone {
         failures.push("the RSTed flow 40001 -> B4 is still in the flow table".into());
     }
-    // tcp_state's flows on VIP:8443, by client port: (server, closing).
+    // tcp_state's flows on VIP:8443, by client port: (server, closing), in the flow table or
+    // the pending one (a flow that sent one packet).
+    let pending = dp.pending_flows().unwrap();
     let flow_8443 = |port: u16| {
         flows
             .iter()
+            .chain(pending.iter())
             .find(|(k, _)| u16::from_be(k.client_port) == port && u16::from_be(k.vip_port) == 8443)
             .map(|(_, v)| (v.server_id, v.flags & FLOW_FLAG_CLOSING != 0))
     };

@@ -34,7 +34,8 @@ use aya::{
 };
 use ftn_common::{
     map_names, FlowKey, FlowValue, NexthopKey, NexthopValue, PassiveState, ResourceKey,
-    ResourceValue, ReturnKey, ReturnValue, ServerValue, DEFAULT_FLOW_CAPACITY, PROGRAM_NAME,
+    ResourceValue, ReturnKey, ReturnValue, ServerValue, DEFAULT_FLOW_CAPACITY,
+    DEFAULT_PENDING_CAPACITY, PROGRAM_NAME,
 };
 
 use super::{
@@ -53,6 +54,8 @@ pub struct AyaOptions {
     pub pin_dir: Option<PathBuf>,
     /// Capacity of the flow table.
     pub flow_capacity: u32,
+    /// Capacity of the pending table (flows that sent one packet).
+    pub pending_capacity: u32,
 }
 
 impl Default for AyaOptions {
@@ -62,6 +65,7 @@ impl Default for AyaOptions {
             mode: XdpAttachMode::Auto,
             pin_dir: None,
             flow_capacity: DEFAULT_FLOW_CAPACITY,
+            pending_capacity: DEFAULT_PENDING_CAPACITY,
         }
     }
 }
@@ -87,6 +91,7 @@ pub struct AyaDataplane {
     devmap: DevMapHash<MapData>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     returns: HashMap<MapData, ReturnKey, ReturnValue>,
+    pending: HashMap<MapData, FlowKey, FlowValue>,
     passive: Array<MapData, PassiveState>,
     /// The FIB answers the program caches; flushed when an interface is replaced (a cached
     /// answer names the old ifindex and MACs).
@@ -156,7 +161,9 @@ impl AyaDataplane {
     /// Loads the embedded program and its maps, attaches, and pins (see module docs).
     pub fn load(opts: &AyaOptions) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map_names::FLOWS, opts.flow_capacity);
+        loader
+            .map_max_entries(map_names::FLOWS, opts.flow_capacity)
+            .map_max_entries(map_names::PENDING, opts.pending_capacity);
         let mut ebpf = loader
             .load(super::ebpf_object()?)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
@@ -197,6 +204,7 @@ impl AyaDataplane {
         let devmap = typed(take(map_names::DEVMAP)?, map_names::DEVMAP)?;
         let flows = typed(take(map_names::FLOWS)?, map_names::FLOWS)?;
         let returns = typed(take(map_names::RETURN)?, map_names::RETURN)?;
+        let pending = typed(take(map_names::PENDING)?, map_names::PENDING)?;
         let passive = typed(take(map_names::PASSIVE)?, map_names::PASSIVE)?;
         let events = Some(typed(take(map_names::EVENTS)?, map_names::EVENTS)?);
         // Pinned with the rest (an adopted dataplane keeps its cache); only flushed here.
@@ -212,6 +220,7 @@ impl AyaDataplane {
             devmap,
             flows,
             returns,
+            pending,
             passive,
             nexthop,
             events,
@@ -273,6 +282,7 @@ impl AyaDataplane {
             devmap: typed(open(map_names::DEVMAP)?, map_names::DEVMAP)?,
             flows: typed(open(map_names::FLOWS)?, map_names::FLOWS)?,
             returns: typed(open(map_names::RETURN)?, map_names::RETURN)?,
+            pending: typed(open(map_names::PENDING)?, map_names::PENDING)?,
             passive: typed(open(map_names::PASSIVE)?, map_names::PASSIVE)?,
             nexthop: typed(open(map_names::NEXTHOP)?, map_names::NEXTHOP)?,
             events: Some(typed(open(map_names::EVENTS)?, map_names::EVENTS)?),
@@ -361,6 +371,14 @@ impl AyaDataplane {
             .map_err(map_err(map_names::FLOWS, "iterate"))
     }
 
+    /// Every entry of the pending table (flows that sent one packet).
+    pub fn pending_flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
+        self.pending
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(map_names::PENDING, "iterate"))
+    }
+
     /// Entries the flow table holds at most (its `max_entries`).
     pub fn flow_table_entries(&self) -> Result<u32, DataplaneError> {
         use aya::maps::IterableMap as _;
@@ -426,6 +444,14 @@ impl AyaDataplane {
             .map_err(map_err(map_names::FLOWS, "iterate"))?;
         for k in keys {
             let _ = self.flows.remove(&k);
+        }
+        let keys: Vec<FlowKey> = self
+            .pending
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::PENDING, "iterate"))?;
+        for k in keys {
+            let _ = self.pending.remove(&k);
         }
         Ok(())
     }
