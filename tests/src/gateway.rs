@@ -36,6 +36,8 @@ pub struct Options {
     pub primary_pass: bool,
     /// `ftn run`'s open-file limit (soft and hard), as the unit's `LimitNOFILE=`.
     pub nofile: Option<u64>,
+    /// Lines added to the config's `[gateway]` table.
+    pub gateway: &'static str,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
         Options {
             primary_pass: true,
             nofile: None,
+            gateway: "",
         }
     }
 }
@@ -74,7 +77,10 @@ impl Lab {
         let backup = Some(Service::start(&t.backup, "backup"));
         let mut ftn = Ftn::new(&t.gateway);
         ftn.nofile = opts.nofile;
-        ftn.write_config(&ftn.standard_config(&timing.check_options(), extra));
+        let config = ftn
+            .standard_config(&timing.check_options(), extra)
+            .replacen("\n[api]", &format!("{}\n[api]", opts.gateway), 1);
+        ftn.write_config(&config);
         ftn.start();
         Lab {
             timing,

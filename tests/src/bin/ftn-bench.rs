@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: measures the dataplane, failover and the controller's scale, each beside
 //! a baseline measured in the same run, prints a table and optionally writes a flat JSON object.
 //!
-//! Usage: `ftn-bench [--quick] [--json PATH] [--only xdp,failover,scale,cluster]` (as root).
+//! Usage: `ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,scale,cluster]` (as root).
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -22,6 +22,7 @@ const KEYS: &[(&str, Option<Target>)] = &[
     ("xdp_ratio_reply", Some(Target::AtMost(2.5))),
     ("xdp_ratio_pass", Some(Target::AtMost(2.0))),
     ("xdp_ratio_ipv6", Some(Target::AtMost(1.15))),
+    ("flood_established_survived", Some(Target::AtLeast(20.0))),
     ("pps_ftn", None),
     ("pps_nftables", None),
     ("pps_routing", None),
@@ -64,7 +65,7 @@ impl Target {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: ftn-bench [--quick] [--json PATH] [--only xdp,failover,scale,cluster]");
+    eprintln!("usage: ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,scale,cluster]");
     std::process::exit(2);
 }
 
@@ -109,8 +110,9 @@ fn main() {
     let t0 = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
     type Part = (&'static str, fn(Size) -> Vec<Figure>);
-    let parts: [Part; 4] = [
+    let parts: [Part; 5] = [
         ("xdp", bench::xdp::run),
+        ("flood", bench::xdp::flood::run),
         ("failover", bench::failover::run),
         ("scale", bench::scale::run),
         ("cluster", bench::cluster::run),

@@ -85,7 +85,7 @@ const VIP_TEXT: &str = "198.18.100.1";
 const SERVER_TEXT: &str = "198.18.2.10";
 const UDP_PORT: u16 = 5353;
 const PAYLOAD: usize = 64;
-const GEN_BATCH: u32 = 64;
+pub(super) const GEN_BATCH: u32 = 64;
 /// Frames of the generator's calibration call.
 const GEN_CALIBRATE: u32 = 65_536;
 /// The sink's counter is read this often during a run.
@@ -424,13 +424,13 @@ extern "C" fn on_stop_signal(_: libc::c_int) {}
 
 /// A no-op handler for [`STOP_SIGNAL`] (so that the signal only interrupts the generator's
 /// system call); the previous handler comes back on drop.
-struct StopSignal {
+pub(super) struct StopSignal {
     previous: libc::sigaction,
 }
 
-const STOP_SIGNAL: libc::c_int = libc::SIGUSR2;
+pub(super) const STOP_SIGNAL: libc::c_int = libc::SIGUSR2;
 
-fn install_stop_signal() -> Result<StopSignal, String> {
+pub(super) fn install_stop_signal() -> Result<StopSignal, String> {
     // SAFETY: plain C structs; the handler does nothing (async-signal-safe).
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();

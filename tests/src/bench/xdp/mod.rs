@@ -7,6 +7,7 @@
 
 mod per_packet;
 mod forwarding;
+pub mod flood;
 
 use std::error::Error;
 
@@ -22,7 +23,7 @@ pub fn run(size: Size) -> Vec<Figure> {
 }
 
 /// An error with its chain of sources, on one line.
-fn chain(e: &dyn Error) -> String {
+pub(super) fn chain(e: &dyn Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -45,7 +46,10 @@ fn short(text: &str) -> String {
         lines[lines.len() - 3..].join(" / ")
     )
 }
-fn bench_frame(frame: &[u8], vary_port: Option<(u32, u32)>) -> Result<BenchFrame, String> {
+pub(super) fn bench_frame(
+    frame: &[u8],
+    vary_port: Option<(u32, u32)>,
+) -> Result<BenchFrame, String> {
     if frame.len() < 14 || frame.len() > FRAME_MAX {
         return Err(format!("frame of {} bytes (14..={FRAME_MAX})", frame.len()));
     }
@@ -63,14 +67,14 @@ fn bench_frame(frame: &[u8], vary_port: Option<(u32, u32)>) -> Result<BenchFrame
 /// Loads the bench programs' own object (`ftn-bench-ebpf`: wrapper, nop, floor, generator,
 /// sink and their small maps); the dataplane's object is loaded by `AyaDataplane` as a gateway
 /// loads it.
-fn load_bench_object() -> Result<Ebpf, String> {
+pub(super) fn load_bench_object() -> Result<Ebpf, String> {
     let object = ftn_controller::dataplane::bench_object().map_err(|e| e.to_string())?;
     aya::EbpfLoader::new()
         .load(object)
         .map_err(|e| format!("load the bench eBPF object: {}", chain(&e)))
 }
 
-fn load_prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> {
+pub(super) fn load_prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> {
     let prog: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or_else(|| format!("program {name} is not in the object"))?
@@ -84,13 +88,13 @@ fn load_prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> 
     Ok(prog)
 }
 
-fn prog_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp, String> {
+pub(super) fn prog_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp, String> {
     ebpf.program(name)
         .ok_or_else(|| format!("program {name} is not in the object"))?
         .try_into()
         .map_err(|e| format!("{name} is not XDP: {e}"))
 }
-fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, String>
+pub(super) fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, String>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
