@@ -28,7 +28,7 @@ use crate::{
     csum,
     maps::{count, sub, Env, FTN_DEVMAP, FTN_NEXTHOP},
     nat::{rewrite_addr, Which},
-    parse::{read, write, Pkt, ETH_LEN},
+    parse::{read, write, Pkt, Raw, ETH_LEN},
 };
 
 /// [`send`]'s `mode`: rewrite the destination to `addr` and route to it (client -> server).
@@ -65,7 +65,8 @@ const IP_DF: u16 = 0x4000;
 /// A subprogram of its own (not inlined): its FIB parameters (64 bytes) and cache key live in
 /// their own stack frame, not in the callers'.
 #[inline(never)]
-pub fn send(ctx: &XdpContext, pkt: &Pkt, addr: &[u32; 4], mode: u32, env: &Env) -> u32 {
+pub fn send(raw: Raw, pkt: &Pkt, addr: &[u32; 4], mode: u32, env: &Env) -> u32 {
+    let ctx = &raw.ctx();
     sub(send_checked(ctx, pkt, addr, mode, env))
 }
 
@@ -105,7 +106,7 @@ fn send_checked(
         }
     }
     let mut hop = NexthopValue::default();
-    let rc = i64::from(lookup(ctx, pkt, src, dst, &mut hop) as i32);
+    let rc = i64::from(lookup(Raw::of(ctx), pkt, src, dst, &mut hop) as i32);
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
         return too_big(ctx, pkt, addr, mode, hop.mtu);
     }
@@ -125,7 +126,7 @@ fn send_checked(
     }
     if ttl != NEXTHOP_CACHE_OFF {
         hop.learned_ns = now;
-        hop.mtu = path_mtu(ctx, pkt, src, dst);
+        hop.mtu = path_mtu(Raw::of(ctx), pkt, src, dst);
         // A failed insert only costs the next packet another FIB lookup.
         let _ = FTN_NEXTHOP.insert(key, hop, 0);
     }
@@ -138,13 +139,8 @@ fn send_checked(
 /// FIB's answer (`BPF_FIB_LKUP_RET_*`). A subprogram of its own (the 64-byte parameters in
 /// its own frame).
 #[inline(never)]
-fn lookup(
-    ctx: &XdpContext,
-    pkt: &Pkt,
-    src: &[u32; 4],
-    dst: &[u32; 4],
-    hop: &mut NexthopValue,
-) -> u32 {
+fn lookup(raw: Raw, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4], hop: &mut NexthopValue) -> u32 {
+    let ctx = &raw.ctx();
     // SAFETY: plain C struct, all-zero is a valid value.
     let mut p: FibParams = unsafe { zeroed() };
     let rc = fib(ctx, pkt, src, dst, pkt.ip_len, &mut p);
@@ -163,7 +159,8 @@ fn lookup(
 /// "fragmentation needed" with it (route metrics and learned PMTU included), or succeeds
 /// (65535). A subprogram of its own; runs once per cache fill.
 #[inline(never)]
-fn path_mtu(ctx: &XdpContext, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> u32 {
+fn path_mtu(raw: Raw, pkt: &Pkt, src: &[u32; 4], dst: &[u32; 4]) -> u32 {
+    let ctx = &raw.ctx();
     // SAFETY: plain C struct, all-zero is a valid value.
     let mut p: FibParams = unsafe { zeroed() };
     if fib(ctx, pkt, src, dst, u16::MAX, &mut p) == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
@@ -299,7 +296,8 @@ fn decrement_ttl(ctx: &XdpContext, pkt: &Pkt) -> Result<(), ()> {
 /// True when `dst` is an address of the gateway itself (the FIB does not forward to it).
 /// A subprogram of its own: only ICMP error translation asks, before it rewrites.
 #[inline(never)]
-pub fn is_local(ctx: &XdpContext, pkt: &Pkt, dst: &[u32; 4]) -> u32 {
+pub fn is_local(raw: Raw, pkt: &Pkt, dst: &[u32; 4]) -> u32 {
+    let ctx = &raw.ctx();
     // SAFETY: plain C struct, all-zero is a valid value.
     let mut p: FibParams = unsafe { zeroed() };
     u32::from(fib(ctx, pkt, &pkt.src, dst, pkt.ip_len, &mut p) == BPF_FIB_LKUP_RET_NOT_FWDED as i64)

@@ -19,7 +19,7 @@ use crate::{
     csum,
     fwd::{is_local, ROUTED_FROM, ROUTED_TO},
     maps::{self, count, srv_stats, sub, FTN_FLOWS, FTN_PENDING},
-    parse::{read, write, Pkt, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    parse::{read, write, Pkt, Raw, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_CSUM_OFF, UDP_CSUM_OFF},
 };
 
 struct Inner {
@@ -84,7 +84,8 @@ fn parse_inner(ctx: &XdpContext, pkt: &Pkt) -> Option<Inner> {
 /// sends the translated error on with `fwd::send` (one call level up, so that the error path's
 /// frame and the sender's do not add up on the stack).
 #[inline(never)]
-pub fn translate_error(ctx: &XdpContext, pkt: &Pkt, route: &mut [u32; 4]) -> u32 {
+pub fn translate_error(raw: Raw, pkt: &Pkt, route: &mut [u32; 4]) -> u32 {
+    let ctx = &raw.ctx();
     sub(translate_error_checked(ctx, pkt, route))
 }
 
@@ -145,7 +146,7 @@ fn translate_error_checked(ctx: &XdpContext, pkt: &Pkt, route: &mut [u32; 4]) ->
     {
         if let Some(rev) = maps::lookup_return_of(&inner.dst, inner.dport, inner.proto, pkt.family)
         {
-            if is_local(ctx, pkt, &pkt.dst) != 0 {
+            if is_local(Raw::of(ctx), pkt, &pkt.dst) != 0 {
                 count(GlobalCounter::PassLocal);
                 return Ok(xdp_action::XDP_PASS);
             }

@@ -28,6 +28,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use ftn_common::GlobalCounter;
 
 use crate::maps::{count, count_at, unsub, Env, ABORTED};
+use crate::parse::Raw;
 
 #[xdp]
 pub fn ftn_xdp(ctx: XdpContext) -> u32 {
@@ -46,25 +47,35 @@ pub fn ftn_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_ftn_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let mut pkt = parse::Pkt::empty();
-    let reason = parse::parse(ctx, &mut pkt);
+    let reason = parse::parse(Raw::of(ctx), &mut pkt);
     if reason != 0 {
         count_at(reason);
         return Ok(xdp_action::XDP_PASS);
     }
+    if pkt.frag != parse::FRAG_NONE {
+        // A server's fragmented reply: translated by the server's (address, protocol) alone,
+        // when the controller wrote that entry (the server serves one VIP for the protocol).
+        // Fragments to a VIP: passed (no port to find the resource or the flow by).
+        if let Some(ret) = maps::lookup_return_of(&pkt.src, 0, pkt.proto, pkt.family) {
+            return unsub(nat::reply(Raw::of(ctx), &pkt, ret));
+        }
+        count(GlobalCounter::PassFragment);
+        return Ok(xdp_action::XDP_PASS);
+    }
     if pkt.is_icmp_error() {
         let mut route = [0u32; 4];
-        let r = icmp::translate_error(ctx, &pkt, &mut route);
+        let r = icmp::translate_error(Raw::of(ctx), &pkt, &mut route);
         if r != ABORTED && r & icmp::SEND != 0 {
             let env = Env::read().ok_or(())?;
-            return unsub(fwd::send(ctx, &pkt, &route, r & !icmp::SEND, &env));
+            return unsub(fwd::send(Raw::of(ctx), &pkt, &route, r & !icmp::SEND, &env));
         }
         return unsub(r);
     }
     if let Some(res) = maps::lookup_resource(&pkt) {
-        return unsub(nat::forward(ctx, &pkt, res));
+        return unsub(nat::forward(Raw::of(ctx), &pkt, res));
     }
     if let Some(ret) = maps::lookup_return(&pkt) {
-        return unsub(nat::reply(ctx, &pkt, ret));
+        return unsub(nat::reply(Raw::of(ctx), &pkt, ret));
     }
     count(GlobalCounter::PassNoMatch);
     Ok(xdp_action::XDP_PASS)

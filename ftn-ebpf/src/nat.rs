@@ -8,7 +8,10 @@ use ftn_common::{
 use crate::{
     csum, flow, fwd,
     maps::{count, res_stats, srv_stats, sub, unsub, Env},
-    parse::{read, write, Pkt, ETH_LEN, TCP_ACK, TCP_RST, TCP_SYN},
+    parse::{
+        read, write, Pkt, Raw, ETH_LEN, FRAG_FIRST, FRAG_LATER, FRAG_NONE, TCP_ACK, TCP_RST,
+        TCP_SYN,
+    },
     passive, reject,
 };
 
@@ -22,7 +25,8 @@ pub enum Which {
 /// Client -> VIP: DNAT to the flow's server and send. A subprogram of its own (its flow key
 /// and value in its own stack frame).
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> u32 {
+pub fn forward(raw: Raw, pkt: &Pkt, res: &ResourceValue) -> u32 {
+    let ctx = &raw.ctx();
     sub(forward_checked(ctx, pkt, res))
 }
 
@@ -34,7 +38,7 @@ fn finish(ctx: &XdpContext, pkt: &Pkt, action: u32) -> Result<u32, ()> {
         return Ok(xdp_action::XDP_PASS);
     }
     if (fwd::TOO_BIG..fwd::LOCAL).contains(&action) {
-        return unsub(reject::too_big(ctx, pkt, action - fwd::TOO_BIG));
+        return unsub(reject::too_big(Raw::of(ctx), pkt, action - fwd::TOO_BIG));
     }
     unsub(action)
 }
@@ -60,9 +64,9 @@ fn forward_checked(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u
     };
     let mut ch = flow::Chosen::empty();
     if flow::select(pkt, seq, res, &env, &mut ch) == 0 {
-        return unsub(reject::no_server(ctx, pkt, res));
+        return unsub(reject::no_server(Raw::of(ctx), pkt, res));
     }
-    let action = fwd::send(ctx, pkt, &ch.addr, fwd::DNAT, &env);
+    let action = fwd::send(Raw::of(ctx), pkt, &ch.addr, fwd::DNAT, &env);
     if !forwarded(action) {
         return finish(ctx, pkt, action);
     }
@@ -97,7 +101,8 @@ fn forward_checked(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u
 /// Server -> client: SNAT to the VIP of the server's (address, port, protocol) and send. No
 /// per-flow state: any gateway translates any reply. A subprogram of its own.
 #[inline(never)]
-pub fn reply(ctx: &XdpContext, pkt: &Pkt, ret: &ReturnValue) -> u32 {
+pub fn reply(raw: Raw, pkt: &Pkt, ret: &ReturnValue) -> u32 {
+    let ctx = &raw.ctx();
     sub(reply_checked(ctx, pkt, ret))
 }
 
@@ -108,7 +113,7 @@ fn reply_checked(ctx: &XdpContext, pkt: &Pkt, ret: &ReturnValue) -> Result<u32, 
         return Ok(xdp_action::XDP_PASS);
     }
     let env = Env::read().ok_or(())?;
-    let action = fwd::send(ctx, pkt, &ret.vip, fwd::SNAT, &env);
+    let action = fwd::send(Raw::of(ctx), pkt, &ret.vip, fwd::SNAT, &env);
     if !forwarded(action) {
         return finish(ctx, pkt, action);
     }
@@ -120,7 +125,7 @@ fn reply_checked(ctx: &XdpContext, pkt: &Pkt, ret: &ReturnValue) -> Result<u32, 
         s.reply_packets += 1;
         s.reply_bytes += u64::from(pkt.frame_len);
     }
-    if pkt.proto == PROTO_TCP {
+    if pkt.proto == PROTO_TCP && pkt.frag == FRAG_NONE {
         passive::on_reply(
             ret.server_id,
             pkt.tcp_flags & TCP_RST != 0,
@@ -159,6 +164,13 @@ pub fn rewrite_addr(ctx: &XdpContext, pkt: &Pkt, which: Which, new: &[u32; 4]) -
 #[inline(always)]
 pub fn update_l4_csum(ctx: &XdpContext, pkt: &Pkt, d: u64) -> Result<(), ()> {
     let off = pkt.l4_csum_off();
+    // A fragment: only the first carries the transport header (its checksum covers the
+    // whole datagram, so it changes there once), and only when the field is inside it.
+    if pkt.frag == FRAG_LATER
+        || (pkt.frag == FRAG_FIRST && off + 2 > ETH_LEN + usize::from(pkt.ip_len))
+    {
+        return Ok(());
+    }
     match pkt.proto {
         PROTO_TCP | PROTO_ICMPV6 => {
             let c: u16 = read(ctx, off)?;

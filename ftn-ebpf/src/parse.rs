@@ -23,21 +23,35 @@ pub const TCP_CSUM_OFF: usize = 16;
 pub const UDP_CSUM_OFF: usize = 6;
 pub const ICMP_CSUM_OFF: usize = 2;
 
-/// `xdp_md.data`, read in the function that uses it. A volatile load: without it, LLVM
-/// hoists the context loads of a subprogram into its callers and passes the packet pointers
-/// as integers it then zero-extends with shifts, which the verifier refuses ("pointer
-/// arithmetic on pkt_end prohibited").
+/// `xdp_md.data`.
 #[inline(always)]
 pub fn data(ctx: &XdpContext) -> usize {
-    // SAFETY: the context pointer the kernel passed; `data` is a field of `xdp_md`.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data) as usize }
+    ctx.data()
 }
 
-/// `xdp_md.data_end` (see [`data`]).
+/// `xdp_md.data_end`.
 #[inline(always)]
 pub fn data_end(ctx: &XdpContext) -> usize {
-    // SAFETY: as in `data`.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+    ctx.data_end()
+}
+
+/// The context as it crosses a subprogram call: an integer, not a pointer. Given a pointer,
+/// LLVM moves the loads of its fields into the caller (argument promotion) and hands the callee
+/// `data_end` as an integer it zero-extends with shifts, which the verifier refuses ("pointer
+/// arithmetic on pkt_end prohibited"). The register is the context pointer either way.
+#[derive(Clone, Copy)]
+pub struct Raw(usize);
+
+impl Raw {
+    #[inline(always)]
+    pub fn of(ctx: &XdpContext) -> Raw {
+        Raw(ctx.ctx as usize)
+    }
+
+    #[inline(always)]
+    pub fn ctx(self) -> XdpContext {
+        XdpContext::new(self.0 as *mut aya_ebpf::bindings::xdp_md)
+    }
 }
 
 /// The one bounds-checked access to packet memory.
@@ -49,6 +63,34 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, ()> {
         return Err(());
     }
     Ok((start + off) as *mut T)
+}
+
+/// `N` bytes of packet at one offset, bounds-checked once: fields are read at constant offsets
+/// from that one checked pointer. (Reading each field at `off + k` with its own check does not
+/// work at a variable `off`: LLVM merges the checks and recomputes the field's pointer as
+/// `(data + k) + off`, a pointer the verifier has not seen checked.)
+#[derive(Clone, Copy)]
+pub struct Header<const N: usize> {
+    p: *const u8,
+}
+
+impl<const N: usize> Header<N> {
+    #[inline(always)]
+    pub fn at(ctx: &XdpContext, off: usize) -> Result<Self, ()> {
+        Ok(Header {
+            p: ptr_at::<[u8; N]>(ctx, off)?.cast(),
+        })
+    }
+
+    /// The `T` at `k`; `k + size_of::<T>()` must be at most `N` (checked at compile time where
+    /// `k` is a constant, as in every use).
+    #[inline(always)]
+    pub fn get<T: Copy>(&self, k: usize) -> T {
+        debug_assert!(k + size_of::<T>() <= N);
+        // SAFETY: `p` points at `N` checked bytes of packet and `k + size_of::<T>() <= N`; see
+        // `read` for the alignment.
+        unsafe { self.p.add(k).cast::<T>().read() }
+    }
 }
 
 /// Reads a `T` at `off` with one load of `T`'s width.
@@ -95,7 +137,14 @@ pub struct Pkt {
     pub frame_len: u32,
     /// IP total length (IPv4) or header + payload length (IPv6).
     pub ip_len: u16,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] (offset 0: the transport header is there) or
+    /// [`FRAG_LATER`] (no transport header: ports 0).
+    pub frag: u8,
 }
+
+pub const FRAG_NONE: u8 = 0;
+pub const FRAG_FIRST: u8 = 1;
+pub const FRAG_LATER: u8 = 2;
 
 impl Pkt {
     #[inline(always)]
@@ -159,6 +208,7 @@ impl Pkt {
             ttl: 0,
             frame_len: 0,
             ip_len: 0,
+            frag: FRAG_NONE,
         }
     }
 }
@@ -167,7 +217,8 @@ impl Pkt {
 /// says why the packet is left to the kernel. A subprogram of its own: the parser's temporaries live in its frame, which is gone
 /// before the packet is handled.
 #[inline(never)]
-pub fn parse(ctx: &XdpContext, pkt: &mut Pkt) -> u32 {
+pub fn parse(raw: Raw, pkt: &mut Pkt) -> u32 {
+    let ctx = &raw.ctx();
     match parse_checked(ctx, pkt) {
         Ok(()) => 0,
         Err(reason) => reason as u32,
@@ -184,7 +235,20 @@ fn parse_checked(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
         // ARP, VLAN tags, LLDP...: the kernel's business.
         _ => return Err(GlobalCounter::PassNotIp),
     }
+    if pkt.frag == FRAG_LATER {
+        return Ok(());
+    }
     parse_l4(ctx, pkt)
+}
+
+/// A fragment's kind from its offset; only TCP and UDP fragments are handled (translated by
+/// the server's address alone, see `main`), others are passed.
+#[inline(always)]
+fn fragment(proto: u8, offset: u16) -> Result<u8, GlobalCounter> {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(GlobalCounter::PassFragment);
+    }
+    Ok(if offset == 0 { FRAG_FIRST } else { FRAG_LATER })
 }
 
 #[inline(always)]
@@ -207,13 +271,14 @@ fn parse_v4(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
     if usize::from(tot_len) < ihl || ETH_LEN + usize::from(tot_len) > pkt.frame_len as usize {
         return Err(GlobalCounter::PassMalformed);
     }
-    // MF set or a fragment offset: no L4 header we could trust in every fragment.
-    if u16::from_be(malformed(read::<u16>(ctx, IP + 6))?) & 0x3fff != 0 {
-        return Err(GlobalCounter::PassFragment);
-    }
     pkt.family = FAMILY_V4;
     pkt.ttl = malformed(read::<u8>(ctx, IP + 8))?;
     pkt.proto = malformed(read::<u8>(ctx, IP + 9))?;
+    // MF set or a fragment offset: a fragment.
+    let frags = u16::from_be(malformed(read::<u16>(ctx, IP + 6))?);
+    if frags & 0x3fff != 0 {
+        pkt.frag = fragment(pkt.proto, frags & 0x1fff)?;
+    }
     pkt.l4_off = ETH_LEN + ihl;
     pkt.src = [malformed(read::<u32>(ctx, IP + 12))?, 0, 0, 0];
     pkt.dst = [malformed(read::<u32>(ctx, IP + 16))?, 0, 0, 0];
@@ -233,17 +298,23 @@ fn parse_v6(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
     if payload_len == 0 || ETH_LEN + IPV6_LEN + usize::from(payload_len) > pkt.frame_len as usize {
         return Err(GlobalCounter::PassMalformed);
     }
-    let next_hdr = malformed(read::<u8>(ctx, IP + 6))?;
+    let mut next_hdr = malformed(read::<u8>(ctx, IP + 6))?;
+    pkt.l4_off = ETH_LEN + IPV6_LEN;
+    if next_hdr == 44 {
+        // Fragment header: next header, reserved, offset (13 bits) + flags, identification.
+        let h = malformed(Header::<8>::at(ctx, ETH_LEN + IPV6_LEN))?;
+        next_hdr = h.get::<u8>(0);
+        pkt.frag = fragment(next_hdr, u16::from_be(h.get::<u16>(2)) >> 3)?;
+        pkt.l4_off += 8;
+    }
     match next_hdr {
         PROTO_TCP | PROTO_UDP | PROTO_ICMPV6 => {}
-        44 => return Err(GlobalCounter::PassFragment),
         // Hop-by-hop, routing, destination options, AH, ESP, mobility, HIP, shim6: not parsed.
         0 | 43 | 60 | 51 | 50 | 135 | 139 | 140 => return Err(GlobalCounter::PassIpv6Ext),
         _ => return Err(GlobalCounter::PassNoMatch),
     }
     pkt.family = FAMILY_V6;
     pkt.proto = next_hdr;
-    pkt.l4_off = ETH_LEN + IPV6_LEN;
     pkt.ttl = malformed(read::<u8>(ctx, IP + 7))?;
     pkt.src = malformed(read::<[u32; 4]>(ctx, IP + 8))?;
     pkt.dst = malformed(read::<[u32; 4]>(ctx, IP + 24))?;
@@ -257,25 +328,23 @@ fn parse_l4(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
     let ip_end = ETH_LEN + usize::from(pkt.ip_len);
     match pkt.proto {
         PROTO_TCP => {
-            // Bytes 12 (data offset) and 13 (flags) of the header; 16..20 bounds-checked first.
-            malformed(read::<u32>(ctx, off + 16))?;
-            // Two bytes at once: a one-byte read at a variable offset becomes a bounds check
-            // the verifier cannot follow (LLVM turns `p + 1 > end` into `p >= end`).
-            let [doff, flags] = malformed(read::<u16>(ctx, off + 12))?.to_ne_bytes();
+            let h = malformed(Header::<20>::at(ctx, off))?;
+            let [doff, flags] = h.get::<u16>(12).to_ne_bytes();
             let doff = usize::from(doff >> 4) * 4;
             if doff < 20 || off + doff > ip_end {
                 return Err(GlobalCounter::PassMalformed);
             }
-            pkt.sport = malformed(read::<u16>(ctx, off))?;
-            pkt.dport = malformed(read::<u16>(ctx, off + 2))?;
+            pkt.sport = h.get::<u16>(0);
+            pkt.dport = h.get::<u16>(2);
             pkt.tcp_flags = flags;
         }
         PROTO_UDP => {
             if off + 8 > ip_end {
                 return Err(GlobalCounter::PassMalformed);
             }
-            pkt.sport = malformed(read::<u16>(ctx, off))?;
-            pkt.dport = malformed(read::<u16>(ctx, off + 2))?;
+            let h = malformed(Header::<8>::at(ctx, off))?;
+            pkt.sport = h.get::<u16>(0);
+            pkt.dport = h.get::<u16>(2);
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             if (pkt.proto == PROTO_ICMP) == (pkt.family == FAMILY_V6) {
@@ -285,10 +354,10 @@ fn parse_l4(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
             if off + 8 > ip_end {
                 return Err(GlobalCounter::PassMalformed);
             }
-            malformed(read::<u32>(ctx, off + 4))?;
-            pkt.icmp_type = malformed(read::<u16>(ctx, off))?.to_ne_bytes()[0];
+            let h = malformed(Header::<8>::at(ctx, off))?;
+            pkt.icmp_type = h.get::<u8>(0);
             if pkt.is_echo_request() || pkt.is_echo_reply() {
-                let id = malformed(read::<u16>(ctx, off + 4))?;
+                let id = h.get::<u16>(4);
                 pkt.sport = id;
                 pkt.dport = id;
             } else if !pkt.is_icmp_error() {

@@ -19,14 +19,17 @@ use crate::{
     csum,
     maps::{count, res_stats, sub},
     parse,
-    parse::{read, write, Pkt, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{
+        read, write, Pkt, Raw, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    },
 };
 
 const TTL: u8 = 64;
 
 /// A subprogram of its own (the answers' header buffers stay out of the forward path's frame).
 #[inline(never)]
-pub fn no_server(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> u32 {
+pub fn no_server(raw: Raw, pkt: &Pkt, res: &ResourceValue) -> u32 {
+    let ctx = &raw.ctx();
     sub(no_server_checked(ctx, pkt, res))
 }
 
@@ -237,7 +240,8 @@ fn icmp_unreachable(ctx: &XdpContext, pkt: &Pkt) -> Result<(), ()> {
 /// 8201) carrying `mtu`, from the packet's destination back to its sender, quoting the packet
 /// as it arrived (so the sender matches it to its connection). A subprogram of its own.
 #[inline(never)]
-pub fn too_big(ctx: &XdpContext, pkt: &Pkt, mtu: u32) -> u32 {
+pub fn too_big(raw: Raw, pkt: &Pkt, mtu: u32) -> u32 {
+    let ctx = &raw.ctx();
     let header = if pkt.v6() {
         let m = mtu.to_be_bytes();
         [2, 0, 0, 0, m[0], m[1], m[2], m[3]]

@@ -10,7 +10,7 @@ use super::Engine;
 use crate::config::Config;
 use crate::dataplane::{Change, ReturnTarget};
 use crate::directory::{ResourceRecord, ServerRecord};
-use crate::model::ReturnMatch;
+use crate::model::{Protocol, ReturnMatch};
 
 /// Every return entry of `config`, with the ids of `resources` and `servers` (a resource or
 /// server without a record yet has no entry).
@@ -45,7 +45,42 @@ pub(super) fn return_entries<'a>(
             }
         }
     }
+    add_fragment_entries(&mut out);
     out
+}
+
+/// A server's fragmented replies carry no port after the first fragment: where all of a
+/// server's TCP (or UDP) entries go to one VIP, an entry with port 0 translates its fragments
+/// by (address, protocol) alone. A server serving two VIPs on one protocol gets none (its
+/// fragments pass untranslated, README).
+fn add_fragment_entries(out: &mut BTreeMap<ReturnMatch, ReturnTarget>) {
+    let mut by_server: BTreeMap<(std::net::IpAddr, Protocol), Option<ReturnTarget>> =
+        BTreeMap::new();
+    for (m, t) in out.iter() {
+        if m.protocol == Protocol::Icmp {
+            continue;
+        }
+        by_server
+            .entry((m.server, m.protocol))
+            .and_modify(|one| {
+                if one.is_some_and(|o| o.vip != t.vip) {
+                    *one = None;
+                }
+            })
+            .or_insert(Some(*t));
+    }
+    for ((server, protocol), one) in by_server {
+        if let Some(target) = one {
+            out.insert(
+                ReturnMatch {
+                    server,
+                    protocol,
+                    port: 0,
+                },
+                target,
+            );
+        }
+    }
 }
 
 /// The changes that turn the `old` entries into the `new` ones: sets first, then removals.

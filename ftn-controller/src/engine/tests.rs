@@ -352,7 +352,8 @@ servers = ["b1", "p1"]
 "#;
     r.engine.set_config(config("", extra));
     let plan = r.step(T0 + 10, None).unwrap();
-    // dns:53's resource entry, and the return entries of its two servers (udp 53 -> its VIP).
+    // dns:53's resource entry, and the return entries of its two servers (udp 53 -> its VIP),
+    // with their fragment entries (port 0: each serves one VIP on udp).
     let returns: Vec<(IpAddr, u16, IpAddr)> = plan
         .changes
         .iter()
@@ -367,7 +368,9 @@ servers = ["b1", "p1"]
     assert_eq!(
         returns,
         vec![
+            ("198.18.2.10".parse().unwrap(), 0, vip),
             ("198.18.2.10".parse().unwrap(), 53, vip),
+            ("198.18.3.10".parse().unwrap(), 0, vip),
             ("198.18.3.10".parse().unwrap(), 53, vip)
         ],
         "{:?}",
@@ -375,7 +378,7 @@ servers = ["b1", "p1"]
     );
     assert_eq!(
         plan.changes.len(),
-        3,
+        5,
         "only dns:53 is written: {:?}",
         plan.changes
     );
@@ -399,14 +402,18 @@ servers = ["b1", "p1"]
         .all(|c| !matches!(c, Change::SetResource { matcher, .. } if matcher.port == 53)));
     assert_eq!(r.dp.resources.len(), 2);
     // Remove dns entirely.
-    assert_eq!(r.dp.returns.len(), 4, "web:80 and dns:53 on p1 and b1");
+    assert_eq!(
+        r.dp.returns.len(),
+        8,
+        "web:80 and dns:53 on p1 and b1, and their tcp and udp fragment entries"
+    );
     r.engine.set_config(config("", ""));
     let plan = r.step(T0 + 30, None).unwrap();
     assert_eq!(plan.update.remove_resources, vec!["dns".to_string()]);
     // web is back on 80 and 443; dns's return entries went with it.
     let mut ports: Vec<u16> = r.dp.returns.keys().map(|k| u16::from_be(k.port)).collect();
     ports.sort();
-    assert_eq!(ports, vec![80, 80, 443, 443]);
+    assert_eq!(ports, vec![0, 0, 80, 80, 443, 443]);
     assert!(!r.engine.snapshot().resources.contains_key("dns"));
 }
 
@@ -466,4 +473,26 @@ fn restart_from_the_directory_changes_nothing() {
     let before = (dp.resources.clone(), dp.servers.clone());
     dp.apply(&again.full_state()).unwrap();
     assert_eq!((dp.resources, dp.servers), before);
+}
+
+#[test]
+fn a_server_serving_two_vips_on_a_protocol_gets_no_fragment_entry() {
+    let extra = r#"
+[[resource]]
+name = "tls"
+vip = "198.18.100.2"
+protocol = "tcp"
+ports = [8443]
+servers = ["b1"]
+"#;
+    let r = Rig::new(config("", extra));
+    let frag = |server: &str| {
+        r.dp.returns
+            .keys()
+            .filter_map(crate::model::ReturnMatch::from_key)
+            .any(|m| m.port == 0 && m.server == server.parse::<IpAddr>().unwrap())
+    };
+    // p1 serves only web's VIP on tcp; b1 serves web's and tls's.
+    assert!(frag("198.18.2.10"), "p1: {:?}", r.dp.returns);
+    assert!(!frag("198.18.3.10"), "b1: {:?}", r.dp.returns);
 }

@@ -25,6 +25,7 @@ mod passive_health;
 mod tcp_state;
 mod mtu;
 mod pending;
+mod fragments;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -206,6 +207,7 @@ fn cases(a: &Addrs) -> Vec<Case> {
         tcp_state::cases,
         mtu::cases,
         pending::cases,
+        fragments::cases,
     ]
     .iter()
     .flat_map(|f| f(a))
@@ -398,6 +400,9 @@ fn provision(dp: &mut AyaDataplane, a: &Addrs) {
         (ret(a.m4, Tcp, 80), a.vip4_m, 12, M4),
         (ret(a.m4, Udp, 53), a.vip4_m, 12, M4),
         (ret(a.m6, Tcp, 80), a.vip6_m, 13, M6),
+        // Fragment entries (port 0): P4 and P6 serve one VIP each on UDP.
+        (ret(a.p4, Udp, 0), a.vip4, 1, P4),
+        (ret(a.p6, Udp, 0), a.vip6, 5, P6),
     ];
     for (mt, vip, rid, sid) in returns {
         apply(dp, &Op::Return(mt, vip, rid, sid));
