@@ -456,6 +456,28 @@ impl AyaDataplane {
         Ok(())
     }
 
+    /// Writes a pending-table entry directly (benches: a table filled to a given share).
+    pub fn insert_pending(
+        &mut self,
+        key: &FlowKey,
+        value: &FlowValue,
+    ) -> Result<(), DataplaneError> {
+        self.pending
+            .insert(key, value, 0)
+            .map_err(map_err(map_names::PENDING, "insert"))
+    }
+
+    /// Entries the pending table holds at most.
+    pub fn pending_table_entries(&self) -> Result<u32, DataplaneError> {
+        use aya::maps::IterableMap as _;
+        let info = self
+            .pending
+            .map()
+            .info()
+            .map_err(map_err(map_names::PENDING, "info"))?;
+        Ok(info.max_entries())
+    }
+
     /// Writes a flow entry directly (tests: e.g. an aged flow).
     pub fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DataplaneError> {
         self.flows

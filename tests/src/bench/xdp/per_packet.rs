@@ -63,7 +63,7 @@ use aya::{
 };
 use ftn_common::{
     bench::{BenchFrame, FRAME_MAP, JUMP_MAP, PROG_FLOOR, PROG_NOP, PROG_WRAP},
-    GlobalCounter,
+    FlowKey, FlowValue, GlobalCounter,
 };
 use ftn_controller::dataplane::{
     AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ServerEntry,
@@ -126,6 +126,8 @@ const VIP6: &str = "2001:2:100::1";
 const EST_PORT: u16 = 40000;
 const NEW_PORT: u16 = 1024;
 const NEW_FLOW_MAX_RUNS: u32 = 50_000;
+/// The share of the flow and pending tables filled before *new flow, full tables*.
+const FILL: f64 = 0.9;
 /// Offsets of the TCP source port and checksum in an IPv4 frame without options.
 const TCP4_SPORT_AT: u32 = 14 + 20;
 const TCP4_CSUM_AT: u32 = 14 + 20 + 16;
@@ -153,18 +155,21 @@ enum Case {
     Floor,
     Established,
     NewFlow,
+    /// New flow with the flow and pending tables filled to [`FILL`] of their capacity first.
+    NewFlowFull,
     Reply,
     Ipv6,
     Pass,
 }
 
-const CASES: [Case; 9] = [
+const CASES: [Case; 10] = [
     Case::Nop,
     Case::WrapNop,
     Case::FloorDirect,
     Case::Floor,
     Case::Established,
     Case::NewFlow,
+    Case::NewFlowFull,
     Case::Reply,
     Case::Ipv6,
     Case::Pass,
@@ -298,6 +303,43 @@ impl Bench1 {
         Ok(())
     }
 
+    /// Fills `share` of the flow table and of the pending table with entries of clients no
+    /// packet comes from (10.0.0.0/8 to the VIP).
+    fn fill(&mut self, share: f64) -> Result<(), String> {
+        let e = |e: ftn_controller::dataplane::DataplaneError| chain(&e);
+        let flows = (f64::from(self.dp.flow_table_entries().map_err(e)?) * share) as u32;
+        let pending = (f64::from(self.dp.pending_table_entries().map_err(e)?) * share) as u32;
+        let value = FlowValue {
+            last_seen_ns: 1,
+            server_id: 0,
+            resource_id: 0,
+            flags: 0,
+            client_seq: 0,
+        };
+        for i in 0..flows + pending {
+            let key = FlowKey {
+                client: [
+                    u32::from_be_bytes([10, 0, 0, 0]).wrapping_add(i).to_be(),
+                    0,
+                    0,
+                    0,
+                ],
+                vip: [u32::from_ne_bytes(VIP4), 0, 0, 0],
+                client_port: 1000u16.to_be(),
+                vip_port: 80u16.to_be(),
+                proto: ftn_common::PROTO_TCP,
+                family: ftn_common::FAMILY_V4,
+                _pad: [0; 2],
+            };
+            if i < flows {
+                self.dp.insert_flow(&key, &value).map_err(e)?;
+            } else {
+                self.dp.insert_pending(&key, &value).map_err(e)?;
+            }
+        }
+        Ok(())
+    }
+
     fn global(&self, c: GlobalCounter) -> Result<u64, String> {
         let g = self.dp.global_stats().map_err(|e| chain(&e))?;
         Ok(g[c as usize].1)
@@ -361,8 +403,11 @@ impl Bench1 {
                 }
                 Ok(ns)
             }
-            Case::NewFlow => {
+            Case::NewFlow | Case::NewFlowFull => {
                 self.dp.clear_flows().map_err(|e| chain(&e))?;
+                if case == Case::NewFlowFull {
+                    self.fill(FILL)?;
+                }
                 let f = self.f.new4.clone();
                 let before = self.dp.resource_stats(0).map_err(|e| chain(&e))?;
                 let (a, ns, _) = self.wrapped(
@@ -380,6 +425,10 @@ impl Bench1 {
                     return Err(format!(
                         "new flow: {nf} flows created in {repeat} runs (one per run expected)"
                     ));
+                }
+                if case == Case::NewFlowFull {
+                    // The other cases run on empty tables.
+                    self.dp.clear_flows().map_err(|e| chain(&e))?;
                 }
                 Ok(ns)
             }
@@ -568,15 +617,17 @@ fn setup1() -> Result<(Netns, Bench1), String> {
     Ok((ns, b))
 }
 
-const PART1_KEYS: [(&str, &str); 11] = [
+const PART1_KEYS: [(&str, &str); 13] = [
     ("xdp_floor_ns", "ns"),
     ("xdp_established_ns", "ns"),
     ("xdp_new_flow_ns", "ns"),
+    ("xdp_new_flow_empty_ns", "ns"),
     ("xdp_reply_ns", "ns"),
     ("xdp_ipv6_established_ns", "ns"),
     ("xdp_pass_ns", "ns"),
     ("xdp_ratio_established", "ratio"),
     ("xdp_ratio_new_flow", "ratio"),
+    ("xdp_ratio_new_flow_empty", "ratio"),
     ("xdp_ratio_reply", "ratio"),
     ("xdp_ratio_pass", "ratio"),
     ("xdp_ratio_ipv6", "ratio"),
@@ -638,7 +689,7 @@ fn measure(counts: &Counts) -> Result<Measured, String> {
             if failed.contains_key(&case) {
                 continue;
             }
-            let n = if case == Case::NewFlow {
+            let n = if matches!(case, Case::NewFlow | Case::NewFlowFull) {
                 new_repeat
             } else {
                 repeat
@@ -731,7 +782,8 @@ fn figures(
     });
     let cases = [
         ("xdp_established_ns", Case::Established, repeat, "IPv4 TCP ACK, client -> VIP:80, flow in the table: DNAT + FIB + redirect (54-byte frame)"),
-        ("xdp_new_flow_ns", Case::NewFlow, new_repeat, "IPv4 TCP SYN to VIP:80 from a new client port every run (the wrapper adds its run counter to the port and fixes the TCP checksum; resource new_flows counter checked = runs; flow tables emptied before each round, never full): flow + reverse insert, passive-health update, DNAT + FIB + redirect"),
+        ("xdp_new_flow_ns", Case::NewFlowFull, new_repeat, "IPv4 TCP SYN to VIP:80 from a new client port every run (the wrapper adds its run counter to the port and fixes the TCP checksum; resource new_flows counter checked = runs), the flow and pending tables FILLED to 90 % of their capacity first (262,144 and 65,536 entries: the pending table is full after 10 % of the runs, then every insert evicts): pending-table insert, passive-health update, DNAT + FIB + redirect"),
+        ("xdp_new_flow_empty_ns", Case::NewFlow, new_repeat, "as xdp_new_flow_ns with the tables EMPTIED before each round (never full: no eviction)"),
         ("xdp_reply_ns", Case::Reply, repeat, "server -> client TCP ACK: one FTN_RETURN lookup (stateless), SNAT to the VIP, FIB, redirect"),
         ("xdp_ipv6_established_ns", Case::Ipv6, repeat, "IPv6 TCP ACK, client -> VIP:80, flow in the table: DNAT + FIB + redirect (74-byte frame)"),
         ("xdp_pass_ns", Case::Pass, repeat, "IPv4 TCP to an address no resource has: parse, resource and reverse lookups, XDP_PASS"),
@@ -753,7 +805,8 @@ fn figures(
     }
     for (key, case) in [
         ("xdp_ratio_established", Case::Established),
-        ("xdp_ratio_new_flow", Case::NewFlow),
+        ("xdp_ratio_new_flow", Case::NewFlowFull),
+        ("xdp_ratio_new_flow_empty", Case::NewFlow),
         ("xdp_ratio_reply", Case::Reply),
         ("xdp_ratio_pass", Case::Pass),
     ] {
