@@ -5,7 +5,8 @@
 //!   eBPF object loaded through aya without interfaces, `AyaDataplane::load`), an embedded
 //!   directory in a temporary directory on the machine's disk, and a configuration generated as
 //!   TOML text and read by `config::parse`: servers `p` and `b`, 10,000 tcp resources on
-//!   distinct VIPs (198.18.128.1 + i, port 80), each `servers = ["p", "b"]` with
+//!   distinct VIPs (198.18.128.1 + i, port 1024 + i: one server port serves one VIP, the
+//!   configuration's rule for the stateless return path), each `servers = ["p", "b"]` with
 //!   `failback = "immediate"` (so that the recovery moves them back; the failover path does not
 //!   depend on the policy). After the initial plan is committed and written, one run is the
 //!   daemon's exact path for a failure verdict: `engine.observe("p", down)` → `engine.plan` →
@@ -29,7 +30,8 @@
 //!   time. Baseline in the same run: the same process with 0 servers and 0 resources, same
 //!   window. The checks actually run in the window are counted from the status API.
 //! - **`rss_mb_100k`**: `VmRSS` of the daemon (`/proc/<pid>/status`) with 100,000 resources
-//!   (25,000 VIPs from 198.18.128.1, ports 80–83) on 10,000 servers (198.18.64.1 …, all answering
+//!   (25,000 VIPs from 198.18.128.1, ports 80 + i % 4 + 4 × (i / servers): each server port
+//!   serves one VIP) on 10,000 servers (198.18.64.1 …, all answering
 //!   in the servers namespace), after startup plus one full check interval. The checks are slowed
 //!   to `interval = "10s", timeout = "1s"` (`[check_defaults]`) so that 1,000 probes/s, not
 //!   200,000, run. Startup (spawn to API answering) is bounded (Full 180 s). Baseline in the same
@@ -122,8 +124,9 @@ fn remap_config(n: u32, state: &Path) -> String {
     }
     for i in 0..n {
         s.push_str(&format!(
-            "[[resource]]\nname = \"r{i}\"\nvip = \"{}\"\nprotocol = \"tcp\"\nports = [80]\nservers = [\"p\", \"b\"]\nfailback = \"immediate\"\n\n",
-            nth_v4([198, 18, 128, 1], i)
+            "[[resource]]\nname = \"r{i}\"\nvip = \"{}\"\nprotocol = \"tcp\"\nports = [{}]\nservers = [\"p\", \"b\"]\nfailback = \"immediate\"\n\n",
+            nth_v4([198, 18, 128, 1], i),
+            1024 + i
         ));
     }
     s
@@ -433,12 +436,17 @@ fn gateway_config(ftn: &Ftn, servers: u32, resources: u32, check_defaults: &str)
             nth_v4(SERVER_BASE, i)
         ));
     }
+    let n = servers.max(1);
     for i in 0..resources {
-        let (a, b) = (i % servers.max(1), (i + 1) % servers.max(1));
+        let (a, b) = (i % n, (i + 1) % n);
+        // Port 80 + i % 4 + 4 * (i / n): one VIP's four resources get four ports, and a
+        // server's (address, port) serves one VIP only, as the stateless return path requires
+        // (the two resources that list a server in one block of n have different i % 4 when n
+        // is a multiple of 4, which every caller's is).
         s.push_str(&format!(
             "[[resource]]\nname = \"r{i}\"\nvip = \"{}\"\nprotocol = \"tcp\"\nports = [{}]\nservers = [\"s{a}\", \"s{b}\"]\n\n",
             nth_v4([198, 18, 128, 1], i / 4),
-            80 + i % 4
+            80 + i % 4 + 4 * (i / n)
         ));
     }
     s
