@@ -139,8 +139,15 @@ fn select_checked(
                 )
             };
             let expired = now.saturating_sub(last_seen) > idle_limit(cfg, pkt.proto, flags);
-            // A closing flow whose 5-tuple started a new handshake since: the new one wins.
-            let superseded = flags & FLOW_FLAG_CLOSING != 0 && FTN_PENDING.get_ptr(key).is_some();
+            // A closing flow whose 5-tuple started a new handshake since: the new one wins when
+            // this segment completes that handshake (its sequence number follows the pending
+            // SYN's), so that a blind SYN cannot take the closing flow's last segments.
+            let superseded = flags & FLOW_FLAG_CLOSING != 0
+                && pkt.proto == PROTO_TCP
+                && FTN_PENDING
+                    .get_ptr(key)
+                    // SAFETY: pointer from a successful lookup (RCU-protected during the run).
+                    .is_some_and(|p| unsafe { (*p).client_seq }.wrapping_add(1) == seq);
             if let Some(s) = maps::server(server_id) {
                 if !expired && !superseded && s.state == SERVER_UP {
                     let closing = closing_flag(pkt, seq, Some(last_seq));

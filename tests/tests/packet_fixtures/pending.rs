@@ -1,7 +1,8 @@
 //! The pending table: a flow's first packet (a TCP SYN, a first datagram) puts it there, its
 //! second (the handshake's ACK) moves it to the flow table; a flood of first packets fills only
 //! the pending table. A SYN never touches the flow table: a blind SYN on an established flow
-//! cannot move it, and a new handshake on a closing flow's 5-tuple wins over the old flow.
+//! cannot move it, and a new handshake on a closing flow's 5-tuple wins over the old flow when
+//! its ACK completes that handshake (its sequence number follows the pending SYN's).
 
 use ftn_common::GlobalCounter;
 use ftn_controller::model::{NoServerAction, Protocol};
@@ -137,6 +138,15 @@ pub fn cases(a: &Addrs) -> Vec<Case> {
             103,
             7001,
             FIN | ACK,
+            G::Redirect,
+        ),
+        seg(
+            a,
+            "its last ACK still reaches the primary: the blind SYN's pending entry completes no handshake",
+            P4,
+            104,
+            7002,
+            ACK,
             G::Redirect,
         ),
         seg(
