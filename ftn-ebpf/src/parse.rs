@@ -23,18 +23,6 @@ pub const TCP_CSUM_OFF: usize = 16;
 pub const UDP_CSUM_OFF: usize = 6;
 pub const ICMP_CSUM_OFF: usize = 2;
 
-/// `xdp_md.data`.
-#[inline(always)]
-pub fn data(ctx: &XdpContext) -> usize {
-    ctx.data()
-}
-
-/// `xdp_md.data_end`.
-#[inline(always)]
-pub fn data_end(ctx: &XdpContext) -> usize {
-    ctx.data_end()
-}
-
 /// The context as it crosses a subprogram call: an integer, not a pointer. Given a pointer,
 /// LLVM moves the loads of its fields into the caller (argument promotion) and hands the callee
 /// `data_end` as an integer it zero-extends with shifts, which the verifier refuses ("pointer
@@ -57,8 +45,8 @@ impl Raw {
 /// The one bounds-checked access to packet memory.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, ()> {
-    let start = data(ctx);
-    let end = data_end(ctx);
+    let start = ctx.data();
+    let end = ctx.data_end();
     if start + off + size_of::<T>() > end {
         return Err(());
     }
@@ -228,7 +216,7 @@ pub fn parse(raw: Raw, pkt: &mut Pkt) -> u32 {
 #[inline(always)]
 fn parse_checked(ctx: &XdpContext, pkt: &mut Pkt) -> Result<(), GlobalCounter> {
     let ether_type = u16::from_be(read::<u16>(ctx, 12).map_err(|()| GlobalCounter::PassMalformed)?);
-    pkt.frame_len = (data_end(ctx) - data(ctx)) as u32;
+    pkt.frame_len = (ctx.data_end() - ctx.data()) as u32;
     match ether_type {
         ETH_P_IP => parse_v4(ctx, pkt)?,
         ETH_P_IPV6 => parse_v6(ctx, pkt)?,

@@ -18,7 +18,6 @@ use ftn_common::{
 use crate::{
     csum,
     maps::{count, res_stats, sub},
-    parse,
     parse::{
         read, write, Pkt, Raw, ETH_LEN, IPV4_LEN, IPV6_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
@@ -71,7 +70,7 @@ fn no_server_checked(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result
 
 #[inline(always)]
 fn frame_len(ctx: &XdpContext) -> i32 {
-    (parse::data_end(ctx) - parse::data(ctx)) as i32
+    (ctx.data_end() - ctx.data()) as i32
 }
 
 /// Shrinks the frame to `len` bytes.
