@@ -48,9 +48,14 @@ pub mod map_names {
     pub const EVENTS: &str = "FTN_EVENTS";
     /// `LruHashMap<NexthopKey, NexthopValue>`: FIB answers cached for `nexthop_ttl_ns`.
     pub const NEXTHOP: &str = "FTN_NEXTHOP";
+    /// `Array<u64>` of [`crate::ADDR_FILTER_WORDS`]: a bitmap of the addresses that are a VIP
+    /// (first half) or a resource's server (second half), see [`crate::addr_filter`]. A packet
+    /// whose destination is no VIP and whose source is no server is passed after two array
+    /// reads, without a hash lookup.
+    pub const ADDRS: &str = "FTN_ADDRS";
 
     /// Every map of the object, for checks and pinning.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         RESOURCES,
         SERVERS,
         FLOWS,
@@ -64,7 +69,31 @@ pub mod map_names {
         PASSIVE,
         EVENTS,
         NEXTHOP,
+        ADDRS,
     ];
+}
+
+/// Bits per half of the address filter ([`map_names::ADDRS`]): 2^20, so that 100,000 VIPs set
+/// under 10 % of them (a packet for a non-VIP then pays the resource lookup 1 time in 10).
+pub const ADDR_FILTER_BITS_LOG2: u32 = 20;
+/// `u64` words of the whole filter (both halves): 32,768 (256 KiB).
+pub const ADDR_FILTER_WORDS: u32 = 2 * ((1 << ADDR_FILTER_BITS_LOG2) / 64);
+/// [`addr_filter`]'s `kind`: the address is a VIP (a resource's destination).
+pub const ADDR_VIP: u32 = 0;
+/// [`addr_filter`]'s `kind`: the address is a resource's server (a reply's source).
+pub const ADDR_SERVER: u32 = 1;
+
+/// The word index and bit mask of `addr` (network-order words, as in every key) in the address
+/// filter's half `kind` ([`ADDR_VIP`] or [`ADDR_SERVER`]). The same function on both sides: the
+/// controller sets the bit before it writes a key with that address; the program tests it
+/// before it looks the key up. Bits are never cleared while the dataplane runs (a removed
+/// address's bit only costs its packets the lookup it would have cost without the filter).
+#[inline(always)]
+pub fn addr_filter(addr: &[u32; 4], kind: u32) -> (u32, u64) {
+    let x = addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
+    let bit = x.wrapping_mul(0x9E37_79B1) >> (32 - ADDR_FILTER_BITS_LOG2);
+    let half = (1u32 << ADDR_FILTER_BITS_LOG2) / 64;
+    (kind * half + (bit >> 6), 1u64 << (bit & 63))
 }
 
 /// Capacity of [`map_names::RESOURCES`] (number of (VIP, protocol, port) keys).
@@ -176,21 +205,54 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
-/// Value of [`map_names::FLOWS`].
+/// Value of [`map_names::FLOWS`] (and of [`map_names::PENDING`]).
+///
+/// One cache line: everything the fast path needs for an established flow's packet (its
+/// server, and the next hop to it: egress interface, MACs, path MTU) is in the entry, so such a
+/// packet costs one hash lookup. The next hop is copied from the next-hop cache and reused for
+/// `DataplaneConfig::nexthop_ttl_ns`; `epoch` ties the entry to the maps' layout it was checked
+/// against (see `DataplaneConfig::epoch`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
-    /// `bpf_ktime_get_ns()` of the last packet in either direction.
+    /// `bpf_ktime_get_coarse_ns()` of the client's last packet; the fast path refreshes it at
+    /// most every [`LAST_SEEN_STEP_NS`].
     pub last_seen_ns: u64,
     pub server_id: u32,
     pub resource_id: u32,
     /// `FLOW_FLAG_*` bits.
     pub flags: u32,
     /// TCP: the sequence number of the client's last segment, host order (a client's RST is
-    /// honoured only within [`RST_WINDOW`] bytes ahead of it). 0 for other protocols.
+    /// honoured only within [`RST_WINDOW`] bytes ahead of it; the fast path refreshes it when
+    /// the client moved [`SEQ_STEP`] past it). 0 for other protocols.
     pub client_seq: u32,
+    /// `DataplaneConfig::epoch` when the slow path last checked this flow against the resource
+    /// map; the fast path takes the flow only while the two are equal.
+    pub epoch: u32,
+    /// The interface the client's packets arrive on, when the next hop below was learned.
+    pub hop_ingress: u32,
+    /// Next hop to the flow's server (valid while `hop_learned_ns` is younger than
+    /// `nexthop_ttl_ns`, the ingress is `hop_ingress` and `epoch` is current).
+    pub hop_egress: u32,
+    pub hop_mtu: u32,
+    /// When the next hop was learned (`NexthopValue::learned_ns`); 0: none.
+    pub hop_learned_ns: u64,
+    pub hop_dmac: [u8; 6],
+    pub hop_smac: [u8; 6],
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<FlowValue>() == 24);
+const _: () = assert!(size_of::<FlowValue>() == 64);
+
+/// The fast path writes a flow's `last_seen_ns` only when it is at least this old, so that a
+/// busy flow's entry is not written on every packet. Idle times are therefore counted from a
+/// `last_seen_ns` up to this late: a flow expires between its idle time and its idle time plus
+/// this step (the program adds the step to every idle limit, so a flow never expires early).
+pub const LAST_SEEN_STEP_NS: u64 = 1_000_000_000;
+
+/// The fast path writes a flow's `client_seq` only when the client's sequence number moved at
+/// least this far past it (a quarter of [`RST_WINDOW`]: the client's own RST stays inside the
+/// window).
+pub const SEQ_STEP: u32 = RST_WINDOW / 4;
 
 /// How far ahead of the client's last seen sequence number a client RST may be and still end
 /// its flow (move it to closing). A blind attacker must guess the sequence number within this
@@ -244,7 +306,11 @@ pub struct DataplaneConfig {
     pub passive_rearm_ns: u64,
     /// Passive health: SYNs unanswered (or RSTs in a row) before a report; `u32::MAX`: off.
     pub passive_min: u32,
-    pub _pad: u32,
+    /// Changed by the controller's map writer whenever a resource key is removed or given to
+    /// another resource id, or a server slot changes address: a flow entry checked under an
+    /// older epoch takes the slow path once (resource lookup) and is re-stamped. Not a setting:
+    /// the writer keeps the value in the map across configuration writes.
+    pub epoch: u32,
     /// How long a FIB answer (egress interface and MACs for a destination) is reused before the
     /// program asks the FIB again; `u64::MAX`: never cache.
     pub nexthop_ttl_ns: u64,
@@ -276,7 +342,7 @@ impl Default for DataplaneConfig {
             passive_window_ns: DEFAULT_PASSIVE_WINDOW_NS,
             passive_rearm_ns: DEFAULT_PASSIVE_REARM_NS,
             passive_min: DEFAULT_PASSIVE_MIN,
-            _pad: 0,
+            epoch: 0,
             nexthop_ttl_ns: DEFAULT_NEXTHOP_TTL_NS,
         }
     }
@@ -299,7 +365,7 @@ impl DataplaneConfig {
             } else {
                 self.passive_min
             },
-            _pad: 0,
+            epoch: self.epoch,
             nexthop_ttl_ns: or(self.nexthop_ttl_ns, d.nexthop_ttl_ns),
         }
     }
@@ -466,10 +532,13 @@ pub enum GlobalCounter {
     PassFragmentable,
     /// Flows moved from the pending table to the flow table (their second packet).
     FlowsPromoted,
+    /// Client packets of established flows forwarded by the one-lookup fast path (also counted
+    /// in `Tx` or `Redirect`).
+    FastForward,
 }
 
 /// Number of [`GlobalCounter`] slots.
-pub const GLOBAL_COUNTERS: u32 = GlobalCounter::FlowsPromoted as u32 + 1;
+pub const GLOBAL_COUNTERS: u32 = GlobalCounter::FastForward as u32 + 1;
 
 impl GlobalCounter {
     /// Every counter, in index order (for the controller's exporters and the tests).
@@ -498,6 +567,7 @@ impl GlobalCounter {
         Self::IcmpTooBig,
         Self::PassFragmentable,
         Self::FlowsPromoted,
+        Self::FastForward,
     ];
 
     /// Stable snake_case name (metrics label).
@@ -527,6 +597,7 @@ impl GlobalCounter {
             Self::IcmpTooBig => "icmp_too_big",
             Self::PassFragmentable => "pass_fragmentable",
             Self::FlowsPromoted => "flows_promoted",
+            Self::FastForward => "fast_forward",
         }
     }
 }
@@ -585,6 +656,9 @@ pub mod addr {
 }
 
 #[cfg(test)]
+extern crate std;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -613,7 +687,7 @@ mod tests {
             passive_window_ns: 0,
             passive_rearm_ns: 0,
             passive_min: 0,
-            _pad: 0,
+            epoch: 0,
             nexthop_ttl_ns: 0,
         };
         assert_eq!(zero.resolved(), DataplaneConfig::default());
@@ -629,6 +703,23 @@ mod tests {
             (7, PASSIVE_OFF, NEXTHOP_CACHE_OFF)
         );
         assert_eq!(r.udp_idle_ns, DEFAULT_UDP_IDLE_NS);
+    }
+
+    #[test]
+    fn the_address_filter_maps_each_half_to_its_own_words_and_spreads_addresses() {
+        let half = ADDR_FILTER_WORDS / 2;
+        let mut bits = std::collections::HashSet::new();
+        for i in 0..10_000u32 {
+            let a = addr::v4([198, 18, (i >> 8) as u8, i as u8]);
+            let (w, m) = addr_filter(&a, ADDR_VIP);
+            let (ws, ms) = addr_filter(&a, ADDR_SERVER);
+            assert!(w < half && (half..ADDR_FILTER_WORDS).contains(&ws), "{i}");
+            assert_eq!((ws - half, ms), (w, m), "{i}: both halves use the same bit");
+            assert_eq!(m.count_ones(), 1);
+            bits.insert((w, m));
+        }
+        // 10,000 consecutive addresses on 2^20 bits: almost no two share one.
+        assert!(bits.len() > 9_900, "{} distinct bits", bits.len());
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use ftn_common::{
     DataplaneConfig, FlowKey, FlowValue, GlobalCounter, ResourceValue, FLOW_FLAG_CLOSING,
-    NO_SERVER, PROTO_TCP, PROTO_UDP, RST_WINDOW, SERVER_UP,
+    LAST_SEEN_STEP_NS, NO_SERVER, PROTO_TCP, PROTO_UDP, RST_WINDOW, SERVER_UP,
 };
 
 use crate::{
@@ -48,7 +48,7 @@ impl Chosen {
 }
 
 #[inline(always)]
-fn flow_key(pkt: &Pkt) -> FlowKey {
+pub fn flow_key(pkt: &Pkt) -> FlowKey {
     FlowKey {
         client: pkt.src,
         vip: pkt.dst,
@@ -60,14 +60,18 @@ fn flow_key(pkt: &Pkt) -> FlowKey {
     }
 }
 
+/// How long an entry may have been idle and still count: the protocol's idle time plus
+/// [`LAST_SEEN_STEP_NS`] (the fast path refreshes `last_seen_ns` at most that often, so an
+/// entry never expires early).
 #[inline(always)]
 fn idle_limit(c: &DataplaneConfig, proto: u8, flags: u32) -> u64 {
-    match proto {
+    let idle = match proto {
         PROTO_TCP if flags & FLOW_FLAG_CLOSING != 0 => c.tcp_closing_ns,
         PROTO_TCP => c.tcp_idle_ns,
         PROTO_UDP => c.udp_idle_ns,
         _ => c.icmp_idle_ns,
-    }
+    };
+    idle.saturating_add(LAST_SEEN_STEP_NS)
 }
 
 /// `FLOW_FLAG_CLOSING` for a FIN, or for an RST the flow honours (counted); else 0. A client
@@ -104,7 +108,7 @@ fn closing_flag(pkt: &Pkt, seq: u32, last_seq: Option<u32>) -> u32 {
 /// 0 when the resource has no live server.
 #[inline(never)]
 pub fn select(pkt: &Pkt, seq: u32, res: &ResourceValue, env: &Env, out: &mut Chosen) -> u32 {
-    match select_checked(pkt, seq, res, env.now, env.cfg) {
+    match select_checked(pkt, seq, res, env) {
         Some(c) => {
             *out = c;
             1
@@ -114,13 +118,8 @@ pub fn select(pkt: &Pkt, seq: u32, res: &ResourceValue, env: &Env, out: &mut Cho
 }
 
 #[inline(always)]
-fn select_checked(
-    pkt: &Pkt,
-    seq: u32,
-    res: &ResourceValue,
-    now: u64,
-    cfg: &DataplaneConfig,
-) -> Option<Chosen> {
+fn select_checked(pkt: &Pkt, seq: u32, res: &ResourceValue, env: &Env) -> Option<Chosen> {
+    let (now, cfg, epoch) = (env.now, env.cfg, env.epoch);
     let key = flow_key(pkt);
     let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let mut moved_from = NO_SERVER;
@@ -158,6 +157,14 @@ fn select_checked(
                         if pkt.tcp_flags & TCP_RST == 0 {
                             (*f).client_seq = seq;
                         }
+                        // Checked against the resource map as it is at `epoch` (read before
+                        // the resource lookup): the fast path may take the flow. A next hop
+                        // learned under another epoch is learned again.
+                        if (*f).epoch != epoch {
+                            (*f).epoch = epoch;
+                            (*f).hop_learned_ns = 0;
+                        }
+                        (*f).resource_id = res.resource_id;
                     }
                     return Some(Chosen {
                         server_id,
@@ -174,7 +181,7 @@ fn select_checked(
             }
         }
         if moved_from == NO_SERVER {
-            if let Some(c) = promote(pkt, seq, &key, now, cfg, &mut moved_from) {
+            if let Some(c) = promote(pkt, seq, &key, env, &mut moved_from) {
                 return Some(c);
             }
         }
@@ -198,6 +205,8 @@ fn select_checked(
         resource_id: res.resource_id,
         flags: closing_flag(pkt, seq, None),
         client_seq: seq,
+        epoch,
+        ..FlowValue::default()
     };
     // Insert failures (map full is impossible for LRU; -ENOMEM under pressure) only cost the
     // flow its stickiness: the packet is still forwarded to the current server.
@@ -246,14 +255,8 @@ fn syn_again(seq: u32, key: &FlowKey, now: u64, cfg: &DataplaneConfig) -> Option
 /// when there was one but its server is down (the caller puts the flow on the current server,
 /// in the flow table).
 #[inline(always)]
-fn promote(
-    pkt: &Pkt,
-    seq: u32,
-    key: &FlowKey,
-    now: u64,
-    cfg: &DataplaneConfig,
-    moved_from: &mut u32,
-) -> Option<Chosen> {
+fn promote(pkt: &Pkt, seq: u32, key: &FlowKey, env: &Env, moved_from: &mut u32) -> Option<Chosen> {
+    let (now, cfg) = (env.now, env.cfg);
     let p = FTN_PENDING.get_ptr(key)?;
     // SAFETY: pointer from a successful lookup (RCU-protected during the run); copied at once.
     let pv = unsafe { *p };
@@ -276,6 +279,8 @@ fn promote(
             resource_id: pv.resource_id,
             flags: closing_flag(pkt, seq, None),
             client_seq: seq,
+            epoch: env.epoch,
+            ..FlowValue::default()
         };
         let _ = FTN_FLOWS.insert(key, fv, 0);
         let _ = FTN_PENDING.remove(key);

@@ -226,7 +226,7 @@ fn too_big(ctx: &XdpContext, pkt: &Pkt, addr: &[u32; 4], mode: u32, mtu: u32) ->
 
 /// The packet leaves through `egress` to `dmac` from `smac`.
 #[inline(always)]
-fn out(
+pub fn out(
     ctx: &XdpContext,
     pkt: &Pkt,
     ingress: u32,

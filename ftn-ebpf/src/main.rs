@@ -15,6 +15,7 @@
 #![no_main]
 
 mod csum;
+mod fast;
 mod flow;
 mod fwd;
 mod icmp;
@@ -25,7 +26,7 @@ mod passive;
 mod reject;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use ftn_common::GlobalCounter;
+use ftn_common::{GlobalCounter, ADDR_SERVER, ADDR_VIP};
 
 use crate::maps::{count, count_at, unsub, Env, ABORTED};
 use crate::parse::Raw;
@@ -56,8 +57,10 @@ fn try_ftn_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         // A server's fragmented reply: translated by the server's (address, protocol) alone,
         // when the controller wrote that entry (the server serves one VIP for the protocol).
         // Fragments to a VIP: passed (no port to find the resource or the flow by).
-        if let Some(ret) = maps::lookup_return_of(&pkt.src, 0, pkt.proto, pkt.family) {
-            return unsub(nat::reply(Raw::of(ctx), &pkt, ret));
+        if maps::maybe(&pkt.src, ADDR_SERVER) {
+            if let Some(ret) = maps::lookup_return_of(&pkt.src, 0, pkt.proto, pkt.family) {
+                return unsub(nat::reply(Raw::of(ctx), &pkt, ret));
+            }
         }
         count(GlobalCounter::PassFragment);
         return Ok(xdp_action::XDP_PASS);
@@ -71,11 +74,23 @@ fn try_ftn_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         }
         return unsub(r);
     }
-    if let Some(res) = maps::lookup_resource(&pkt) {
-        return unsub(nat::forward(Raw::of(ctx), &pkt, res));
+    // The address filter first (two array reads): most packets a gateway routes are neither
+    // to a VIP nor from a server, and pay no hash lookup.
+    if maps::maybe(&pkt.dst, ADDR_VIP) {
+        let r = fast::forward(Raw::of(ctx), &pkt);
+        if r != fast::NOT_FAST {
+            return unsub(r);
+        }
+        // Read before the lookup: a flow checked on this packet is stamped with it (`fast`).
+        let epoch = maps::config().ok_or(())?.epoch;
+        if let Some(res) = maps::lookup_resource(&pkt) {
+            return unsub(nat::forward(Raw::of(ctx), &pkt, res, epoch));
+        }
     }
-    if let Some(ret) = maps::lookup_return(&pkt) {
-        return unsub(nat::reply(Raw::of(ctx), &pkt, ret));
+    if maps::maybe(&pkt.src, ADDR_SERVER) {
+        if let Some(ret) = maps::lookup_return(&pkt) {
+            return unsub(nat::reply(Raw::of(ctx), &pkt, ret));
+        }
     }
     count(GlobalCounter::PassNoMatch);
     Ok(xdp_action::XDP_PASS)

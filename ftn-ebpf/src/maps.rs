@@ -11,9 +11,9 @@ use aya_ebpf::{
 use ftn_common::{
     DataplaneConfig, FlowKey, FlowValue, GlobalCounter, NexthopKey, NexthopValue, PassiveState,
     ResourceKey, ResourceStats, ResourceValue, ReturnKey, ReturnValue, ServerStats, ServerValue,
-    BPF_F_NO_COMMON_LRU, DEFAULT_FLOW_CAPACITY, DEFAULT_PENDING_CAPACITY, EVENTS_BYTES,
-    GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS, MAX_RETURN_KEYS,
-    MAX_SERVERS, NEXTHOP_CAPACITY,
+    ADDR_FILTER_WORDS, BPF_F_NO_COMMON_LRU, DEFAULT_FLOW_CAPACITY, DEFAULT_PENDING_CAPACITY,
+    EVENTS_BYTES, GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS,
+    MAX_RETURN_KEYS, MAX_SERVERS, NEXTHOP_CAPACITY,
 };
 
 use crate::parse::Pkt;
@@ -61,7 +61,18 @@ pub static FTN_NEXTHOP: LruHashMap<NexthopKey, NexthopValue> =
     LruHashMap::with_max_entries(NEXTHOP_CAPACITY, 0);
 
 #[map]
+pub static FTN_ADDRS: Array<u64> = Array::with_max_entries(ADDR_FILTER_WORDS, 0);
+
+#[map]
 pub static FTN_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// False when `addr` is certainly not an address of `kind` (`ADDR_VIP`, `ADDR_SERVER`): its
+/// bit in the address filter is clear. True means "maybe": look the key up.
+#[inline(always)]
+pub fn maybe(addr: &[u32; 4], kind: u32) -> bool {
+    let (word, mask) = ftn_common::addr_filter(addr, kind);
+    FTN_ADDRS.get(word).is_some_and(|w| w & mask != 0)
+}
 
 #[inline(always)]
 pub fn count(c: GlobalCounter) {
@@ -127,14 +138,19 @@ pub fn unsub(action: u32) -> Result<u32, ()> {
 pub struct Env {
     pub cfg: &'static DataplaneConfig,
     pub now: u64,
+    /// `cfg.epoch` as it was before the packet's resource lookup (see `fast`): what a flow
+    /// entry checked on this packet is stamped with.
+    pub epoch: u32,
 }
 
 impl Env {
     /// `None` only if `FTN_CONFIG` has no entry 0, which it always has.
     #[inline(always)]
     pub fn read() -> Option<Env> {
+        let cfg = config()?;
         Some(Env {
-            cfg: config()?,
+            cfg,
+            epoch: cfg.epoch,
             // SAFETY: helper without arguments.
             now: unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() },
         })

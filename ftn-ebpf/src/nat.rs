@@ -24,10 +24,11 @@ pub enum Which {
 
 /// Client -> VIP: DNAT to the flow's server and send. A subprogram of its own (its flow key
 /// and value in its own stack frame).
+/// `epoch`: `DataplaneConfig::epoch` read before the resource lookup that found `res`.
 #[inline(never)]
-pub fn forward(raw: Raw, pkt: &Pkt, res: &ResourceValue) -> u32 {
+pub fn forward(raw: Raw, pkt: &Pkt, res: &ResourceValue, epoch: u32) -> u32 {
     let ctx = &raw.ctx();
-    sub(forward_checked(ctx, pkt, res))
+    sub(forward_checked(ctx, pkt, res, epoch))
 }
 
 /// [`fwd::send`]'s answer as the program's: an oversized packet is answered (ICMP error from
@@ -50,13 +51,19 @@ fn forwarded(action: u32) -> bool {
 }
 
 #[inline(always)]
-fn forward_checked(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, ()> {
+fn forward_checked(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    res: &ResourceValue,
+    epoch: u32,
+) -> Result<u32, ()> {
     if pkt.ttl <= 1 {
         // The kernel answers with "time exceeded" from the gateway itself.
         count(GlobalCounter::PassTtl);
         return Ok(xdp_action::XDP_PASS);
     }
-    let env = Env::read().ok_or(())?;
+    let mut env = Env::read().ok_or(())?;
+    env.epoch = epoch;
     let seq = if pkt.proto == PROTO_TCP {
         u32::from_be(read::<u32>(ctx, pkt.l4_off + 4)?)
     } else {

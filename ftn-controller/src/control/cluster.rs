@@ -129,6 +129,8 @@ pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
         }
     }
     let mut out = Vec::new();
+    // A key given to another resource: established flows must be checked again.
+    let mut reassigned = false;
     for c in new {
         match &c {
             Change::SetServer { id, server } => {
@@ -140,7 +142,9 @@ pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
                 matcher,
                 assignment,
             } => {
-                if old_resources.remove(matcher).as_ref() != Some(assignment) {
+                let old = old_resources.remove(matcher);
+                reassigned |= old.is_some_and(|o| o.resource_id != assignment.resource_id);
+                if old.as_ref() != Some(assignment) {
                     out.push(c);
                 }
             }
@@ -152,6 +156,7 @@ pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
             _ => out.push(c),
         }
     }
+    let removed = !old_resources.is_empty() || !old_servers.is_empty();
     out.extend(
         old_resources
             .into_keys()
@@ -167,6 +172,9 @@ pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
             .into_keys()
             .map(|id| Change::RemoveServer { id }),
     );
+    if reassigned || removed {
+        out.push(Change::RevalidateFlows);
+    }
     out
 }
 

@@ -670,6 +670,9 @@ mod tests {
         ) -> Result<(), DataplaneError> {
             self.0.lock().unwrap().set_config(c)
         }
+        fn revalidate_flows(&mut self) -> Result<(), DataplaneError> {
+            self.0.lock().unwrap().revalidate_flows()
+        }
         fn resource_stats(&self, id: u32) -> Result<ResourceStats, DataplaneError> {
             self.0.lock().unwrap().resource_stats(id)
         }
@@ -828,7 +831,13 @@ servers = ["p1", "b1"]
         let d = state_diff(old, new);
         assert_eq!(
             d,
-            vec![srv(2, false), srv(4, true), Change::RemoveServer { id: 3 }]
+            vec![
+                srv(2, false),
+                srv(4, true),
+                Change::RemoveServer { id: 3 },
+                // A removal: established flows are checked against the maps again.
+                Change::RevalidateFlows,
+            ]
         );
         assert!(state_diff(vec![srv(1, true)], vec![srv(1, true)]).is_empty());
     }

@@ -23,6 +23,8 @@ pub struct MemoryDataplane {
     pub server_stats: HashMap<u32, ServerStats>,
     /// Number of successful writes, to check batching in tests.
     pub writes: usize,
+    /// Number of [`Dataplane::revalidate_flows`] calls.
+    pub revalidations: usize,
 }
 
 impl MemoryDataplane {
@@ -88,6 +90,11 @@ impl Dataplane for MemoryDataplane {
     fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
         self.config = Some(*config);
         self.writes += 1;
+        Ok(())
+    }
+
+    fn revalidate_flows(&mut self) -> Result<(), DataplaneError> {
+        self.revalidations += 1;
         Ok(())
     }
 

@@ -142,6 +142,11 @@ pub enum Change {
         matcher: ReturnMatch,
     },
     SetConfig(DataplaneConfig),
+    /// After changes that removed a resource key or a server, or gave a key to another
+    /// resource (a configuration change): every established flow's next packet takes the slow
+    /// path once and is checked against the maps again (`DataplaneConfig::epoch`). Failovers
+    /// never need it (the fast path reads each server's state).
+    RevalidateFlows,
 }
 
 /// Errors of a dataplane operation.
@@ -203,6 +208,8 @@ pub trait Dataplane: Send {
     ) -> Result<(), DataplaneError>;
     fn remove_return(&mut self, matcher: &ReturnMatch) -> Result<(), DataplaneError>;
     fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError>;
+    /// See [`Change::RevalidateFlows`].
+    fn revalidate_flows(&mut self) -> Result<(), DataplaneError>;
 
     /// Counters of a resource, summed over CPUs.
     fn resource_stats(&self, id: u32) -> Result<ResourceStats, DataplaneError>;
@@ -231,6 +238,7 @@ pub trait Dataplane: Send {
                 Change::SetReturn { matcher, target } => self.set_return(matcher, target),
                 Change::RemoveReturn { matcher } => self.remove_return(matcher),
                 Change::SetConfig(c) => self.set_config(c),
+                Change::RevalidateFlows => self.revalidate_flows(),
             };
             r.map_err(|e| (i, e))?;
         }

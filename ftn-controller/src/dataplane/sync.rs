@@ -283,7 +283,9 @@ fn resync<D: Dataplane + ListKeys>(
             dp.remove_server(id).map_err(|e| e.to_string())?;
         }
     }
-    Ok(())
+    // The maps may have held another configuration's keys (a restart after a change): every
+    // established flow is checked against them once.
+    dp.revalidate_flows().map_err(|e| e.to_string())
 }
 
 fn read_counters<D: Dataplane>(

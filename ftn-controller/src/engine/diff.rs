@@ -24,7 +24,32 @@ impl Engine {
         self.diff_resources(servers, resources, update, &mut changes);
         self.diff_returns(servers, resources, &mut changes);
         self.removals(servers, update, events, &mut changes);
+        if self.reshapes_flows(&changes) {
+            changes.push(Change::RevalidateFlows);
+        }
         changes
+    }
+
+    /// True when `changes` remove a resource key or a server, or the new configuration gives
+    /// a key to another resource: established flows are then checked against the new maps
+    /// once (the fast path takes a flow without the resource lookup). Failovers, and a
+    /// configuration that only adds, never need it.
+    fn reshapes_flows(&self, changes: &[Change]) -> bool {
+        if Arc::ptr_eq(&self.applied, &self.config) {
+            return false;
+        }
+        let removes = changes.iter().any(|c| {
+            matches!(
+                c,
+                Change::RemoveResource { .. } | Change::RemoveServer { .. }
+            )
+        });
+        removes || {
+            let new = all_matchers(&self.config);
+            all_matchers(&self.applied)
+                .iter()
+                .any(|(m, owner)| new.get(m).is_some_and(|o| o != owner))
+        }
     }
 
     /// The return table follows the configuration and the ids of records: it changes only with

@@ -352,6 +352,8 @@ servers = ["b1", "p1"]
 "#;
     r.engine.set_config(config("", extra));
     let plan = r.step(T0 + 10, None).unwrap();
+    // Only additions: established flows need no new check (no RevalidateFlows).
+    assert_eq!(r.dp.revalidations, 0);
     // dns:53's resource entry, and the return entries of its two servers (udp 53 -> its VIP),
     // with their fragment entries (port 0: each serves one VIP on udp).
     let returns: Vec<(IpAddr, u16, IpAddr)> = plan
@@ -400,6 +402,9 @@ servers = ["b1", "p1"]
         .changes
         .iter()
         .all(|c| !matches!(c, Change::SetResource { matcher, .. } if matcher.port == 53)));
+    // A key went: established flows are checked against the maps again, after every write.
+    assert_eq!(plan.changes.last(), Some(&Change::RevalidateFlows));
+    assert_eq!(r.dp.revalidations, 1);
     assert_eq!(r.dp.resources.len(), 2);
     // Remove dns entirely.
     assert_eq!(
@@ -415,6 +420,31 @@ servers = ["b1", "p1"]
     ports.sort();
     assert_eq!(ports, vec![0, 0, 80, 80, 443, 443]);
     assert!(!r.engine.snapshot().resources.contains_key("dns"));
+}
+
+#[test]
+fn a_key_given_to_another_resource_revalidates_established_flows() {
+    let mut r = Rig::new(config("", ""));
+    // web keeps 80; its 443 goes to a new resource web-tls (same VIP, other server order).
+    let mut c = (*config("", "")).clone();
+    c.resources[0].ports = vec![80];
+    let mut tls = c.resources[0].clone();
+    tls.name = "web-tls".into();
+    tls.ports = vec![443];
+    tls.servers.reverse();
+    c.resources.push(tls);
+    r.engine.set_config(Arc::new(c));
+    let plan = r.step(T0 + 10, None).unwrap();
+    assert!(
+        !plan
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::RemoveResource { .. })),
+        "443 is rewritten, not removed: {:?}",
+        plan.changes
+    );
+    assert_eq!(plan.changes.last(), Some(&Change::RevalidateFlows));
+    assert_eq!(r.dp.revalidations, 1);
 }
 
 #[test]

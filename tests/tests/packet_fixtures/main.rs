@@ -26,6 +26,7 @@ mod tcp_state;
 mod mtu;
 mod pending;
 mod fragments;
+mod fast_path;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -140,6 +141,9 @@ enum Op {
     /// A return entry: the server's (address, protocol, port) -> VIP, resource id, server id.
     Return(ReturnMatch, IpAddr, u32, u32),
     Config(DataplaneConfig),
+    RemoveResource(ResourceMatch),
+    /// `Dataplane::revalidate_flows` (a new flow epoch).
+    Revalidate,
     /// Insert a flow entry of client -> VIP on `server`, last seen at time 1 ns (long idle).
     AgedFlow {
         client: IpAddr,
@@ -160,6 +164,8 @@ struct Case {
     /// `None`: the output must equal the input.
     output: Option<Vec<u8>>,
     counter: GlobalCounter,
+    /// When set, the `fast_forward` counter must not move: the case is for the slow path.
+    slow: bool,
 }
 
 fn m(vip: IpAddr, protocol: Protocol, port: u16) -> ResourceMatch {
@@ -186,7 +192,14 @@ fn case(
         action,
         output,
         counter,
+        slow: false,
     }
+}
+
+/// `c`, which must not take the fast path.
+fn slow(mut c: Case) -> Case {
+    c.slow = true;
+    c
 }
 
 fn with(mut c: Case, setup: Vec<Op>) -> Case {
@@ -208,6 +221,7 @@ fn cases(a: &Addrs) -> Vec<Case> {
         mtu::cases,
         pending::cases,
         fragments::cases,
+        fast_path::cases,
     ]
     .iter()
     .flat_map(|f| f(a))
@@ -305,6 +319,8 @@ fn apply(dp: &mut AyaDataplane, op: &Op) {
             )
             .unwrap(),
         Op::Config(c) => dp.set_config(c).unwrap(),
+        Op::RemoveResource(mt) => dp.remove_resource(mt).unwrap(),
+        Op::Revalidate => dp.revalidate_flows().unwrap(),
         Op::AgedFlow {
             client,
             vip,
@@ -328,6 +344,7 @@ fn apply(dp: &mut AyaDataplane, op: &Op) {
                 resource_id: *resource,
                 flags: 0,
                 client_seq: 0,
+                ..FlowValue::default()
             };
             dp.insert_flow(&key, &value).unwrap();
         }
@@ -475,6 +492,9 @@ fn run_case(dp: &mut AyaDataplane, lab: &Lab, c: &Case) -> (u32, Vec<String>) {
             delta(GlobalCounter::Packets)
         ));
     }
+    if c.slow && delta(GlobalCounter::FastForward) != 0 {
+        problems.push("the fast path took a packet that is for the slow path".into());
+    }
     if delta(c.counter) != 1 {
         let moved: Vec<String> = GlobalCounter::ALL
             .iter()
@@ -524,8 +544,9 @@ fn check_counters(dp: &AyaDataplane, failures: &mut Vec<String>) {
         format!("web4 flows_moved = {} (1 expected)", web4.flows_moved),
     );
     check(
-        p4.flows_moved_away == 1,
-        format!("P4 flows_moved_away = {} (1 expected)", p4.flows_moved_away),
+        // failover's flow and fast_path's.
+        p4.flows_moved_away == 2,
+        format!("P4 flows_moved_away = {} (2 expected)", p4.flows_moved_away),
     );
     check(
         web4.new_flows >= 6,
@@ -553,9 +574,9 @@ fn check_counters(dp: &AyaDataplane, failures: &mut Vec<String>) {
         ),
     );
     check(
-        g[GlobalCounter::FlowsMoved as usize].1 == 2,
+        g[GlobalCounter::FlowsMoved as usize].1 == 3,
         format!(
-            "flows_moved = {} (2 expected)",
+            "flows_moved = {} (3 expected: failover's two and fast_path's)",
             g[GlobalCounter::FlowsMoved as usize].1
         ),
     );

@@ -33,9 +33,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use ftn_common::{
-    map_names, FlowKey, FlowValue, NexthopKey, NexthopValue, PassiveState, ResourceKey,
-    ResourceValue, ReturnKey, ReturnValue, ServerValue, DEFAULT_FLOW_CAPACITY,
-    DEFAULT_PENDING_CAPACITY, PROGRAM_NAME,
+    addr_filter, map_names, FlowKey, FlowValue, NexthopKey, NexthopValue, PassiveState,
+    ResourceKey, ResourceValue, ReturnKey, ReturnValue, ServerValue, ADDR_FILTER_WORDS,
+    ADDR_SERVER, ADDR_VIP, DEFAULT_FLOW_CAPACITY, DEFAULT_PENDING_CAPACITY, PROGRAM_NAME,
 };
 
 use super::{
@@ -96,6 +96,10 @@ pub struct AyaDataplane {
     /// The FIB answers the program caches; flushed when an interface is replaced (a cached
     /// answer names the old ifindex and MACs).
     nexthop: HashMap<MapData, NexthopKey, NexthopValue>,
+    /// The address filter (`map_names::ADDRS`) and this process's copy of it: a bit is written
+    /// only when it is not set yet, so rewriting a key costs no extra syscall.
+    addrs: Array<MapData, u64>,
+    addr_bits: Vec<u64>,
     /// Passive health reports; taken by the controller's reader task.
     events: Option<RingBuf<MapData>>,
     attached: Vec<Attached>,
@@ -209,6 +213,7 @@ impl AyaDataplane {
         let events = Some(typed(take(map_names::EVENTS)?, map_names::EVENTS)?);
         // Pinned with the rest (an adopted dataplane keeps its cache); only flushed here.
         let nexthop = typed(take(map_names::NEXTHOP)?, map_names::NEXTHOP)?;
+        let addrs = typed(take(map_names::ADDRS)?, map_names::ADDRS)?;
         let mut dp = AyaDataplane {
             ebpf: Some(ebpf),
             resources,
@@ -223,6 +228,8 @@ impl AyaDataplane {
             pending,
             passive,
             nexthop,
+            addrs,
+            addr_bits: vec![0; ADDR_FILTER_WORDS as usize],
             events,
             attached: Vec::new(),
             _pinned_links: Vec::new(),
@@ -271,8 +278,15 @@ impl AyaDataplane {
                 mode: XdpAttachMode::Auto,
             });
         }
+        let addrs: Array<MapData, u64> = typed(open(map_names::ADDRS)?, map_names::ADDRS)?;
+        let addr_bits = (0..ADDR_FILTER_WORDS)
+            .map(|i| addrs.get(&i, 0))
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(map_err(map_names::ADDRS, "read"))?;
         Ok(AyaDataplane {
             ebpf: None,
+            addrs,
+            addr_bits,
             resources: typed(open(map_names::RESOURCES)?, map_names::RESOURCES)?,
             servers: typed(open(map_names::SERVERS)?, map_names::SERVERS)?,
             config: typed(open(map_names::CONFIG)?, map_names::CONFIG)?,
@@ -498,6 +512,31 @@ impl AyaDataplane {
     }
 }
 
+impl AyaDataplane {
+    /// The flow epoch the program holds now (`DataplaneConfig::epoch`).
+    pub fn epoch(&self) -> Result<u32, DataplaneError> {
+        Ok(self
+            .config
+            .get(&0, 0)
+            .map_err(map_err(map_names::CONFIG, "get"))?
+            .epoch)
+    }
+
+    /// Sets `addr`'s bit in the address filter's half `kind`, unless it is set already.
+    fn set_addr_bit(&mut self, addr: &[u32; 4], kind: u32) -> Result<(), DataplaneError> {
+        let (word, mask) = addr_filter(addr, kind);
+        let w = &mut self.addr_bits[word as usize];
+        if *w & mask != 0 {
+            return Ok(());
+        }
+        self.addrs
+            .set(word, *w | mask, 0)
+            .map_err(map_err(map_names::ADDRS, "set"))?;
+        *w |= mask;
+        Ok(())
+    }
+}
+
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     let missing = || DataplaneError::MissingInObject {
         what: "XDP program",
@@ -579,6 +618,8 @@ impl Dataplane for AyaDataplane {
                 });
             }
         }
+        // The filter bit before the key: the program looks the key up only when it is set.
+        self.set_addr_bit(&m.to_key().vip, ADDR_VIP)?;
         self.resources
             .insert(m.to_key(), a.to_value(), 0)
             .map_err(map_err(map_names::RESOURCES, "insert"))
@@ -594,6 +635,7 @@ impl Dataplane for AyaDataplane {
     fn set_return(&mut self, m: &ReturnMatch, t: &ReturnTarget) -> Result<(), DataplaneError> {
         check_resource_id(t.resource_id)?;
         check_server_id(t.server_id)?;
+        self.set_addr_bit(&m.to_key().server, ADDR_SERVER)?;
         self.returns
             .insert(m.to_key(), t.to_value(), 0)
             .map_err(map_err(map_names::RETURN, "insert"))
@@ -607,9 +649,29 @@ impl Dataplane for AyaDataplane {
     }
 
     fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
-        // The program reads the entry as it is: zero fields become their defaults here.
+        // The program reads the entry as it is: zero fields become their defaults here. The
+        // epoch is the map's, not a setting: kept.
+        let epoch = self.epoch()?;
         self.config
-            .set(0, config.resolved(), 0)
+            .set(
+                0,
+                DataplaneConfig {
+                    epoch,
+                    ..config.resolved()
+                },
+                0,
+            )
+            .map_err(map_err(map_names::CONFIG, "set"))
+    }
+
+    fn revalidate_flows(&mut self) -> Result<(), DataplaneError> {
+        let mut c = self
+            .config
+            .get(&0, 0)
+            .map_err(map_err(map_names::CONFIG, "get"))?;
+        c.epoch = c.epoch.wrapping_add(1);
+        self.config
+            .set(0, c, 0)
             .map_err(map_err(map_names::CONFIG, "set"))
     }
 

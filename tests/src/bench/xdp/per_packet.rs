@@ -315,6 +315,7 @@ impl Bench1 {
             resource_id: 0,
             flags: 0,
             client_seq: 0,
+            ..FlowValue::default()
         };
         for i in 0..flows + pending {
             let key = FlowKey {
