@@ -23,7 +23,7 @@ use ftn_common::{
 
 use crate::{
     flow, fwd,
-    maps::{self, count, res_stats, srv_stats, sub, Env, FTN_FLOWS, FTN_NEXTHOP},
+    maps::{self, count, res_stats, srv_stats, Env, ABORTED, FTN_FLOWS, FTN_NEXTHOP},
     nat::{rewrite_addr, Which},
     parse::{read, Pkt, Raw, FRAG_NONE, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -39,7 +39,7 @@ pub fn forward(raw: Raw, pkt: &Pkt) -> u32 {
     match forward_checked(ctx, pkt) {
         Ok(Some(action)) => action,
         Ok(None) => NOT_FAST,
-        Err(()) => sub(Err(())),
+        Err(()) => ABORTED,
     }
 }
 
