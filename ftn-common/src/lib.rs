@@ -129,6 +129,13 @@ pub const NO_SERVER: u32 = u32::MAX;
 /// `ResourceValue::flags`: answer packets of a resource with no live server with a TCP RST or
 /// an ICMP unreachable instead of dropping them silently.
 pub const RES_FLAG_REJECT: u32 = 1;
+/// `ResourceValue::flags` of a fragment entry: the key (VIP, protocol, port 0) of a tcp or udp
+/// resource alone on its VIP and protocol, through which fragments to the VIP (later ones carry
+/// no port) reach the resource's current server. Its `server_id` is [`NO_SERVER`] and its
+/// `generation` holds the port ([`ResourceValue::fragment_port`]) of the resource's entry whose
+/// server they go to: the entry is written once per configuration, failovers rewrite only the
+/// port entries.
+pub const RES_FLAG_FRAGMENTS: u32 = 2;
 
 /// `ServerValue::state`.
 pub const SERVER_DOWN: u8 = 0;
@@ -168,6 +175,24 @@ pub struct ResourceValue {
     pub flags: u32,
 }
 const _: () = assert!(size_of::<ResourceValue>() == 16);
+
+impl ResourceValue {
+    /// A fragment entry ([`RES_FLAG_FRAGMENTS`]) of resource `resource_id`, following its entry
+    /// for `port` (network byte order, as in [`ResourceKey`]).
+    pub const fn fragments(resource_id: u32, port: u16) -> ResourceValue {
+        ResourceValue {
+            resource_id,
+            server_id: NO_SERVER,
+            generation: port as u32,
+            flags: RES_FLAG_FRAGMENTS,
+        }
+    }
+
+    /// The port (network byte order) a fragment entry follows.
+    pub const fn fragment_port(&self) -> u16 {
+        self.generation as u16
+    }
+}
 
 /// Value of [`map_names::SERVERS`] (index = server id).
 #[repr(C)]
@@ -486,7 +511,8 @@ pub enum GlobalCounter {
     PassNotIp,
     /// Truncated or malformed headers: passed untouched.
     PassMalformed,
-    /// IPv4 fragment or IPv6 fragment header: passed untouched.
+    /// IPv4 fragment or IPv6 fragment header neither to a VIP with one resource for its
+    /// protocol nor from a server with a fragment entry: passed untouched.
     PassFragment,
     /// IPv6 extension header before the transport header: passed untouched.
     PassIpv6Ext,
@@ -535,10 +561,13 @@ pub enum GlobalCounter {
     /// Client packets of established flows forwarded by the one-lookup fast path (also counted
     /// in `Tx` or `Redirect`).
     FastForward,
+    /// Fragments to a VIP DNATed to its resource's current server (the VIP has one resource
+    /// for the protocol; also counted in `Tx` or `Redirect`).
+    FragmentForward,
 }
 
 /// Number of [`GlobalCounter`] slots.
-pub const GLOBAL_COUNTERS: u32 = GlobalCounter::FastForward as u32 + 1;
+pub const GLOBAL_COUNTERS: u32 = GlobalCounter::FragmentForward as u32 + 1;
 
 impl GlobalCounter {
     /// Every counter, in index order (for the controller's exporters and the tests).
@@ -568,6 +597,7 @@ impl GlobalCounter {
         Self::PassFragmentable,
         Self::FlowsPromoted,
         Self::FastForward,
+        Self::FragmentForward,
     ];
 
     /// Stable snake_case name (metrics label).
@@ -598,6 +628,7 @@ impl GlobalCounter {
             Self::PassFragmentable => "pass_fragmentable",
             Self::FlowsPromoted => "flows_promoted",
             Self::FastForward => "fast_forward",
+            Self::FragmentForward => "fragment_forward",
         }
     }
 }

@@ -56,7 +56,13 @@ fn try_ftn_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     if pkt.frag != parse::FRAG_NONE {
         // A server's fragmented reply: translated by the server's (address, protocol) alone,
         // when the controller wrote that entry (the server serves one VIP for the protocol).
-        // Fragments to a VIP: passed (no port to find the resource or the flow by).
+        // A fragment to a VIP: DNATed to its resource's current server, when the VIP has one
+        // resource for the protocol (the controller wrote that entry); else passed.
+        if maps::maybe(&pkt.dst, ADDR_VIP) {
+            if let Some(res) = maps::lookup_fragment_resource(&pkt) {
+                return unsub(nat::forward_fragment(Raw::of(ctx), &pkt, res));
+            }
+        }
         if maps::maybe(&pkt.src, ADDR_SERVER) {
             if let Some(ret) = maps::lookup_return_of(&pkt.src, 0, pkt.proto, pkt.family) {
                 return unsub(nat::reply(Raw::of(ctx), &pkt, ret));

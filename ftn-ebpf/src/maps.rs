@@ -13,7 +13,7 @@ use ftn_common::{
     ResourceKey, ResourceStats, ResourceValue, ReturnKey, ReturnValue, ServerStats, ServerValue,
     ADDR_FILTER_WORDS, BPF_F_NO_COMMON_LRU, DEFAULT_FLOW_CAPACITY, DEFAULT_PENDING_CAPACITY,
     EVENTS_BYTES, GLOBAL_COUNTERS, MAX_INTERFACES, MAX_RESOURCES, MAX_RESOURCE_KEYS,
-    MAX_RETURN_KEYS, MAX_SERVERS, NEXTHOP_CAPACITY,
+    MAX_RETURN_KEYS, MAX_SERVERS, NEXTHOP_CAPACITY, PROTO_TCP, PROTO_UDP, RES_FLAG_FRAGMENTS,
 };
 
 use crate::parse::Pkt;
@@ -177,6 +177,36 @@ pub fn lookup_resource(pkt: &Pkt) -> Option<&'static ResourceValue> {
     };
     // SAFETY: a map value stays valid for the program run (RCU); the controller replaces an
     // entry whole (a reader sees the old or the new one).
+    let res = unsafe { FTN_RESOURCES.get(key) }?;
+    // A TCP or UDP packet to port 0 finds a fragment entry: no resource of its own.
+    if res.flags & RES_FLAG_FRAGMENTS != 0 {
+        return None;
+    }
+    Some(res)
+}
+
+/// The resource a fragment to a VIP goes to: the controller writes a fragment entry (VIP,
+/// protocol, port 0; [`RES_FLAG_FRAGMENTS`]) for a tcp or udp resource alone on that VIP and
+/// protocol, which names the port entry to follow (two lookups: fragments are rare). `None`:
+/// no such resource (the fragment is passed).
+#[inline(always)]
+pub fn lookup_fragment_resource(pkt: &Pkt) -> Option<&'static ResourceValue> {
+    if pkt.proto != PROTO_TCP && pkt.proto != PROTO_UDP {
+        return None;
+    }
+    let mut key = ResourceKey {
+        vip: pkt.dst,
+        port: 0,
+        proto: pkt.proto,
+        family: pkt.family,
+    };
+    // SAFETY: as for `lookup_resource`.
+    let entry = unsafe { FTN_RESOURCES.get(key) }?;
+    if entry.flags & RES_FLAG_FRAGMENTS == 0 {
+        return None;
+    }
+    key.port = entry.fragment_port();
+    // SAFETY: as above.
     unsafe { FTN_RESOURCES.get(key) }
 }
 

@@ -7,7 +7,7 @@ use ftn_common::{
 
 use crate::{
     csum, flow, fwd,
-    maps::{count, res_stats, srv_stats, sub, unsub, Env},
+    maps::{self, count, res_stats, srv_stats, sub, unsub, Env},
     parse::{
         read, write, Pkt, Raw, ETH_LEN, FRAG_FIRST, FRAG_LATER, FRAG_NONE, TCP_ACK, TCP_RST,
         TCP_SYN,
@@ -101,6 +101,51 @@ fn forward_checked(
     }
     if ch.new_flow && pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         passive::on_syn(ch.server_id, env.now, env.cfg);
+    }
+    unsub(action)
+}
+
+/// A fragment to a VIP whose protocol has one resource there (the controller's port-0 key,
+/// [`maps::lookup_fragment_resource`]): DNATed to the resource's current server, statelessly.
+/// Later fragments carry no ports, so no flow can be found for them; every fragment of a
+/// datagram goes to the same server as long as the resource does not move. A resource with no
+/// live server drops them (even with the reject policy: a later fragment has no transport
+/// header to answer). A subprogram of its own.
+#[inline(never)]
+pub fn forward_fragment(raw: Raw, pkt: &Pkt, res: &ResourceValue) -> u32 {
+    let ctx = &raw.ctx();
+    sub(forward_fragment_checked(ctx, pkt, res))
+}
+
+#[inline(always)]
+fn forward_fragment_checked(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, ()> {
+    if pkt.ttl <= 1 {
+        count(GlobalCounter::PassTtl);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let server = match maps::server(res.server_id) {
+        Some(s) if res.server_id != NO_SERVER && s.family == pkt.family => s,
+        _ => {
+            count(GlobalCounter::DropNoServer);
+            if let Some(s) = res_stats(res.resource_id) {
+                s.drop_no_server += 1;
+            }
+            return Ok(xdp_action::XDP_DROP);
+        }
+    };
+    let env = Env::read().ok_or(())?;
+    let action = fwd::send(Raw::of(ctx), pkt, &server.addr, fwd::DNAT, &env);
+    if !forwarded(action) {
+        return finish(ctx, pkt, action);
+    }
+    count(GlobalCounter::FragmentForward);
+    if let Some(s) = res_stats(res.resource_id) {
+        s.packets += 1;
+        s.bytes += u64::from(pkt.frame_len);
+    }
+    if let Some(s) = srv_stats(res.server_id) {
+        s.packets += 1;
+        s.bytes += u64::from(pkt.frame_len);
     }
     unsub(action)
 }

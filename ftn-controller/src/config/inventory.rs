@@ -430,6 +430,7 @@ impl RawResource {
             failback: self.failback,
             drain: self.drain,
             on_no_server: self.on_no_server,
+            fragments: false,
         })
     }
 }
@@ -551,12 +552,14 @@ fn read_ports(ctx: &mut Ctx, t: &Table, protocol: Option<Protocol>) -> Vec<(u16,
                 if list.is_empty() {
                     ctx.report(item.span, &ports_field, "must list at least one port");
                 }
+                // One bit per port: a list of all 65,535 ports is checked in linear time.
+                let mut seen = vec![false; usize::from(u16::MAX) + 1];
                 for (i, it) in list.iter().enumerate() {
                     let f = format!("{ports_field}[{i}]");
                     let Some(port) = want_port(ctx, it, &f) else {
                         continue;
                     };
-                    if ports.iter().any(|(p, _)| *p == port) {
+                    if std::mem::replace(&mut seen[usize::from(port)], true) {
                         ctx.report(it.span, &f, format!("port {port} is listed twice"));
                     } else {
                         ports.push((port, it.span));

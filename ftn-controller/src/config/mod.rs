@@ -314,9 +314,32 @@ pub struct ResourceConfig {
     #[serde(serialize_with = "ser::duration")]
     pub drain: Duration,
     pub on_no_server: NoServerAction,
+    /// Set (tcp and udp only) when this is the only resource on its (VIP, protocol): it also
+    /// takes the fragments sent to the VIP on that protocol ([`Self::fragment_matcher`]).
+    /// Derived from the whole configuration; not a field of the file.
+    pub fragments: bool,
 }
 
 impl ResourceConfig {
+    /// The dataplane entry (VIP, protocol, port 0) through which fragments to the VIP reach
+    /// this resource's current server (later fragments carry no port), when
+    /// [`Self::fragments`].
+    pub fn fragment_matcher(&self) -> Option<ResourceMatch> {
+        self.fragments.then_some(ResourceMatch {
+            vip: self.vip,
+            protocol: self.protocol,
+            port: 0,
+        })
+    }
+
+    /// [`Self::matchers`] and the [`Self::fragment_matcher`]: every dataplane resource key
+    /// this resource owns.
+    pub fn keys(&self) -> Vec<ResourceMatch> {
+        let mut out = self.matchers();
+        out.extend(self.fragment_matcher());
+        out
+    }
+
     /// The dataplane's (VIP, protocol, port) entries of this resource (port 0 for icmp).
     pub fn matchers(&self) -> Vec<ResourceMatch> {
         if self.protocol == Protocol::Icmp {

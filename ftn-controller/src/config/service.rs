@@ -81,10 +81,11 @@ pub(super) fn read_config(ctx: &mut Ctx, root: &Item, path: &Path) -> Option<Con
     if !ctx.problems.is_empty() {
         return None;
     }
-    let resources = resources
+    let mut resources = resources
         .into_iter()
         .map(RawResource::build)
         .collect::<Option<Vec<_>>>()?;
+    mark_fragment_owners(&mut resources);
     let servers = servers
         .into_iter()
         .map(|s| s.build(&resources, check_defaults))
@@ -98,6 +99,19 @@ pub(super) fn read_config(ctx: &mut Ctx, root: &Item, path: &Path) -> Option<Con
         resources,
         source: path.to_path_buf(),
     })
+}
+
+/// Sets [`ResourceConfig::fragments`] on every tcp or udp resource that is alone on its (VIP,
+/// protocol).
+fn mark_fragment_owners(resources: &mut [ResourceConfig]) {
+    let mut per_vip: std::collections::HashMap<(std::net::IpAddr, Protocol), usize> =
+        std::collections::HashMap::new();
+    for r in resources.iter() {
+        *per_vip.entry((r.vip, r.protocol)).or_default() += 1;
+    }
+    for r in resources.iter_mut() {
+        r.fragments = r.protocol != Protocol::Icmp && per_vip[&(r.vip, r.protocol)] == 1;
+    }
 }
 
 /// The elements of `[[name]]` (absent: none).

@@ -250,8 +250,21 @@ fn full_example_parses_with_values_and_defaults() {
             failback: Failback::Immediate,
             drain: Duration::from_secs(5),
             on_no_server: NoServerAction::Reject,
+            fragments: true,
         }
     );
+    // Alone on its (VIP, protocol): tcp "web" and udp "dns" share a VIP but not a protocol.
+    let fragments = |n: &str| c.resource(n).unwrap().fragment_matcher();
+    assert_eq!(
+        fragments("dns"),
+        Some(ResourceMatch {
+            vip: "198.18.100.1".parse().unwrap(),
+            protocol: Protocol::Udp,
+            port: 0
+        })
+    );
+    assert_eq!(fragments("ping6"), None, "icmp has no fragment entry");
+    assert!(fragments("web-manual").is_some());
     let dns = c.resource("dns").unwrap();
     assert_eq!(dns.failback, Failback::Hold(Duration::from_secs(10)));
     assert_eq!(dns.drain, Duration::from_secs(30));
@@ -1490,4 +1503,73 @@ fn one_server_on_several_ports_of_one_vip_or_other_protocols_is_fine() {
         resource("d", "198.18.100.2", "tcp", "ports = [81]\n", "[\"b1\"]"),
     ));
     assert_eq!(ok(&text).resources.len(), 4);
+}
+
+#[test]
+fn only_a_resource_alone_on_its_vip_and_protocol_takes_the_vips_fragments() {
+    let text = with_gateway(&format!(
+        "{TWO_SERVERS}{}{}{}",
+        resource("a", "198.18.100.1", "tcp", "ports = [80]\n", "[\"p1\"]"),
+        resource("b", "198.18.100.1", "tcp", "ports = [443]\n", "[\"b1\"]"),
+        resource(
+            "c",
+            "198.18.100.1",
+            "udp",
+            "ports = [53, 5353]\n",
+            "[\"p1\"]"
+        ),
+    ));
+    let c = ok(&text);
+    let frag = |n: &str| c.resource(n).unwrap().fragment_matcher();
+    // Two tcp resources on one VIP: a fragment without ports could belong to either.
+    assert_eq!(frag("a"), None);
+    assert_eq!(frag("b"), None);
+    assert_eq!(
+        frag("c"),
+        Some(ResourceMatch {
+            vip: "198.18.100.1".parse().unwrap(),
+            protocol: Protocol::Udp,
+            port: 0
+        })
+    );
+    assert_eq!(
+        c.resource("c").unwrap().keys().len(),
+        3,
+        "two ports and the fragment entry"
+    );
+}
+
+#[test]
+fn fragment_entries_count_against_the_resource_key_limit() {
+    let all_ports = format!(
+        "ports = [{}]\n",
+        (1..=65535)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // 4 × 65,535 port entries + 4 fragment entries = 262,144: exactly the limit.
+    let four = [
+        resource("a", "198.18.100.1", "tcp", &all_ports, "[\"p1\"]"),
+        resource("b", "198.18.100.1", "udp", &all_ports, "[\"p1\"]"),
+        resource("c", "198.18.100.2", "tcp", &all_ports, "[\"b1\"]"),
+        resource("d", "198.18.100.2", "udp", &all_ports, "[\"b1\"]"),
+    ]
+    .concat();
+    let text = with_gateway(&format!("{TWO_SERVERS}{four}"));
+    let keys: usize = ok(&text).resources.iter().map(|r| r.keys().len()).sum();
+    assert_eq!(keys, ftn_common::MAX_RESOURCE_KEYS as usize);
+    // One more (an icmp resource's entry) is refused, and the message says why.
+    let text = with_gateway(&format!(
+        "{TWO_SERVERS}{four}{}",
+        resource("e", "198.18.100.3", "icmp", "", "[\"p1\"]")
+    ));
+    let e = err(&text);
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert!(
+        e.problems[0]
+            .message
+            .contains("too many (VIP, protocol, port) entries: 262145, of which 4 for fragments"),
+        "{e}"
+    );
 }

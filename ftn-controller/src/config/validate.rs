@@ -126,13 +126,25 @@ fn check_capacity(ctx: &mut Ctx, resources: &[RawResource]) {
             ),
         );
     }
-    let keys: usize = resources.iter().map(|r| r.ports.len().max(1)).sum();
+    let ports: usize = resources.iter().map(|r| r.ports.len().max(1)).sum();
+    // Plus one fragment entry per (VIP, protocol) that one tcp or udp resource has alone.
+    let mut per_vip: HashMap<(IpAddr, Protocol), usize> = HashMap::new();
+    for r in resources {
+        if let (Some(vip), Some(p)) = (r.vip, r.protocol) {
+            *per_vip.entry((vip, p)).or_default() += 1;
+        }
+    }
+    let fragments = per_vip
+        .iter()
+        .filter(|((_, p), n)| *p != Protocol::Icmp && **n == 1)
+        .count();
+    let keys = ports + fragments;
     if keys > MAX_RESOURCE_KEYS as usize {
         ctx.report(
             None,
             "resource",
             format!(
-                "too many (VIP, protocol, port) entries: {keys} (the dataplane holds at most {MAX_RESOURCE_KEYS})"
+                "too many (VIP, protocol, port) entries: {keys}, of which {fragments} for fragments (one per VIP and protocol that a single tcp or udp resource has); the dataplane holds at most {MAX_RESOURCE_KEYS}"
             ),
         );
     }

@@ -111,6 +111,7 @@ pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
     let mut old_servers = BTreeMap::new();
     let mut old_resources = BTreeMap::new();
     let mut old_returns = BTreeMap::new();
+    let mut old_fragments = BTreeMap::new();
     for c in old {
         match c {
             Change::SetServer { id, server } => {
@@ -124,6 +125,9 @@ pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
             }
             Change::SetReturn { matcher, target } => {
                 old_returns.insert(matcher, target);
+            }
+            Change::SetFragments { matcher, target } => {
+                old_fragments.insert(matcher, target);
             }
             _ => {}
         }
@@ -153,13 +157,21 @@ pub(super) fn state_diff(old: Vec<Change>, new: Vec<Change>) -> Vec<Change> {
                     out.push(c);
                 }
             }
+            Change::SetFragments { matcher, target } => {
+                let old = old_fragments.remove(matcher);
+                reassigned |= old.is_some_and(|o| o.resource_id != target.resource_id);
+                if old.as_ref() != Some(target) {
+                    out.push(c);
+                }
+            }
             _ => out.push(c),
         }
     }
-    let removed = !old_resources.is_empty() || !old_servers.is_empty();
+    let removed = !old_resources.is_empty() || !old_fragments.is_empty() || !old_servers.is_empty();
     out.extend(
         old_resources
             .into_keys()
+            .chain(old_fragments.into_keys())
             .map(|matcher| Change::RemoveResource { matcher }),
     );
     out.extend(

@@ -654,6 +654,13 @@ mod tests {
         fn remove_resource(&mut self, m: &ResourceMatch) -> Result<(), DataplaneError> {
             self.0.lock().unwrap().remove_resource(m)
         }
+        fn set_fragments(
+            &mut self,
+            m: &ResourceMatch,
+            t: &crate::dataplane::FragmentTarget,
+        ) -> Result<(), DataplaneError> {
+            self.0.lock().unwrap().set_fragments(m, t)
+        }
         fn set_return(
             &mut self,
             m: &crate::model::ReturnMatch,

@@ -8,8 +8,8 @@ use ftn_common::{
 };
 
 use super::{
-    check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, GlobalCounter,
-    ResourceAssignment, ResourceStats, ReturnTarget, ServerEntry, ServerStats,
+    check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, FragmentTarget,
+    GlobalCounter, ResourceAssignment, ResourceStats, ReturnTarget, ServerEntry, ServerStats,
 };
 use crate::model::{ResourceMatch, ReturnMatch};
 
@@ -69,6 +69,17 @@ impl Dataplane for MemoryDataplane {
 
     fn remove_resource(&mut self, m: &ResourceMatch) -> Result<(), DataplaneError> {
         self.resources.remove(&m.to_key());
+        self.writes += 1;
+        Ok(())
+    }
+
+    fn set_fragments(
+        &mut self,
+        m: &ResourceMatch,
+        t: &FragmentTarget,
+    ) -> Result<(), DataplaneError> {
+        check_resource_id(t.resource_id)?;
+        self.resources.insert(m.to_key(), t.to_value());
         self.writes += 1;
         Ok(())
     }

@@ -77,6 +77,22 @@ impl ResourceAssignment {
     }
 }
 
+/// What a fragment entry (VIP, protocol, port 0) holds: the resource alone on that VIP and
+/// protocol, and the port of its entry whose current server fragments go to
+/// (`ftn_common::RES_FLAG_FRAGMENTS`). It does not change on failover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragmentTarget {
+    pub resource_id: u32,
+    /// Host byte order.
+    pub port: u16,
+}
+
+impl FragmentTarget {
+    pub fn to_value(&self) -> ResourceValue {
+        ResourceValue::fragments(self.resource_id, self.port.to_be())
+    }
+}
+
 /// The VIP a server's (address, protocol, port) replies are SNATed to, and whose counters
 /// they count in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,8 +147,14 @@ pub enum Change {
         matcher: ResourceMatch,
         assignment: ResourceAssignment,
     },
+    /// Removes a resource key, a fragment entry's too.
     RemoveResource {
         matcher: ResourceMatch,
+    },
+    /// A fragment entry; `matcher` has port 0.
+    SetFragments {
+        matcher: ResourceMatch,
+        target: FragmentTarget,
     },
     SetReturn {
         matcher: ReturnMatch,
@@ -201,6 +223,11 @@ pub trait Dataplane: Send {
         assignment: &ResourceAssignment,
     ) -> Result<(), DataplaneError>;
     fn remove_resource(&mut self, matcher: &ResourceMatch) -> Result<(), DataplaneError>;
+    fn set_fragments(
+        &mut self,
+        matcher: &ResourceMatch,
+        target: &FragmentTarget,
+    ) -> Result<(), DataplaneError>;
     fn set_return(
         &mut self,
         matcher: &ReturnMatch,
@@ -235,6 +262,7 @@ pub trait Dataplane: Send {
                     assignment,
                 } => self.set_resource(matcher, assignment),
                 Change::RemoveResource { matcher } => self.remove_resource(matcher),
+                Change::SetFragments { matcher, target } => self.set_fragments(matcher, target),
                 Change::SetReturn { matcher, target } => self.set_return(matcher, target),
                 Change::RemoveReturn { matcher } => self.remove_return(matcher),
                 Change::SetConfig(c) => self.set_config(c),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::resources::ResourcePlan;
 use super::returns::{return_changes, return_entries};
 use super::servers::ServerSet;
-use super::{all_matchers, set_resource, Engine};
+use super::{all_matchers, set_fragments, set_resource, Engine};
 use crate::config::ResourceConfig;
 use crate::dataplane::{Change, ServerEntry};
 use crate::directory::{EventDraft, ResourceRecord, Update};
@@ -154,9 +154,15 @@ impl Engine {
                     || o.protocol != rc.protocol
                     || o.ports != rc.ports
                     || o.on_no_server != rc.on_no_server
+                    || o.fragments != rc.fragments
             });
             if id_changed || shape_changed || prev.is_none() {
                 changes.extend(set_resource(rc, rec, server_id(&rec.current)));
+            }
+            // The fragment entry follows the resource's first port, not its server: a
+            // failover leaves it alone.
+            if shape_changed || prev.is_none_or(|p| p.id != rec.id) {
+                changes.extend(set_fragments(rc, rec));
             }
             if prev != Some(rec) {
                 update.set_resources.push(rec.clone());

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use crate::config::{Config, ResourceConfig};
 use crate::dataplane::sync::Desired;
-use crate::dataplane::{Change, ResourceAssignment, ServerEntry};
+use crate::dataplane::{Change, FragmentTarget, ResourceAssignment, ServerEntry};
 use crate::directory::{EventDraft, ResourceRecord, Snapshot, Update};
 use crate::model::{Failback, Health, ResourceMatch, ReturnMatch};
 
@@ -126,10 +126,25 @@ fn set_resource(
         })
 }
 
+/// The fragment entry of resource `rc` (when it is alone on its VIP and protocol), following
+/// its first port. It does not depend on the assignment: written with the resource's entries
+/// when they are first written or the configuration reshapes them, never on failover.
+fn set_fragments(rc: &ResourceConfig, rec: &ResourceRecord) -> Option<Change> {
+    let matcher = rc.fragment_matcher()?;
+    Some(Change::SetFragments {
+        matcher,
+        target: FragmentTarget {
+            resource_id: rec.id,
+            port: *rc.ports.first()?,
+        },
+    })
+}
+
+/// Every resource key of `c` (ports, ICMP, fragment entries) and the resource that owns it.
 fn all_matchers(c: &Config) -> BTreeMap<ResourceMatch, String> {
     c.resources
         .iter()
-        .flat_map(|r| r.matchers().into_iter().map(move |m| (m, r.name.clone())))
+        .flat_map(|r| r.keys().into_iter().map(move |m| (m, r.name.clone())))
         .collect()
 }
 
@@ -298,6 +313,7 @@ impl Engine {
                     .and_then(|c| self.snapshot.servers.get(c))
                     .map(|s| s.id);
                 out.extend(set_resource(rc, rec, server));
+                out.extend(set_fragments(rc, rec));
             }
         }
         out.extend(

@@ -102,7 +102,23 @@ impl Rig {
 fn starts_on_the_primary_with_both_ports() {
     let r = Rig::new(config("", ""));
     assert_eq!(r.current().as_deref(), Some("p1"));
-    assert_eq!(r.dp.resources.len(), 2);
+    // Ports 80 and 443, and the fragment entry (web is alone on its VIP for tcp), which
+    // follows port 80's entry.
+    assert_eq!(r.dp.resources.len(), 3);
+    let frag =
+        r.dp.resource(&ResourceMatch {
+            vip: "198.18.100.1".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 0,
+        })
+        .unwrap();
+    assert_eq!(
+        frag,
+        ftn_common::ResourceValue::fragments(
+            r.engine.snapshot().resources["web"].id,
+            80u16.to_be()
+        )
+    );
     assert_eq!(r.dp_server(), r.id("p1"));
     assert!(r.dp_up("p1") && r.dp_up("b1"));
     assert_eq!(r.events.iter().filter(|e| e.kind == "config").count(), 3);
@@ -122,7 +138,8 @@ fn primary_down_fails_over_at_once_and_marks_the_server_down() {
         "{}",
         ev.message
     );
-    // 1 server + 2 resource entries, nothing else rewritten.
+    // 1 server + 2 resource entries, nothing else rewritten (the fragment entry follows port
+    // 80's entry: a failover leaves it alone).
     assert_eq!(plan.changes.len(), 3, "{:?}", plan.changes);
 }
 
@@ -380,8 +397,8 @@ servers = ["b1", "p1"]
     );
     assert_eq!(
         plan.changes.len(),
-        5,
-        "only dns:53 is written: {:?}",
+        6,
+        "only dns:53 and its fragment entry are written: {:?}",
         plan.changes
     );
     assert_eq!(
@@ -405,7 +422,11 @@ servers = ["b1", "p1"]
     // A key went: established flows are checked against the maps again, after every write.
     assert_eq!(plan.changes.last(), Some(&Change::RevalidateFlows));
     assert_eq!(r.dp.revalidations, 1);
-    assert_eq!(r.dp.resources.len(), 2);
+    assert_eq!(
+        r.dp.resources.len(),
+        4,
+        "web:80, dns:53 and their fragment entries"
+    );
     // Remove dns entirely.
     assert_eq!(
         r.dp.returns.len(),
@@ -525,4 +546,44 @@ servers = ["b1"]
     // p1 serves only web's VIP on tcp; b1 serves web's and tls's.
     assert!(frag("198.18.2.10"), "p1: {:?}", r.dp.returns);
     assert!(!frag("198.18.3.10"), "b1: {:?}", r.dp.returns);
+}
+
+#[test]
+fn a_second_resource_on_the_vip_and_protocol_takes_the_fragment_entry_away() {
+    let mut r = Rig::new(config("", ""));
+    let frag_key = ResourceMatch {
+        vip: "198.18.100.1".parse().unwrap(),
+        protocol: Protocol::Tcp,
+        port: 0,
+    };
+    assert!(r.dp.resource(&frag_key).is_some());
+    let second = r#"
+[[resource]]
+name = "ssh"
+vip = "198.18.100.1"
+protocol = "tcp"
+ports = [22]
+servers = ["p1"]
+"#;
+    r.engine.set_config(config("", second));
+    let plan = r.step(T0 + 10, None).unwrap();
+    assert!(
+        plan.changes
+            .contains(&Change::RemoveResource { matcher: frag_key }),
+        "{:?}",
+        plan.changes
+    );
+    assert_eq!(
+        r.dp.resource(&frag_key),
+        None,
+        "a fragment could be for web or ssh"
+    );
+    // Alone again: the entry comes back, following web's first port.
+    r.engine.set_config(config("", ""));
+    let plan = r.step(T0 + 20, None).unwrap();
+    assert!(plan
+        .changes
+        .iter()
+        .any(|c| matches!(c, Change::SetFragments { matcher, target } if *matcher == frag_key && target.port == 80)));
+    assert!(r.dp.resource(&frag_key).is_some());
 }

@@ -35,7 +35,8 @@ use ftn_common::{
     DataplaneConfig, FlowKey, FlowValue, GlobalCounter, FAMILY_V4, FLOW_FLAG_CLOSING, PROTO_TCP,
 };
 use ftn_controller::dataplane::{
-    AyaDataplane, AyaOptions, Dataplane, ResourceAssignment, ReturnTarget, ServerEntry,
+    AyaDataplane, AyaOptions, Dataplane, FragmentTarget, ResourceAssignment, ReturnTarget,
+    ServerEntry,
 };
 use ftn_controller::model::{ip_words, NoServerAction, Protocol, ResourceMatch, ReturnMatch};
 use ftn_tests::frames::{action_name, verify_checksums, BM, CM, G0, G1, G2, PM, R0M, R1M, SCM, XM};
@@ -142,6 +143,8 @@ enum Op {
     Return(ReturnMatch, IpAddr, u32, u32),
     Config(DataplaneConfig),
     RemoveResource(ResourceMatch),
+    /// A fragment entry (the matcher's port is 0): resource id, the port it follows.
+    Fragments(ResourceMatch, u32, u16),
     /// `Dataplane::revalidate_flows` (a new flow epoch).
     Revalidate,
     /// Insert a flow entry of client -> VIP on `server`, last seen at time 1 ns (long idle).
@@ -320,6 +323,15 @@ fn apply(dp: &mut AyaDataplane, op: &Op) {
             .unwrap(),
         Op::Config(c) => dp.set_config(c).unwrap(),
         Op::RemoveResource(mt) => dp.remove_resource(mt).unwrap(),
+        Op::Fragments(mt, rid, port) => dp
+            .set_fragments(
+                mt,
+                &FragmentTarget {
+                    resource_id: *rid,
+                    port: *port,
+                },
+            )
+            .unwrap(),
         Op::Revalidate => dp.revalidate_flows().unwrap(),
         Op::AgedFlow {
             client,
@@ -533,9 +545,10 @@ fn check_counters(dp: &AyaDataplane, failures: &mut Vec<String>) {
         ),
     );
     check(
-        rej4.reject_no_server == 4 && rej4.drop_no_server == 1,
+        // The drop: fragments' case "to a resource without a live server".
+        rej4.reject_no_server == 4 && rej4.drop_no_server == 2,
         format!(
-            "rej4 reject/drop = {}/{} (4/1 expected)",
+            "rej4 reject/drop = {}/{} (4/2 expected)",
             rej4.reject_no_server, rej4.drop_no_server
         ),
     );

@@ -48,7 +48,7 @@ fn not_parsed(a: &Addrs) -> Vec<Case> {
             )
         },
         case(
-            "IPv4 first fragment (MF) to the VIP is passed",
+            "IPv4 first fragment (MF) to a VIP with two TCP resources (no fragment entry) is passed",
             Fx0,
             tcp4_fragment(a.c4, a.vip4, true, 0),
             XDP_PASS,
@@ -56,7 +56,7 @@ fn not_parsed(a: &Addrs) -> Vec<Case> {
             G::PassFragment,
         ),
         case(
-            "IPv4 non-first fragment to the VIP is passed",
+            "IPv4 non-first fragment to a VIP with two TCP resources is passed",
             Fx0,
             tcp4_fragment(a.c4, a.vip4, false, 8),
             XDP_PASS,
@@ -64,7 +64,7 @@ fn not_parsed(a: &Addrs) -> Vec<Case> {
             G::PassFragment,
         ),
         case(
-            "IPv6 with a fragment header to the VIP is passed",
+            "IPv6 with a fragment header to a VIP without a fragment entry is passed",
             Fx0,
             with_ipv6_ext(
                 &frame(CM, G0, a.c6, a.vip6, 64, tcp(40201, 80, 1, 0, SYN), b""),

@@ -39,8 +39,8 @@ use ftn_common::{
 };
 
 use super::{
-    check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, GlobalCounter,
-    ResourceAssignment, ResourceStats, ReturnTarget, ServerEntry, ServerStats,
+    check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, FragmentTarget,
+    GlobalCounter, ResourceAssignment, ResourceStats, ReturnTarget, ServerEntry, ServerStats,
 };
 use crate::model::{family, ResourceMatch, ReturnMatch, XdpAttachMode};
 
@@ -630,6 +630,18 @@ impl Dataplane for AyaDataplane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(map_names::RESOURCES, "remove")(e)),
         }
+    }
+
+    fn set_fragments(
+        &mut self,
+        m: &ResourceMatch,
+        t: &FragmentTarget,
+    ) -> Result<(), DataplaneError> {
+        check_resource_id(t.resource_id)?;
+        self.set_addr_bit(&m.to_key().vip, ADDR_VIP)?;
+        self.resources
+            .insert(m.to_key(), t.to_value(), 0)
+            .map_err(map_err(map_names::RESOURCES, "insert"))
     }
 
     fn set_return(&mut self, m: &ReturnMatch, t: &ReturnTarget) -> Result<(), DataplaneError> {
