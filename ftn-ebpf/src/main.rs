@@ -59,8 +59,9 @@ fn try_ftn_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         // A fragment to a VIP: DNATed to its resource's current server, when the VIP has one
         // resource for the protocol (the controller wrote that entry); else passed.
         if maps::maybe(&pkt.dst, ADDR_VIP) {
-            if let Some(res) = maps::lookup_fragment_resource(&pkt) {
-                return unsub(nat::forward_fragment(Raw::of(ctx), &pkt, res));
+            let r = nat::forward_fragment(Raw::of(ctx), &pkt);
+            if r != nat::NO_FRAGMENT_ENTRY {
+                return unsub(r);
             }
         }
         if maps::maybe(&pkt.src, ADDR_SERVER) {

@@ -110,12 +110,20 @@ fn forward_checked(
 /// Later fragments carry no ports, so no flow can be found for them; every fragment of a
 /// datagram goes to the same server as long as the resource does not move. A resource with no
 /// live server drops them (even with the reject policy: a later fragment has no transport
-/// header to answer). A subprogram of its own.
+/// header to answer). A subprogram of its own, lookups included (they would otherwise grow
+/// `ftn_xdp`, which every packet runs): [`NO_FRAGMENT_ENTRY`] when the VIP has no fragment
+/// entry for the protocol.
 #[inline(never)]
-pub fn forward_fragment(raw: Raw, pkt: &Pkt, res: &ResourceValue) -> u32 {
+pub fn forward_fragment(raw: Raw, pkt: &Pkt) -> u32 {
     let ctx = &raw.ctx();
-    sub(forward_fragment_checked(ctx, pkt, res))
+    match maps::lookup_fragment_resource(pkt) {
+        Some(res) => sub(forward_fragment_checked(ctx, pkt, res)),
+        None => NO_FRAGMENT_ENTRY,
+    }
 }
+
+/// [`forward_fragment`]'s answer when no fragment entry matched (the caller goes on).
+pub const NO_FRAGMENT_ENTRY: u32 = u32::MAX - 1;
 
 #[inline(always)]
 fn forward_fragment_checked(ctx: &XdpContext, pkt: &Pkt, res: &ResourceValue) -> Result<u32, ()> {
