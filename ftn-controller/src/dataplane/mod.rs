@@ -207,6 +207,14 @@ pub enum DataplaneError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("map {map}: batch update failed at entry {at} of {count}")]
+    Batch {
+        map: &'static str,
+        at: usize,
+        count: usize,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pinning or opening pinned objects under {path} failed: {detail}")]
     Pin { path: String, detail: String },
     #[error("{0}")]
@@ -252,25 +260,33 @@ pub trait Dataplane: Send {
     }
 
     /// Applies a batch in order; stops at the first error and says which change failed.
+    /// (The real dataplane writes runs of resource entries in one syscall each.)
     fn apply(&mut self, changes: &[Change]) -> Result<(), (usize, DataplaneError)> {
         for (i, c) in changes.iter().enumerate() {
-            let r = match c {
-                Change::SetServer { id, server } => self.set_server(*id, server),
-                Change::RemoveServer { id } => self.remove_server(*id),
-                Change::SetResource {
-                    matcher,
-                    assignment,
-                } => self.set_resource(matcher, assignment),
-                Change::RemoveResource { matcher } => self.remove_resource(matcher),
-                Change::SetFragments { matcher, target } => self.set_fragments(matcher, target),
-                Change::SetReturn { matcher, target } => self.set_return(matcher, target),
-                Change::RemoveReturn { matcher } => self.remove_return(matcher),
-                Change::SetConfig(c) => self.set_config(c),
-                Change::RevalidateFlows => self.revalidate_flows(),
-            };
-            r.map_err(|e| (i, e))?;
+            apply_one(self, c).map_err(|e| (i, e))?;
         }
         Ok(())
+    }
+}
+
+/// One change, through the trait's methods.
+pub(crate) fn apply_one<D: Dataplane + ?Sized>(
+    dp: &mut D,
+    c: &Change,
+) -> Result<(), DataplaneError> {
+    match c {
+        Change::SetServer { id, server } => dp.set_server(*id, server),
+        Change::RemoveServer { id } => dp.remove_server(*id),
+        Change::SetResource {
+            matcher,
+            assignment,
+        } => dp.set_resource(matcher, assignment),
+        Change::RemoveResource { matcher } => dp.remove_resource(matcher),
+        Change::SetFragments { matcher, target } => dp.set_fragments(matcher, target),
+        Change::SetReturn { matcher, target } => dp.set_return(matcher, target),
+        Change::RemoveReturn { matcher } => dp.remove_return(matcher),
+        Change::SetConfig(c) => dp.set_config(c),
+        Change::RevalidateFlows => dp.revalidate_flows(),
     }
 }
 

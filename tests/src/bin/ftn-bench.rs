@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: measures the dataplane, failover and the controller's scale, each beside
 //! a baseline measured in the same run, prints a table and optionally writes a flat JSON object.
 //!
-//! Usage: `ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,scale,cluster]` (as root).
+//! Usage: `ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,remap,scale,cluster]` (as root).
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -66,7 +66,9 @@ impl Target {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,scale,cluster]");
+    eprintln!(
+        "usage: ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,remap,scale,cluster]"
+    );
     std::process::exit(2);
 }
 
@@ -111,10 +113,11 @@ fn main() {
     let t0 = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
     type Part = (&'static str, fn(Size) -> Vec<Figure>);
-    let parts: [Part; 5] = [
+    let parts: [Part; 6] = [
         ("xdp", bench::xdp::run),
         ("flood", bench::xdp::flood::run),
         ("failover", bench::failover::run),
+        ("remap", bench::scale::run_remap),
         ("scale", bench::scale::run),
         ("cluster", bench::cluster::run),
     ];

@@ -17,6 +17,7 @@
 //!   program itself is pinned (`<dir>/prog_ftn_xdp`) so that an adopted dataplane can do it too.
 
 mod attach;
+mod batch;
 
 pub use attach::{detach, InterfaceState};
 use attach::{ifindex, pinned_links};
@@ -28,7 +29,10 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{
+        Array, DevMapHash, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues,
+        RingBuf,
+    },
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -39,8 +43,9 @@ use ftn_common::{
 };
 
 use super::{
-    check_resource_id, check_server_id, Dataplane, DataplaneConfig, DataplaneError, FragmentTarget,
-    GlobalCounter, ResourceAssignment, ResourceStats, ReturnTarget, ServerEntry, ServerStats,
+    apply_one, check_resource_id, check_server_id, Change, Dataplane, DataplaneConfig,
+    DataplaneError, FragmentTarget, GlobalCounter, ResourceAssignment, ResourceStats, ReturnTarget,
+    ServerEntry, ServerStats,
 };
 use crate::model::{family, ResourceMatch, ReturnMatch, XdpAttachMode};
 
@@ -395,7 +400,6 @@ impl AyaDataplane {
 
     /// Entries the flow table holds at most (its `max_entries`).
     pub fn flow_table_entries(&self) -> Result<u32, DataplaneError> {
-        use aya::maps::IterableMap as _;
         let info = self
             .flows
             .map()
@@ -407,7 +411,6 @@ impl AyaDataplane {
     /// Kernel memory of the flow table, in bytes, as the kernel accounts it
     /// (`memlock` in the maps' fdinfo).
     pub fn flow_table_memory(&self) -> Result<u64, DataplaneError> {
-        use aya::maps::IterableMap as _;
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let memlock = |m: &MapData| -> Result<u64, DataplaneError> {
             let fd = m.fd().as_fd().as_raw_fd();
@@ -483,7 +486,6 @@ impl AyaDataplane {
 
     /// Entries the pending table holds at most.
     pub fn pending_table_entries(&self) -> Result<u32, DataplaneError> {
-        use aya::maps::IterableMap as _;
         let info = self
             .pending
             .map()
@@ -523,6 +525,85 @@ impl AyaDataplane {
     }
 
     /// Sets `addr`'s bit in the address filter's half `kind`, unless it is set already.
+    /// The checks of a resource entry: ids in range, the server of the VIP's family (its
+    /// family read from the map once per server id and batch: `families`).
+    fn check_assignment(
+        &self,
+        m: &ResourceMatch,
+        a: &ResourceAssignment,
+        families: &mut Option<std::collections::HashMap<u32, u8>>,
+    ) -> Result<(), DataplaneError> {
+        check_resource_id(a.resource_id)?;
+        let Some(id) = a.server else {
+            return Ok(());
+        };
+        check_server_id(id)?;
+        let cached = families.as_ref().and_then(|f| f.get(&id).copied());
+        let fam = match cached {
+            Some(f) => f,
+            None => {
+                let s = self
+                    .servers
+                    .get(&id, 0)
+                    .map_err(map_err(map_names::SERVERS, "get"))?;
+                if let Some(f) = families {
+                    f.insert(id, s.family);
+                }
+                s.family
+            }
+        };
+        if fam != family(m.vip) {
+            return Err(DataplaneError::FamilyMismatch {
+                matcher: *m,
+                server: id,
+            });
+        }
+        Ok(())
+    }
+
+    /// `changes`, all `SetResource`, in one batch: every entry is checked first; the valid
+    /// prefix is written, then the first invalid entry's error is returned (as one change at a
+    /// time would have done).
+    fn set_resources(&mut self, changes: &[Change]) -> Result<(), (usize, DataplaneError)> {
+        let mut families = Some(std::collections::HashMap::new());
+        let mut keys = Vec::with_capacity(changes.len());
+        let mut values = Vec::with_capacity(changes.len());
+        let mut invalid = None;
+        for (k, c) in changes.iter().enumerate() {
+            let Change::SetResource {
+                matcher,
+                assignment,
+            } = c
+            else {
+                unreachable!("set_resources is given SetResource changes only");
+            };
+            let checked = self
+                .check_assignment(matcher, assignment, &mut families)
+                .and_then(|()| self.set_addr_bit(&matcher.to_key().vip, ADDR_VIP));
+            if let Err(e) = checked {
+                invalid = Some((k, e));
+                break;
+            }
+            keys.push(matcher.to_key());
+            values.push(assignment.to_value());
+        }
+        batch::update(self.resources.map(), &keys, &values).map_err(|(at, source)| {
+            (
+                at,
+                DataplaneError::Batch {
+                    map: map_names::RESOURCES,
+                    at,
+                    count: keys.len(),
+                    source,
+                },
+            )
+        })?;
+        match invalid {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     fn set_addr_bit(&mut self, addr: &[u32; 4], kind: u32) -> Result<(), DataplaneError> {
         let (word, mask) = addr_filter(addr, kind);
         let w = &mut self.addr_bits[word as usize];
@@ -604,25 +685,33 @@ impl Dataplane for AyaDataplane {
         m: &ResourceMatch,
         a: &ResourceAssignment,
     ) -> Result<(), DataplaneError> {
-        check_resource_id(a.resource_id)?;
-        if let Some(id) = a.server {
-            check_server_id(id)?;
-            let s = self
-                .servers
-                .get(&id, 0)
-                .map_err(map_err(map_names::SERVERS, "get"))?;
-            if s.family != family(m.vip) {
-                return Err(DataplaneError::FamilyMismatch {
-                    matcher: *m,
-                    server: id,
-                });
-            }
-        }
+        self.check_assignment(m, a, &mut None)?;
         // The filter bit before the key: the program looks the key up only when it is set.
         self.set_addr_bit(&m.to_key().vip, ADDR_VIP)?;
         self.resources
             .insert(m.to_key(), a.to_value(), 0)
             .map_err(map_err(map_names::RESOURCES, "insert"))
+    }
+
+    /// Runs of two or more resource entries (a failover's) are written with one
+    /// `BPF_MAP_UPDATE_BATCH` each; everything else one change at a time, in order.
+    fn apply(&mut self, changes: &[Change]) -> Result<(), (usize, DataplaneError)> {
+        let mut i = 0;
+        while i < changes.len() {
+            let run = changes[i..]
+                .iter()
+                .take_while(|c| matches!(c, Change::SetResource { .. }))
+                .count();
+            if run >= 2 {
+                self.set_resources(&changes[i..i + run])
+                    .map_err(|(k, e)| (i + k, e))?;
+                i += run;
+            } else {
+                apply_one(self, &changes[i]).map_err(|e| (i, e))?;
+                i += 1;
+            }
+        }
+        Ok(())
     }
 
     fn remove_resource(&mut self, m: &ResourceMatch) -> Result<(), DataplaneError> {
