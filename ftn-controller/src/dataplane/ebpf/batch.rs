@@ -1,14 +1,22 @@
-//! `BPF_MAP_UPDATE_BATCH` (Linux 5.6): many entries of one map in one syscall. aya 0.14 has
-//! no batch API, so this is the one raw `bpf(2)` call of the controller. The kernel applies
-//! the entries in order with the same semantics as one update each (`BPF_ANY`), and says how
-//! many it applied when it stops at an error.
+//! `BPF_MAP_UPDATE_BATCH` (Linux 5.6): many entries of one map in one syscall, and the aya
+//! dataplane's batched write of a run of resource entries ([`AyaDataplane::set_resources`]).
+//! aya 0.14 has no batch API, so this is the one raw `bpf(2)` call of the controller. The
+//! kernel applies the entries in order with the same semantics as one update each
+//! (`BPF_ANY`), and says how many it applied when it stops at an error.
 
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd};
 
-use aya::maps::MapData;
+use aya::maps::{IterableMap as _, MapData};
 use aya::Pod;
+use ftn_common::{map_names, ADDR_VIP};
+
+use super::{map_err, AyaDataplane};
+use crate::dataplane::{
+    check_resource_id, check_server_id, Change, DataplaneError, ResourceAssignment,
+};
+use crate::model::{family, ResourceMatch};
 
 /// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
 #[repr(C)]
@@ -70,4 +78,88 @@ pub fn update<K: Pod, V: Pod>(
         return Err(((attr.count as usize).min(keys.len()), e));
     }
     Ok(())
+}
+
+impl AyaDataplane {
+    /// The checks of a resource entry: ids in range, the server of the VIP's family (its
+    /// family read from the map once per server id and batch: `families`).
+    pub(super) fn check_assignment(
+        &self,
+        m: &ResourceMatch,
+        a: &ResourceAssignment,
+        families: &mut Option<std::collections::HashMap<u32, u8>>,
+    ) -> Result<(), DataplaneError> {
+        check_resource_id(a.resource_id)?;
+        let Some(id) = a.server else {
+            return Ok(());
+        };
+        check_server_id(id)?;
+        let cached = families.as_ref().and_then(|f| f.get(&id).copied());
+        let fam = match cached {
+            Some(f) => f,
+            None => {
+                let s = self
+                    .servers
+                    .get(&id, 0)
+                    .map_err(map_err(map_names::SERVERS, "get"))?;
+                if let Some(f) = families {
+                    f.insert(id, s.family);
+                }
+                s.family
+            }
+        };
+        if fam != family(m.vip) {
+            return Err(DataplaneError::FamilyMismatch {
+                matcher: *m,
+                server: id,
+            });
+        }
+        Ok(())
+    }
+
+    /// `changes`, all `SetResource`, in one batch: every entry is checked first; the valid
+    /// prefix is written, then the first invalid entry's error is returned (as one change at a
+    /// time would have done).
+    pub(super) fn set_resources(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<(), (usize, DataplaneError)> {
+        let mut families = Some(std::collections::HashMap::new());
+        let mut keys = Vec::with_capacity(changes.len());
+        let mut values = Vec::with_capacity(changes.len());
+        let mut invalid = None;
+        for (k, c) in changes.iter().enumerate() {
+            let Change::SetResource {
+                matcher,
+                assignment,
+            } = c
+            else {
+                unreachable!("set_resources is given SetResource changes only");
+            };
+            let checked = self
+                .check_assignment(matcher, assignment, &mut families)
+                .and_then(|()| self.set_addr_bit(&matcher.to_key().vip, ADDR_VIP));
+            if let Err(e) = checked {
+                invalid = Some((k, e));
+                break;
+            }
+            keys.push(matcher.to_key());
+            values.push(assignment.to_value());
+        }
+        update(self.resources.map(), &keys, &values).map_err(|(at, source)| {
+            (
+                at,
+                DataplaneError::Batch {
+                    map: map_names::RESOURCES,
+                    at,
+                    count: keys.len(),
+                    source,
+                },
+            )
+        })?;
+        match invalid {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 }

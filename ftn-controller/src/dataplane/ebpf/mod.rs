@@ -47,7 +47,7 @@ use super::{
     DataplaneError, FragmentTarget, GlobalCounter, ResourceAssignment, ResourceStats, ReturnTarget,
     ServerEntry, ServerStats,
 };
-use crate::model::{family, ResourceMatch, ReturnMatch, XdpAttachMode};
+use crate::model::{ResourceMatch, ReturnMatch, XdpAttachMode};
 
 /// Options of [`AyaDataplane::load`].
 #[derive(Clone, Debug)]
@@ -525,85 +525,6 @@ impl AyaDataplane {
     }
 
     /// Sets `addr`'s bit in the address filter's half `kind`, unless it is set already.
-    /// The checks of a resource entry: ids in range, the server of the VIP's family (its
-    /// family read from the map once per server id and batch: `families`).
-    fn check_assignment(
-        &self,
-        m: &ResourceMatch,
-        a: &ResourceAssignment,
-        families: &mut Option<std::collections::HashMap<u32, u8>>,
-    ) -> Result<(), DataplaneError> {
-        check_resource_id(a.resource_id)?;
-        let Some(id) = a.server else {
-            return Ok(());
-        };
-        check_server_id(id)?;
-        let cached = families.as_ref().and_then(|f| f.get(&id).copied());
-        let fam = match cached {
-            Some(f) => f,
-            None => {
-                let s = self
-                    .servers
-                    .get(&id, 0)
-                    .map_err(map_err(map_names::SERVERS, "get"))?;
-                if let Some(f) = families {
-                    f.insert(id, s.family);
-                }
-                s.family
-            }
-        };
-        if fam != family(m.vip) {
-            return Err(DataplaneError::FamilyMismatch {
-                matcher: *m,
-                server: id,
-            });
-        }
-        Ok(())
-    }
-
-    /// `changes`, all `SetResource`, in one batch: every entry is checked first; the valid
-    /// prefix is written, then the first invalid entry's error is returned (as one change at a
-    /// time would have done).
-    fn set_resources(&mut self, changes: &[Change]) -> Result<(), (usize, DataplaneError)> {
-        let mut families = Some(std::collections::HashMap::new());
-        let mut keys = Vec::with_capacity(changes.len());
-        let mut values = Vec::with_capacity(changes.len());
-        let mut invalid = None;
-        for (k, c) in changes.iter().enumerate() {
-            let Change::SetResource {
-                matcher,
-                assignment,
-            } = c
-            else {
-                unreachable!("set_resources is given SetResource changes only");
-            };
-            let checked = self
-                .check_assignment(matcher, assignment, &mut families)
-                .and_then(|()| self.set_addr_bit(&matcher.to_key().vip, ADDR_VIP));
-            if let Err(e) = checked {
-                invalid = Some((k, e));
-                break;
-            }
-            keys.push(matcher.to_key());
-            values.push(assignment.to_value());
-        }
-        batch::update(self.resources.map(), &keys, &values).map_err(|(at, source)| {
-            (
-                at,
-                DataplaneError::Batch {
-                    map: map_names::RESOURCES,
-                    at,
-                    count: keys.len(),
-                    source,
-                },
-            )
-        })?;
-        match invalid {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
     fn set_addr_bit(&mut self, addr: &[u32; 4], kind: u32) -> Result<(), DataplaneError> {
         let (word, mask) = addr_filter(addr, kind);
         let w = &mut self.addr_bits[word as usize];
