@@ -104,13 +104,9 @@ pub(super) fn read_config(ctx: &mut Ctx, root: &Item, path: &Path) -> Option<Con
 /// Sets [`ResourceConfig::fragments`] on every tcp or udp resource that is alone on its (VIP,
 /// protocol).
 fn mark_fragment_owners(resources: &mut [ResourceConfig]) {
-    let mut per_vip: std::collections::HashMap<(std::net::IpAddr, Protocol), usize> =
-        std::collections::HashMap::new();
-    for r in resources.iter() {
-        *per_vip.entry((r.vip, r.protocol)).or_default() += 1;
-    }
+    let alone = fragment_owners(resources.iter().map(|r| (r.vip, r.protocol)));
     for r in resources.iter_mut() {
-        r.fragments = r.protocol != Protocol::Icmp && per_vip[&(r.vip, r.protocol)] == 1;
+        r.fragments = alone[&(r.vip, r.protocol)];
     }
 }
 

@@ -128,15 +128,9 @@ fn check_capacity(ctx: &mut Ctx, resources: &[RawResource]) {
     }
     let ports: usize = resources.iter().map(|r| r.ports.len().max(1)).sum();
     // Plus one fragment entry per (VIP, protocol) that one tcp or udp resource has alone.
-    let mut per_vip: HashMap<(IpAddr, Protocol), usize> = HashMap::new();
-    for r in resources {
-        if let (Some(vip), Some(p)) = (r.vip, r.protocol) {
-            *per_vip.entry((vip, p)).or_default() += 1;
-        }
-    }
-    let fragments = per_vip
-        .iter()
-        .filter(|((_, p), n)| *p != Protocol::Icmp && **n == 1)
+    let fragments = fragment_owners(resources.iter().filter_map(|r| r.vip.zip(r.protocol)))
+        .values()
+        .filter(|alone| **alone)
         .count();
     let keys = ports + fragments;
     if keys > MAX_RESOURCE_KEYS as usize {
@@ -148,6 +142,21 @@ fn check_capacity(ctx: &mut Ctx, resources: &[RawResource]) {
             ),
         );
     }
+}
+
+/// For every (VIP, protocol) of `resources`: whether one tcp or udp resource has it alone (and
+/// so takes the VIP's fragments on that protocol: `ResourceConfig::fragments`).
+pub(super) fn fragment_owners(
+    resources: impl Iterator<Item = (IpAddr, Protocol)>,
+) -> HashMap<(IpAddr, Protocol), bool> {
+    let mut count: HashMap<(IpAddr, Protocol), usize> = HashMap::new();
+    for k in resources {
+        *count.entry(k).or_default() += 1;
+    }
+    count
+        .into_iter()
+        .map(|(k, n)| (k, k.1 != Protocol::Icmp && n == 1))
+        .collect()
 }
 
 /// A VIP must be no server's address.

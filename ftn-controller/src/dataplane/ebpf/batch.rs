@@ -13,9 +13,7 @@ use aya::Pod;
 use ftn_common::{map_names, ADDR_VIP};
 
 use super::{map_err, AyaDataplane};
-use crate::dataplane::{
-    check_resource_id, check_server_id, Change, DataplaneError, ResourceAssignment,
-};
+use crate::dataplane::{check_resource_id, check_server_id, DataplaneError, ResourceAssignment};
 use crate::model::{family, ResourceMatch};
 
 /// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
@@ -87,24 +85,21 @@ impl AyaDataplane {
         &self,
         m: &ResourceMatch,
         a: &ResourceAssignment,
-        families: &mut Option<std::collections::HashMap<u32, u8>>,
+        families: &mut std::collections::HashMap<u32, u8>,
     ) -> Result<(), DataplaneError> {
         check_resource_id(a.resource_id)?;
         let Some(id) = a.server else {
             return Ok(());
         };
         check_server_id(id)?;
-        let cached = families.as_ref().and_then(|f| f.get(&id).copied());
-        let fam = match cached {
-            Some(f) => f,
+        let fam = match families.get(&id) {
+            Some(f) => *f,
             None => {
                 let s = self
                     .servers
                     .get(&id, 0)
                     .map_err(map_err(map_names::SERVERS, "get"))?;
-                if let Some(f) = families {
-                    f.insert(id, s.family);
-                }
+                families.insert(id, s.family);
                 s.family
             }
         };
@@ -117,25 +112,18 @@ impl AyaDataplane {
         Ok(())
     }
 
-    /// `changes`, all `SetResource`, in one batch: every entry is checked first; the valid
+    /// The resource entries `run` in one batch: every entry is checked first; the valid
     /// prefix is written, then the first invalid entry's error is returned (as one change at a
     /// time would have done).
     pub(super) fn set_resources(
         &mut self,
-        changes: &[Change],
+        run: &[(&ResourceMatch, &ResourceAssignment)],
     ) -> Result<(), (usize, DataplaneError)> {
-        let mut families = Some(std::collections::HashMap::new());
-        let mut keys = Vec::with_capacity(changes.len());
-        let mut values = Vec::with_capacity(changes.len());
+        let mut families = std::collections::HashMap::new();
+        let mut keys = Vec::with_capacity(run.len());
+        let mut values = Vec::with_capacity(run.len());
         let mut invalid = None;
-        for (k, c) in changes.iter().enumerate() {
-            let Change::SetResource {
-                matcher,
-                assignment,
-            } = c
-            else {
-                unreachable!("set_resources is given SetResource changes only");
-            };
+        for (k, &(matcher, assignment)) in run.iter().enumerate() {
             let checked = self
                 .check_assignment(matcher, assignment, &mut families)
                 .and_then(|()| self.set_addr_bit(&matcher.to_key().vip, ADDR_VIP));

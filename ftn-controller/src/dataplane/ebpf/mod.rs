@@ -606,7 +606,7 @@ impl Dataplane for AyaDataplane {
         m: &ResourceMatch,
         a: &ResourceAssignment,
     ) -> Result<(), DataplaneError> {
-        self.check_assignment(m, a, &mut None)?;
+        self.check_assignment(m, a, &mut std::collections::HashMap::new())?;
         // The filter bit before the key: the program looks the key up only when it is set.
         self.set_addr_bit(&m.to_key().vip, ADDR_VIP)?;
         self.resources
@@ -619,14 +619,19 @@ impl Dataplane for AyaDataplane {
     fn apply(&mut self, changes: &[Change]) -> Result<(), (usize, DataplaneError)> {
         let mut i = 0;
         while i < changes.len() {
-            let run = changes[i..]
+            let run: Vec<_> = changes[i..]
                 .iter()
-                .take_while(|c| matches!(c, Change::SetResource { .. }))
-                .count();
-            if run >= 2 {
-                self.set_resources(&changes[i..i + run])
-                    .map_err(|(k, e)| (i + k, e))?;
-                i += run;
+                .map_while(|c| match c {
+                    Change::SetResource {
+                        matcher,
+                        assignment,
+                    } => Some((matcher, assignment)),
+                    _ => None,
+                })
+                .collect();
+            if run.len() >= 2 {
+                self.set_resources(&run).map_err(|(k, e)| (i + k, e))?;
+                i += run.len();
             } else {
                 apply_one(self, &changes[i]).map_err(|e| (i, e))?;
                 i += 1;
