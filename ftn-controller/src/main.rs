@@ -14,6 +14,11 @@ use ftn_controller::wire::Status;
 mod cli;
 use cli::*;
 
+/// mimalloc: glibc's malloc fragments under the directory's and engine's many small records
+/// (docs/BENCHMARKS.md, remap).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CONFIG: &str = "/etc/ftn/ftn.toml";
 const DEFAULT_API: &str = "127.0.0.1:7480";
 

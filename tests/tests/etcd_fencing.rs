@@ -213,14 +213,14 @@ fn a_deposed_leaders_late_write_is_refused_by_the_fence() {
         // A commits while it leads.
         let r1 = a
             .dir
-            .commit(0, event("decided by gw-a while leading"))
+            .commit(0, &event("decided by gw-a while leading"))
             .await
             .expect("leader commit");
         assert_eq!(r1, 1);
         // A follower cannot commit at all.
         let e = b
             .dir
-            .commit(b.dir.current().revision, event("from a follower"))
+            .commit(b.dir.current().revision, &event("from a follower"))
             .await
             .unwrap_err();
         assert!(matches!(e, DirectoryError::NotLeader), "{e}");
@@ -247,7 +247,7 @@ fn a_deposed_leaders_late_write_is_refused_by_the_fence() {
         );
         let rev_b = b
             .dir
-            .commit(b.dir.current().revision, event("decided by gw-b"))
+            .commit(b.dir.current().revision, &event("decided by gw-b"))
             .await
             .expect("new leader commits");
         assert_eq!(rev_b, 2);
@@ -255,7 +255,7 @@ fn a_deposed_leaders_late_write_is_refused_by_the_fence() {
         // A's late write, with the fence and the revision it decided from: refused.
         let e = a
             .dir
-            .commit_fenced(fence_a, 1, stale_decision.clone())
+            .commit_fenced(fence_a, 1, &stale_decision)
             .await
             .unwrap_err();
         assert!(
@@ -268,7 +268,7 @@ fn a_deposed_leaders_late_write_is_refused_by_the_fence() {
         assert_eq!(now.revision, 2);
         let e = a
             .dir
-            .commit_fenced(fence_a, 2, stale_decision)
+            .commit_fenced(fence_a, 2, &stale_decision)
             .await
             .unwrap_err();
         assert!(matches!(e, DirectoryError::Fenced { .. }), "{e}");
@@ -296,7 +296,7 @@ fn a_deposed_leaders_late_write_is_refused_by_the_fence() {
         // B's own CAS: a commit decided from an older revision is refused too.
         let e = b
             .dir
-            .commit(1, event("decided from revision 1"))
+            .commit(1, &event("decided from revision 1"))
             .await
             .unwrap_err();
         assert!(

@@ -287,7 +287,7 @@ impl Controller {
                     };
                     match self
                         .directory
-                        .commit(self.engine.snapshot().revision, update.clone())
+                        .commit(self.engine.snapshot().revision, &update)
                         .await
                     {
                         Ok(rev) => self.engine.committed(&update, rev),

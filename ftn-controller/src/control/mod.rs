@@ -46,6 +46,10 @@ use crate::wire::{
 };
 use ftn_common::{PassiveEvent, PASSIVE_RST};
 
+/// Events of one commit written to the log one by one; the rest are counted in one line (a
+/// 10,000-resource failover would otherwise write 10,000 lines; the directory keeps them all).
+const LOGGED_EVENTS: usize = 50;
+
 /// The controller's clock in unix milliseconds, advancing with `tokio::time` (so tests that
 /// pause time drive hold and drain timers too).
 #[derive(Clone, Copy)]
@@ -235,7 +239,7 @@ impl Controller {
             };
             let rev = c
                 .directory
-                .commit(c.engine.snapshot().revision, start.clone())
+                .commit(c.engine.snapshot().revision, &start)
                 .await
                 .context("recording the start in the directory")?;
             c.engine.committed(&start, rev);
@@ -349,20 +353,33 @@ impl Controller {
             return Ok("nothing to change".into());
         }
         let expected = self.engine.snapshot().revision;
-        match self.directory.commit(expected, plan.update.clone()).await {
+        match self.directory.commit(expected, &plan.update).await {
             Ok(rev) => {
                 if self.commit_failed {
                     tracing::info!(revision = rev, "directory commits work again");
                 }
                 self.commit_failed = false;
                 self.engine.committed(&plan.update, rev);
-                for e in &plan.update.events {
+                // The maps first: logging and counting wait until the change is on its way.
+                self.sync.apply(plan.changes);
+                for e in plan.update.events.iter().take(LOGGED_EVENTS) {
                     tracing::info!(kind = %e.kind, resource = e.resource.as_deref().unwrap_or(""), server = e.server.as_deref().unwrap_or(""), revision = rev, "{}", e.message);
+                }
+                if let Some(more) = plan
+                    .update
+                    .events
+                    .len()
+                    .checked_sub(LOGGED_EVENTS)
+                    .filter(|n| *n > 0)
+                {
+                    tracing::info!(
+                        revision = rev,
+                        "and {more} more events of this revision (ftn events lists them all)"
+                    );
                 }
                 for r in &plan.moved {
                     *self.failovers.entry(r.clone()).or_default() += 1;
                 }
-                self.sync.apply(plan.changes);
                 self.publish_applied().await;
                 Ok(if plan.update.events.is_empty() {
                     format!("directory at revision {rev}")

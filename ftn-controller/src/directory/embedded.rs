@@ -572,7 +572,7 @@ impl EmbeddedDirectory {
         &self.dir
     }
 
-    fn commit_sync(&self, expected: Revision, update: Update) -> Result<Revision, DirectoryError> {
+    fn commit_sync(&self, expected: Revision, update: &Update) -> Result<Revision, DirectoryError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let actual = inner.snapshot.revision;
         if actual != expected {
@@ -606,14 +606,11 @@ impl EmbeddedDirectory {
             })?);
             buf.push(b'\n');
         }
-        let mut line = seal(&WalLineRef {
-            revision,
-            update: &update,
-        })
-        .map_err(|e| DirectoryError::Store {
-            path: wal_path.clone(),
-            detail: e.to_string(),
-        })?;
+        let mut line =
+            seal(&WalLineRef { revision, update }).map_err(|e| DirectoryError::Store {
+                path: wal_path.clone(),
+                detail: e.to_string(),
+            })?;
         line.push(b'\n');
         let mut flush_failed = false;
         let written = (|| -> Result<(), DirectoryError> {
@@ -650,7 +647,7 @@ impl EmbeddedDirectory {
             return Err(e);
         }
         inner.wal_lines += 1;
-        inner.snapshot.apply(&update);
+        inner.snapshot.apply(update);
         debug_assert_eq!(inner.snapshot.revision, revision);
         for e in events {
             if inner.recent.len() == EVENTS_IN_MEMORY {
@@ -698,7 +695,11 @@ impl Directory for EmbeddedDirectory {
         Ok(self.current())
     }
 
-    async fn commit(&self, expected: Revision, update: Update) -> Result<Revision, DirectoryError> {
+    async fn commit(
+        &self,
+        expected: Revision,
+        update: &Update,
+    ) -> Result<Revision, DirectoryError> {
         // fdatasync takes a few milliseconds at most on a local disk; the controller's
         // engine task is the only committer, so blocking it briefly is what we want (the
         // map write must wait for the record anyway).
@@ -783,7 +784,7 @@ mod tests {
     /// An update that puts `web` on `current`, logging one event of each of `kinds`.
     fn web_on(current: &str, generation: u32, kinds: &[&str]) -> Update {
         Update {
-            set_resources: vec![resource("web", current, generation)],
+            set_resources: vec![resource("web", current, generation).into()],
             ..events_of(kinds)
         }
     }
@@ -830,7 +831,7 @@ mod tests {
 
     /// Commits `update` at `expected`; returns the new revision.
     fn commit(dir: &EmbeddedDirectory, expected: Revision, update: Update) -> Revision {
-        rt().block_on(dir.commit(expected, update)).unwrap()
+        rt().block_on(dir.commit(expected, &update)).unwrap()
     }
 
     /// Every event `dir` holds in memory, oldest first.
@@ -1025,7 +1026,7 @@ mod tests {
         let dir = EmbeddedDirectory::open(tmp.path()).unwrap();
         commit(&dir, 0, web_on("p1", 1, &[]));
         let err = rt()
-            .block_on(dir.commit(0, web_on("b1", 2, &["failover"])))
+            .block_on(dir.commit(0, &web_on("b1", 2, &["failover"])))
             .unwrap_err();
         assert!(
             matches!(

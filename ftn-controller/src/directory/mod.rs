@@ -19,6 +19,7 @@ pub use embedded::EmbeddedDirectory;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -111,7 +112,9 @@ pub struct EventDraft {
 pub struct Snapshot {
     pub revision: Revision,
     pub servers: BTreeMap<String, ServerRecord>,
-    pub resources: BTreeMap<String, ResourceRecord>,
+    /// Shared with the updates that set them (and the engine's snapshot): a record is
+    /// written once and never copied.
+    pub resources: BTreeMap<String, Arc<ResourceRecord>>,
     /// Sequence number the next event gets.
     pub next_event: u64,
     /// Ids are handed out in increasing order (wrapping at the dataplane's capacity) so that
@@ -130,7 +133,7 @@ pub struct Update {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_servers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub set_resources: Vec<ResourceRecord>,
+    pub set_resources: Vec<Arc<ResourceRecord>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_resources: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -160,7 +163,12 @@ impl Snapshot {
         }
         for r in &update.set_resources {
             self.next_resource_id = self.next_resource_id.max(r.id + 1);
-            self.resources.insert(r.name.clone(), r.clone());
+            match self.resources.get_mut(&r.name) {
+                Some(slot) => *slot = r.clone(),
+                None => {
+                    self.resources.insert(r.name.clone(), r.clone());
+                }
+            }
         }
         for r in &update.remove_resources {
             self.resources.remove(r);
@@ -237,7 +245,8 @@ pub trait Directory: Send + Sync {
     async fn snapshot(&self) -> Result<Snapshot, DirectoryError>;
     /// Applies `update` if the directory is still at `expected`; returns the new revision.
     /// Nothing is applied on any error.
-    async fn commit(&self, expected: Revision, update: Update) -> Result<Revision, DirectoryError>;
+    async fn commit(&self, expected: Revision, update: &Update)
+        -> Result<Revision, DirectoryError>;
     /// Events with `seq > after`, oldest first, at most `limit`.
     async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, DirectoryError>;
     /// Latest revision; changes whenever a commit lands (ours or, for a shared backend, another

@@ -16,14 +16,19 @@ impl Engine {
         &self,
         servers: &ServerSet,
         resources: &ResourcePlan,
+        full: bool,
         update: &mut Update,
         events: &mut Vec<EventDraft>,
     ) -> Vec<Change> {
         let mut changes = Vec::new();
         self.diff_servers(servers, update, &mut changes);
-        self.diff_resources(servers, resources, update, &mut changes);
+        self.diff_resources(servers, resources, full, update, &mut changes);
         self.diff_returns(servers, resources, &mut changes);
-        self.removals(servers, update, events, &mut changes);
+        // Only a full plan can find something to remove: an incremental one runs on the
+        // configuration the last full plan reconciled the snapshot with.
+        if full {
+            self.removals(servers, update, events, &mut changes);
+        }
         if self.reshapes_flows(&changes) {
             changes.push(Change::RevalidateFlows);
         }
@@ -65,13 +70,19 @@ impl Engine {
         let new_records = resources
             .records
             .iter()
-            .any(|(n, r)| old.resources.get(n).is_none_or(|p| p.id != r.id));
+            .any(|(n, r)| old.resources.get(*n).is_none_or(|p| p.id != r.id));
         if Arc::ptr_eq(&self.applied, &self.config) && !new_records {
             return;
         }
         let new = return_entries(
             &self.config,
-            |n| resources.records.get(n).or_else(|| old.resources.get(n)),
+            |n| {
+                resources
+                    .records
+                    .get(n)
+                    .or_else(|| old.resources.get(n))
+                    .map(|r| &**r)
+            },
             |n| servers.0.get(n),
         );
         changes.extend(return_changes(&self.committed_returns(), &new));
@@ -108,6 +119,7 @@ impl Engine {
         &self,
         servers: &ServerSet,
         resources: &ResourcePlan,
+        full: bool,
         update: &mut Update,
         changes: &mut Vec<Change>,
     ) {
@@ -134,10 +146,19 @@ impl Engine {
                 .and_then(|n| old.servers.get(n))
                 .map(|s| s.id)
         };
-        for rc in &self.config.resources {
+        // An incremental plan keeps the configuration and the servers' ids: a resource it did
+        // not give a new record keeps its entries.
+        let all = self.config.resources.len();
+        let indices: Box<dyn Iterator<Item = usize> + '_> = if full {
+            Box::new(0..all)
+        } else {
+            Box::new(resources.changed.iter().copied())
+        };
+        for i in indices {
+            let rc = &self.config.resources[i];
             let prev = old.resources.get(&rc.name);
             // Resources the fast path left alone keep their committed record.
-            let Some(rec) = resources.records.get(&rc.name).or(prev) else {
+            let Some(rec) = resources.records.get(rc.name.as_str()).or(prev) else {
                 continue;
             };
             let old_rc = if same_config {

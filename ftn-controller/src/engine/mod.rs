@@ -27,12 +27,14 @@
 //! their resource's current server on their next packet.
 
 mod diff;
+mod index;
 mod resources;
 mod returns;
 mod servers;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +106,14 @@ pub struct Engine {
     applied: Arc<Config>,
     snapshot: Snapshot,
     health: HashMap<String, Observation>,
+    /// `config`'s resources by name and by server ([`index`]).
+    index: index::ConfigIndex,
+    /// The snapshot's resources that are not simply on their primary ([`index`]).
+    displaced: HashSet<String>,
+    /// Set when the snapshot may not match the configuration (a new engine, a resync): the
+    /// next plan looks at every resource. Cleared by the commit of a plan, or by a full plan
+    /// that finds nothing to change (a plan takes `&self`, hence the atomic).
+    full_due: AtomicBool,
 }
 
 /// The dataplane entries of resource `rc`, on `server` (an id), as `rec` records it.
@@ -154,9 +164,12 @@ impl Engine {
     pub fn new(config: Arc<Config>, snapshot: Snapshot) -> Self {
         Engine {
             applied: config.clone(),
+            index: index::ConfigIndex::new(&config),
+            displaced: index::displaced_of(&snapshot),
             config,
             snapshot,
             health: HashMap::new(),
+            full_due: AtomicBool::new(true),
         }
     }
 
@@ -195,6 +208,7 @@ impl Engine {
 
     /// Switches to a new configuration; the next plan applies the difference.
     pub fn set_config(&mut self, config: Arc<Config>) {
+        self.index = index::ConfigIndex::new(&config);
         self.config = config;
         self.health
             .retain(|name, _| self.config.servers.iter().any(|s| &s.name == name));
@@ -206,11 +220,15 @@ impl Engine {
         debug_assert_eq!(self.snapshot.revision, revision);
         self.snapshot.revision = revision;
         self.applied = self.config.clone();
+        index::track(&mut self.displaced, update);
+        self.full_due.store(false, Ordering::Relaxed);
     }
 
     /// Starts over from the directory's record (after a failed or conflicting commit).
     pub fn resync(&mut self, snapshot: Snapshot) {
+        self.displaced = index::displaced_of(&snapshot);
         self.snapshot = snapshot;
+        self.full_due.store(true, Ordering::Relaxed);
     }
 
     /// The longest a drained server keeps established flows: the largest drain time of the
@@ -237,7 +255,16 @@ impl Engine {
                 }
             }
         }
-        for r in &self.config.resources {
+        // Only a displaced resource can be waiting for a failback.
+        for name in &self.displaced {
+            let Some(r) = self
+                .index
+                .by_name
+                .get(name)
+                .map(|&i| &self.config.resources[i])
+            else {
+                continue;
+            };
             let Failback::Hold(hold) = r.failback else {
                 continue;
             };
@@ -277,18 +304,39 @@ impl Engine {
     /// resource's current server ([`resources`]), then the difference with the committed
     /// snapshot as a directory update and dataplane changes ([`diff`]).
     pub fn plan(&self, now_ms: u64, action: Option<&Action>) -> Result<Plan, ActionError> {
+        self.plan_with(now_ms, action, self.full_plan_due())
+    }
+
+    /// [`Engine::plan`], looking at every resource (`full`) or only at the candidates of
+    /// [`index`]. Both give the same plan; the incremental one costs what changed.
+    fn plan_with(
+        &self,
+        now_ms: u64,
+        action: Option<&Action>,
+        full: bool,
+    ) -> Result<Plan, ActionError> {
         let mut events: Vec<EventDraft> = Vec::new();
         let servers = self.plan_servers(now_ms, action, &mut events)?;
         let pin_request = self.switchover_request(action, &servers)?;
-        let resources = self.plan_resources(now_ms, pin_request, &servers, &mut events)?;
+        let look_at = if full {
+            None
+        } else {
+            Some(self.candidates(&servers, pin_request.map(|(r, _)| r)))
+        };
+        let resources = self.plan_resources(now_ms, pin_request, &servers, look_at, &mut events)?;
         let mut update = Update::default();
-        let changes = self.diff(&servers, &resources, &mut update, &mut events);
+        let changes = self.diff(&servers, &resources, full, &mut update, &mut events);
         update.events = events;
-        Ok(Plan {
+        let plan = Plan {
             update,
             changes,
             moved: resources.moved,
-        })
+        };
+        if full && plan.is_empty() {
+            // The snapshot matches the configuration: incremental plans from here on.
+            self.full_due.store(false, Ordering::Relaxed);
+        }
+        Ok(plan)
     }
 
     /// Every entry the dataplane should hold (for a fresh or adopted dataplane at start):
@@ -329,7 +377,7 @@ impl Engine {
         let snap = &self.snapshot;
         returns::return_entries(
             &self.config,
-            |n| snap.resources.get(n),
+            |n| snap.resources.get(n).map(|r| &**r),
             |n| snap.servers.get(n),
         )
     }

@@ -1,5 +1,6 @@
 //! Phases 2 and 3 of a plan: the operator's switchover, then every resource's current server.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ftn_common::MAX_RESOURCES;
@@ -15,8 +16,11 @@ type Target = (Option<String>, &'static str, String);
 
 /// The resources' records that changed (the others keep their committed record), and the
 /// names of those whose current server moved.
-pub(super) struct ResourcePlan {
-    pub(super) records: BTreeMap<String, ResourceRecord>,
+pub(super) struct ResourcePlan<'a> {
+    /// By name (borrowed from the configuration).
+    pub(super) records: BTreeMap<&'a str, Arc<ResourceRecord>>,
+    /// The indices (in `config.resources`, ascending) of the resources in `records`.
+    pub(super) changed: Vec<usize>,
     pub(super) moved: Vec<String>,
 }
 
@@ -57,14 +61,17 @@ impl Engine {
         Ok(Some((resource.as_str(), to.as_str())))
     }
 
-    /// Every resource whose record changes, with the event that explains each move.
-    pub(super) fn plan_resources(
-        &self,
+    /// Every resource whose record changes, with the event that explains each move. Looks at
+    /// the resources of `look_at` (indices into `config.resources`, ascending), or at every
+    /// resource when it is None.
+    pub(super) fn plan_resources<'a>(
+        &'a self,
         now_ms: u64,
         pin_request: Option<(&str, &str)>,
         servers: &ServerSet,
+        look_at: Option<Vec<usize>>,
         events: &mut Vec<EventDraft>,
-    ) -> Result<ResourcePlan, ActionError> {
+    ) -> Result<ResourcePlan<'a>, ActionError> {
         let old = &self.snapshot;
         let mut ids = IdAlloc::new(
             old.resources.values().map(|r| r.id),
@@ -74,9 +81,16 @@ impl Engine {
         );
         let mut plan = ResourcePlan {
             records: BTreeMap::new(),
+            changed: Vec::new(),
             moved: Vec::new(),
         };
-        for rc in &self.config.resources {
+        let all = self.config.resources.len();
+        let indices: Box<dyn Iterator<Item = usize>> = match look_at {
+            Some(v) => Box::new(v.into_iter()),
+            None => Box::new(0..all),
+        };
+        for i in indices {
+            let rc = &self.config.resources[i];
             let prev = old.resources.get(&rc.name);
             let pin = pin_request.filter(|(r, _)| *r == rc.name).map(|(_, to)| to);
             // Fast path, without allocating: nothing about this resource can change now.
@@ -86,7 +100,7 @@ impl Engine {
                 }
             }
             let mut rec = match prev {
-                Some(p) => p.clone(),
+                Some(p) => ResourceRecord::clone(p),
                 None => ResourceRecord {
                     name: rc.name.clone(),
                     id: ids.take()?,
@@ -98,7 +112,9 @@ impl Engine {
                     reason: String::new(),
                 },
             };
-            rec.servers = rc.servers.clone();
+            if rec.servers != rc.servers {
+                rec.servers = rc.servers.clone();
+            }
             // A pin ends when its server is no longer eligible or no longer listed.
             if let Some(p) = rec.pinned.clone() {
                 if !servers.eligible(&p) || !rc.servers.contains(&p) {
@@ -126,7 +142,8 @@ impl Engine {
                     plan.moved.push(rc.name.clone());
                 }
             }
-            plan.records.insert(rc.name.clone(), rec);
+            plan.records.insert(rc.name.as_str(), Arc::new(rec));
+            plan.changed.push(i);
         }
         Ok(plan)
     }

@@ -110,7 +110,7 @@ impl Engine {
         let snap = &self.snapshot;
         return_entries(
             &self.applied,
-            |n| snap.resources.get(n),
+            |n| snap.resources.get(n).map(|r| &**r),
             |n| snap.servers.get(n),
         )
     }

@@ -587,3 +587,97 @@ servers = ["p1"]
         .any(|c| matches!(c, Change::SetFragments { matcher, target } if *matcher == frag_key && target.port == 80)));
     assert!(r.dp.resource(&frag_key).is_some());
 }
+
+/// A config of three servers and resources with every failback policy, listing the servers
+/// in different orders (so a server is a primary for some resources and a backup for others),
+/// each on its own port (a server's port serves one VIP).
+fn mixed_config() -> Arc<Config> {
+    let mut text = String::from("[gateway]\ninterfaces = [\"gw0\"]\n");
+    for (i, s) in ["s0", "s1", "s2"].iter().enumerate() {
+        text += &format!(
+            "[[server]]\nname = \"{s}\"\naddress = \"198.18.2.{}\"\nchecks = [{{ type = \"tcp\", port = 80 }}]\n",
+            10 + i
+        );
+    }
+    let lists = [
+        r#"["s0", "s1"]"#,
+        r#"["s1", "s0", "s2"]"#,
+        r#"["s2", "s1"]"#,
+        r#"["s0", "s2", "s1"]"#,
+    ];
+    let policies = [
+        "failback = \"immediate\"",
+        "failback = \"hold\"\nhold = \"2s\"",
+        "failback = \"manual\"",
+    ];
+    for i in 0..12 {
+        text += &format!(
+            "[[resource]]\nname = \"r{i}\"\nvip = \"198.18.100.{}\"\nprotocol = \"tcp\"\nports = [{}]\nservers = {}\n{}\ndrain = \"1s\"\n",
+            i + 1,
+            1000 + i,
+            lists[i % lists.len()],
+            policies[i % policies.len()]
+        );
+    }
+    Arc::new(crate::config::parse(&text, Path::new("test.toml")).expect("test config"))
+}
+
+/// The incremental plan (only the resources of changed servers and the displaced ones) is
+/// the full plan, step after step, through failovers, failbacks after a hold, switchovers,
+/// drains and steps with no input at all.
+#[test]
+fn the_incremental_plan_is_the_full_plan() {
+    let mut r = Rig::new(mixed_config());
+    let servers = ["s0", "s1", "s2"];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut now = T0;
+    let (mut moves, mut incremental) = (0, 0);
+    for step in 0..3000 {
+        now += next(1500);
+        let action = match next(10) {
+            0..=3 => {
+                let s = servers[next(3) as usize];
+                r.engine.observe(
+                    s,
+                    Observation {
+                        up: next(2) == 0,
+                        evidence: "test".into(),
+                        at_ms: now,
+                    },
+                );
+                None
+            }
+            4 => Some(Action::Switchover {
+                resource: format!("r{}", next(12)),
+                to: servers[next(3) as usize].into(),
+            }),
+            5 => Some(Action::Drain {
+                server: servers[next(3) as usize].into(),
+            }),
+            6 => Some(Action::Undrain {
+                server: servers[next(3) as usize].into(),
+            }),
+            _ => None,
+        };
+        let full = r.engine.plan_with(now, action.as_ref(), true);
+        if !r.engine.full_plan_due() {
+            incremental += 1;
+        }
+        let plan = r.engine.plan(now, action.as_ref());
+        assert_eq!(plan, full, "step {step} at {now}: {action:?}");
+        let Ok(plan) = plan else { continue };
+        moves += plan.moved.len();
+        let rev = r.engine.snapshot().revision + 1;
+        r.engine.committed(&plan.update, rev);
+        r.dp.apply(&plan.changes).map_err(|(_, e)| e).unwrap();
+    }
+    // The sequence really exercised both: many moves, and plans that were incremental.
+    assert!(moves > 500, "only {moves} moves");
+    assert!(incremental > 2500, "only {incremental} incremental plans");
+}

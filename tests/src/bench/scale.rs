@@ -164,7 +164,7 @@ fn step(
     );
     let plan = engine.plan(now_ms(), None).map_err(|e| e.to_string())?;
     let t1 = Instant::now();
-    let rev = block_on(dir.commit(engine.snapshot().revision, plan.update.clone()))
+    let rev = block_on(dir.commit(engine.snapshot().revision, &plan.update))
         .map_err(|e| e.to_string())?;
     engine.committed(&plan.update, rev);
     let t2 = Instant::now();
@@ -220,7 +220,7 @@ fn remap(size: Size) -> Result<Figure, String> {
     // The initial plan: every server and resource, as at the daemon's first start.
     let t = Instant::now();
     let plan = engine.plan(now_ms(), None).map_err(|e| e.to_string())?;
-    let rev = block_on(dir.commit(engine.snapshot().revision, plan.update.clone()))
+    let rev = block_on(dir.commit(engine.snapshot().revision, &plan.update))
         .map_err(|e| e.to_string())?;
     engine.committed(&plan.update, rev);
     dp.apply(&plan.changes)

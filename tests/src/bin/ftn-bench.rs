@@ -7,6 +7,10 @@ use std::{collections::BTreeMap, time::Instant};
 
 use ftn_tests::bench::{self, Figure, Size};
 
+/// The daemon's allocator (ftn-controller/src/main.rs): the in-process figures (remap) run on it.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Every key the JSON must hold, in print order, with the target (None: no target).
 const KEYS: &[(&str, Option<Target>)] = &[
     ("xdp_floor_ns", None),

@@ -88,7 +88,7 @@ impl EtcdDirectory {
         &self,
         fence: i64,
         expected: Revision,
-        update: Update,
+        update: &Update,
     ) -> Result<Revision, DirectoryError> {
         let (mut next, mod_rev) = {
             let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -100,7 +100,7 @@ impl EtcdDirectory {
             }
             (k.snapshot.clone(), k.mod_rev)
         };
-        let events = next.apply(&update);
+        let events = next.apply(update);
         let state = serde_json::to_vec(&next)
             .map_err(|e| DirectoryError::Etcd(format!("encoding the state: {e}")))?;
         let mut ops = vec![TxnOp::put(self.keys.state(), state, None)];
@@ -194,7 +194,11 @@ impl Directory for EtcdDirectory {
         Ok(self.current())
     }
 
-    async fn commit(&self, expected: Revision, update: Update) -> Result<Revision, DirectoryError> {
+    async fn commit(
+        &self,
+        expected: Revision,
+        update: &Update,
+    ) -> Result<Revision, DirectoryError> {
         let fence = self.fence().ok_or(DirectoryError::NotLeader)?;
         self.commit_fenced(fence, expected, update).await
     }
