@@ -3,8 +3,10 @@
 //! - `state.json`: a full snapshot, replaced atomically (write a temporary file, fsync it,
 //!   rename over, fsync the directory);
 //! - `wal.jsonl`: one line per commit since that snapshot
-//!   (`{"revision":N,"update":{..},"crc":"1c291ca3"}`), appended and fdatasync'ed before the
-//!   commit returns; folded into a new snapshot every [`COMPACT_EVERY`] commits;
+//!   (`{"revision":N,"update":{..},"events":3,"crc":"1c291ca3"}`: the records it set or
+//!   removed and how many events it numbered, the events being in `events.jsonl`), appended
+//!   and fdatasync'ed before the commit returns; folded into a new snapshot every
+//!   [`COMPACT_EVERY`] commits;
 //! - `events.jsonl`: the event log, one [`Event`] per line, append-only, fdatasync'ed with the
 //!   commit, never rewritten except to cut a torn or uncommitted tail.
 //!
@@ -100,17 +102,56 @@ struct Inner {
     poisoned: Option<String>,
 }
 
-/// [`WalLine`] as written (borrowing the update).
+/// [`WalLine`] as written (borrowing the update): the records, and how many events the
+/// commit numbered (the events themselves are in `events.jsonl` only).
 #[derive(Serialize)]
 struct WalLineRef<'a> {
     revision: Revision,
-    update: &'a Update,
+    update: RecordsRef<'a>,
+    #[serde(skip_serializing_if = "is_zero")]
+    events: u64,
 }
 
+/// An [`Update`]'s records, without its events.
+#[derive(Serialize)]
+struct RecordsRef<'a> {
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    set_servers: &'a [ServerRecord],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    remove_servers: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    set_resources: &'a [std::sync::Arc<ResourceRecord>],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    remove_resources: &'a [String],
+}
+
+impl<'a> WalLineRef<'a> {
+    fn new(revision: Revision, u: &'a Update) -> Self {
+        WalLineRef {
+            revision,
+            update: RecordsRef {
+                set_servers: &u.set_servers,
+                remove_servers: &u.remove_servers,
+                set_resources: &u.set_resources,
+                remove_resources: &u.remove_resources,
+            },
+            events: u.events.len() as u64,
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A WAL line as read. Lines written by earlier versions carry the events in the update
+/// instead of their count; both are read.
 #[derive(Serialize, Deserialize)]
 struct WalLine {
     revision: Revision,
     update: Update,
+    #[serde(default)]
+    events: u64,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DirectoryError + '_ {
@@ -426,6 +467,9 @@ fn replay_wal(wal_path: &Path, snapshot: &mut Snapshot) -> Result<WalReplay, Dir
         // the snapshot's rename and the WAL's truncation).
         if l.revision > base {
             snapshot.apply(&l.update);
+            if l.events > 0 {
+                snapshot.next_event = snapshot.next_event.max(1) + l.events;
+            }
             wal_lines += 1;
         }
         Ok(())
@@ -607,7 +651,7 @@ impl EmbeddedDirectory {
             buf.push(b'\n');
         }
         let mut line =
-            seal(&WalLineRef { revision, update }).map_err(|e| DirectoryError::Store {
+            seal(&WalLineRef::new(revision, update)).map_err(|e| DirectoryError::Store {
                 path: wal_path.clone(),
                 detail: e.to_string(),
             })?;
@@ -1018,6 +1062,39 @@ mod tests {
         assert_eq!(events[0].kind, "config");
         assert_eq!(events.last().unwrap().seq, COMPACT_EVERY + 11);
         assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    }
+
+    /// A WAL line holds the records and the count of the commit's events, not the events
+    /// (they are in events.jsonl); a line of an earlier version, with the events inline, is
+    /// still read, and both number the events the same.
+    #[test]
+    fn wal_lines_count_events_and_old_lines_with_events_still_replay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = EmbeddedDirectory::open(tmp.path()).unwrap();
+        commit(&dir, 0, web_on("p1", 1, &["config", "failover"]));
+        let want = dir.current();
+        assert_eq!(want.next_event, 3);
+        drop(dir);
+        let wal = fs::read(tmp.path().join("wal.jsonl")).unwrap();
+        let text = String::from_utf8(wal).unwrap();
+        assert!(text.contains(r#""events":2"#), "{text}");
+        assert!(
+            !text.contains("happened"),
+            "events inline in the WAL: {text}"
+        );
+        // Without events.jsonl the count alone numbers on.
+        fs::remove_file(tmp.path().join("events.jsonl")).unwrap();
+        assert_eq!(EmbeddedDirectory::open(tmp.path()).unwrap().current(), want);
+        // The same commit as an earlier version wrote it: events inside the update.
+        let old = WalLine {
+            revision: 1,
+            update: web_on("p1", 1, &["config", "failover"]),
+            events: 0,
+        };
+        let mut line = seal(&old).unwrap();
+        line.push(b'\n');
+        fs::write(tmp.path().join("wal.jsonl"), line).unwrap();
+        assert_eq!(EmbeddedDirectory::open(tmp.path()).unwrap().current(), want);
     }
 
     #[test]
