@@ -67,21 +67,26 @@ impl Engine {
         changes: &mut Vec<Change>,
     ) {
         let old = &self.snapshot;
-        let new_records = resources
-            .records
-            .iter()
-            .any(|(n, r)| old.resources.get(*n).is_none_or(|p| p.id != r.id));
+        let new_records = resources.changed.iter().any(|(i, r)| {
+            old.resources
+                .get(&self.config.resources[*i].name)
+                .is_none_or(|p| p.id != r.id)
+        });
         if Arc::ptr_eq(&self.applied, &self.config) && !new_records {
             return;
         }
+        let planned: HashMap<&str, &ResourceRecord> = resources
+            .changed
+            .iter()
+            .map(|(_, r)| (r.name.as_str(), &**r))
+            .collect();
         let new = return_entries(
             &self.config,
             |n| {
-                resources
-                    .records
+                planned
                     .get(n)
-                    .or_else(|| old.resources.get(n))
-                    .map(|r| &**r)
+                    .copied()
+                    .or_else(|| old.resources.get(n).map(|r| &**r))
             },
             |n| servers.0.get(n),
         );
@@ -152,13 +157,13 @@ impl Engine {
         let indices: Box<dyn Iterator<Item = usize> + '_> = if full {
             Box::new(0..all)
         } else {
-            Box::new(resources.changed.iter().copied())
+            Box::new(resources.changed.iter().map(|(i, _)| *i))
         };
         for i in indices {
             let rc = &self.config.resources[i];
             let prev = old.resources.get(&rc.name);
             // Resources the fast path left alone keep their committed record.
-            let Some(rec) = resources.records.get(rc.name.as_str()).or(prev) else {
+            let Some(rec) = resources.record(i).or(prev) else {
                 continue;
             };
             let old_rc = if same_config {

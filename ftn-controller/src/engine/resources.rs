@@ -1,5 +1,4 @@
 //! Phases 2 and 3 of a plan: the operator's switchover, then every resource's current server.
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +15,20 @@ type Target = (Option<String>, &'static str, String);
 
 /// The resources' records that changed (the others keep their committed record), and the
 /// names of those whose current server moved.
-pub(super) struct ResourcePlan<'a> {
-    /// By name (borrowed from the configuration).
-    pub(super) records: BTreeMap<&'a str, Arc<ResourceRecord>>,
-    /// The indices (in `config.resources`, ascending) of the resources in `records`.
-    pub(super) changed: Vec<usize>,
+pub(super) struct ResourcePlan {
+    /// The new records, with their resource's index in `config.resources`, ascending.
+    pub(super) changed: Vec<(usize, Arc<ResourceRecord>)>,
     pub(super) moved: Vec<String>,
+}
+
+impl ResourcePlan {
+    /// The new record of the resource at `index`, if it has one.
+    pub(super) fn record(&self, index: usize) -> Option<&Arc<ResourceRecord>> {
+        self.changed
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .ok()
+            .map(|k| &self.changed[k].1)
+    }
 }
 
 fn stay(server: &str) -> Target {
@@ -64,14 +71,14 @@ impl Engine {
     /// Every resource whose record changes, with the event that explains each move. Looks at
     /// the resources of `look_at` (indices into `config.resources`, ascending), or at every
     /// resource when it is None.
-    pub(super) fn plan_resources<'a>(
-        &'a self,
+    pub(super) fn plan_resources(
+        &self,
         now_ms: u64,
         pin_request: Option<(&str, &str)>,
         servers: &ServerSet,
         look_at: Option<Vec<usize>>,
         events: &mut Vec<EventDraft>,
-    ) -> Result<ResourcePlan<'a>, ActionError> {
+    ) -> Result<ResourcePlan, ActionError> {
         let old = &self.snapshot;
         let mut ids = IdAlloc::new(
             old.resources.values().map(|r| r.id),
@@ -80,7 +87,6 @@ impl Engine {
             "resources",
         );
         let mut plan = ResourcePlan {
-            records: BTreeMap::new(),
             changed: Vec::new(),
             moved: Vec::new(),
         };
@@ -142,8 +148,7 @@ impl Engine {
                     plan.moved.push(rc.name.clone());
                 }
             }
-            plan.records.insert(rc.name.as_str(), Arc::new(rec));
-            plan.changed.push(i);
+            plan.changed.push((i, Arc::new(rec)));
         }
         Ok(plan)
     }
