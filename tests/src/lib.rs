@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod etcd;
 pub mod frames;
 pub mod ftn;
 pub mod gateway;

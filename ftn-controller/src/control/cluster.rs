@@ -2,6 +2,7 @@
 //! their observations that the leader decides from, and what a follower applies.
 
 use super::*;
+use crate::directory::LogEntry;
 
 /// This gateway's part in a shared directory: only the leader decides; every gateway checks
 /// the servers, publishes what it sees, and applies the directory's changes to its maps.
@@ -245,6 +246,31 @@ impl Controller {
         self.publish_applied().await;
     }
 
+    /// Another gateway's commit of the next revision: only what it changed goes into the
+    /// maps. Anything the engine cannot follow from the commit alone (a gap, a removal, a new
+    /// record) takes the whole-state path with the directory's newest state.
+    pub(super) async fn apply_entry(&mut self, entry: &LogEntry) {
+        if entry.revision <= self.engine.snapshot().revision {
+            return;
+        }
+        match self.engine.follow(entry) {
+            Some(changes) => {
+                tracing::debug!(
+                    revision = entry.revision,
+                    changes = changes.len(),
+                    "applying the directory's changes"
+                );
+                self.sync.apply(changes);
+                self.publish_applied().await;
+            }
+            None => {
+                let Some(cv) = &self.cluster else { return };
+                let current = cv.dir.current();
+                self.apply_snapshot(current).await;
+            }
+        }
+    }
+
     pub(super) async fn on_cluster(&mut self, ev: ClusterEvent) {
         let Some(cv) = &mut self.cluster else { return };
         match ev {
@@ -332,6 +358,7 @@ impl Controller {
                 }
             }
             ClusterEvent::State(snap) => self.apply_snapshot(*snap).await,
+            ClusterEvent::Entry(entry) => self.apply_entry(&entry).await,
         }
     }
 }

@@ -74,7 +74,7 @@
 //! and number its retry's events the same.
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -100,58 +100,6 @@ struct Inner {
     /// Set when a failed commit could not be undone on disk: no further commit is accepted
     /// (the files' state is unknown) until the directory is opened again.
     poisoned: Option<String>,
-}
-
-/// [`WalLine`] as written (borrowing the update): the records, and how many events the
-/// commit numbered (the events themselves are in `events.jsonl` only).
-#[derive(Serialize)]
-struct WalLineRef<'a> {
-    revision: Revision,
-    update: RecordsRef<'a>,
-    #[serde(skip_serializing_if = "is_zero")]
-    events: u64,
-}
-
-/// An [`Update`]'s records, without its events.
-#[derive(Serialize)]
-struct RecordsRef<'a> {
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    set_servers: &'a [ServerRecord],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    remove_servers: &'a [String],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    set_resources: &'a [std::sync::Arc<ResourceRecord>],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    remove_resources: &'a [String],
-}
-
-impl<'a> WalLineRef<'a> {
-    fn new(revision: Revision, u: &'a Update) -> Self {
-        WalLineRef {
-            revision,
-            update: RecordsRef {
-                set_servers: &u.set_servers,
-                remove_servers: &u.remove_servers,
-                set_resources: &u.set_resources,
-                remove_resources: &u.remove_resources,
-            },
-            events: u.events.len() as u64,
-        }
-    }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// A WAL line as read. Lines written by earlier versions carry the events in the update
-/// instead of their count; both are read.
-#[derive(Serialize, Deserialize)]
-struct WalLine {
-    revision: Revision,
-    update: Update,
-    #[serde(default)]
-    events: u64,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DirectoryError + '_ {
@@ -439,7 +387,7 @@ fn replay_wal(wal_path: &Path, snapshot: &mut Snapshot) -> Result<WalReplay, Dir
     let base = snapshot.revision;
     let mut wal_last: Option<Revision> = None;
     let mut wal_lines = 0;
-    let scan = scan_records::<WalLine>(wal_path, |l, _, _| {
+    let scan = scan_records::<LogEntry>(wal_path, |l, _, _| {
         match wal_last {
             None if l.revision > base + 1 => {
                 let snap = if base == 0 {
@@ -466,10 +414,7 @@ fn replay_wal(wal_path: &Path, snapshot: &mut Snapshot) -> Result<WalReplay, Dir
         // Lines at or below the snapshot's revision are folded in already (a crash between
         // the snapshot's rename and the WAL's truncation).
         if l.revision > base {
-            snapshot.apply(&l.update);
-            if l.events > 0 {
-                snapshot.next_event = snapshot.next_event.max(1) + l.events;
-            }
+            l.apply_to(snapshot);
             wal_lines += 1;
         }
         Ok(())
@@ -651,7 +596,7 @@ impl EmbeddedDirectory {
             buf.push(b'\n');
         }
         let mut line =
-            seal(&WalLineRef::new(revision, update)).map_err(|e| DirectoryError::Store {
+            seal(&LogEntryRef::new(revision, update)).map_err(|e| DirectoryError::Store {
                 path: wal_path.clone(),
                 detail: e.to_string(),
             })?;
@@ -691,7 +636,7 @@ impl EmbeddedDirectory {
             return Err(e);
         }
         inner.wal_lines += 1;
-        inner.snapshot.apply(update);
+        inner.snapshot.advance(update);
         debug_assert_eq!(inner.snapshot.revision, revision);
         for e in events {
             if inner.recent.len() == EVENTS_IN_MEMORY {
@@ -1086,7 +1031,7 @@ mod tests {
         fs::remove_file(tmp.path().join("events.jsonl")).unwrap();
         assert_eq!(EmbeddedDirectory::open(tmp.path()).unwrap().current(), want);
         // The same commit as an earlier version wrote it: events inside the update.
-        let old = WalLine {
+        let old = LogEntry {
             revision: 1,
             update: web_on("p1", 1, &["config", "failover"]),
             events: 0,
@@ -1346,7 +1291,7 @@ mod tests {
         let (tmp, wal) = damaged("wal.jsonl", |b| {
             b.drain(..lines(b)[2].start);
         });
-        let rev1: WalLine = unseal(bodies(&wal)[0], true).unwrap().0;
+        let rev1: LogEntry = unseal(bodies(&wal)[0], true).unwrap().0;
         let mut snap = Snapshot::default();
         snap.apply(&rev1.update);
         fs::write(tmp.path().join("state.json"), seal(&snap).unwrap()).unwrap();

@@ -150,10 +150,81 @@ impl Update {
     }
 }
 
+/// One commit as a log records it (the embedded WAL line, an etcd `P/log/<revision>` key):
+/// the records it set or removed, and how many events it numbered (the events themselves are
+/// in the event log). Borrows the update; read back as [`LogEntry`].
+#[derive(Serialize)]
+pub(crate) struct LogEntryRef<'a> {
+    pub(crate) revision: Revision,
+    pub(crate) update: RecordsRef<'a>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) events: u64,
+}
+
+/// An [`Update`]'s records, without its events.
+#[derive(Serialize)]
+pub(crate) struct RecordsRef<'a> {
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    set_servers: &'a [ServerRecord],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    remove_servers: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    set_resources: &'a [Arc<ResourceRecord>],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    remove_resources: &'a [String],
+}
+
+impl<'a> LogEntryRef<'a> {
+    pub(crate) fn new(revision: Revision, u: &'a Update) -> Self {
+        LogEntryRef {
+            revision,
+            update: RecordsRef {
+                set_servers: &u.set_servers,
+                remove_servers: &u.remove_servers,
+                set_resources: &u.set_resources,
+                remove_resources: &u.remove_resources,
+            },
+            events: u.events.len() as u64,
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A log entry as read. Embedded WAL lines written by earlier versions carry the events in
+/// the update instead of their count; both are read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub revision: Revision,
+    pub update: Update,
+    #[serde(default)]
+    pub events: u64,
+}
+
+impl LogEntry {
+    /// Applies the entry's records to `snapshot`, and numbers its events (revision + 1).
+    pub fn apply_to(&self, snapshot: &mut Snapshot) {
+        snapshot.advance(&self.update);
+        if self.events > 0 {
+            snapshot.next_event = snapshot.next_event.max(1) + self.events;
+        }
+    }
+}
+
 impl Snapshot {
     /// Applies an update in memory: records, revision + 1, event numbers (the log holds the
     /// events themselves; they are returned).
     pub fn apply(&mut self, update: &Update) -> Vec<Event> {
+        let events = self.number_events(&update.events, self.revision + 1, now_ms());
+        self.advance(update);
+        events
+    }
+
+    /// [`Snapshot::apply`] without building the events (their numbers are taken all the
+    /// same).
+    pub fn advance(&mut self, update: &Update) {
         for s in &update.set_servers {
             self.next_server_id = self.next_server_id.max(s.id + 1);
             self.servers.insert(s.name.clone(), s.clone());
@@ -174,9 +245,9 @@ impl Snapshot {
             self.resources.remove(r);
         }
         self.revision += 1;
-        let events = self.number_events(&update.events, self.revision, now_ms());
-        self.next_event = events.last().map_or(self.next_event, |e| e.seq + 1);
-        events
+        if !update.events.is_empty() {
+            self.next_event = self.next_event.max(1) + update.events.len() as u64;
+        }
     }
 
     /// The events `drafts` become at `revision` (numbered from `next_event`), without changing

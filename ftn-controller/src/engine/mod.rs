@@ -27,6 +27,7 @@
 //! their resource's current server on their next packet.
 
 mod diff;
+mod follow;
 mod index;
 mod resources;
 mod returns;
@@ -216,7 +217,7 @@ impl Engine {
 
     /// The directory accepted `update` (the update of the last plan) at `revision`.
     pub fn committed(&mut self, update: &Update, revision: crate::directory::Revision) {
-        self.snapshot.apply(update);
+        self.snapshot.advance(update);
         debug_assert_eq!(self.snapshot.revision, revision);
         self.snapshot.revision = revision;
         self.applied = self.config.clone();

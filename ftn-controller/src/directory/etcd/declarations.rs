@@ -1,6 +1,7 @@
 //! The servers and resources every gateway of a shared directory must declare alike, and
 //! the names of the gateways.
 
+use super::blob;
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -26,7 +27,17 @@ pub async fn check_declarations(pool: &Pool, keys: &Keys, config: &Config) -> an
         servers,
         resources,
     };
-    let value = serde_json::to_vec(&ours)?;
+    // Compressed, and in chunks when large (100,000 resources are ~15 MB of JSON).
+    let blob = blob::encode(
+        &ours,
+        &keys.chunks(&format!(
+            "declarations-{}-{}",
+            ours.at_ms,
+            std::process::id()
+        )),
+    )?;
+    blob::put_chunks(pool, keys, None, &blob.chunks).await?;
+    let value = blob.value.clone();
     let txn = Txn::new()
         .when([Compare::create_revision(
             keys.declarations(),
@@ -46,17 +57,12 @@ pub async fn check_declarations(pool: &Pool, keys: &Keys, config: &Config) -> an
         tracing::info!(key = %keys.declarations(), "published this gateway's servers and resources as the shared declarations");
         return Ok(());
     }
-    let theirs: Declarations = first_kv(&resp)
-        .map(|kv| kv.value().to_vec())
-        .ok_or_else(|| anyhow::anyhow!("etcd: the declarations key vanished while reading it"))
-        .and_then(|v| {
-            serde_json::from_slice(&v).map_err(|e| {
-                anyhow::anyhow!(
-                    "etcd key {} is not ftn declarations: {e}",
-                    keys.declarations()
-                )
-            })
-        })?;
+    blob::drop_chunks(pool, &blob).await;
+    let kv = first_kv(&resp)
+        .ok_or_else(|| anyhow::anyhow!("etcd: the declarations key vanished while reading it"))?;
+    let at = resp.header().map_or(0, |h| h.revision());
+    let what = format!("etcd key {} (ftn declarations)", keys.declarations());
+    let theirs: Declarations = blob::read(pool, kv.value(), at, &what).await?;
     let mut diffs = Vec::new();
     diff_named(&theirs.servers, &ours.servers, "server", &mut diffs);
     diff_named(&theirs.resources, &ours.resources, "resource", &mut diffs);

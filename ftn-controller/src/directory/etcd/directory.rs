@@ -1,6 +1,8 @@
 //! [`EtcdDirectory`]: the [`Directory`] on etcd (the leader's fenced commits, the followers'
 //! reads).
 
+use super::blob;
+use super::layout::{read_directory, write_checkpoint, Checkpoint, Head, Read};
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -8,31 +10,53 @@ use super::*;
 
 pub(super) struct Known {
     pub(super) snapshot: Snapshot,
-    /// etcd mod-revision of `P/state` for `snapshot` (0: the key does not exist).
-    pub(super) mod_rev: i64,
+    /// etcd mod-revision of `P/head` for `snapshot` (0: no commit yet).
+    pub(super) head_mod_rev: i64,
+    pub(super) checkpoint: Checkpoint,
+}
+
+/// What a log entry seen in the watch meant ([`EtcdDirectory::follow_log`]).
+pub enum Followed {
+    /// Known already (this gateway's own commit, or older).
+    Nothing,
+    /// The next revision, applied to the known state.
+    Entry(Box<LogEntry>),
+    /// Not the next revision, or unreadable: the whole directory was read again.
+    Reread(Box<Snapshot>),
 }
 
 /// [`Directory`] on etcd (see the module docs).
 pub struct EtcdDirectory {
     pub(super) pool: Pool,
     pub(super) keys: Keys,
-    pub(super) known: Mutex<Known>,
+    pub(super) known: Arc<Mutex<Known>>,
     /// The leader key's create-revision while this gateway leads.
     pub(super) fence: Mutex<Option<i64>>,
     pub(super) revision_tx: watch::Sender<Revision>,
+    /// Set while a checkpoint is being written.
+    pub(super) checkpointing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn lock(k: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
+    k.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl EtcdDirectory {
-    /// Reads the directory's state.
+    /// Reads the directory (migrating a layout-1 directory first).
     pub async fn open(pool: Pool, keys: Keys) -> Result<Self, DirectoryError> {
-        let (snapshot, mod_rev) = read_state(&pool, &keys).await?;
-        let (revision_tx, _) = watch::channel(snapshot.revision);
+        let read = read_directory(&pool, &keys, 0).await?;
+        let (revision_tx, _) = watch::channel(read.snapshot.revision);
         Ok(EtcdDirectory {
             pool,
             keys,
-            known: Mutex::new(Known { snapshot, mod_rev }),
+            known: Arc::new(Mutex::new(Known {
+                snapshot: read.snapshot,
+                head_mod_rev: read.head_mod_rev,
+                checkpoint: read.checkpoint,
+            })),
             fence: Mutex::new(None),
             revision_tx,
+            checkpointing: Default::default(),
         })
     }
 
@@ -46,24 +70,85 @@ impl EtcdDirectory {
 
     /// The latest state this gateway knows.
     pub fn current(&self) -> Snapshot {
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .snapshot
-            .clone()
+        lock(&self.known).snapshot.clone()
     }
 
-    /// A state read from etcd (watch or get): kept if newer than what we know.
-    pub fn observe_state(&self, snapshot: &Snapshot, mod_rev: i64) -> bool {
-        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if mod_rev > k.mod_rev {
-            k.snapshot = snapshot.clone();
-            k.mod_rev = mod_rev;
-            self.revision_tx.send_replace(snapshot.revision);
+    /// The latest revision this gateway knows, and the mod-revision of `P/head` for it.
+    pub fn known_revision(&self) -> (Revision, i64) {
+        let k = lock(&self.known);
+        (k.snapshot.revision, k.head_mod_rev)
+    }
+
+    /// A whole directory read from etcd: kept if newer than what we know.
+    pub(super) fn observe_read(&self, read: Read) -> bool {
+        let mut k = lock(&self.known);
+        if read.checkpoint.mod_rev > k.checkpoint.mod_rev {
+            k.checkpoint = read.checkpoint;
+        }
+        if read.head_mod_rev > k.head_mod_rev {
+            self.revision_tx.send_replace(read.snapshot.revision);
+            k.snapshot = read.snapshot;
+            k.head_mod_rev = read.head_mod_rev;
             true
         } else {
             false
         }
+    }
+
+    /// Reads the whole directory again (at etcd revision `at`, 0: the latest).
+    pub async fn reread(&self, at: i64) -> Result<Snapshot, DirectoryError> {
+        let read = read_directory(&self.pool, &self.keys, at).await?;
+        self.observe_read(read);
+        Ok(self.current())
+    }
+
+    /// A `P/checkpoint` put seen in the watch.
+    pub(super) fn observe_checkpoint(&self, kv: &etcd_client::KeyValue) {
+        match Checkpoint::of(&self.keys, kv) {
+            Ok(cp) => {
+                let mut k = lock(&self.known);
+                if cp.mod_rev > k.checkpoint.mod_rev {
+                    k.checkpoint = cp;
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+
+    /// A `P/log/<revision>` put seen in the watch: the next revision is applied to the known
+    /// state (only what it changed); a gap or an entry that cannot be read makes a full read.
+    pub async fn follow_log(&self, kv: &etcd_client::KeyValue) -> Result<Followed, DirectoryError> {
+        let key = kv.key_str().unwrap_or_default();
+        let rev: Option<Revision> = key
+            .strip_prefix(&self.keys.log_prefix())
+            .and_then(|r| r.parse().ok());
+        let (have, _) = self.known_revision();
+        match rev {
+            Some(r) if r <= have => return Ok(Followed::Nothing),
+            Some(r) if r == have + 1 => {
+                match blob::read::<LogEntry>(&self.pool, kv.value(), kv.mod_revision(), key).await
+                {
+                    Ok(entry) if entry.revision == r => {
+                        let mut k = lock(&self.known);
+                        if k.snapshot.revision + 1 == r {
+                            entry.apply_to(&mut k.snapshot);
+                            k.head_mod_rev = k.head_mod_rev.max(kv.mod_revision());
+                            self.revision_tx.send_replace(r);
+                            return Ok(Followed::Entry(Box::new(entry)));
+                        }
+                    }
+                    Ok(entry) => tracing::warn!(
+                        key,
+                        revision = entry.revision,
+                        "etcd: a log entry under another revision's key; reading the directory again"
+                    ),
+                    Err(e) => tracing::warn!("etcd: {e}; reading the directory again"),
+                }
+            }
+            _ => {}
+        }
+        let s = self.reread(kv.mod_revision()).await?;
+        Ok(Followed::Reread(Box::new(s)))
     }
 
     pub fn set_fence(&self, fence: Option<i64>) {
@@ -83,41 +168,60 @@ impl EtcdDirectory {
     }
 
     /// Writes `update` on top of the state at `expected`, fenced by `fence` (the leader key's
-    /// create-revision the caller believes it holds).
+    /// create-revision the caller believes it holds): the head, the log entry of the new
+    /// revision and its events, in one transaction (their chunks, if any, first).
     pub async fn commit_fenced(
         &self,
         fence: i64,
         expected: Revision,
         update: &Update,
     ) -> Result<Revision, DirectoryError> {
-        let (mut next, mod_rev) = {
-            let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let (head_mod_rev, next_event) = {
+            let k = lock(&self.known);
             if k.snapshot.revision != expected {
                 return Err(DirectoryError::Conflict {
                     expected,
                     actual: k.snapshot.revision,
                 });
             }
-            (k.snapshot.clone(), k.mod_rev)
+            (k.head_mod_rev, k.snapshot.next_event)
         };
-        let events = next.apply(update);
-        let state = serde_json::to_vec(&next)
-            .map_err(|e| DirectoryError::Etcd(format!("encoding the state: {e}")))?;
-        let mut ops = vec![TxnOp::put(self.keys.state(), state, None)];
-        if !events.is_empty() {
-            let ev = serde_json::to_vec(&events)
-                .map_err(|e| DirectoryError::Etcd(format!("encoding the events: {e}")))?;
-            ops.push(TxnOp::put(self.keys.events(events[0].seq), ev, None));
+        let rev = expected + 1;
+        let numbering = Snapshot {
+            next_event,
+            ..Default::default()
+        };
+        let events = numbering.number_events(&update.events, rev, crate::directory::now_ms());
+        let keys = &self.keys;
+        let log = blob::encode(
+            &LogEntryRef::new(rev, update),
+            &keys.chunks(&format!("log-{rev:020}-{fence}")),
+        )?;
+        let mut ops = vec![
+            TxnOp::put(keys.head(), Head::value(rev), None),
+            TxnOp::put(keys.log(rev), log.value.clone(), None),
+        ];
+        let mut blobs = vec![log];
+        if let Some(first) = events.first().map(|e| e.seq) {
+            let ev = blob::encode(
+                &events,
+                &keys.chunks(&format!("events-{first:020}-{fence}")),
+            )?;
+            ops.push(TxnOp::put(keys.events(first), ev.value.clone(), None));
+            blobs.push(ev);
+        }
+        for b in &blobs {
+            blob::put_chunks(&self.pool, keys, Some(fence), &b.chunks).await?;
         }
         let txn = Txn::new()
             .when([
-                Compare::mod_revision(self.keys.state(), CompareOp::Equal, mod_rev),
-                Compare::create_revision(self.keys.leader(), CompareOp::Equal, fence),
+                Compare::mod_revision(keys.head(), CompareOp::Equal, head_mod_rev),
+                Compare::create_revision(keys.leader(), CompareOp::Equal, fence),
             ])
             .and_then(ops)
             .or_else([
-                TxnOp::get(self.keys.leader(), None),
-                TxnOp::get(self.keys.state(), None),
+                TxnOp::get(keys.leader(), None),
+                TxnOp::get(keys.head(), None),
             ]);
         let resp = self
             .pool
@@ -128,25 +232,33 @@ impl EtcdDirectory {
             .await
             .map_err(|e| etcd_err("committing", e))?;
         if resp.succeeded() {
-            let rev = resp.header().map_or(0, |h| h.revision());
-            self.observe_state(&next, rev);
-            return Ok(next.revision);
+            let at = resp.header().map_or(0, |h| h.revision());
+            self.committed(fence, update, rev, at);
+            return Ok(rev);
         }
-        // Refused: say why, and learn the current state.
+        // Refused: say why.
         let gets = gets(&resp);
         let leader = gets.first().and_then(|g| g.kvs().first().cloned());
-        if let Some(kv) = gets.get(1).and_then(|g| g.kvs().first()) {
-            if let Ok(s) = serde_json::from_slice::<Snapshot>(kv.value()) {
-                // A first attempt that was applied but whose answer was lost, then retried on
-                // another member: the state is exactly ours.
-                if s == next && leader.as_ref().map(|kv| kv.create_revision()) == Some(fence) {
-                    self.observe_state(&s, kv.mod_revision());
-                    return Ok(next.revision);
-                }
-                self.observe_state(&s, kv.mod_revision());
+        let head = gets.get(1).and_then(|g| g.kvs().first().cloned());
+        let ours = leader.as_ref().map(|kv| kv.create_revision()) == Some(fence);
+        let actual = head.as_ref().and_then(|kv| {
+            Head::parse(keys, kv.value())
+                .ok()
+                .map(|h| (h.revision, kv.mod_revision()))
+        });
+        if let (true, Some((r, mod_rev))) = (ours, actual) {
+            // A first attempt that was applied but whose answer was lost, then retried on
+            // another member: only this leader writes under its fence, and it was writing
+            // exactly this revision.
+            if r == rev {
+                self.committed(fence, update, rev, mod_rev);
+                return Ok(rev);
             }
         }
-        if leader.as_ref().map(|kv| kv.create_revision()) != Some(fence) {
+        for b in &blobs {
+            blob::drop_chunks(&self.pool, b).await;
+        }
+        if !ours {
             self.clear_fence(fence);
             return Err(DirectoryError::Fenced {
                 fence,
@@ -155,43 +267,62 @@ impl EtcdDirectory {
                     .unwrap_or_else(|| "none".into()),
             });
         }
-        let actual = self.current().revision;
-        Err(DirectoryError::Conflict { expected, actual })
-    }
-}
-
-pub(super) async fn read_state(
-    pool: &Pool,
-    keys: &Keys,
-) -> Result<(Snapshot, i64), DirectoryError> {
-    let key = keys.state();
-    let resp = pool
-        .call(|c| {
-            let key = key.clone();
-            async move { kv_big(&c).get(key, None).await }
+        Err(DirectoryError::Conflict {
+            expected,
+            actual: actual.map_or(0, |(r, _)| r),
         })
-        .await
-        .map_err(|e| etcd_err("reading the state", e))?;
-    match resp.kvs().first() {
-        None => Ok((Snapshot::default(), 0)),
-        Some(kv) => {
-            let s: Snapshot = serde_json::from_slice(kv.value()).map_err(|e| {
-                DirectoryError::Etcd(format!(
-                    "etcd key {} is not an ftn state: {e}",
-                    keys.state()
-                ))
-            })?;
-            Ok((s, kv.mod_revision()))
-        }
+    }
+
+    /// A commit of this leader landed at etcd revision `at`: the known state moves on, and a
+    /// checkpoint is written in the background when one is due.
+    fn committed(&self, fence: i64, update: &Update, rev: Revision, at: i64) {
+        let due = {
+            let mut k = lock(&self.known);
+            if k.snapshot.revision + 1 != rev {
+                return;
+            }
+            k.snapshot.advance(update);
+            k.head_mod_rev = k.head_mod_rev.max(at);
+            self.revision_tx.send_replace(rev);
+            let due = rev >= k.checkpoint.revision + CHECKPOINT_EVERY
+                && !self.checkpointing.swap(true, Ordering::AcqRel);
+            due.then(|| (k.snapshot.clone(), k.checkpoint))
+        };
+        let Some((snapshot, previous)) = due else {
+            return;
+        };
+        let (pool, keys, known, flag) = (
+            self.pool.clone(),
+            self.keys.clone(),
+            self.known.clone(),
+            self.checkpointing.clone(),
+        );
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let rev = snapshot.revision;
+            match write_checkpoint(&pool, &keys, fence, snapshot, previous).await {
+                Ok(cp) => {
+                    let mut k = lock(&known);
+                    if cp.mod_rev > k.checkpoint.mod_rev {
+                        k.checkpoint = cp;
+                    }
+                    tracing::info!(
+                        revision = rev,
+                        took_ms = t.elapsed().as_millis() as u64,
+                        "etcd: checkpoint written, the log trimmed below it"
+                    );
+                }
+                Err(e) => tracing::warn!(revision = rev, "etcd: {e}"),
+            }
+            flag.store(false, Ordering::Release);
+        });
     }
 }
 
 #[async_trait::async_trait]
 impl Directory for EtcdDirectory {
     async fn snapshot(&self) -> Result<Snapshot, DirectoryError> {
-        let (s, rev) = read_state(&self.pool, &self.keys).await?;
-        self.observe_state(&s, rev);
-        Ok(self.current())
+        self.reread(0).await
     }
 
     async fn commit(
@@ -235,15 +366,16 @@ impl Directory for EtcdDirectory {
             })
             .await
             .map_err(|e| etcd_err("reading the events", e))?;
+        let at = resp.header().map_or(0, |h| h.revision());
         let mut out = Vec::new();
         for g in gets(&resp) {
             for kv in g.kvs() {
-                match serde_json::from_slice::<Vec<Event>>(kv.value()) {
+                let key = kv.key_str().unwrap_or("?");
+                match blob::read::<Vec<Event>>(&self.pool, kv.value(), at, key).await {
                     Ok(events) => out.extend(events.into_iter().filter(|e| e.seq > after)),
-                    Err(e) => tracing::warn!(
-                        key = kv.key_str().unwrap_or("?"),
-                        "etcd: an event record that is not ftn's, skipped: {e}"
-                    ),
+                    Err(e) => {
+                        tracing::warn!(key, "etcd: an event record that is not ftn's, skipped: {e}")
+                    }
                 }
             }
         }

@@ -1,12 +1,22 @@
 //! The shared directory on etcd, for several gateways.
 //!
-//! Keys under the configured prefix `P`:
-//! - `P/state`: the whole directory record ([`Snapshot`], JSON). Written only by the leader,
-//!   in a transaction that compares the key's mod-revision with the one the leader decided
-//!   from *and* the leader key's create-revision with the leader's own (the fence): a deposed
+//! Keys under the configured prefix `P` (layout 2; values are zstd-compressed JSON, chunked
+//! when large: [`blob`]):
+//! - `P/head`: `{"layout":2,"revision":N}`, the directory's revision. Every commit rewrites it,
+//!   in a transaction that compares its mod-revision with the one the leader decided from
+//!   *and* the leader key's create-revision with the leader's own (the fence): a deposed
 //!   leader's late write fails.
-//! - `P/events/<revision, 20 digits>`: the events of one commit (JSON list), in the same
+//! - `P/log/<revision, 20 digits>`: what that commit changed (a [`LogEntryRef`]: the records it
+//!   set or removed, the count of its events), in the same transaction. A commit costs what it
+//!   changed, not the size of the directory.
+//! - `P/events/<first sequence number, 20 digits>`: the events of one commit, in the same
 //!   transaction.
+//! - `P/checkpoint`: the whole directory at some revision, written by the leader in the
+//!   background every [`CHECKPOINT_EVERY`] commits; the same transaction trims the log at and
+//!   below it and the events beyond the retention ([`EVENTS_KEPT`]). A gateway reads the
+//!   checkpoint and the log after it; followers apply each log entry from the watch.
+//! - `P/chunks/<name>/<index>`: the pieces of a value too large for one etcd request, written
+//!   before the key that names them.
 //! - `P/declarations`: the servers and resources (JSON). Written by the first gateway that
 //!   starts; every other gateway must declare exactly the same or it refuses to start.
 //! - `P/leader`: the leader's name, under the leader's lease. Created with "only if absent"
@@ -14,6 +24,9 @@
 //! - `P/gateways/<name>`: one record per gateway (its observations of every server, the
 //!   directory revision its maps hold), under the gateway's lease: a gateway is live while its
 //!   lease is.
+//! - `P/state`: layout 1 (ftn before layout 2) kept the whole directory in this one key and
+//!   rewrote it on every commit. A gateway that finds it migrates it (when no gateway leads)
+//!   and leaves a marker there that earlier versions refuse to read ([`migrate`]).
 //!
 //! [`EtcdDirectory`] implements [`Directory`]; [`Session`] keeps the lease, the election, the
 //! gateway record and the watch, and reports to the controller through [`ClusterEvent`]s.
@@ -30,12 +43,15 @@ use etcd_client::{
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
     WatchOptions,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EtcdConfig};
-use crate::directory::{Directory, DirectoryError, Event, Revision, Snapshot, Update};
+use crate::directory::{
+    Directory, DirectoryError, Event, LogEntry, LogEntryRef, Revision, Snapshot, Update,
+};
 
 /// Keys under the prefix.
 #[derive(Clone, Debug)]
@@ -52,8 +68,37 @@ impl Keys {
     pub fn all(&self) -> String {
         format!("{}/", self.prefix)
     }
+    /// Layout 1's whole-directory key (read only to migrate it).
     pub fn state(&self) -> String {
         format!("{}/state", self.prefix)
+    }
+    pub fn head(&self) -> String {
+        format!("{}/head", self.prefix)
+    }
+    pub fn checkpoint(&self) -> String {
+        format!("{}/checkpoint", self.prefix)
+    }
+    pub fn log_prefix(&self) -> String {
+        format!("{}/log/", self.prefix)
+    }
+    /// The log entry of one revision.
+    pub fn log(&self, revision: Revision) -> String {
+        format!("{}/log/{revision:020}", self.prefix)
+    }
+    /// Where the chunks of a large value named `name` go (`name` ends before the index).
+    pub fn chunks(&self, name: &str) -> String {
+        format!("{}/chunks/{name}/", self.prefix)
+    }
+    /// `P/chunks/<start>`: a bound of a range of chunk names.
+    pub fn chunk_names(&self, start: &str) -> String {
+        format!("{}/chunks/{start}", self.prefix)
+    }
+    pub fn checkpoints_prefix(&self) -> String {
+        format!("{}/checkpoints/", self.prefix)
+    }
+    /// The state of the checkpoint at `revision`.
+    pub fn checkpoint_state(&self, revision: Revision) -> String {
+        format!("{}/checkpoints/{revision:020}", self.prefix)
     }
     pub fn leader(&self) -> String {
         format!("{}/leader", self.prefix)
@@ -203,7 +248,7 @@ impl Pool {
                 current: AtomicUsize::new(0),
             }),
         };
-        let key = Keys::new(&cfg.prefix).state();
+        let key = Keys::new(&cfg.prefix).head();
         let probe = pool.call(|mut c| {
             let key = key.clone();
             async move { c.get(key, None).await }
@@ -273,10 +318,13 @@ impl Pool {
     }
 }
 
+mod blob;
 mod declarations;
 mod directory;
+mod layout;
 mod session;
 
 pub use declarations::*;
 pub use directory::*;
+pub use layout::{CHECKPOINT_EVERY, EVENTS_KEPT};
 pub use session::*;

@@ -43,8 +43,10 @@ pub enum ClusterEvent {
     },
     /// The live gateways' records (all of them, on every change).
     Gateways(BTreeMap<String, GatewayRecord>),
-    /// A newer directory state.
+    /// A newer directory state, read whole (at start, after a gap).
     State(Box<Snapshot>),
+    /// The next revision: what it changed (the directory's known state holds it already).
+    Entry(Box<LogEntry>),
 }
 
 /// Handle to the session task.
@@ -73,7 +75,6 @@ impl Session {
             events,
             cancel,
             lease: None,
-            state_mod_rev: 0,
             leader_rev: 0,
             gateways: BTreeMap::new(),
             connected: true,
@@ -115,7 +116,6 @@ pub(super) struct SessionTask {
     pub(super) events: mpsc::Sender<ClusterEvent>,
     pub(super) cancel: CancellationToken,
     pub(super) lease: Option<i64>,
-    pub(super) state_mod_rev: i64,
     /// etcd revision of the last leader-key change handled (older ones, replayed by a new
     /// watch, are ignored).
     pub(super) leader_rev: i64,
@@ -289,7 +289,7 @@ impl SessionTask {
     ) -> Result<(), Follow> {
         let broken = |what: &str, e: etcd_client::Error| Follow::Broken(format!("{what}: {e}"));
         let read = Txn::new().and_then([
-            TxnOp::get(keys.state(), None),
+            TxnOp::get(keys.head(), None),
             TxnOp::get(keys.leader(), None),
             TxnOp::get(
                 keys.gateways_prefix(),
@@ -302,13 +302,20 @@ impl SessionTask {
             .map_err(|e| broken("reading the directory", e))?;
         let rev = resp.header().map_or(0, |h| h.revision());
         let gets = gets(&resp);
-        let [state, leader, gateways] = gets.as_slice() else {
+        let [head, leader, gateways] = gets.as_slice() else {
             return Err(Follow::Broken(
                 "etcd answered the read with other parts".into(),
             ));
         };
-        if let Some(kv) = state.kvs().first() {
-            self.on_state(kv.value(), kv.mod_revision()).await;
+        // A newer head than the state we know: read the directory at that same revision.
+        let head_mod_rev = head.kvs().first().map_or(0, |kv| kv.mod_revision());
+        if head_mod_rev > self.dir.known_revision().1 {
+            let s = self
+                .dir
+                .reread(rev)
+                .await
+                .map_err(|e| Follow::Broken(format!("reading the directory: {e}")))?;
+            let _ = self.events.send(ClusterEvent::State(Box::new(s))).await;
         }
         self.gateways.clear();
         for kv in gateways.kvs() {
@@ -404,8 +411,22 @@ impl SessionTask {
             let Some(kv) = ev.kv() else { continue };
             let key = kv.key_str().unwrap_or_default();
             let put = ev.event_type() == EventType::Put;
-            if key == keys.state() && put {
-                self.on_state(kv.value(), kv.mod_revision()).await;
+            if key.starts_with(&keys.log_prefix()) && put {
+                let followed = self
+                    .dir
+                    .follow_log(kv)
+                    .await
+                    .map_err(|e| Follow::Broken(format!("following the directory: {e}")))?;
+                let ev = match followed {
+                    Followed::Nothing => None,
+                    Followed::Entry(e) => Some(ClusterEvent::Entry(e)),
+                    Followed::Reread(s) => Some(ClusterEvent::State(s)),
+                };
+                if let Some(ev) = ev {
+                    let _ = self.events.send(ev).await;
+                }
+            } else if key == keys.checkpoint() && put {
+                self.dir.observe_checkpoint(kv);
             } else if key == keys.leader() {
                 // A change older than one already handled (a campaign between the
                 // read and the watch's start) is history.
@@ -455,23 +476,6 @@ impl SessionTask {
         .await
         .map_err(|e| format!("publishing this gateway's record: {e}"))?;
         Ok(())
-    }
-
-    pub(super) async fn on_state(&mut self, value: &[u8], mod_rev: i64) {
-        if mod_rev <= self.state_mod_rev {
-            return;
-        }
-        match serde_json::from_slice::<Snapshot>(value) {
-            Ok(s) => {
-                self.state_mod_rev = mod_rev;
-                self.dir.observe_state(&s, mod_rev);
-                let _ = self.events.send(ClusterEvent::State(Box::new(s))).await;
-            }
-            Err(e) => tracing::error!(
-                "etcd key {} is not an ftn state, ignored: {e}",
-                self.dir.keys().state()
-            ),
-        }
     }
 
     /// The leader key as it is now. A key under this session's own lease is ours whatever
