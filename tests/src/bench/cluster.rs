@@ -67,7 +67,7 @@ fn etcd_put_watch_ms(c: &Cluster, n: usize) -> Vec<f64> {
 /// Switchovers through the leader's API, alternately to the backup and back; for each, the time
 /// from the leader's directory write (the event's timestamp) to the last gateway's maps holding
 /// it (each gateway publishes when its map writes are done).
-fn propagation_ms(c: &Cluster, n: usize) -> Result<(Vec<f64>, String), String> {
+pub fn propagation_ms(c: &Cluster, n: usize) -> Result<(Vec<f64>, String), String> {
     let leader = c.leader().ok_or("no leader")?;
     let lk = c.index_of(&leader);
     let mut out = Vec::new();

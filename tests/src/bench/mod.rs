@@ -3,6 +3,7 @@
 //! no value and says why.
 
 pub mod cluster;
+pub mod cluster_scale;
 pub mod failover;
 pub mod scale;
 pub mod xdp;

@@ -1,0 +1,174 @@
+//! The cluster lab at 100,000 resources (issue 15): the 3 gateways, the 3-member etcd cluster
+//! and real `ftn` processes of the cluster lab, with 99,999 more resources declared beside
+//! `web`: 10,000 resources list `primary` first, 90,000 list `backup` first.
+//!
+//! - **`etcd_resources`**: the resources the cluster runs with: 100,000 when all three gateways
+//!   started on the shared directory, every one reports 100,000 resources, and the remap below
+//!   reached every gateway's maps; null (NOT MET) with the reason otherwise.
+//! - **`etcd_remap_10k_ms`**: `ftn drain primary` on the leader (a decision that moves the
+//!   10,000 resources whose primary it is, the same records and events a failure of `primary`
+//!   writes, without the detection time): from just before the command starts (this process's
+//!   clock) to the last gateway publishing that its maps hold the new revision
+//!   (`applied_at_ms`, same machine clock). Includes the CLI's start and its API call, the
+//!   leader's plan and etcd commit, the watch, each follower's reading of the entry and its map
+//!   writes. One run (each needs a fresh directory: the drain is not undone).
+//! - **`etcd_propagation_100k_ms`**: [`super::cluster`]'s propagation (switchovers of `web`:
+//!   the leader's write to the last gateway's maps) with the 100,000 resources.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    bench::{attempt, median, Figure, Size},
+    cluster::{self, Cluster, GATEWAYS},
+};
+
+const RESOURCES: u32 = 100_000;
+const ON_PRIMARY: u32 = 10_000;
+/// Resources per VIP (ports 1024 + i); VIPs from 198.19.0.1 (no lab address there).
+const PER_VIP: u32 = 1_000;
+/// A gateway's start-up at 100,000 resources: 4.2 s alone in `rss_mb_100k`'s run; three at
+/// once on two cores, and the first one's commit of every record, with a wide margin.
+const START_LIMIT: Duration = Duration::from_secs(90);
+
+/// The 99,999 resources besides `web` (which is on `primary`).
+fn extra() -> String {
+    let mut s = String::with_capacity(130 * RESOURCES as usize);
+    for i in 1..RESOURCES {
+        let servers = if i < ON_PRIMARY {
+            "\"primary\", \"backup\""
+        } else {
+            "\"backup\", \"primary\""
+        };
+        s.push_str(&format!(
+            "\n[[resource]]\nname = \"r{i}\"\nvip = \"198.19.{}.{}\"\nprotocol = \"tcp\"\nports = [{}]\nservers = [{servers}]\n",
+            (i / PER_VIP) / 250,
+            (i / PER_VIP) % 250 + 1,
+            1024 + i % PER_VIP
+        ));
+    }
+    s
+}
+
+/// gateway k's own record in its cluster status.
+fn own(c: &Cluster, k: usize) -> Result<serde_json::Value, String> {
+    c.cluster_status(k)?["gateways"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["name"] == cluster::gw_name(k)).cloned())
+        .ok_or_else(|| format!("gateway {k}: no record of its own"))
+}
+
+fn now_ms() -> u64 {
+    ftn_controller::directory::now_ms()
+}
+
+/// The drain on the leader; (ms from the command to the last gateway's maps, the revision).
+fn remap(c: &Cluster) -> Result<(f64, u64, Vec<u64>), String> {
+    let leader = c.leader().ok_or("no leader")?;
+    let lk = c.index_of(&leader);
+    let t0 = now_ms();
+    c.gw(lk).cli_ok(&["drain", "primary"]);
+    let rev = c.status(lk)?["revision"]
+        .as_u64()
+        .ok_or("the leader's status has no revision")?;
+    // Every gateway: the entry (~300 KB compressed), 10,000 map entries; 30 s is two orders
+    // above the figure's target.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut at = Vec::new();
+    for k in 1..=GATEWAYS {
+        loop {
+            let r = own(c, k)?;
+            if r["applied_revision"].as_u64().unwrap_or(0) >= rev {
+                at.push(r["applied_at_ms"].as_u64().unwrap_or(0).saturating_sub(t0));
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "gateway {k} did not apply revision {rev} (the drain) within 30 s"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let worst = at.iter().copied().max().unwrap_or(0);
+    Ok((worst as f64, rev, at))
+}
+
+pub fn run(size: Size) -> Vec<Figure> {
+    let n_prop = match size {
+        Size::Quick => 3,
+        Size::Full => 10,
+    };
+    let got = attempt(|| {
+        let t = Instant::now();
+        let mut c = Cluster::new(&extra());
+        for k in 1..=GATEWAYS {
+            c.gws[k - 1].start_within(START_LIMIT);
+        }
+        c.wait_leader(START_LIMIT);
+        c.wait_all_current("web", Some("primary"), START_LIMIT);
+        let started = t.elapsed();
+        for k in 1..=GATEWAYS {
+            let n = c.status(k)?["resources"].as_array().map_or(0, |r| r.len());
+            if n != RESOURCES as usize {
+                return Err(format!("gateway {k} reports {n} resources, not {RESOURCES}"));
+            }
+        }
+        let (prop, _) = super::cluster::propagation_ms(&c, n_prop)?;
+        let (remap_ms, rev, per_gw) = remap(&c)?;
+        let rss: Vec<String> = (1..=GATEWAYS)
+            .map(|k| {
+                c.gw(k)
+                    .pid()
+                    .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+                    .and_then(|s| {
+                        s.lines()
+                            .find(|l| l.starts_with("VmRSS:"))
+                            .map(|l| l.trim_start_matches("VmRSS:").trim().to_owned())
+                    })
+                    .unwrap_or_else(|| "?".into())
+            })
+            .collect();
+        Ok((started, prop, remap_ms, rev, per_gw, rss))
+    });
+    match got {
+        Ok((started, prop, remap_ms, rev, per_gw, rss)) => vec![
+            Figure::new(
+                "etcd_resources",
+                f64::from(RESOURCES),
+                "resources",
+                format!(
+                    "3 gateways on one etcd directory (3 members, default request limit) started with {RESOURCES} resources in {:.1} s, each reports them all, and a 10,000-resource remap reached every gateway's maps; RSS per gateway {rss:?}",
+                    started.as_secs_f64()
+                ),
+            ),
+            Figure::new(
+                "etcd_remap_10k_ms",
+                remap_ms,
+                "ms",
+                format!(
+                    "`ftn drain primary` on the leader at {RESOURCES} resources (moves the 10,000 whose primary it is; the records and events of a failure, without its detection): command start to the last of 3 gateways' maps holding revision {rev}; per gateway {per_gw:?} ms; ONE run (ms resolution); includes the CLI's start and API call"
+                ),
+            ),
+            Figure::new(
+                "etcd_propagation_100k_ms",
+                median(&prop),
+                "ms",
+                format!(
+                    "etcd_propagation_ms with {RESOURCES} resources declared: median of {} switchovers of one resource, the leader's write to the last of 3 gateways' maps (runs {:?})",
+                    prop.len(),
+                    prop.iter().map(|v| *v as u64).collect::<Vec<_>>()
+                ),
+            ),
+        ],
+        Err(e) => ["etcd_resources", "etcd_remap_10k_ms", "etcd_propagation_100k_ms"]
+            .into_iter()
+            .map(|k| {
+                Figure::missing(
+                    k,
+                    if k == "etcd_resources" { "resources" } else { "ms" },
+                    format!("the 100,000-resource cluster failed: {e}"),
+                )
+            })
+            .collect(),
+    }
+}
