@@ -187,11 +187,6 @@ impl Ftn {
 
     /// Starts `ftn run` and waits until its API answers ([`crate::timing::START`] at most).
     pub fn start(&mut self) {
-        self.start_within(crate::timing::START)
-    }
-
-    /// [`Ftn::start`], waiting at most `limit` (a configuration far larger than a lab's).
-    pub fn start_within(&mut self, limit: Duration) {
         assert!(self.child.is_none(), "ftn is already running");
         self.runs += 1;
         let log = std::fs::OpenOptions::new()
@@ -210,7 +205,7 @@ impl Ftn {
             .spawn()
             .expect("spawn ftn run");
         self.child = Some(child);
-        let deadline = Instant::now() + limit;
+        let deadline = Instant::now() + crate::timing::START;
         loop {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
@@ -223,7 +218,7 @@ impl Ftn {
             assert!(
                 Instant::now() < deadline,
                 "ftn run did not answer within {:?}; its log:\n{}",
-                limit,
+                crate::timing::START,
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));

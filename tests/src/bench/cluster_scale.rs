@@ -102,7 +102,9 @@ pub fn run(size: Size) -> Vec<Figure> {
         let t = Instant::now();
         let mut c = Cluster::new(&extra());
         for k in 1..=GATEWAYS {
-            c.gws[k - 1].start_within(START_LIMIT);
+            c.gws[k - 1]
+                .start_within(START_LIMIT)
+                .map_err(|e| format!("gateway {k}: {e}"))?;
         }
         c.wait_leader(START_LIMIT);
         c.wait_all_current("web", Some("primary"), START_LIMIT);
@@ -110,7 +112,9 @@ pub fn run(size: Size) -> Vec<Figure> {
         for k in 1..=GATEWAYS {
             let n = c.status(k)?["resources"].as_array().map_or(0, |r| r.len());
             if n != RESOURCES as usize {
-                return Err(format!("gateway {k} reports {n} resources, not {RESOURCES}"));
+                return Err(format!(
+                    "gateway {k} reports {n} resources, not {RESOURCES}"
+                ));
             }
         }
         let (prop, _) = super::cluster::propagation_ms(&c, n_prop)?;
