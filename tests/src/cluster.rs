@@ -1032,7 +1032,15 @@ impl Cluster {
     /// Gateway k's event log (`ftn events --json`), one JSON object per event, or why it
     /// could not be read.
     pub fn try_events(&self, k: usize) -> Result<Vec<serde_json::Value>, String> {
-        let out = self.gw(k).cli(&["events", "--json", "--limit", "1000"]);
+        self.try_events_after(k, 0)
+    }
+
+    /// The first 1,000 events of gateway k's log after sequence number `after`, oldest first.
+    pub fn try_events_after(&self, k: usize, after: u64) -> Result<Vec<serde_json::Value>, String> {
+        let after = after.to_string();
+        let out = self
+            .gw(k)
+            .cli(&["events", "--json", "--limit", "1000", "--after", &after]);
         if !out.status.success() {
             return Err(format!(
                 "`ftn events` on gw{k} failed: {}",
@@ -1044,6 +1052,20 @@ impl Cluster {
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).map_err(|e| format!("event {l:?}: {e}")))
             .collect()
+    }
+
+    /// The sequence number of the last event in gateway k's log (0 if none), read in pages.
+    pub fn last_event_seq(&self, k: usize) -> Result<u64, String> {
+        let mut after = 0;
+        // Bounded: 1,000 pages of 1,000 events, ten times the largest lab's log.
+        for _ in 0..1_000 {
+            let page = self.try_events_after(k, after)?;
+            match page.last().and_then(|e| e["seq"].as_u64()) {
+                Some(seq) if seq > after => after = seq,
+                _ => return Ok(after),
+            }
+        }
+        Err(format!("gw{k}: more than 1,000,000 events in its log"))
     }
 
     /// [`Cluster::try_events`], panicking on failure.

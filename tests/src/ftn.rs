@@ -655,6 +655,15 @@ impl Ftn {
     /// `status` poll for huge configurations, and returns an error (with the log) instead of
     /// panicking. Ok: the time from the spawn to the first accepted connection.
     pub fn start_within(&mut self, within: Duration) -> Result<Duration, String> {
+        self.start_within_on(within, std::net::SocketAddr::from(([127, 0, 0, 1], 7480)))
+    }
+
+    /// [`Ftn::start_within`] for a configuration whose API listens on `api`.
+    pub fn start_within_on(
+        &mut self,
+        within: Duration,
+        api: std::net::SocketAddr,
+    ) -> Result<Duration, String> {
         if self.child.is_some() {
             return Err("ftn is already running".into());
         }
@@ -694,12 +703,8 @@ impl Ftn {
                     self.log_text()
                 ));
             }
-            let up = crate::lab::try_in_ns(&ns, || {
-                std::net::TcpStream::connect_timeout(
-                    &std::net::SocketAddr::from(([127, 0, 0, 1], 7480)),
-                    Duration::from_millis(200),
-                )
-                .is_ok()
+            let up = crate::lab::try_in_ns(&ns, move || {
+                std::net::TcpStream::connect_timeout(&api, Duration::from_millis(200)).is_ok()
             })
             .unwrap_or(false);
             if up {

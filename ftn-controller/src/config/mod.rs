@@ -536,7 +536,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     };
     let mut ctx = Ctx {
-        text,
+        lines: tree::Lines::new(text),
         base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         problems: Vec::new(),
     };

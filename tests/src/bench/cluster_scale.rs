@@ -22,28 +22,41 @@ use crate::{
     cluster::{self, Cluster, GATEWAYS},
 };
 
+/// The resources of the full run (quick mode: [`QUICK_RESOURCES`]).
 const RESOURCES: u32 = 100_000;
+/// Of which this many list `primary` first (the remap moves them).
 const ON_PRIMARY: u32 = 10_000;
-/// Resources per VIP (ports 1024 + i); VIPs from 198.19.0.1 (no lab address there).
+/// Quick mode (CI): the same steps at 2,000 resources, 200 on `primary`.
+const QUICK_RESOURCES: u32 = 2_000;
+/// Resources per VIP; VIPs from 198.19.0.1 (no lab address there).
 const PER_VIP: u32 = 1_000;
+/// Ports of the extra resources: 1024 up. The stateless return path needs every (server,
+/// protocol, port) to serve one VIP only, and every resource lists both servers: resource i
+/// takes tcp port 1024 + i below [`TCP_PORTS`], then udp ports from 1024.
+const TCP_PORTS: u32 = 64_000;
 /// A gateway's start-up at 100,000 resources: 4.2 s alone in `rss_mb_100k`'s run; three at
 /// once on two cores, and the first one's commit of every record, with a wide margin.
 const START_LIMIT: Duration = Duration::from_secs(90);
 
-/// The 99,999 resources besides `web` (which is on `primary`).
-fn extra() -> String {
-    let mut s = String::with_capacity(130 * RESOURCES as usize);
-    for i in 1..RESOURCES {
-        let servers = if i < ON_PRIMARY {
+/// The `resources - 1` resources besides `web` (which is on `primary`): the first
+/// `on_primary - 1` list `primary` first, the others `backup`.
+fn extra(resources: u32, on_primary: u32) -> String {
+    let mut s = String::with_capacity(130 * resources as usize);
+    for i in 1..resources {
+        let servers = if i < on_primary {
             "\"primary\", \"backup\""
         } else {
             "\"backup\", \"primary\""
         };
+        let (protocol, port) = if i < TCP_PORTS {
+            ("tcp", 1024 + i)
+        } else {
+            ("udp", 1024 + i - TCP_PORTS)
+        };
         s.push_str(&format!(
-            "\n[[resource]]\nname = \"r{i}\"\nvip = \"198.19.{}.{}\"\nprotocol = \"tcp\"\nports = [{}]\nservers = [{servers}]\n",
+            "\n[[resource]]\nname = \"r{i}\"\nvip = \"198.19.{}.{}\"\nprotocol = \"{protocol}\"\nports = [{port}]\nservers = [{servers}]\n",
             (i / PER_VIP) / 250,
             (i / PER_VIP) % 250 + 1,
-            1024 + i % PER_VIP
         ));
     }
     s
@@ -94,16 +107,16 @@ fn remap(c: &Cluster) -> Result<(f64, u64, Vec<u64>), String> {
 }
 
 pub fn run(size: Size) -> Vec<Figure> {
-    let n_prop = match size {
-        Size::Quick => 3,
-        Size::Full => 10,
+    let (n_prop, resources, on_primary) = match size {
+        Size::Quick => (3, QUICK_RESOURCES, QUICK_RESOURCES / 10),
+        Size::Full => (10, RESOURCES, ON_PRIMARY),
     };
     let got = attempt(|| {
         let t = Instant::now();
-        let mut c = Cluster::new(&extra());
+        let mut c = Cluster::new(&extra(resources, on_primary));
         for k in 1..=GATEWAYS {
             c.gws[k - 1]
-                .start_within(START_LIMIT)
+                .start_within_on(START_LIMIT, cluster::API_LISTEN.parse().unwrap())
                 .map_err(|e| format!("gateway {k}: {e}"))?;
         }
         c.wait_leader(START_LIMIT);
@@ -111,9 +124,9 @@ pub fn run(size: Size) -> Vec<Figure> {
         let started = t.elapsed();
         for k in 1..=GATEWAYS {
             let n = c.status(k)?["resources"].as_array().map_or(0, |r| r.len());
-            if n != RESOURCES as usize {
+            if n != resources as usize {
                 return Err(format!(
-                    "gateway {k} reports {n} resources, not {RESOURCES}"
+                    "gateway {k} reports {n} resources, not {resources}"
                 ));
             }
         }
@@ -138,10 +151,10 @@ pub fn run(size: Size) -> Vec<Figure> {
         Ok((started, prop, remap_ms, rev, per_gw, rss)) => vec![
             Figure::new(
                 "etcd_resources",
-                f64::from(RESOURCES),
+                f64::from(resources),
                 "resources",
                 format!(
-                    "3 gateways on one etcd directory (3 members, default request limit) started with {RESOURCES} resources in {:.1} s, each reports them all, and a 10,000-resource remap reached every gateway's maps; RSS per gateway {rss:?}",
+                    "3 gateways on one etcd directory (3 members, default request limit) started with {resources} resources in {:.1} s, each reports them all, and a {on_primary}-resource remap reached every gateway's maps; RSS per gateway {rss:?}",
                     started.as_secs_f64()
                 ),
             ),
@@ -150,7 +163,7 @@ pub fn run(size: Size) -> Vec<Figure> {
                 remap_ms,
                 "ms",
                 format!(
-                    "`ftn drain primary` on the leader at {RESOURCES} resources (moves the 10,000 whose primary it is; the records and events of a failure, without its detection): command start to the last of 3 gateways' maps holding revision {rev}; per gateway {per_gw:?} ms; ONE run (ms resolution); includes the CLI's start and API call"
+                    "`ftn drain primary` on the leader at {resources} resources (moves the {on_primary} whose primary it is; the records and events of a failure, without its detection): command start to the last of 3 gateways' maps holding revision {rev}; per gateway {per_gw:?} ms; ONE run (ms resolution); includes the CLI's start and API call"
                 ),
             ),
             Figure::new(
@@ -158,7 +171,7 @@ pub fn run(size: Size) -> Vec<Figure> {
                 median(&prop),
                 "ms",
                 format!(
-                    "etcd_propagation_ms with {RESOURCES} resources declared: median of {} switchovers of one resource, the leader's write to the last of 3 gateways' maps (runs {:?})",
+                    "etcd_propagation_ms with {resources} resources declared: median of {} switchovers of one resource, the leader's write to the last of 3 gateways' maps (runs {:?})",
                     prop.len(),
                     prop.iter().map(|v| *v as u64).collect::<Vec<_>>()
                 ),
@@ -170,7 +183,7 @@ pub fn run(size: Size) -> Vec<Figure> {
                 Figure::missing(
                     k,
                     if k == "etcd_resources" { "resources" } else { "ms" },
-                    format!("the 100,000-resource cluster failed: {e}"),
+                    format!("the {resources}-resource cluster failed: {e}"),
                 )
             })
             .collect(),
