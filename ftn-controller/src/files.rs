@@ -63,12 +63,13 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<String, FileError> {
             limit,
         });
     }
-    read_bounded(&mut file, limit)
+    read_bounded(&mut file, limit, meta.len())
 }
 
 /// Reads at most `limit` bytes; more than that (a file that grew after `fstat`) is an error.
-fn read_bounded(file: &mut File, limit: u64) -> Result<String, FileError> {
-    let mut bytes = Vec::new();
+fn read_bounded(file: &mut File, limit: u64, size_hint: u64) -> Result<String, FileError> {
+    // One allocation for a file read whole (a configuration can be megabytes).
+    let mut bytes = Vec::with_capacity(size_hint.min(limit) as usize + 1);
     file.take(limit + 1).read_to_end(&mut bytes)?;
     let size = bytes.len() as u64;
     if size > limit {

@@ -74,18 +74,36 @@ fn now_ms() -> u64 {
     ftn_controller::directory::now_ms()
 }
 
-/// The drain on the leader; (ms from the command to the last gateway's maps, the revision).
-fn remap(c: &Cluster) -> Result<(f64, u64, Vec<u64>), String> {
+/// The drain on the leader; (ms from the command to the last gateway's maps, the revision,
+/// per gateway), checked to be one commit that put every resource on `backup`.
+fn remap(c: &Cluster, resources: u32) -> Result<(f64, u64, Vec<u64>), String> {
     let leader = c.leader().ok_or("no leader")?;
     let lk = c.index_of(&leader);
+    let applied = |k: usize| -> Result<u64, String> {
+        c.cluster_status(k)?["applied_revision"]
+            .as_u64()
+            .ok_or_else(|| format!("gateway {k}: no applied_revision"))
+    };
+    let before = applied(lk)?;
+    // Every gateway: the entry, 10,000 map entries; 30 s is two orders above the target.
+    let deadline = Instant::now() + Duration::from_secs(30);
     let t0 = now_ms();
     c.gw(lk).cli_ok(&["drain", "primary"]);
-    let rev = c.status(lk)?["revision"]
-        .as_u64()
-        .ok_or("the leader's status has no revision")?;
-    // Every gateway: the entry (~300 KB compressed), 10,000 map entries; 30 s is two orders
-    // above the figure's target.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The drain's revision: the first the leader applies after it (the full status, 100,000
+    // resources, is read only after the timing: building and parsing it competes with the
+    // gateways for the two cores).
+    let rev = loop {
+        let r = applied(lk)?;
+        if r > before {
+            break r;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the leader applied no revision after {before} within 30 s of the drain"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let mut at = Vec::new();
     for k in 1..=GATEWAYS {
         loop {
@@ -101,6 +119,22 @@ fn remap(c: &Cluster) -> Result<(f64, u64, Vec<u64>), String> {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+    // The revision measured is the drain's only one, and it moved the resources.
+    let st = c.status(lk)?;
+    let last = st["revision"].as_u64().unwrap_or(0);
+    if last != rev {
+        return Err(format!(
+            "the directory is at revision {last}, the first after the drain was {rev}: the drain took more than one commit (the figure would miss the later ones)"
+        ));
+    }
+    let moved = st["resources"]
+        .as_array()
+        .map_or(0, |r| r.iter().filter(|r| r["current"] == "backup").count());
+    if moved != resources as usize {
+        return Err(format!(
+            "after the drain {moved} of {resources} resources are on backup"
+        ));
     }
     let worst = at.iter().copied().max().unwrap_or(0);
     Ok((worst as f64, rev, at))
@@ -131,7 +165,7 @@ pub fn run(size: Size) -> Vec<Figure> {
             }
         }
         let (prop, _) = super::cluster::propagation_ms(&c, n_prop)?;
-        let (remap_ms, rev, per_gw) = remap(&c)?;
+        let (remap_ms, rev, per_gw) = remap(&c, resources)?;
         let rss: Vec<String> = (1..=GATEWAYS)
             .map(|k| {
                 c.gw(k)
