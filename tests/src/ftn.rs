@@ -600,7 +600,8 @@ impl std::fmt::Display for Gap {
 /// interruption a client saw) and the failed probes. The interruption around `from` starts at
 /// the last success before `from` (or at `from` when there is none); one that has not ended by
 /// `to` lasts until `to` and is marked open: nothing answered after the fault is never "no gap".
-/// `samples` must be sorted by start time (as [`Prober::samples`] returns them).
+/// Failed probes: those in flight at `from` that failed, and those started in the window that
+/// failed by `to` (see below). `samples` must be sorted by start time (as [`Prober::samples`] returns them).
 pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> Gap {
     let mut last_ok: Option<Duration> = samples
         .iter()
@@ -611,15 +612,27 @@ pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> Gap {
     let mut failed = 0;
     let mut last_in_window: Option<Duration> = None;
     for s in samples.iter().filter(|s| s.at >= from && s.at < to) {
-        match &s.answer {
-            Some(_) => {
-                longest = longest.max(s.at.saturating_sub(last_ok.unwrap_or(from)));
-                last_ok = Some(s.at);
-                last_in_window = Some(s.at);
-            }
-            None => failed += 1,
+        if s.answer.is_some() {
+            longest = longest.max(s.at.saturating_sub(last_ok.unwrap_or(from)));
+            last_ok = Some(s.at);
+            last_in_window = Some(s.at);
         }
     }
+    // A failed probe belongs to the window in which it was in flight at a window's boundary
+    // the latest: one started just before `to` that failed after `to` failed because of what
+    // happened at `to` (the next fault of a lab: a SYN sent 1 ms before a link goes down
+    // times out), and counts in the next window, as one in flight at `from` counts in this
+    // one. Probes in flight at the end of the last samples count in the window they started in.
+    let after_to = samples.iter().any(|s| s.at >= to);
+    failed += samples
+        .iter()
+        .filter(|s| s.answer.is_none())
+        .filter(|s| {
+            let started_here = s.at >= from && s.at < to && (s.done <= to || !after_to);
+            let in_flight_at_from = s.at < from && s.done > from;
+            started_here || in_flight_at_from
+        })
+        .count();
     // Open: probes that failed before `to` after the window's last success, or nothing in the
     // window answered at all (also an empty window: no answer is never "no gap"). A probe still
     // in flight at `to` that failed later says nothing about the window (it may have failed
@@ -831,10 +844,12 @@ mod gap_tests {
             g,
             Gap {
                 longest: ms(70),
-                failed: 7,
+                failed: 6,
                 open: false
             }
         );
+        // It counts in the next window (the fault's), with the 10 started there.
+        assert_eq!(gap(&s, ms(300), ms(400)).failed, 11);
         // The same failure, ended within the window, does.
         s[29].done = ms(295);
         assert!(gap(&s, ms(100), ms(300)).open);

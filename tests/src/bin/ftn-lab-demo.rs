@@ -187,6 +187,22 @@ fn report(what: &str, samples: &[Sample], from: Duration, to: Duration, g: Gap) 
         answered_by(samples, from, to, "primary"),
         answered_by(samples, from, to, "backup")
     );
+    // When each failed probe started and how long it took to fail (a timeout: no answer in
+    // 200 ms; quicker: refused or reset).
+    let failed: Vec<String> = samples
+        .iter()
+        .filter(|s| s.at >= from && s.at < to && s.answer.is_none())
+        .map(|s| {
+            format!(
+                "{:.3} s (+{} ms)",
+                s.at.as_secs_f64(),
+                s.done.saturating_sub(s.at).as_millis()
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        println!("    failed probes started at: {}", failed.join(", "));
+    }
 }
 
 fn indent(s: &str) -> String {
