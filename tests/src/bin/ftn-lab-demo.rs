@@ -201,7 +201,10 @@ fn report(what: &str, samples: &[Sample], from: Duration, to: Duration, g: Gap) 
         })
         .collect();
     if !failed.is_empty() {
-        println!("    failed probes started at: {}", failed.join(", "));
+        println!(
+            "    probes started in this window that failed (one still in flight at the next event counts there): {}",
+            failed.join(", ")
+        );
     }
 }
 
