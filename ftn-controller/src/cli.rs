@@ -68,12 +68,11 @@ fn api_settings(v: &toml::Table, path: &Path) -> ApiSettings {
 /// None when the file has no such header line, or that section does not parse alone (then the
 /// whole file is read and validated).
 fn api_section(text: &str) -> Option<toml::Table> {
-    let header = |l: &str| l.split('#').next().unwrap_or("").trim().to_owned();
     let mut start = None;
     let mut end = text.len();
     let mut at = 0;
     for line in text.split_inclusive('\n') {
-        let h = header(line);
+        let h = line.split('#').next().unwrap_or("").trim();
         match start {
             None if h == "[api]" => start = Some(at),
             Some(_) if h.starts_with('[') => {

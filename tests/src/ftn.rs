@@ -562,7 +562,7 @@ pub struct Gap {
     /// The longest interruption: from one successful probe's start to the next one's, or to
     /// `to` for an interruption that had not ended by then.
     pub longest: Duration,
-    /// Probes started in the window that failed.
+    /// Failed probes that count in the window ([`failed_in`]).
     pub failed: usize,
     /// An interruption was still open at `to` (probes failed after the last success): it
     /// counts until `to`, and the client was not served again within the window.
@@ -600,8 +600,7 @@ impl std::fmt::Display for Gap {
 /// interruption a client saw) and the failed probes. The interruption around `from` starts at
 /// the last success before `from` (or at `from` when there is none); one that has not ended by
 /// `to` lasts until `to` and is marked open: nothing answered after the fault is never "no gap".
-/// Failed probes: those in flight at `from` that failed, and those started in the window that
-/// failed by `to` (see below). `samples` must be sorted by start time (as [`Prober::samples`] returns them).
+/// Failed probes: [`failed_in`]. `samples` must be sorted by start time (as [`Prober::samples`] returns them).
 pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> Gap {
     let mut last_ok: Option<Duration> = samples
         .iter()
@@ -609,7 +608,6 @@ pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> Gap {
         .map(|s| s.at)
         .next_back();
     let mut longest = Duration::ZERO;
-    let mut failed = 0;
     let mut last_in_window: Option<Duration> = None;
     for s in samples.iter().filter(|s| s.at >= from && s.at < to) {
         if s.answer.is_some() {
@@ -618,21 +616,7 @@ pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> Gap {
             last_in_window = Some(s.at);
         }
     }
-    // A failed probe belongs to the window in which it was in flight at a window's boundary
-    // the latest: one started just before `to` that failed after `to` failed because of what
-    // happened at `to` (the next fault of a lab: a SYN sent 1 ms before a link goes down
-    // times out), and counts in the next window, as one in flight at `from` counts in this
-    // one. Probes in flight at the end of the last samples count in the window they started in.
-    let after_to = samples.iter().any(|s| s.at >= to);
-    failed += samples
-        .iter()
-        .filter(|s| s.answer.is_none())
-        .filter(|s| {
-            let started_here = s.at >= from && s.at < to && (s.done <= to || !after_to);
-            let in_flight_at_from = s.at < from && s.done > from;
-            started_here || in_flight_at_from
-        })
-        .count();
+    let failed = failed_in(samples, from, to).count();
     // Open: probes that failed before `to` after the window's last success, or nothing in the
     // window answered at all (also an empty window: no answer is never "no gap"). A probe still
     // in flight at `to` that failed later says nothing about the window (it may have failed
@@ -651,6 +635,25 @@ pub fn gap(samples: &[Sample], from: Duration, to: Duration) -> Gap {
         failed,
         open,
     }
+}
+
+/// The failed probes that count in the window [from, to): those in flight at `from` that
+/// failed, and those started in the window that failed by `to`. A failed probe belongs to the
+/// window in which it was in flight at a boundary the latest: one started just before `to`
+/// that failed after `to` failed because of what happened at `to` (the next fault of a lab: a
+/// SYN sent 1 ms before a link goes down times out), and counts in the next window. Probes in
+/// flight at the end of the last samples count in the window they started in.
+pub fn failed_in(
+    samples: &[Sample],
+    from: Duration,
+    to: Duration,
+) -> impl Iterator<Item = &Sample> {
+    let after_to = samples.iter().any(|s| s.at >= to);
+    samples.iter().filter(move |s| {
+        let started_here = s.at >= from && s.at < to && (s.done <= to || !after_to);
+        let in_flight_at_from = s.at < from && s.done > from;
+        s.answer.is_none() && (started_here || in_flight_at_from)
+    })
 }
 
 /// How many probes in [from, to) each server answered.

@@ -121,19 +121,12 @@ pub(super) fn table_entries(t: &toml::de::DeTable<'_>) -> Vec<(Key, Item)> {
         .collect()
 }
 
-/// 1-based line and column (in characters) of a byte offset.
+/// 1-based line and column (in characters) of a byte offset (one offset; [`Lines`] for many).
 pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
+    Lines::new(text).line_col(offset)
 }
 
-/// [`line_col`] for many offsets of one text: the line starts are found once, then each
+/// Line and column of many offsets of one text: the line starts are found once, then each
 /// offset costs a binary search and its own line (a file of 100,000 resources with as many
 /// problems is reported in well under a second, not in minutes).
 pub(super) struct Lines<'a> {

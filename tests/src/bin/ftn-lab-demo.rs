@@ -14,7 +14,7 @@ use std::{
 };
 
 use ftn_tests::{
-    ftn::{answered_by, gap, Ftn, Gap, Prober, Sample},
+    ftn::{answered_by, failed_in, gap, Ftn, Gap, Prober, Sample},
     lab::{attach_pass_in, in_ns, topology, Conn, Service, VIP4},
     timing::Timing,
 };
@@ -189,9 +189,7 @@ fn report(what: &str, samples: &[Sample], from: Duration, to: Duration, g: Gap) 
     );
     // When each failed probe started and how long it took to fail (a timeout: no answer in
     // 200 ms; quicker: refused or reset).
-    let failed: Vec<String> = samples
-        .iter()
-        .filter(|s| s.at >= from && s.at < to && s.answer.is_none())
+    let failed: Vec<String> = failed_in(samples, from, to)
         .map(|s| {
             format!(
                 "{:.3} s (+{} ms)",
@@ -202,7 +200,7 @@ fn report(what: &str, samples: &[Sample], from: Duration, to: Duration, g: Gap) 
         .collect();
     if !failed.is_empty() {
         println!(
-            "    probes started in this window that failed (one still in flight at the next event counts there): {}",
+            "    failed probes (start, time to fail): {}",
             failed.join(", ")
         );
     }
