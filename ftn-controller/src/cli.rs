@@ -192,6 +192,13 @@ pub(crate) fn print_status(st: &Status) {
     for w in &st.warnings {
         println!("WARNING: {w}");
     }
+    if let Some(us) = st.last_verdict_to_maps_us {
+        println!(
+            "last decision: {:.1} ms from its verdict to the maps ({} decisions timed)",
+            us as f64 / 1000.0,
+            st.verdicts_applied
+        );
+    }
     println!();
     print_resources(st);
     println!();

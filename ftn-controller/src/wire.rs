@@ -107,6 +107,12 @@ pub struct Status {
     /// See [`dataplane_fault`].
     #[serde(default)]
     pub dataplane_fault_suspected: bool,
+    /// Decisions timed from their verdict (or operator request) to the maps, and the last one's
+    /// time in µs (`ftn_verdict_to_maps_seconds` in /metrics).
+    #[serde(default)]
+    pub verdicts_applied: u64,
+    #[serde(default)]
+    pub last_verdict_to_maps_us: Option<u64>,
 }
 
 /// `ftn status`: the gateways sharing the directory, as this gateway sees them.

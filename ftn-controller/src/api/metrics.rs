@@ -10,14 +10,16 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::{Metric, Registry};
 
 use super::server::ListenerStats;
-use crate::dataplane::sync::{Counters, SyncStats};
+use crate::dataplane::sync::{Counters, SyncStats, VerdictToMaps, VERDICT_TO_MAPS_BOUNDS_US};
 use crate::model::Health;
 use crate::wire::Status;
 
@@ -109,6 +111,48 @@ fn label(key: &'static str, value: &str) -> Labels {
     vec![(key, value.to_string())]
 }
 
+/// A histogram whose buckets are counted elsewhere (the map-sync thread's atomics).
+#[derive(Debug)]
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    /// (upper bound, count in this bucket alone); the encoder makes them cumulative.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl TypedMetric for ConstHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+fn verdict_histogram(x: &mut Exposition, v: &VerdictToMaps) {
+    let buckets: Vec<(f64, u64)> = VERDICT_TO_MAPS_BOUNDS_US
+        .iter()
+        .map(|b| *b as f64 / 1e6)
+        .chain([f64::INFINITY])
+        .zip(v.buckets.iter().map(|n| n.load(Relaxed)))
+        .collect();
+    // The count is the buckets' sum, read once, so that the two always agree.
+    let count = buckets.iter().map(|(_, n)| n).sum();
+    x.0.register(
+        "ftn_verdict_to_maps_seconds",
+        "From a verdict of a server's checks (or the API's receipt of an operator action) to the maps holding what it decided: plan, durable directory commit, map-sync queue and map writes",
+        ConstHistogram {
+            sum: v.sum_us.load(Relaxed) as f64 / 1e6,
+            count,
+            buckets,
+        },
+    );
+}
+
 /// The exposition of the controller's status `st`, the dataplane's counters `c` (None when its
 /// maps could not be read), the map-sync task's and the API listener's counters.
 pub fn render(st: &Status, c: Option<&Counters>, sync: &SyncStats, api: &ListenerStats) -> String {
@@ -158,6 +202,7 @@ pub fn render(st: &Status, c: Option<&Counters>, sync: &SyncStats, api: &Listene
         "Map writes that failed (followed by a full resync)",
         sync.errors.load(Relaxed),
     );
+    verdict_histogram(&mut x, &sync.verdict_to_maps);
     x.gauge1(
         "ftn_dataplane_up",
         "1 when the dataplane's maps could be read (it says nothing about the XDP attachment)",
@@ -495,6 +540,8 @@ mod tests {
             warnings: Vec::new(),
             interface_states: Vec::new(),
             dataplane_fault_suspected: true,
+            verdicts_applied: 0,
+            last_verdict_to_maps_us: None,
         }
     }
 
@@ -502,12 +549,10 @@ mod tests {
     /// with `_total`; the exposition ends with `# EOF`.
     #[test]
     fn exposition_names_types_labels_and_escaping() {
-        let text = render(
-            &status(),
-            None,
-            &SyncStats::default(),
-            &ListenerStats::default(),
-        );
+        let sync = SyncStats::default();
+        sync.verdict_to_maps.record(1_500);
+        sync.verdict_to_maps.record(30_000);
+        let text = render(&status(), None, &sync, &ListenerStats::default());
         for line in [
             "# TYPE ftn_resource_server gauge",
             "ftn_resource_server{resource=\"web \\\"1\\\"\",server=\"b1\"} 1",
@@ -527,6 +572,14 @@ mod tests {
             "ftn_dataplane_up 0",
             "ftn_api_connections_total{outcome=\"capacity\"} 0",
             "# HELP ftn_server_up 1 when the server's checks say it is up.",
+            "# TYPE ftn_verdict_to_maps_seconds histogram",
+            "ftn_verdict_to_maps_seconds_count 2",
+            "ftn_verdict_to_maps_seconds_sum 0.0315",
+            "ftn_verdict_to_maps_seconds_bucket{le=\"0.001\"} 0",
+            "ftn_verdict_to_maps_seconds_bucket{le=\"0.002\"} 1",
+            "ftn_verdict_to_maps_seconds_bucket{le=\"0.02\"} 1",
+            "ftn_verdict_to_maps_seconds_bucket{le=\"0.05\"} 2",
+            "ftn_verdict_to_maps_seconds_bucket{le=\"+Inf\"} 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

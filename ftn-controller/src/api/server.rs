@@ -185,7 +185,8 @@ async fn act(s: ApiState, headers: HeaderMap, action: Action) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return r;
     }
-    match ask(&s, |reply| Request::Action(action, reply)).await {
+    let received = std::time::SystemTime::now();
+    match ask(&s, |reply| Request::Action(action, received, reply)).await {
         Ok(r) => answer(r),
         Err(r) => r,
     }

@@ -90,7 +90,12 @@ pub enum Request {
         limit: usize,
         reply: oneshot::Sender<Result<Vec<Event>, String>>,
     },
-    Action(Action, oneshot::Sender<Result<String, RequestError>>),
+    /// An operator action, received by the API at the given time.
+    Action(
+        Action,
+        std::time::SystemTime,
+        oneshot::Sender<Result<String, RequestError>>,
+    ),
     Reload(oneshot::Sender<Result<String, RequestError>>),
     /// The running configuration (the token is never included).
     Config(oneshot::Sender<serde_json::Value>),
@@ -136,6 +141,9 @@ pub struct Controller {
     dataplane_fault: Option<String>,
     /// The last directory commit failed: retried every second.
     commit_failed: bool,
+    /// When the verdict (or operator request) the next step carries out was made: the map-sync
+    /// task times it to the maps ([`crate::dataplane::sync::VerdictToMaps`]).
+    verdict_at: Option<std::time::SystemTime>,
     prober: Arc<dyn Prober>,
     /// Token the API checks (updated on reload).
     pub token: Arc<std::sync::RwLock<Option<String>>>,
@@ -212,6 +220,7 @@ impl Controller {
             unanswered_at: HashMap::new(),
             dataplane_fault: None,
             commit_failed: false,
+            verdict_at: None,
             prober,
             token: Arc::new(std::sync::RwLock::new(config.api.token.clone())),
             cluster,
@@ -332,6 +341,8 @@ impl Controller {
 
     /// One reconcile step: plan, commit, apply. Returns a summary of what moved.
     async fn step(&mut self, action: Option<&Action>) -> Result<String, RequestError> {
+        // A verdict that decides nothing now is not timed later with another step's changes.
+        let verdict_at = self.verdict_at.take();
         if let Some(cv) = &self.cluster {
             if !cv.leads() {
                 self.commit_failed = false;
@@ -361,7 +372,7 @@ impl Controller {
                 self.commit_failed = false;
                 self.engine.committed(&plan.update, rev);
                 // The maps first: logging and counting wait until the change is on its way.
-                self.sync.apply(plan.changes);
+                self.sync.apply_verdict(plan.changes, verdict_at);
                 for e in plan.update.events.iter().take(LOGGED_EVENTS) {
                     tracing::info!(kind = %e.kind, resource = e.resource.as_deref().unwrap_or(""), server = e.server.as_deref().unwrap_or(""), revision = rev, "{}", e.message);
                 }
@@ -454,7 +465,8 @@ impl Controller {
                     let _ = reply.send(r);
                 });
             }
-            Request::Action(action, reply) => {
+            Request::Action(action, received, reply) => {
+                self.verdict_at = Some(received);
                 let r = self.step(Some(&action)).await;
                 match &r {
                     Ok(m) => tracing::info!(?action, "operator action applied: {m}"),
@@ -540,11 +552,14 @@ impl Controller {
                 _ = shutdown.cancelled() => break,
                 Some(h) = self.health_rx.recv() => {
                     let now = self.clock.now_ms();
+                    let mut first = h.at;
                     self.observe_local(h, now);
                     // Verdicts that arrive together are decided together.
                     while let Ok(h) = self.health_rx.try_recv() {
+                        first = first.min(h.at);
                         self.observe_local(h, now);
                     }
+                    self.verdict_at = Some(first);
                     let _ = self.step(None).await;
                 }
                 Some(ev) = cluster_rx.recv() => self.on_cluster(ev).await,

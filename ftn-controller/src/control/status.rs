@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::model::Health;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// How recent a passive "unanswered" report must be to count towards [`dataplane_fault`]. The
 /// dataplane repeats a report every `passive_rearm` (250 ms by default) while it lasts.
@@ -60,6 +61,8 @@ impl Controller {
                 i.note.as_deref().unwrap_or("not attached")
             ));
         }
+        let v = &self.sync.stats().verdict_to_maps;
+        let verdicts_applied = v.count.load(Relaxed);
         Status {
             gateway: cfg.gateway.name.clone(),
             config: self.config_path.display().to_string(),
@@ -83,6 +86,8 @@ impl Controller {
             warnings,
             interface_states,
             dataplane_fault_suspected: dataplane_fault.is_some(),
+            verdicts_applied,
+            last_verdict_to_maps_us: (verdicts_applied > 0).then(|| v.last_us.load(Relaxed)),
         }
     }
 

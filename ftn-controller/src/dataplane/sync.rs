@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,7 +22,8 @@ pub struct Counters {
 }
 
 enum SyncMsg {
-    Apply(Vec<Change>),
+    /// Changes, and when the verdict (or operator request) they carry out was made, if one.
+    Apply(Vec<Change>, Option<SystemTime>),
     /// Write everything and remove entries not in the sets (start, and after an error).
     Resync {
         desired: Desired,
@@ -63,6 +65,40 @@ pub struct SyncStats {
     pub needs_resync: std::sync::atomic::AtomicBool,
     /// The configured interfaces as the dataplane last followed them.
     pub interfaces: std::sync::Mutex<Vec<crate::dataplane::InterfaceState>>,
+    /// From each verdict (or operator request) to the maps holding what it decided.
+    pub verdict_to_maps: VerdictToMaps,
+}
+
+/// Upper bounds (µs) of the buckets of [`VerdictToMaps`] (the last bucket is unbounded).
+pub const VERDICT_TO_MAPS_BOUNDS_US: [u64; 12] = [
+    1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000,
+    5_000_000,
+];
+
+/// How long decisions took to reach the maps: from the verdict of a server's checks (its
+/// `HealthChange::at`) or the API's receipt of an operator request, through the plan, the
+/// durable directory commit and the map-sync queue, to the return of the last map write of
+/// its batch. A histogram (cumulative when exposed) plus the last value.
+#[derive(Default, Debug)]
+pub struct VerdictToMaps {
+    pub count: std::sync::atomic::AtomicU64,
+    pub sum_us: std::sync::atomic::AtomicU64,
+    pub last_us: std::sync::atomic::AtomicU64,
+    /// Per bucket of [`VERDICT_TO_MAPS_BOUNDS_US`], and one past the last bound.
+    pub buckets: [std::sync::atomic::AtomicU64; VERDICT_TO_MAPS_BOUNDS_US.len() + 1],
+}
+
+impl VerdictToMaps {
+    pub fn record(&self, us: u64) {
+        let i = VERDICT_TO_MAPS_BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(VERDICT_TO_MAPS_BOUNDS_US.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+        self.last_us.store(us, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
 }
 
 /// Lists a dataplane's keys so that a resync can remove strays.
@@ -89,10 +125,13 @@ impl MapSync {
                     while let Ok(m) = rx.try_recv() {
                         batch.push(m);
                     }
-                    let mut pending: Vec<Change> = Vec::new();
+                    let mut pending = Pending::default();
                     for m in batch {
                         match m {
-                            SyncMsg::Apply(c) => pending.extend(c),
+                            SyncMsg::Apply(c, at) => {
+                                pending.changes.extend(c);
+                                pending.verdicts.extend(at);
+                            }
                             other => {
                                 flush(&mut dp, &mut pending, &st);
                                 handle_other(&mut dp, other, &st);
@@ -115,8 +154,14 @@ impl MapSync {
     }
 
     pub fn apply(&self, changes: Vec<Change>) {
+        self.apply_verdict(changes, None);
+    }
+
+    /// [`apply`](Self::apply) of what a verdict made at `at` decided: the time from `at` to
+    /// the maps holding it goes to [`SyncStats::verdict_to_maps`].
+    pub fn apply_verdict(&self, changes: Vec<Change>, at: Option<SystemTime>) {
         if !changes.is_empty() {
-            let _ = self.tx.send(SyncMsg::Apply(changes));
+            let _ = self.tx.send(SyncMsg::Apply(changes, at));
         }
     }
 
@@ -195,27 +240,42 @@ impl ListKeys for crate::dataplane::MemoryDataplane {
     }
 }
 
-fn flush<D: Dataplane>(dp: &mut D, pending: &mut Vec<Change>, st: &SyncStats) {
-    if pending.is_empty() {
+/// Changes gathered for one write, and the times of the verdicts they carry out.
+#[derive(Default)]
+struct Pending {
+    changes: Vec<Change>,
+    verdicts: Vec<SystemTime>,
+}
+
+fn flush<D: Dataplane>(dp: &mut D, pending: &mut Pending, st: &SyncStats) {
+    if pending.changes.is_empty() {
         return;
     }
     st.batches.fetch_add(1, Relaxed);
-    match dp.apply(pending) {
+    match dp.apply(&pending.changes) {
         Ok(()) => {
-            st.writes.fetch_add(pending.len() as u64, Relaxed);
+            st.writes.fetch_add(pending.changes.len() as u64, Relaxed);
+            let now = SystemTime::now();
+            for at in &pending.verdicts {
+                // A clock stepped back between the two reads counts as 0.
+                let us = now.duration_since(*at).unwrap_or_default().as_micros();
+                st.verdict_to_maps
+                    .record(u64::try_from(us).unwrap_or(u64::MAX));
+            }
         }
         Err((i, e)) => {
             st.writes.fetch_add(i as u64, Relaxed);
             st.errors.fetch_add(1, Relaxed);
             st.needs_resync.store(true, Relaxed);
-            tracing::error!(error = %e, change = ?pending[i], "dataplane write failed; the whole state will be rewritten");
+            tracing::error!(error = %e, change = ?pending.changes[i], "dataplane write failed; the whole state will be rewritten");
         }
     }
-    pending.clear();
+    pending.changes.clear();
+    pending.verdicts.clear();
 }
 fn handle_other<D: Dataplane + ListKeys>(dp: &mut D, m: SyncMsg, st: &SyncStats) {
     match m {
-        SyncMsg::Apply(_) => {}
+        SyncMsg::Apply(..) => {}
         SyncMsg::Barrier(done) => {
             let _ = done.send(());
         }

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod cluster_scale;
 pub mod failover;
 pub mod scale;
+pub mod scrape;
 pub mod xdp;
 
 /// One measured figure.

@@ -86,7 +86,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn nth_v4(base: [u8; 4], i: u32) -> Ipv4Addr {
+pub(super) fn nth_v4(base: [u8; 4], i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::from(base)) + i)
 }
 
@@ -348,7 +348,7 @@ fn fs_type_of(p: &Path) -> String {
 
 /// Server addresses: 198.18.64.1 + i, all local in the servers namespace.
 const SERVER_BLOCK: &str = "198.18.64.0/18";
-const SERVER_BASE: [u8; 4] = [198, 18, 64, 1];
+pub(super) const SERVER_BASE: [u8; 4] = [198, 18, 64, 1];
 
 /// One thread accepting and closing connections on 0.0.0.0:80 in a namespace.
 struct Responder {
@@ -410,13 +410,13 @@ impl Drop for Responder {
 }
 
 /// Gateway and servers namespaces; drops the responder before the namespaces.
-struct ServerLab {
+pub(super) struct ServerLab {
     responder: Responder,
-    gw: Netns,
-    _srv: Netns,
+    pub(super) gw: Netns,
+    pub(super) srv: Netns,
 }
 
-fn server_lab() -> Result<ServerLab, String> {
+pub(super) fn server_lab() -> Result<ServerLab, String> {
     let gw = Netns::new("ftg");
     let srv = Netns::new("fts");
     veth(&gw, "h0", &srv, "s0");
@@ -425,18 +425,23 @@ fn server_lab() -> Result<ServerLab, String> {
     // AnyIP: every address of the block is local to the servers namespace.
     srv.ip(&["route", "add", "local", SERVER_BLOCK, "dev", "lo"]);
     gw.ip(&["route", "add", SERVER_BLOCK, "via", "198.18.4.2"]);
+    // A gateway forwards: with forwarding off, the XDP program's route lookups answer
+    // "forwarding disabled" and the replies to the gateway's own checks of a server's service
+    // port were rewritten as replies to clients (every such check timed out).
+    gw.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
     srv.exec(&["ethtool", "-K", "s0", "tx", "off"]);
     let responder = Responder::start(&srv)?;
-    Ok(ServerLab {
-        responder,
-        gw,
-        _srv: srv,
-    })
+    Ok(ServerLab { responder, gw, srv })
 }
 
 /// A gateway config on interface h0: `servers` servers, `resources` tcp resources, and the
 /// given `[check_defaults]` lines.
-fn gateway_config(ftn: &Ftn, servers: u32, resources: u32, check_defaults: &str) -> String {
+pub(super) fn gateway_config(
+    ftn: &Ftn,
+    servers: u32,
+    resources: u32,
+    check_defaults: &str,
+) -> String {
     let mut s = String::with_capacity(200 * (servers + resources) as usize + 1024);
     s.push_str(&format!(
         "[gateway]\ninterfaces = [\"h0\"]\npin_dir = \"{}\"\n\n[api]\nlisten = \"127.0.0.1:7480\"\ntoken_file = \"{}\"\n\n[directory]\nbackend = \"embedded\"\npath = \"{}\"\n\n",

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: measures the dataplane, failover and the controller's scale, each beside
 //! a baseline measured in the same run, prints a table and optionally writes a flat JSON object.
 //!
-//! Usage: `ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,remap,scale,cluster,cluster-scale]` (as root).
+//! Usage: `ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,remap,scale,scrape,cluster,cluster-scale]` (as root).
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -50,6 +50,7 @@ const KEYS: &[(&str, Option<Target>)] = &[
     ("etcd_resources", Some(Target::AtLeast(100_000.0))),
     ("etcd_remap_10k_ms", Some(Target::AtMost(100.0))),
     ("etcd_propagation_100k_ms", Some(Target::AtMost(10.0))),
+    ("scrape_failover_delay_ms", Some(Target::AtMost(5.0))),
 ];
 
 #[derive(Clone, Copy)]
@@ -75,7 +76,7 @@ impl Target {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,remap,scale,cluster,cluster-scale]"
+        "usage: ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,remap,scale,scrape,cluster,cluster-scale]"
     );
     std::process::exit(2);
 }
@@ -121,12 +122,13 @@ fn main() {
     let t0 = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
     type Part = (&'static str, fn(Size) -> Vec<Figure>);
-    let parts: [Part; 7] = [
+    let parts: [Part; 8] = [
         ("xdp", bench::xdp::run),
         ("flood", bench::xdp::flood::run),
         ("failover", bench::failover::run),
         ("remap", bench::scale::run_remap),
         ("scale", bench::scale::run),
+        ("scrape", bench::scrape::run_scrape),
         ("cluster", bench::cluster::run),
         ("cluster-scale", bench::cluster_scale::run),
     ];
