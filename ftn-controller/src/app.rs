@@ -188,6 +188,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             tracing::warn!("no passive-health ring buffer: detection relies on active checks only")
         }
     }
+    // Scrapes read the counters through handles of their own, never on the map-sync thread.
+    let counters: Option<Box<dyn crate::dataplane::sync::ReadCounters>> = match dp.counter_reader()
+    {
+        Ok(c) => Some(Box::new(c)),
+        Err(e) => {
+            tracing::warn!("cannot open the counters apart from the map writes ({e}); /metrics reads them through the map-sync thread");
+            None
+        }
+    };
     let sync = MapSync::spawn(dp);
     *sync
         .stats()
@@ -221,7 +230,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let api = crate::api::serve(
         config.api.listen,
-        crate::api::ApiState::new(req_tx, token, sync.clone()),
+        crate::api::ApiState::new(req_tx, token, sync.clone(), counters)
+            .context("starting the admin API's worker thread")?,
         api_limits(&config, raise_nofile_limit()),
         shutdown.clone(),
     )

@@ -24,6 +24,7 @@
 pub mod client;
 pub mod metrics;
 pub mod server;
+pub mod worker;
 
 pub use crate::wire::{Done, ErrorBody, ServerBody, SwitchoverBody};
 pub use client::call;

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
@@ -14,8 +16,9 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::worker::Worker;
 use crate::control::{Request, RequestError};
-use crate::dataplane::sync::MapSync;
+use crate::dataplane::sync::{MapSync, ReadCounters};
 use crate::engine::Action;
 use crate::wire::{Done, ErrorBody, ServerBody, SwitchoverBody};
 
@@ -29,6 +32,14 @@ pub struct ApiState {
     token: Arc<RwLock<Option<String>>>,
     sync: MapSync,
     listener: Arc<ListenerStats>,
+    /// Reads the dataplane's counters apart from the map-sync thread (None: ask that thread,
+    /// e.g. an in-memory dataplane in tests).
+    counters: Option<Arc<std::sync::Mutex<Box<dyn ReadCounters>>>>,
+    worker: Worker,
+    /// The last `/metrics` answer and when its build started: requests that arrive while one
+    /// is being built wait for the next build, so that scrapers share builds and at most one
+    /// runs at a time, each answer started after its request arrived.
+    last_metrics: Arc<tokio::sync::Mutex<Option<(Instant, Bytes)>>>,
 }
 
 impl ApiState {
@@ -36,13 +47,17 @@ impl ApiState {
         requests: mpsc::Sender<Request>,
         token: Arc<RwLock<Option<String>>>,
         sync: MapSync,
-    ) -> Self {
-        ApiState {
+        counters: Option<Box<dyn ReadCounters>>,
+    ) -> std::io::Result<Self> {
+        Ok(ApiState {
             requests,
             token,
             sync,
             listener: Arc::default(),
-        }
+            counters: counters.map(|c| Arc::new(std::sync::Mutex::new(c))),
+            worker: Worker::spawn()?,
+            last_metrics: Arc::default(),
+        })
     }
 }
 
@@ -148,9 +163,26 @@ fn body_error(r: JsonRejection) -> Response {
 }
 
 async fn status(State(s): State<ApiState>) -> Response {
-    match ask(&s, Request::Status).await {
-        Ok(st) => Json(st).into_response(),
-        Err(r) => r,
+    let inputs = match ask(&s, Request::Status).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    // Built and encoded on the worker thread: at 100,000 resources the JSON is tens of MB.
+    match s
+        .worker
+        .run(move || serde_json::to_vec(&inputs.build()))
+        .await
+    {
+        Ok(Ok(body)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
@@ -262,29 +294,86 @@ async fn healthz(State(s): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
-    let st = match ask(&s, Request::Status).await {
-        Ok(st) => st,
-        Err(r) => return r,
+    let arrived = Instant::now();
+    let mut last = s.last_metrics.lock().await;
+    let body = match &*last {
+        // Built while this request waited: as fresh as one built for it alone.
+        Some((started, body)) if *started >= arrived => body.clone(),
+        _ => {
+            let started = Instant::now();
+            match build_metrics(&s).await {
+                Ok(body) => {
+                    *last = Some((started, body.clone()));
+                    body
+                }
+                Err(r) => return r,
+            }
+        }
     };
-    let counters = s
-        .sync
-        .counters(
-            st.resources
-                .iter()
-                .map(|r| (r.name.clone(), r.id))
-                .collect(),
-            st.servers.iter().map(|s| (s.name.clone(), s.id)).collect(),
-        )
-        .await;
-    let sync = s.sync.stats();
+    drop(last);
     (
         [(
             axum::http::header::CONTENT_TYPE,
             super::metrics::CONTENT_TYPE,
         )],
-        super::metrics::render(&st, counters.as_ref().ok(), sync, &s.listener),
+        body,
     )
         .into_response()
+}
+
+/// One `/metrics` answer: the status from the engine, the counters read and the text encoded
+/// on the worker thread (never the map-sync thread, unless no counter reader exists).
+async fn build_metrics(s: &ApiState) -> Result<Bytes, Response> {
+    let inputs = ask(s, Request::Status).await?;
+    let names = |st: &crate::wire::Status| {
+        (
+            st.resources
+                .iter()
+                .map(|r| (r.name.clone(), r.id))
+                .collect::<Vec<_>>(),
+            st.servers
+                .iter()
+                .map(|s| (s.name.clone(), s.id))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let sync = s.sync.clone();
+    let listener = s.listener.clone();
+    let built = match &s.counters {
+        Some(reader) => {
+            let reader = reader.clone();
+            s.worker
+                .run(move || {
+                    let st = inputs.build();
+                    let (resources, servers) = names(&st);
+                    let counters = reader
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .read(&resources, &servers);
+                    if let Err(e) = &counters {
+                        tracing::warn!("reading the dataplane's counters: {e}");
+                    }
+                    super::metrics::render(&st, counters.as_ref().ok(), sync.stats(), &listener)
+                })
+                .await
+        }
+        None => {
+            let st = match s.worker.run(move || inputs.build()).await {
+                Ok(st) => st,
+                Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+            };
+            let (resources, servers) = names(&st);
+            let counters = s.sync.counters(resources, servers).await;
+            s.worker
+                .run(move || {
+                    super::metrics::render(&st, counters.as_ref().ok(), sync.stats(), &listener)
+                })
+                .await
+        }
+    };
+    built
+        .map(Bytes::from)
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
 async fn fallback(method: Method, uri: Uri) -> Response {

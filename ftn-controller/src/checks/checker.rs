@@ -205,6 +205,25 @@ pub(super) struct CheckHandle {
 
 /// Runs the health checks of one server. Dropping it (or [`ServerChecker::stop`]) stops its
 /// tasks.
+/// What the status shows of a server's checker, kept apart from it (the API builds status
+/// answers off the engine task).
+#[derive(Clone)]
+pub struct CheckerView {
+    shared: Arc<Shared>,
+    stats: Vec<(String, Arc<CheckStats>)>,
+}
+
+impl CheckerView {
+    /// The server-level verdict: all checks up.
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+    /// Each check's label and live counters.
+    pub fn stats(&self) -> &[(String, Arc<CheckStats>)] {
+        &self.stats
+    }
+}
+
 pub struct ServerChecker {
     pub(super) shared: Arc<Shared>,
     pub(super) checks: Vec<CheckHandle>,
@@ -330,6 +349,14 @@ impl ServerChecker {
     /// The server's name.
     pub fn server(&self) -> &str {
         &self.shared.server
+    }
+
+    /// See [`CheckerView`].
+    pub fn view(&self) -> CheckerView {
+        CheckerView {
+            shared: Arc::clone(&self.shared),
+            stats: self.stats(),
+        }
     }
 
     /// Each check's label (e.g. `tcp:80`) and live counters.

@@ -22,7 +22,7 @@ mod status;
 
 pub use cluster::{majority, ClusterView};
 pub use reload::{config_changes, CONFIG_READ_TIMEOUT};
-pub use status::{dataplane_fault, DATAPLANE_FAULT_WINDOW_MS};
+pub use status::{dataplane_fault, StatusInputs, DATAPLANE_FAULT_WINDOW_MS};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -84,7 +84,8 @@ impl Default for Clock {
 
 /// An API request to the engine task.
 pub enum Request {
-    Status(oneshot::Sender<Status>),
+    /// What a status answer is built from (cheap to take; built by the caller, off this task).
+    Status(oneshot::Sender<StatusInputs>),
     Events {
         after: u64,
         limit: usize,
@@ -124,19 +125,22 @@ pub struct Controller {
     sync: MapSync,
     clock: Clock,
     checkers: HashMap<String, (ServerChecker, config::ServerConfig)>,
+    /// What the status shows of `checkers`, rebuilt when they change ([`StatusInputs`]).
+    checker_views: Arc<HashMap<String, crate::checks::CheckerView>>,
     health_tx: mpsc::Sender<HealthChange>,
     health_rx: mpsc::Receiver<HealthChange>,
     cancel: CancellationToken,
     config_path: PathBuf,
     interfaces: Vec<String>,
     adopted: bool,
-    failovers: HashMap<String, u64>,
+    /// Persistent maps (like the snapshot's): the status takes an O(1) copy.
+    failovers: imbl::HashMap<String, u64>,
     commit_errors: u64,
     reloads_ok: u64,
     reloads_failed: u64,
-    passive_signals: HashMap<String, u64>,
+    passive_signals: imbl::HashMap<String, u64>,
     /// When each server last had new connections go unanswered (passive report, ms).
-    unanswered_at: HashMap<String, u64>,
+    unanswered_at: imbl::HashMap<String, u64>,
     /// The dataplane-fault warning in force (see [`dataplane_fault`]), if any.
     dataplane_fault: Option<String>,
     /// The last directory commit failed: retried every second.
@@ -206,18 +210,19 @@ impl Controller {
             sync,
             clock,
             checkers: HashMap::new(),
+            checker_views: Arc::default(),
             health_tx,
             health_rx,
             cancel: CancellationToken::new(),
             config_path: config.source.clone(),
             interfaces,
             adopted,
-            failovers: HashMap::new(),
+            failovers: imbl::HashMap::new(),
             commit_errors: 0,
             reloads_ok: 0,
             reloads_failed: 0,
-            passive_signals: HashMap::new(),
-            unanswered_at: HashMap::new(),
+            passive_signals: imbl::HashMap::new(),
+            unanswered_at: imbl::HashMap::new(),
             dataplane_fault: None,
             commit_failed: false,
             verdict_at: None,
@@ -307,6 +312,12 @@ impl Controller {
             );
             self.checkers.insert(s.name.clone(), (checker, s.clone()));
         }
+        self.checker_views = Arc::new(
+            self.checkers
+                .iter()
+                .map(|(name, (c, _))| (name.clone(), c.view()))
+                .collect(),
+        );
         if let Some(cv) = &self.cluster {
             let local = cv.local.clone();
             cv.session.publish(|r| r.observations = local);
@@ -448,7 +459,7 @@ impl Controller {
     async fn handle(&mut self, req: Request) {
         match req {
             Request::Status(reply) => {
-                let _ = reply.send(self.status());
+                let _ = reply.send(self.status_inputs());
             }
             Request::Events {
                 after,
@@ -621,11 +632,12 @@ mod tests {
     fn dataplane_fault_needs_every_server_in_use_unanswered_with_passing_checks() {
         let in_use: BTreeSet<String> = ["p1".to_string(), "p6".to_string()].into();
         let now = 100_000;
-        let recent: HashMap<String, u64> = [
+        let recent: imbl::HashMap<String, u64> = [
             ("p1".to_string(), now - 100),
             ("p6".to_string(), now - 4_000),
         ]
-        .into();
+        .into_iter()
+        .collect();
         let fault = dataplane_fault(&in_use, &recent, |_| true, now).expect("suspected");
         assert!(
             fault.contains("(p1, p6)") && fault.contains("xdp_mode = \"generic\""),
@@ -636,7 +648,7 @@ mod tests {
         // One report too old.
         assert!(dataplane_fault(&in_use, &recent, |_| true, now + 1_001).is_none());
         // Only one of the servers in use unanswered.
-        let one: HashMap<String, u64> = [("p1".to_string(), now)].into();
+        let one: imbl::HashMap<String, u64> = [("p1".to_string(), now)].into_iter().collect();
         assert!(dataplane_fault(&in_use, &one, |_| true, now).is_none());
         // A single server in use: cannot tell.
         let single: BTreeSet<String> = ["p1".to_string()].into();
@@ -804,7 +816,7 @@ servers = ["p1", "b1"]
     async fn status(tx: &mpsc::Sender<Request>) -> Status {
         let (reply, rx) = oneshot::channel();
         tx.send(Request::Status(reply)).await.unwrap();
-        rx.await.unwrap()
+        rx.await.unwrap().build()
     }
 
     #[test]
@@ -879,6 +891,91 @@ servers = ["p1", "b1"]
             ]
         );
         assert!(state_diff(vec![srv(1, true)], vec![srv(1, true)]).is_empty());
+    }
+
+    /// A status is built off the engine task from inputs taken in O(1): inputs taken before
+    /// a failover and still held (a scrape being built) neither block the failover nor see it
+    /// (the engine's persistent maps copy only what the commit changed), fresh inputs show it,
+    /// and the decision is timed from its verdict to the maps.
+    #[tokio::test(start_paused = true)]
+    async fn held_status_inputs_do_not_hold_up_or_see_a_failover() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = crate::config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        cfg.directory = DirectoryConfig::Embedded {
+            path: tmp.path().into(),
+        };
+        let dir: Arc<dyn Directory> = Arc::new(EmbeddedDirectory::open(tmp.path()).unwrap());
+        let dp = Shared::default();
+        let script = Arc::new(Script::default());
+        let c = Controller::start_with_prober(
+            Arc::new(cfg),
+            dir,
+            MapSync::spawn(dp.clone()),
+            vec![],
+            false,
+            script.clone(),
+            None,
+        )
+        .await
+        .unwrap();
+        let (req_tx, req_rx) = mpsc::channel(8);
+        let (_reload_tx, reload_rx) = mpsc::channel(1);
+        let (_passive_tx, passive_rx) = mpsc::channel(1);
+        let shutdown = CancellationToken::new();
+        let (_cluster_tx, cluster_rx) = mpsc::channel(1);
+        let task = tokio::spawn(c.run(req_rx, reload_rx, passive_rx, cluster_rx, shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let held = {
+            let (reply, rx) = oneshot::channel();
+            req_tx.send(Request::Status(reply)).await.unwrap();
+            rx.await.unwrap()
+        };
+        assert_eq!(held.build().resources[0].current.as_deref(), Some("p1"));
+        assert_eq!(held.build().verdicts_applied, 0);
+        script.p1_down.store(true, Ordering::Relaxed);
+        let t = tokio::time::Instant::now();
+        loop {
+            let st = status(&req_tx).await;
+            if st.resources[0].current.as_deref() == Some("b1") {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "no failover while inputs are held"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let id_b1 = held
+            .build()
+            .servers
+            .iter()
+            .find(|s| s.name == "b1")
+            .unwrap()
+            .id;
+        wait_real(|| web_server(&dp) == Some(id_b1), "the map points to b1");
+        // The held inputs still show the state they were taken in.
+        let old = held.build();
+        assert_eq!(old.resources[0].current.as_deref(), Some("p1"));
+        assert_eq!(old.resources[0].state, "on-primary");
+        let p1 = old.servers.iter().find(|s| s.name == "p1").unwrap();
+        assert_eq!(p1.health, Health::Up);
+        // Fresh inputs show the failover, timed from its verdict to the maps.
+        // Recorded by the map-sync thread (real time) once the write returned.
+        let real = std::time::Instant::now();
+        let st = loop {
+            let st = status(&req_tx).await;
+            if st.verdicts_applied >= 1 || real.elapsed() > Duration::from_secs(2) {
+                break st;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(st.resources[0].state, "failed-over");
+        assert!(st.verdicts_applied >= 1, "{}", st.verdicts_applied);
+        assert!(st.last_verdict_to_maps_us.is_some());
+        assert_eq!(st.failovers.get("web"), Some(&1));
+        assert!(old.failovers.is_empty());
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

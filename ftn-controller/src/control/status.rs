@@ -16,7 +16,7 @@ pub const DATAPLANE_FAULT_WINDOW_MS: u64 = 5_000;
 /// program) drops redirected frames. Returns the warning, or None.
 pub fn dataplane_fault(
     in_use: &BTreeSet<String>,
-    unanswered_at: &HashMap<String, u64>,
+    unanswered_at: &imbl::HashMap<String, u64>,
     checks_pass: impl Fn(&str) -> bool,
     now_ms: u64,
 ) -> Option<String> {
@@ -37,19 +37,66 @@ pub fn dataplane_fault(
     })
 }
 
+/// What a status answer is built from, taken on the engine task in O(1) (persistent maps and
+/// shared handles, no per-resource work), so that `/v1/status` and `/metrics` are built on the
+/// API's worker thread and never hold up a decision. Live values (check counters, the map-sync
+/// task's counters and interfaces) are read when [`StatusInputs::build`] runs.
+#[derive(Clone)]
+pub struct StatusInputs {
+    config: Arc<Config>,
+    config_path: String,
+    directory: String,
+    snapshot: Snapshot,
+    checks: Arc<HashMap<String, crate::checks::CheckerView>>,
+    interfaces: Vec<String>,
+    adopted: bool,
+    failovers: imbl::HashMap<String, u64>,
+    commit_errors: u64,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    passive_signals: imbl::HashMap<String, u64>,
+    unanswered_at: imbl::HashMap<String, u64>,
+    now_ms: u64,
+    cluster: Option<ClusterStatus>,
+    sync: MapSync,
+}
+
 impl Controller {
-    pub(super) fn status(&self) -> Status {
-        let snap = self.engine.snapshot();
-        let cfg = self.engine.config();
+    /// See [`StatusInputs`].
+    pub(super) fn status_inputs(&self) -> StatusInputs {
+        StatusInputs {
+            config: self.engine.config().clone(),
+            config_path: self.config_path.display().to_string(),
+            directory: self.directory.backend().into(),
+            snapshot: self.engine.snapshot().clone(),
+            checks: self.checker_views.clone(),
+            interfaces: self.interfaces.clone(),
+            adopted: self.adopted,
+            failovers: self.failovers.clone(),
+            commit_errors: self.commit_errors,
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            passive_signals: self.passive_signals.clone(),
+            unanswered_at: self.unanswered_at.clone(),
+            now_ms: self.clock.now_ms(),
+            cluster: self.cluster.as_ref().map(cluster_status),
+            sync: self.sync.clone(),
+        }
+    }
+}
+
+impl StatusInputs {
+    /// The whole status: O(resources + servers).
+    pub fn build(&self) -> Status {
+        let snap = &self.snapshot;
+        let cfg = &self.config;
         let resources = self.resource_statuses();
         let servers = self.server_statuses();
-        let cluster = self.cluster.as_ref().map(cluster_status);
-        let mut warnings = Self::warnings(&servers);
-        let dataplane_fault = self.dataplane_fault_now();
+        let mut warnings = Controller::warnings(&servers);
+        let dataplane_fault = self.dataplane_fault();
         warnings.extend(dataplane_fault.clone());
-        let interface_states = self
-            .sync
-            .stats()
+        let stats = self.sync.stats();
+        let interface_states = stats
             .interfaces
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -61,28 +108,27 @@ impl Controller {
                 i.note.as_deref().unwrap_or("not attached")
             ));
         }
-        let v = &self.sync.stats().verdict_to_maps;
+        let v = &stats.verdict_to_maps;
         let verdicts_applied = v.count.load(Relaxed);
+        let plain = |m: &imbl::HashMap<String, u64>| -> HashMap<String, u64> {
+            m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
         Status {
             gateway: cfg.gateway.name.clone(),
-            config: self.config_path.display().to_string(),
-            directory: self.directory.backend().into(),
+            config: self.config_path.clone(),
+            directory: self.directory.clone(),
             revision: snap.revision,
             interfaces: self.interfaces.clone(),
             adopted: self.adopted,
             resources,
             servers,
-            failovers: self.failovers.clone(),
+            failovers: plain(&self.failovers),
             commit_errors: self.commit_errors,
-            dataplane_errors: self
-                .sync
-                .stats()
-                .errors
-                .load(std::sync::atomic::Ordering::Relaxed),
+            dataplane_errors: stats.errors.load(Relaxed),
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
-            passive_signals: self.passive_signals.clone(),
-            cluster,
+            passive_signals: plain(&self.passive_signals),
+            cluster: self.cluster.clone(),
             warnings,
             interface_states,
             dataplane_fault_suspected: dataplane_fault.is_some(),
@@ -91,10 +137,20 @@ impl Controller {
         }
     }
 
+    /// [`dataplane_fault`] at the time the inputs were taken.
+    fn dataplane_fault(&self) -> Option<String> {
+        fault_from(
+            &self.snapshot,
+            &self.unanswered_at,
+            |s| self.checks.get(s).is_some_and(|c| c.is_up()),
+            self.now_ms,
+        )
+    }
+
     fn resource_statuses(&self) -> Vec<ResourceStatus> {
-        let snap = self.engine.snapshot();
-        let cfg = self.engine.config();
-        cfg.resources
+        let snap = &self.snapshot;
+        self.config
+            .resources
             .iter()
             .map(|rc| {
                 let rec = snap.resources.get(&rc.name);
@@ -126,20 +182,20 @@ impl Controller {
     }
 
     fn server_statuses(&self) -> Vec<ServerStatus> {
-        let snap = self.engine.snapshot();
-        let cfg = self.engine.config();
-        cfg.servers
+        let snap = &self.snapshot;
+        self.config
+            .servers
             .iter()
             .map(|sc| {
                 let rec = snap.servers.get(&sc.name);
                 let checks = self
-                    .checkers
+                    .checks
                     .get(&sc.name)
-                    .map(|(c, _)| {
+                    .map(|c| {
                         c.stats()
-                            .into_iter()
+                            .iter()
                             .map(|(label, st)| CheckStatus {
-                                check: label,
+                                check: label.clone(),
                                 up: st.is_up(),
                                 last_latency_us: st.last_latency_us(),
                                 probes_ok: st.probes_ok(),
@@ -164,7 +220,33 @@ impl Controller {
             })
             .collect()
     }
+}
 
+/// [`dataplane_fault`] from a snapshot's servers in use.
+fn fault_from(
+    snap: &Snapshot,
+    unanswered_at: &imbl::HashMap<String, u64>,
+    checks_pass: impl Fn(&str) -> bool,
+    now: u64,
+) -> Option<String> {
+    // Cheap first: it takes two recent reports (the set of servers in use costs a pass over
+    // every resource).
+    let recent = unanswered_at
+        .values()
+        .filter(|&&at| now.saturating_sub(at) <= DATAPLANE_FAULT_WINDOW_MS)
+        .count();
+    if recent < 2 {
+        return None;
+    }
+    let in_use: BTreeSet<String> = snap
+        .resources
+        .values()
+        .filter_map(|r| r.current.clone())
+        .collect();
+    dataplane_fault(&in_use, unanswered_at, checks_pass, now)
+}
+
+impl Controller {
     /// The gateway's own faults, from the status just built.
     pub(super) fn warnings(servers: &[ServerStatus]) -> Vec<String> {
         let mut warnings = Vec::new();
@@ -192,29 +274,11 @@ impl Controller {
 
     /// [`dataplane_fault`] now.
     pub(super) fn dataplane_fault_now(&self) -> Option<String> {
-        // Cheap first: it takes two recent reports, and this runs on every passive report and
-        // status request (the set of servers in use costs a pass over every resource).
-        let now = self.clock.now_ms();
-        let recent = self
-            .unanswered_at
-            .values()
-            .filter(|&&at| now.saturating_sub(at) <= DATAPLANE_FAULT_WINDOW_MS)
-            .count();
-        if recent < 2 {
-            return None;
-        }
-        let in_use: BTreeSet<String> = self
-            .engine
-            .snapshot()
-            .resources
-            .values()
-            .filter_map(|r| r.current.clone())
-            .collect();
-        dataplane_fault(
-            &in_use,
+        fault_from(
+            self.engine.snapshot(),
             &self.unanswered_at,
             |s| self.checkers.get(s).is_some_and(|(c, _)| c.is_up()),
-            now,
+            self.clock.now_ms(),
         )
     }
 

@@ -13,7 +13,8 @@ pub mod sync;
 use std::net::IpAddr;
 
 pub use ebpf::{
-    detach, pinned_dataplane_exists, Attached, AyaDataplane, AyaOptions, InterfaceState,
+    detach, pinned_dataplane_exists, Attached, AyaCounters, AyaDataplane, AyaOptions,
+    InterfaceState,
 };
 pub use ftn_common::{DataplaneConfig, GlobalCounter, ResourceStats, ServerStats};
 pub use memory::MemoryDataplane;

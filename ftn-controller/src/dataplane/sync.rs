@@ -101,6 +101,17 @@ impl VerdictToMaps {
     }
 }
 
+/// Reads the dataplane's counters apart from the map-sync thread (`/metrics`), so that a scrape
+/// never waits for, or delays, a batch of map writes.
+pub trait ReadCounters: Send {
+    /// The counters of the given (name, id) resources and servers, and the global ones.
+    fn read(
+        &mut self,
+        resources: &[(String, u32)],
+        servers: &[(String, u32)],
+    ) -> Result<Counters, String>;
+}
+
 /// Lists a dataplane's keys so that a resync can remove strays.
 pub trait ListKeys {
     fn server_ids(&self) -> Result<Vec<u32>, String>;

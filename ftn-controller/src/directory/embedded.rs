@@ -724,6 +724,7 @@ impl Directory for EmbeddedDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use tempfile::TempDir;
 
     fn server(name: &str, id: u32, health: Health) -> ServerRecord {

@@ -16,7 +16,6 @@ pub mod etcd;
 
 pub use embedded::EmbeddedDirectory;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -111,10 +110,12 @@ pub struct EventDraft {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub revision: Revision,
-    pub servers: BTreeMap<String, ServerRecord>,
+    /// Persistent maps (`imbl`): a clone shares every node, so the engine hands the API an O(1)
+    /// copy to build a status from, and a commit copies only the nodes it changes.
+    pub servers: imbl::OrdMap<String, ServerRecord>,
     /// Shared with the updates that set them (and the engine's snapshot): a record is
     /// written once and never copied.
-    pub resources: BTreeMap<String, Arc<ResourceRecord>>,
+    pub resources: imbl::OrdMap<String, Arc<ResourceRecord>>,
     /// Sequence number the next event gets.
     pub next_event: u64,
     /// Ids are handed out in increasing order (wrapping at the dataplane's capacity) so that

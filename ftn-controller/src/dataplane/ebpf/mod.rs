@@ -18,6 +18,9 @@
 
 mod attach;
 mod batch;
+mod counters;
+
+pub use counters::AyaCounters;
 
 pub use attach::{detach, InterfaceState};
 use attach::{ifindex, pinned_links};
@@ -548,7 +551,7 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     prog.try_into().map_err(|_| missing())
 }
 
-fn sum_res(v: &PerCpuValues<ResourceStats>) -> ResourceStats {
+fn sum_res(v: &[ResourceStats]) -> ResourceStats {
     v.iter().fold(ResourceStats::default(), |mut a, s| {
         a.packets += s.packets;
         a.bytes += s.bytes;
@@ -562,7 +565,7 @@ fn sum_res(v: &PerCpuValues<ResourceStats>) -> ResourceStats {
     })
 }
 
-fn sum_srv(v: &PerCpuValues<ServerStats>) -> ServerStats {
+fn sum_srv(v: &[ServerStats]) -> ServerStats {
     v.iter().fold(ServerStats::default(), |mut a, s| {
         a.packets += s.packets;
         a.bytes += s.bytes;
