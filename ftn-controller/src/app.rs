@@ -181,6 +181,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         adopted,
         interfaces,
     } = load_dataplane(&config)?;
+    let v6 = config.resources.iter().any(|r| r.vip.is_ipv6());
+    for i in &config.gateway.interfaces {
+        if let Some(w) = crate::control::forwarding_warning(i, v6) {
+            tracing::warn!("{w}");
+        }
+    }
     let (passive_tx, passive_rx) = mpsc::channel(1024);
     match dp.take_events() {
         Some(ring) => spawn_passive_reader(ring, passive_tx)?,

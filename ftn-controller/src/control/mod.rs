@@ -22,7 +22,7 @@ mod status;
 
 pub use cluster::{majority, ClusterView};
 pub use reload::{config_changes, CONFIG_READ_TIMEOUT};
-pub use status::{dataplane_fault, StatusInputs, DATAPLANE_FAULT_WINDOW_MS};
+pub use status::{dataplane_fault, forwarding_warning, StatusInputs, DATAPLANE_FAULT_WINDOW_MS};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -108,6 +108,10 @@ impl StatusInputs {
                 i.note.as_deref().unwrap_or("not attached")
             ));
         }
+        let v6 = cfg.resources.iter().any(|r| r.vip.is_ipv6());
+        for i in &interface_states {
+            warnings.extend(forwarding_warning(&i.name, v6));
+        }
         let v = &stats.verdict_to_maps;
         let verdicts_applied = v.count.load(Relaxed);
         let plain = |m: &imbl::HashMap<String, u64>| -> HashMap<String, u64> {
@@ -294,6 +298,33 @@ impl Controller {
         }
         self.dataplane_fault = fault;
     }
+}
+
+/// A warning when forwarding is off on `interface` (its sysctl reads 0; IPv6 only when a VIP
+/// is IPv6): the XDP program's route lookups then answer "forwarding disabled", so it forwards
+/// nothing through the interface, and the replies to this gateway's own checks of a server's
+/// service port are taken for replies to clients (the checks time out). None when on, or when
+/// the sysctl cannot be read (not a real interface).
+pub fn forwarding_warning(interface: &str, v6: bool) -> Option<String> {
+    let off = |family: &str| {
+        std::fs::read_to_string(format!(
+            "/proc/sys/net/{family}/conf/{interface}/forwarding"
+        ))
+        .is_ok_and(|v| v.trim() == "0")
+    };
+    let mut families = Vec::new();
+    if off("ipv4") {
+        families.push("net.ipv4.ip_forward = 1");
+    }
+    if v6 && off("ipv6") {
+        families.push("net.ipv6.conf.all.forwarding = 1");
+    }
+    (!families.is_empty()).then(|| {
+        format!(
+            "interface {interface}: forwarding is off, so the XDP program forwards nothing through it and checks of a server's service port through it fail; set {} (docs/OPERATIONS.md, Requirements)",
+            families.join(" and ")
+        )
+    })
 }
 
 /// The shared directory as this gateway sees it: its role, etcd, every gateway's record.

@@ -58,6 +58,7 @@ impl Engine {
                 ));
             }
         }
+        self.forget_deadline();
         entry.apply_to(&mut self.snapshot);
         index::track(&mut self.displaced, u);
         Some(changes)

@@ -35,7 +35,7 @@ mod servers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,7 +115,13 @@ pub struct Engine {
     /// next plan looks at every resource. Cleared by the commit of a plan, or by a full plan
     /// that finds nothing to change (a plan takes `&self`, hence the atomic).
     full_due: AtomicBool,
+    /// [`Engine::next_deadline`] as last computed ([`DEADLINE_UNKNOWN`] after a change of the
+    /// snapshot or the configuration, [`DEADLINE_NONE`] for none).
+    deadline: AtomicU64,
 }
+
+const DEADLINE_UNKNOWN: u64 = u64::MAX;
+const DEADLINE_NONE: u64 = u64::MAX - 1;
 
 /// The dataplane entries of resource `rc`, on `server` (an id), as `rec` records it.
 fn set_resource(
@@ -171,6 +177,7 @@ impl Engine {
             snapshot,
             health: HashMap::new(),
             full_due: AtomicBool::new(true),
+            deadline: AtomicU64::new(DEADLINE_UNKNOWN),
         }
     }
 
@@ -209,6 +216,7 @@ impl Engine {
 
     /// Switches to a new configuration; the next plan applies the difference.
     pub fn set_config(&mut self, config: Arc<Config>) {
+        self.forget_deadline();
         self.index = index::ConfigIndex::new(&config);
         self.config = config;
         self.health
@@ -217,6 +225,7 @@ impl Engine {
 
     /// The directory accepted `update` (the update of the last plan) at `revision`.
     pub fn committed(&mut self, update: &Update, revision: crate::directory::Revision) {
+        self.forget_deadline();
         self.snapshot.advance(update);
         debug_assert_eq!(self.snapshot.revision, revision);
         self.snapshot.revision = revision;
@@ -227,6 +236,7 @@ impl Engine {
 
     /// Starts over from the directory's record (after a failed or conflicting commit).
     pub fn resync(&mut self, snapshot: Snapshot) {
+        self.forget_deadline();
         self.displaced = index::displaced_of(&snapshot);
         self.snapshot = snapshot;
         self.full_due.store(true, Ordering::Relaxed);
@@ -246,7 +256,28 @@ impl Engine {
 
     /// The earliest time (unix ms) at which a plan could change something with no new input:
     /// a hold time or a drain time running out.
+    ///
+    /// Computed once per change of the snapshot or the configuration (it walks every displaced
+    /// resource, and the engine loop asks on every pass).
     pub fn next_deadline(&self) -> Option<u64> {
+        match self.deadline.load(Ordering::Relaxed) {
+            DEADLINE_UNKNOWN => {
+                let d = self.compute_deadline();
+                let stored = d.unwrap_or(DEADLINE_NONE).min(DEADLINE_NONE);
+                self.deadline.store(stored, Ordering::Relaxed);
+                d
+            }
+            DEADLINE_NONE => None,
+            t => Some(t),
+        }
+    }
+
+    /// The snapshot or the configuration changed: [`Engine::next_deadline`] is computed again.
+    pub(super) fn forget_deadline(&self) {
+        self.deadline.store(DEADLINE_UNKNOWN, Ordering::Relaxed);
+    }
+
+    fn compute_deadline(&self) -> Option<u64> {
         let mut best: Option<u64> = None;
         let mut consider = |t: u64| best = Some(best.map_or(t, |b| b.min(t)));
         for s in self.snapshot.servers.values() {
