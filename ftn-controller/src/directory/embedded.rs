@@ -8,7 +8,15 @@
 //!   and fdatasync'ed before the commit returns; folded into a new snapshot every
 //!   [`COMPACT_EVERY`] commits;
 //! - `events.jsonl`: the event log, one [`Event`] per line, append-only, fdatasync'ed with the
-//!   commit, never rewritten except to cut a torn or uncommitted tail.
+//!   commit, never rewritten except to cut a torn or uncommitted tail. Once it holds
+//!   [`EVENTS_KEPT`] events (after the commit that reaches that count) it becomes
+//!   `events.1.jsonl`, replacing the one before, and a new `events.jsonl` starts: the disk keeps
+//!   between [`EVENTS_KEPT`] and twice as many events (or one commit's more), the newest ones.
+//!   The rotation is two renames and a directory fsync (a new empty file is created as
+//!   `events.jsonl.new` first); a crash between them leaves `events.jsonl` missing, which
+//!   opening takes as empty (the events are all in `events.1.jsonl`), removing the stray
+//!   `.new`. `events.1.jsonl` holds committed events only: opening refuses it when it has a
+//!   torn or uncommitted tail, or when it does not end just before `events.jsonl` begins.
 //!
 //! After a crash (even `kill -9` in the middle of a commit) opening the directory yields
 //! exactly the last commit that returned: a torn WAL line is cut, and events that belong to a
@@ -96,6 +104,10 @@ struct Inner {
     wal: File,
     wal_lines: u64,
     events: File,
+    /// Events in `events.jsonl` (committed ones).
+    events_in_file: u64,
+    /// Rotate `events.jsonl` once it holds this many ([`EVENTS_KEPT`]; smaller in tests).
+    events_kept: u64,
     recent: VecDeque<Event>,
     /// Set when a failed commit could not be undone on disk: no further commit is accepted
     /// (the files' state is unknown) until the directory is opened again.
@@ -429,6 +441,9 @@ fn replay_wal(wal_path: &Path, snapshot: &mut Snapshot) -> Result<WalReplay, Dir
 /// What reading the event log found.
 struct EventsRead {
     scan: Scanned,
+    /// The first committed event's sequence number, and how many committed events there are.
+    first: Option<u64>,
+    count: u64,
     /// The newest events of committed revisions (at most [`EVENTS_IN_MEMORY`]).
     recent: VecDeque<Event>,
     /// Where the last event of a committed revision ends.
@@ -444,6 +459,8 @@ fn read_events(events_path: &Path, rev: Revision) -> Result<EventsRead, Director
     let mut last: Option<(u64, Revision)> = None;
     let mut committed_end = 0u64;
     let mut uncommitted = 0u64;
+    let mut first = None;
+    let mut count = 0u64;
     let scan = scan_records::<Event>(events_path, |e, sealed, at| {
         if let (Some((seq, revision)), true) = (last, sealed) {
             if e.seq != seq + 1 {
@@ -470,6 +487,8 @@ fn read_events(events_path: &Path, rev: Revision) -> Result<EventsRead, Director
             return Err(format!("event {} of committed revision {} follows events of revision {}, which never committed: those can only be the end of the file", e.seq, e.revision, rev + 1));
         }
         committed_end = at.end();
+        first.get_or_insert(e.seq);
+        count += 1;
         if recent.len() == EVENTS_IN_MEMORY {
             recent.pop_front();
         }
@@ -478,10 +497,44 @@ fn read_events(events_path: &Path, rev: Revision) -> Result<EventsRead, Director
     })?;
     Ok(EventsRead {
         scan,
+        first,
+        count,
         recent,
         committed_end,
         uncommitted,
     })
+}
+
+/// The previous generation of the event log (`events.1.jsonl`), when the current one holds
+/// fewer than [`EVENTS_IN_MEMORY`] events: its newest events, to put before `current`'s in
+/// memory. It was complete when it was rotated, so a torn or uncommitted tail, or an end that
+/// does not meet the current file's first event, is corruption.
+fn read_previous_events(
+    path: &Path,
+    rev: Revision,
+    current_first: Option<u64>,
+) -> Result<VecDeque<Event>, DirectoryError> {
+    let read = read_events(path, rev)?;
+    let at = At {
+        offset: read.committed_end,
+        ..At::default()
+    };
+    if let Some(torn) = read.scan.torn_desc() {
+        return Err(corrupt(
+            path,
+            at,
+            format!("{torn}: the previous event log was complete when it was rotated"),
+        ));
+    }
+    if read.uncommitted > 0 {
+        return Err(corrupt(path, at, format!("{} events of revision {}, which never committed: the previous event log holds committed events only", read.uncommitted, rev + 1)));
+    }
+    if let (Some(last), Some(first)) = (read.recent.back(), current_first) {
+        if last.seq + 1 != first {
+            return Err(corrupt(path, at, format!("it ends at event {} but events.jsonl begins at event {first}: the two event logs must meet", last.seq)));
+        }
+    }
+    Ok(read.recent)
 }
 
 impl EmbeddedDirectory {
@@ -489,6 +542,11 @@ impl EmbeddedDirectory {
     /// refusing with [`DirectoryError::Corrupt`] (and changing nothing) when a file holds what
     /// a crash cannot have left.
     pub fn open(dir: &Path) -> Result<Self, DirectoryError> {
+        Self::open_keeping(dir, EVENTS_KEPT)
+    }
+
+    /// [`EmbeddedDirectory::open`], rotating the event log every `events_kept` events (tests).
+    pub fn open_keeping(dir: &Path, events_kept: u64) -> Result<Self, DirectoryError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut snapshot = read_state(&dir.join("state.json"))?;
         let wal_path = dir.join("wal.jsonl");
@@ -502,10 +560,20 @@ impl EmbeddedDirectory {
         let rev = snapshot.revision;
         let EventsRead {
             scan: events_scan,
-            recent,
+            first,
+            count,
+            mut recent,
             committed_end,
             uncommitted,
         } = read_events(&events_path, rev)?;
+        let previous_path = dir.join("events.1.jsonl");
+        if recent.len() < EVENTS_IN_MEMORY && previous_path.exists() {
+            let older = read_previous_events(&previous_path, rev, first)?;
+            let room = EVENTS_IN_MEMORY - recent.len();
+            for e in older.into_iter().rev().take(room) {
+                recent.push_front(e);
+            }
+        }
         // Everything is read and checked: only now may anything on disk change.
         let mut wal_cut: Vec<String> = wal_scan.torn_desc().into_iter().collect();
         let wal_keep = if wal_lines == 0 && wal_last.is_some() {
@@ -527,6 +595,11 @@ impl EmbeddedDirectory {
             );
         }
         let events_file = open_append(&events_path, committed_end, &events_cut.join(", "))?;
+        // A rotation interrupted before its second rename.
+        let stray = dir.join("events.jsonl.new");
+        if stray.exists() {
+            fs::remove_file(&stray).map_err(io_err(&stray))?;
+        }
         if let Some(e) = recent.back() {
             if snapshot.next_event > e.seq + 1 {
                 // The file ends before the events the directory numbered (its tail was removed
@@ -550,6 +623,8 @@ impl EmbeddedDirectory {
                 wal,
                 wal_lines,
                 events: events_file,
+                events_in_file: count,
+                events_kept,
                 recent,
                 poisoned: None,
             }),
@@ -638,6 +713,7 @@ impl EmbeddedDirectory {
         inner.wal_lines += 1;
         inner.snapshot.advance(update);
         debug_assert_eq!(inner.snapshot.revision, revision);
+        inner.events_in_file += events.len() as u64;
         for e in events {
             if inner.recent.len() == EVENTS_IN_MEMORY {
                 inner.recent.pop_front();
@@ -650,9 +726,58 @@ impl EmbeddedDirectory {
                 tracing::warn!(error = %e, "directory compaction failed; the WAL keeps growing");
             }
         }
+        if inner.events_in_file >= inner.events_kept {
+            // The commit is durable already; a failed rotation only leaves a longer log.
+            if let Err(e) = self.rotate_events(&mut inner) {
+                tracing::warn!(error = %e, "event log rotation failed; events.jsonl keeps growing");
+            }
+        }
         drop(inner);
         self.revision_tx.send_replace(revision);
         Ok(revision)
+    }
+
+    /// `events.jsonl` becomes `events.1.jsonl` (replacing the previous generation) and a new
+    /// empty one takes its place (see the module docs). Runs after a commit returned durable,
+    /// under the store's lock, so the file holds committed events only.
+    fn rotate_events(&self, inner: &mut Inner) -> Result<(), DirectoryError> {
+        let current = self.dir.join("events.jsonl");
+        let previous = self.dir.join("events.1.jsonl");
+        let fresh = self.dir.join("events.jsonl.new");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&fresh)
+            .map_err(io_err(&fresh))?;
+        file.sync_all().map_err(io_err(&fresh))?;
+        fs::rename(&current, &previous).map_err(io_err(&previous))?;
+        if let Err(e) = fs::rename(&fresh, &current) {
+            // Put the log back where commits append to it (the open handle follows the
+            // file); if even that fails, the files no longer say what the handle writes.
+            if let Err(back) = fs::rename(&previous, &current) {
+                let why = format!(
+                    "rotating the event log: {e}; renaming events.1.jsonl back failed: {back}"
+                );
+                tracing::error!("directory store poisoned: {why}");
+                inner.poisoned = Some(why);
+            }
+            return Err(io_err(&current)(e));
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&current)
+            .map_err(io_err(&current))?;
+        inner.events = file;
+        tracing::info!(
+            events = inner.events_in_file,
+            "event log rotated: events.jsonl is now events.1.jsonl (the generation before it is gone)"
+        );
+        inner.events_in_file = 0;
+        Ok(())
     }
 
     fn compact(&self, inner: &mut Inner) -> Result<(), DirectoryError> {
@@ -987,6 +1112,103 @@ mod tests {
             ],
         );
         assert_names(&msg, reasons);
+    }
+
+    /// The event log rotates once it holds `events_kept` events: one generation before it is
+    /// kept, older ones go; numbering and the in-memory history go on across the files and
+    /// across a reopen.
+    #[test]
+    fn the_event_log_rotates_and_keeps_one_generation() {
+        let tmp = TempDir::new().unwrap();
+        let dir = EmbeddedDirectory::open_keeping(tmp.path(), 4).unwrap();
+        let mut rev = commit(&dir, 0, configured());
+        // Events 1 to 9 (numbering starts at 1): rotations after the 2nd commit (events 1–4
+        // in the file) and the 4th (5–8); the file then holds event 9.
+        for kinds in [&["a", "b", "c"][..], &["d"], &["e", "f", "g"], &["h"]] {
+            rev = commit(&dir, rev, events_of(kinds));
+        }
+        let count = |name: &str| {
+            fs::read(tmp.path().join(name))
+                .map(|b| bodies(&b).len())
+                .unwrap_or(0)
+        };
+        assert_eq!(count("events.jsonl"), 1);
+        assert_eq!(count("events.1.jsonl"), 4);
+        assert!(!tmp.path().join("events.2.jsonl").exists());
+        assert!(!tmp.path().join("events.jsonl.new").exists());
+        rev = commit(&dir, rev, events_of(&["i"]));
+        assert_eq!(count("events.jsonl"), 2);
+        // In memory: all 10 (fewer than EVENTS_IN_MEMORY); on disk: the newest 6.
+        assert_eq!(seqs(&all_events(&dir)), (1..=10).collect::<Vec<_>>());
+        drop(dir);
+        let dir = EmbeddedDirectory::open_keeping(tmp.path(), 4).unwrap();
+        assert_eq!(seqs(&all_events(&dir)), (5..=10).collect::<Vec<_>>());
+        let rev2 = commit(&dir, rev, events_of(&["j"]));
+        assert_eq!(rev2, rev + 1);
+        assert_eq!(seqs(&all_events(&dir)), (5..=11).collect::<Vec<_>>());
+    }
+
+    /// A crash between the rotation's two renames leaves no `events.jsonl`: the open takes it
+    /// as empty, finds the events in `events.1.jsonl`, removes the stray new file and numbers on.
+    #[test]
+    fn a_rotation_interrupted_between_its_renames_is_finished_at_open() {
+        let tmp = TempDir::new().unwrap();
+        let dir = EmbeddedDirectory::open_keeping(tmp.path(), 100).unwrap();
+        let rev = commit(&dir, 0, configured());
+        let rev = commit(&dir, rev, events_of(&["a", "b"]));
+        drop(dir);
+        fs::rename(
+            tmp.path().join("events.jsonl"),
+            tmp.path().join("events.1.jsonl"),
+        )
+        .unwrap();
+        fs::write(tmp.path().join("events.jsonl.new"), b"").unwrap();
+        let dir = EmbeddedDirectory::open_keeping(tmp.path(), 100).unwrap();
+        assert!(!tmp.path().join("events.jsonl.new").exists());
+        assert_eq!(seqs(&all_events(&dir)), vec![1, 2, 3]);
+        commit(&dir, rev, events_of(&["c"]));
+        assert_eq!(seqs(&all_events(&dir)), vec![1, 2, 3, 4]);
+    }
+
+    /// The previous generation must end where the current log begins, and hold committed
+    /// events only; anything else refuses the open.
+    #[test]
+    fn a_previous_event_log_that_does_not_meet_the_current_one_is_refused() {
+        let tmp = TempDir::new().unwrap();
+        let dir = EmbeddedDirectory::open_keeping(tmp.path(), 3).unwrap();
+        let rev = commit(&dir, 0, configured());
+        let rev = commit(&dir, rev, events_of(&["a", "b"]));
+        commit(&dir, rev, events_of(&["c"]));
+        drop(dir);
+        // events.1.jsonl: events 1 to 3; events.jsonl: 4. Remove the previous one's last line.
+        let prev = tmp.path().join("events.1.jsonl");
+        let original = fs::read(&prev).unwrap();
+        let mut bytes = original.clone();
+        remove_line(&mut bytes, 2);
+        fs::write(&prev, &bytes).unwrap();
+        match EmbeddedDirectory::open_keeping(tmp.path(), 3) {
+            Err(DirectoryError::Corrupt { path, reason, .. }) => {
+                assert_eq!(path, prev);
+                assert!(
+                    reason.contains("ends at event 2 but events.jsonl begins at event 4"),
+                    "{reason}"
+                );
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a previous log that does not meet the current one was accepted"),
+        }
+        // A torn tail there is refused too (it was complete when rotated).
+        fs::write(&prev, [&original[..], b"{\"seq\":4"].concat()).unwrap();
+        match EmbeddedDirectory::open_keeping(tmp.path(), 3) {
+            Err(DirectoryError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("torn last line"), "{reason}")
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a torn previous log was accepted"),
+        }
+        // Whole again: it opens.
+        fs::write(&prev, &original).unwrap();
+        EmbeddedDirectory::open_keeping(tmp.path(), 3).unwrap();
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub type Revision = u64;
 
 /// Commits between two snapshots of the embedded store.
 pub const COMPACT_EVERY: u64 = 256;
+/// Events the directory keeps at least (both backends): the etcd layout trims those beyond the
+/// newest this many at each checkpoint; the embedded one rotates its log at this many and keeps
+/// one generation before it (between this and twice as many on disk).
+pub const EVENTS_KEPT: u64 = 100_000;
 /// Events kept in memory for `ftn events` (the file keeps them all).
 pub const EVENTS_IN_MEMORY: usize = 10_000;
 

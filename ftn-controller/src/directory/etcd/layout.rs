@@ -10,7 +10,7 @@ pub const LAYOUT: u32 = 2;
 pub const CHECKPOINT_EVERY: u64 = 256;
 /// Events kept in etcd (about: the events of a commit are trimmed together); older ones are
 /// trimmed with each checkpoint.
-pub const EVENTS_KEPT: u64 = 100_000;
+pub use crate::directory::EVENTS_KEPT;
 /// Log entries read per request when the directory is read.
 const LOG_PAGE: i64 = 64;
 
