@@ -23,7 +23,6 @@ fn res(id: u32, cpu: usize) -> ResourceStats {
         flows_moved: b + 4,
         drop_no_server: b + 5,
         reject_no_server: b + 6,
-        ..ResourceStats::default()
     }
 }
 
