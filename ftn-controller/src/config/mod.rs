@@ -218,6 +218,8 @@ pub const DEFAULT_ETCD_PREFIX: &str = "/ftn";
 pub const DEFAULT_ETCD_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default `[directory] request_timeout` of the etcd backend.
 pub const DEFAULT_ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// `[directory] lease_ttl` by default.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 
 impl Default for DirectoryConfig {
     fn default() -> Self {

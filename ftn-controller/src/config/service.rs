@@ -421,7 +421,7 @@ pub(super) fn read_etcd(ctx: &mut Ctx, t: &Table) -> EtcdConfig {
         prefix: DEFAULT_ETCD_PREFIX.into(),
         dial_timeout: DEFAULT_ETCD_DIAL_TIMEOUT,
         request_timeout: DEFAULT_ETCD_REQUEST_TIMEOUT,
-        lease_ttl: Duration::from_secs(3),
+        lease_ttl: super::DEFAULT_LEASE_TTL,
         ca_file: None,
         cert_file: None,
         key_file: None,

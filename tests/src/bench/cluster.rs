@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::timing::Timing;
+use crate::timing::{Timing, MARGIN};
 use crate::{
     bench::{attempt, median, Figure, Reps, Size},
     cluster::{self, Cluster, CHECKS, GATEWAYS},
@@ -122,8 +122,10 @@ pub fn propagation_ms(c: &Cluster, n: usize) -> Result<(Vec<f64>, String), Strin
 /// The primary crashes (all its links down) with the default checks; client probes through
 /// every gateway; returns the longest interruption over the gateways, and the time until every
 /// gateway's status shows the backup.
-fn crash_once() -> Result<(f64, f64, Vec<f64>), String> {
-    let mut c = Cluster::new("");
+/// The lab with ftn's default check and etcd timings (the lab's own 100 ms checks and short
+/// etcd timeouts removed from every gateway's configuration); no controller runs yet.
+fn default_cluster() -> Result<Cluster, String> {
+    let c = Cluster::new("");
     // The default checks: remove the lab's 100 ms check interval.
     for k in 1..=GATEWAYS {
         let f = c.gw(k);
@@ -145,12 +147,24 @@ fn crash_once() -> Result<(f64, f64, Vec<f64>), String> {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        assert!(
-            !text.contains("interval") && !text.contains("lease_ttl"),
-            "the lab config changed shape:\n{text}"
-        );
+        if text.contains("interval") || text.contains("lease_ttl") {
+            return Err(format!("the lab config changed shape:\n{text}"));
+        }
         f.write_config(&text);
     }
+    Ok(c)
+}
+
+/// The worst case of one etcd request with ftn's default timeouts.
+fn default_etcd_worst() -> Duration {
+    cluster::etcd_request_worst_with(
+        ftn_controller::config::DEFAULT_ETCD_DIAL_TIMEOUT,
+        ftn_controller::config::DEFAULT_ETCD_REQUEST_TIMEOUT,
+    )
+}
+
+fn crash_once() -> Result<(f64, f64, Vec<f64>), String> {
+    let mut c = default_cluster()?;
     c.start_gateways();
     let probers = c.probe_all(EVERY, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
@@ -162,14 +176,10 @@ fn crash_once() -> Result<(f64, f64, Vec<f64>), String> {
     }
     // The wait for this default config: the default checks' down verdict, then publish, commit
     // and watch, each at worst one pool request with ftn's default etcd timeouts.
-    let etcd_worst = cluster::etcd_request_worst_with(
-        ftn_controller::config::DEFAULT_ETCD_DIAL_TIMEOUT,
-        ftn_controller::config::DEFAULT_ETCD_REQUEST_TIMEOUT,
-    );
     c.wait_all_current(
         "web",
         Some("backup"),
-        Timing::DEFAULT.down() + etcd_worst * 3,
+        Timing::DEFAULT.down() + default_etcd_worst() * 3,
     );
     let all_ms = t0.elapsed().as_secs_f64() * 1000.0;
     std::thread::sleep(Duration::from_millis(500));
@@ -182,6 +192,67 @@ fn crash_once() -> Result<(f64, f64, Vec<f64>), String> {
     }
     let worst = gaps.iter().copied().fold(0.0, f64::max);
     Ok((worst, all_ms, gaps))
+}
+
+/// The leader gateway's host and the primary die at the same instant (every link of both down,
+/// the leader's `ftn` SIGKILLed), default config, clients probing through every gateway (under
+/// traffic). Returns the time until both surviving gateways' status shows `web` on the backup,
+/// when the new leader was seen, and the longest interruption for new connections through each
+/// survivor.
+fn leader_death_once() -> Result<(f64, f64, Vec<f64>), String> {
+    let mut c = default_cluster()?;
+    c.start_gateways();
+    let (leader, _) =
+        c.wait_leader(ftn_controller::config::DEFAULT_LEASE_TTL + default_etcd_worst() + MARGIN);
+    let lk = c.index_of(&leader);
+    let survivors: Vec<usize> = (1..=GATEWAYS).filter(|&k| k != lk).collect();
+    let probers: Vec<_> = survivors
+        .iter()
+        .map(|&k| c.probe_via(k, EVERY, Duration::from_secs(30)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let t_fault: Vec<Duration> = probers.iter().map(|p| t0 - p.start).collect();
+    for k in 1..=GATEWAYS {
+        c.primary.ip(&["link", "set", &format!("p{k}"), "down"]);
+    }
+    c.kill_gateway(lk);
+    for dev in ["gc", "gp", "gb", "ge"] {
+        c.gw_ns(lk).ip(&["link", "set", dev, "down"]);
+    }
+    // The dead leader's lease expires (lease_ttl), a survivor campaigns, then the primary's
+    // down verdict (the default checks or passive health), publish, commit and watch, plus the
+    // margin.
+    let within = ftn_controller::config::DEFAULT_LEASE_TTL
+        + Timing::DEFAULT.down()
+        + default_etcd_worst() * 4
+        + MARGIN;
+    let new_leader_at = {
+        let t = Instant::now();
+        loop {
+            match c.leader() {
+                Some(l) if l != leader => break t0.elapsed(),
+                _ if t.elapsed() > within => {
+                    return Err(format!(
+                        "no new leader within {within:?}:\n{}",
+                        c.describe()
+                    ))
+                }
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    };
+    c.wait_current_on(&survivors, "web", Some("backup"), within);
+    let all = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut gaps = Vec::new();
+    for (p, t_fault) in probers.into_iter().zip(t_fault) {
+        let until = p.now();
+        let samples = p.finish();
+        gaps.push(gap(&samples, t_fault, until).closed_ms()?.round());
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok((ms(all), ms(new_leader_at), gaps))
 }
 
 pub fn run(size: Size) -> Vec<Figure> {
@@ -241,6 +312,31 @@ pub fn run(size: Size) -> Vec<Figure> {
                     worst.len(),
                     per_gw,
                     median(&all),
+                ),
+            )
+        }
+    });
+    let mut deaths = Reps::new(reps);
+    for rep in 0..reps {
+        eprintln!("   cluster: leader-death repetition {} of {reps}", rep + 1);
+        deaths.run(rep, leader_death_once);
+    }
+    out.push(match deaths.all() {
+        Err(why) => Figure::missing("leader_death_failover_ms", "ms", why),
+        Ok(runs) => {
+            let all: Vec<f64> = runs.iter().map(|r| r.0).collect();
+            let leader: Vec<f64> = runs.iter().map(|r| r.1).collect();
+            let gaps: Vec<&Vec<f64>> = runs.iter().map(|r| &r.2).collect();
+            Figure::new(
+                "leader_death_failover_ms",
+                median(&all),
+                "ms",
+                format!(
+                    "median over {} run(s): the leader gateway's host and the primary die together (links down, the leader's ftn SIGKILLed), default config (lease_ttl 3 s, checks every 1 s, passive health on: clients probe every 10 ms through both survivors), until both survivors' status shows web on the backup: runs {:?} ms; a new leader seen after {:?} ms; longest interruption for new connections through each survivor {:?} ms. The handover waits for the dead leader's lease to expire (etcd grants at least 2 s)",
+                    all.len(),
+                    all.iter().map(|v| v.round()).collect::<Vec<_>>(),
+                    leader.iter().map(|v| v.round()).collect::<Vec<_>>(),
+                    gaps,
                 ),
             )
         }

@@ -51,6 +51,7 @@ const KEYS: &[(&str, Option<Target>)] = &[
     ("etcd_remap_10k_ms", Some(Target::AtMost(100.0))),
     ("etcd_propagation_100k_ms", Some(Target::AtMost(10.0))),
     ("scrape_failover_delay_ms", Some(Target::AtMost(5.0))),
+    ("leader_death_failover_ms", Some(Target::AtMost(1000.0))),
 ];
 
 #[derive(Clone, Copy)]
