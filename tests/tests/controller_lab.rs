@@ -428,6 +428,12 @@ fn invalid_config_and_api_input_are_refused_and_change_nothing() {
         "{b}"
     );
     assert!(b.contains("ftn_dataplane_packets_total{outcome="), "{b}");
+    // The daemon reads the counters through its own descriptors (not the map-sync thread).
+    assert!(b.lines().any(|l| l == "ftn_dataplane_up 1"), "{b}");
+    assert!(
+        b.contains("# TYPE ftn_verdict_to_maps_seconds histogram"),
+        "{b}"
+    );
 }
 
 #[test]
@@ -439,6 +445,21 @@ fn drain_moves_new_flows_and_keeps_established_ones() {
     let drained = Instant::now();
     let out = lab.ftn.cli_ok(&["drain", "p1"]);
     assert!(out.contains("web moved p1 -> b1"), "{out}");
+    // The drain is timed from the API's receipt to the maps (recorded when the map write
+    // returns, just after the command's answer): within the margin.
+    let t = Instant::now();
+    let timed = loop {
+        let st = lab.ftn.status();
+        if st["verdicts_applied"].as_u64() >= Some(1) || t.elapsed() > MARGIN {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        timed["verdicts_applied"].as_u64() >= Some(1)
+            && timed["last_verdict_to_maps_us"].as_u64().is_some(),
+        "the drain was not timed to the maps: {timed}"
+    );
     assert_eq!(lab.ask_new(), "backup");
     let (long, r) = lab.ask(long);
     assert_eq!(
