@@ -6,7 +6,8 @@
 //!   (`{"revision":N,"update":{..},"events":3,"crc":"1c291ca3"}`: the records it set or
 //!   removed and how many events it numbered, the events being in `events.jsonl`), appended
 //!   and fdatasync'ed before the commit returns; folded into a new snapshot every
-//!   [`COMPACT_EVERY`] commits;
+//!   [`COMPACT_EVERY`] commits, in the background (`wal.1.jsonl` holds the lines being folded
+//!   meanwhile: see the `compact` module);
 //! - `events.jsonl`: the event log, one [`Event`] per line, append-only, fdatasync'ed with the
 //!   commit, never rewritten except to cut a torn or uncommitted tail. Once it holds
 //!   [`EVENTS_KEPT`] events (after the commit that reaches that count) it becomes
@@ -92,6 +93,7 @@ use std::sync::Mutex;
 
 use super::*;
 
+mod compact;
 mod events;
 use events::{read_events, read_previous_events, EventsRead};
 
@@ -115,6 +117,8 @@ struct Inner {
     /// Set when a failed commit could not be undone on disk: no further commit is accepted
     /// (the files' state is unknown) until the directory is opened again.
     poisoned: Option<String>,
+    /// The compaction running in the background, if any.
+    compaction: Option<compact::Compaction>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DirectoryError + '_ {
@@ -455,6 +459,20 @@ impl EmbeddedDirectory {
         let mut snapshot = read_state(&dir.join("state.json"))?;
         let wal_path = dir.join("wal.jsonl");
         let base = snapshot.revision;
+        // The lines a background compaction had set aside, if it did not finish.
+        let old_wal = dir.join("wal.1.jsonl");
+        let old = replay_wal(&old_wal, &mut snapshot)?;
+        if let Some(torn) = old.scan.torn_desc() {
+            let at = At {
+                offset: old.scan.complete,
+                ..At::default()
+            };
+            return Err(corrupt(
+                &old_wal,
+                at,
+                format!("{torn}: wal.1.jsonl was complete when a compaction set it aside"),
+            ));
+        }
         let WalReplay {
             scan: wal_scan,
             last: wal_last,
@@ -488,6 +506,15 @@ impl EmbeddedDirectory {
             wal_scan.complete
         };
         let wal = open_append(&wal_path, wal_keep, &wal_cut.join(", "))?;
+        if old.last.is_some() && old.lines == 0 {
+            // Every line set aside is in state.json: finish that compaction.
+            tracing::info!(path = %old_wal.display(), "removing commits already in state.json (an interrupted compaction)");
+            fs::remove_file(&old_wal).map_err(io_err(&old_wal))?;
+        }
+        let stray = dir.join("wal.jsonl.new");
+        if stray.exists() {
+            fs::remove_file(&stray).map_err(io_err(&stray))?;
+        }
         let mut events_cut: Vec<String> = events_scan.torn_desc().into_iter().collect();
         if uncommitted > 0 {
             events_cut.insert(
@@ -525,12 +552,13 @@ impl EmbeddedDirectory {
             inner: Mutex::new(Inner {
                 snapshot,
                 wal,
-                wal_lines,
+                wal_lines: wal_lines + old.lines,
                 events: events_file,
                 events_in_file: count,
                 events_kept,
                 recent,
                 poisoned: None,
+                compaction: None,
             }),
             revision_tx,
         })
@@ -626,7 +654,7 @@ impl EmbeddedDirectory {
         }
         if inner.wal_lines >= COMPACT_EVERY {
             // The commit is durable already; a failed compaction only leaves a longer WAL.
-            if let Err(e) = self.compact(&mut inner) {
+            if let Err(e) = compact::start(&self.dir, &mut inner) {
                 tracing::warn!(error = %e, "directory compaction failed; the WAL keeps growing");
             }
         }
@@ -641,17 +669,17 @@ impl EmbeddedDirectory {
         Ok(revision)
     }
 
-    fn compact(&self, inner: &mut Inner) -> Result<(), DirectoryError> {
-        let bytes = seal(&inner.snapshot).map_err(|e| DirectoryError::Store {
-            path: self.dir.join("state.json"),
-            detail: e.to_string(),
-        })?;
-        write_atomic(&self.dir, "state.json", &bytes)?;
-        let p = self.dir.join("wal.jsonl");
-        inner.wal.set_len(0).map_err(io_err(&p))?;
-        inner.wal.sync_all().map_err(io_err(&p))?;
-        inner.wal_lines = 0;
-        Ok(())
+    /// Waits for a compaction running in the background (tests; the store's drop does too).
+    pub fn wait_compaction(&self) {
+        let c = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .compaction
+            .take();
+        if let Some(c) = c {
+            c.finish();
+        }
     }
 
     /// The snapshot now (synchronous, for tests and the status page).
@@ -704,6 +732,13 @@ impl Directory for EmbeddedDirectory {
 
     fn backend(&self) -> &'static str {
         "embedded"
+    }
+}
+
+impl Drop for EmbeddedDirectory {
+    /// A compaction in the background is waited for: the next open sees its files settled.
+    fn drop(&mut self) {
+        self.wait_compaction();
     }
 }
 
@@ -1623,6 +1658,114 @@ mod tests {
         assert_eq!(seqs(&events), vec![1, 2]);
     }
 
+    /// A compaction sets the WAL aside and writes state.json in the background: commits made
+    /// meanwhile go to the new WAL, and the store reopens with all of them.
+    #[test]
+    fn compaction_runs_in_the_background_and_commits_go_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = EmbeddedDirectory::open(tmp.path()).unwrap();
+        for i in 0..COMPACT_EVERY {
+            commit(&dir, i, web_on("p1", i as u32, &[]));
+        }
+        // The commit that reached the count set the WAL aside; three more follow at once.
+        for i in COMPACT_EVERY..COMPACT_EVERY + 3 {
+            commit(&dir, i, web_on("b1", i as u32, &[]));
+        }
+        dir.wait_compaction();
+        let (snap, _) =
+            unseal::<Snapshot>(&fs::read(tmp.path().join("state.json")).unwrap(), true).unwrap();
+        assert_eq!(snap.revision, COMPACT_EVERY);
+        assert!(!tmp.path().join("wal.1.jsonl").exists());
+        assert!(!tmp.path().join("wal.jsonl.new").exists());
+        let wal = fs::read(tmp.path().join("wal.jsonl")).unwrap();
+        assert_eq!(bodies(&wal).len(), 3);
+        let want = dir.current();
+        drop(dir);
+        reopened(tmp.path(), &want);
+    }
+
+    /// Every point a crash can interrupt a compaction at opens with every commit: after the
+    /// first rename (no wal.jsonl, a stray wal.jsonl.new), after both (the set-aside lines and
+    /// the new WAL, no new state.json), after state.json (wal.1.jsonl not removed yet: removed at
+    /// open). A set-aside WAL with a torn line is refused. When a compaction left wal.1.jsonl
+    /// behind, the next one compacts on the commit path.
+    #[test]
+    fn an_interrupted_compaction_opens_with_every_commit() {
+        let build = || {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = EmbeddedDirectory::open(tmp.path()).unwrap();
+            let mut at_two = None;
+            for i in 0..5 {
+                commit(
+                    &dir,
+                    i,
+                    web_on(if i % 2 == 0 { "p1" } else { "b1" }, i as u32, &[]),
+                );
+                if i == 1 {
+                    at_two = Some(dir.current());
+                }
+            }
+            let want = dir.current();
+            drop(dir);
+            (tmp, at_two.unwrap(), want)
+        };
+        let split = |path: &Path, k: usize| {
+            let wal = fs::read(path.join("wal.jsonl")).unwrap();
+            let l = lines(&wal);
+            fs::write(path.join("wal.1.jsonl"), &wal[..l[k - 1].end]).unwrap();
+            fs::write(path.join("wal.jsonl"), &wal[l[k - 1].end..]).unwrap();
+        };
+        // After the first rename.
+        let (tmp, _, want) = build();
+        fs::rename(tmp.path().join("wal.jsonl"), tmp.path().join("wal.1.jsonl")).unwrap();
+        fs::write(tmp.path().join("wal.jsonl.new"), b"").unwrap();
+        drop(reopened(tmp.path(), &want));
+        assert!(!tmp.path().join("wal.jsonl.new").exists());
+        // After both renames: revisions 1–2 set aside, 3–5 in the new WAL.
+        let (tmp, at_two, want) = build();
+        split(tmp.path(), 2);
+        drop(reopened(tmp.path(), &want));
+        assert!(
+            tmp.path().join("wal.1.jsonl").exists(),
+            "its commits are not in state.json"
+        );
+        // After state.json (at revision 2): wal.1.jsonl is removed at open.
+        fs::write(tmp.path().join("state.json"), seal(&at_two).unwrap()).unwrap();
+        drop(reopened(tmp.path(), &want));
+        assert!(!tmp.path().join("wal.1.jsonl").exists());
+        // A torn line in the set-aside WAL.
+        let (tmp, _, _) = build();
+        split(tmp.path(), 2);
+        let old = tmp.path().join("wal.1.jsonl");
+        let mut bytes = fs::read(&old).unwrap();
+        bytes.truncate(bytes.len() - 5);
+        fs::write(&old, &bytes).unwrap();
+        match EmbeddedDirectory::open(tmp.path()) {
+            Err(DirectoryError::Corrupt { path, reason, .. }) => {
+                assert_eq!(path, old);
+                assert!(reason.contains("torn last line"), "{reason}");
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a torn set-aside WAL was accepted"),
+        }
+        // wal.1.jsonl left behind: the next compaction is done on the commit path, whole.
+        let (tmp, _, _) = build();
+        split(tmp.path(), 2);
+        let dir = EmbeddedDirectory::open(tmp.path()).unwrap();
+        let mut rev = 5;
+        while rev < COMPACT_EVERY {
+            rev = commit(&dir, rev, web_on("p1", rev as u32, &[]));
+        }
+        assert!(!tmp.path().join("wal.1.jsonl").exists());
+        let (snap, _) =
+            unseal::<Snapshot>(&fs::read(tmp.path().join("state.json")).unwrap(), true).unwrap();
+        assert_eq!(snap.revision, COMPACT_EVERY);
+        assert_eq!(fs::read(tmp.path().join("wal.jsonl")).unwrap().len(), 0);
+        let want = dir.current();
+        drop(dir);
+        reopened(tmp.path(), &want);
+    }
+
     #[test]
     fn compaction_writes_a_sealed_snapshot() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1630,6 +1773,7 @@ mod tests {
         for i in 0..COMPACT_EVERY {
             commit(&dir, i, web_on("p1", i as u32, &[]));
         }
+        dir.wait_compaction();
         let bytes = fs::read(tmp.path().join("state.json")).unwrap();
         let (snap, sealed) = unseal::<Snapshot>(&bytes, true).unwrap();
         assert!(sealed);
