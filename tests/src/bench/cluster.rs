@@ -316,6 +316,15 @@ pub fn run(size: Size) -> Vec<Figure> {
             )
         }
     });
+    // The baseline of the leader's death: the same crash of the primary with every gateway alive.
+    let baseline = match crashes.all() {
+        Ok(runs) => format!(
+            "baseline in the same run: the primary's crash alone, every gateway on the backup after {:.0} ms (median of {})",
+            median(&runs.iter().map(|r| r.1).collect::<Vec<_>>()),
+            runs.len()
+        ),
+        Err(why) => format!("baseline (the primary's crash alone) not measured: {why}"),
+    };
     let mut deaths = Reps::new(reps);
     for rep in 0..reps {
         eprintln!("   cluster: leader-death repetition {} of {reps}", rep + 1);
@@ -332,7 +341,7 @@ pub fn run(size: Size) -> Vec<Figure> {
                 median(&all),
                 "ms",
                 format!(
-                    "median over {} run(s): the leader gateway's host and the primary die together (links down, the leader's ftn SIGKILLed), default config (lease_ttl 3 s, checks every 1 s, passive health on: clients probe every 10 ms through both survivors), until both survivors' status shows web on the backup: runs {:?} ms; a new leader seen after {:?} ms; longest interruption for new connections through each survivor {:?} ms. The handover waits for the dead leader's lease to expire (etcd grants at least 2 s)",
+                    "median over {} run(s): the leader gateway's host and the primary die together (links down, the leader's ftn SIGKILLed), default config (lease_ttl 3 s, checks every 1 s, passive health on: clients probe every 10 ms through both survivors), until both survivors' status shows web on the backup: runs {:?} ms; a new leader seen after {:?} ms; longest interruption for new connections through each survivor {:?} ms. The handover waits for the dead leader's lease to expire (etcd grants at least 2 s); {baseline}",
                     all.len(),
                     all.iter().map(|v| v.round()).collect::<Vec<_>>(),
                     leader.iter().map(|v| v.round()).collect::<Vec<_>>(),
