@@ -94,7 +94,7 @@ impl Engine {
     }
 
     fn diff_servers(&self, servers: &ServerSet, update: &mut Update, changes: &mut Vec<Change>) {
-        for (name, rec) in &servers.0 {
+        for (name, rec) in servers.maybe_changed() {
             let prev = self.snapshot.servers.get(name);
             if prev == Some(rec) {
                 continue;

@@ -21,11 +21,16 @@ use crate::directory::{ResourceRecord, Snapshot, Update};
 pub(super) struct ConfigIndex {
     pub(super) by_name: HashMap<String, usize>,
     pub(super) by_server: HashMap<String, Vec<usize>>,
+    /// Each server's index in `config.servers`.
+    pub(super) server_at: HashMap<String, usize>,
 }
 
 impl ConfigIndex {
     pub(super) fn new(config: &Config) -> ConfigIndex {
         let mut ix = ConfigIndex::default();
+        for (i, s) in config.servers.iter().enumerate() {
+            ix.server_at.insert(s.name.clone(), i);
+        }
         for (i, r) in config.resources.iter().enumerate() {
             ix.by_name.insert(r.name.clone(), i);
             for s in &r.servers {
@@ -81,7 +86,7 @@ impl Engine {
     pub(super) fn candidates(&self, servers: &ServerSet, pin: Option<&str>) -> Vec<usize> {
         let ix = &self.index;
         let mut out: Vec<usize> = Vec::new();
-        for (name, rec) in &servers.0 {
+        for (name, rec) in servers.maybe_changed() {
             if self.snapshot.servers.get(name) != Some(rec) {
                 out.extend(ix.by_server.get(name).into_iter().flatten());
             }

@@ -118,6 +118,9 @@ pub struct Engine {
     /// [`Engine::next_deadline`] as last computed ([`DEADLINE_UNKNOWN`] after a change of the
     /// snapshot or the configuration, [`DEADLINE_NONE`] for none).
     deadline: AtomicU64,
+    /// Servers observed since the last commit: with the drained ones, all an incremental plan
+    /// looks at among the servers.
+    observed: BTreeSet<String>,
 }
 
 const DEADLINE_UNKNOWN: u64 = u64::MAX;
@@ -178,6 +181,7 @@ impl Engine {
             health: HashMap::new(),
             full_due: AtomicBool::new(true),
             deadline: AtomicU64::new(DEADLINE_UNKNOWN),
+            observed: BTreeSet::new(),
         }
     }
 
@@ -207,10 +211,14 @@ impl Engine {
     /// must not decide from what it was told during an earlier leadership).
     pub fn clear_observations(&mut self) {
         self.health.clear();
+        self.observed.clear();
+        // What the engine was told before may differ from the records: look at everything.
+        self.full_due.store(true, Ordering::Relaxed);
     }
 
     /// Records a checker's verdict; the next [`Engine::plan`] acts on it.
     pub fn observe(&mut self, server: &str, obs: Observation) {
+        self.observed.insert(server.to_string());
         self.health.insert(server.to_string(), obs);
     }
 
@@ -226,6 +234,7 @@ impl Engine {
     /// The directory accepted `update` (the update of the last plan) at `revision`.
     pub fn committed(&mut self, update: &Update, revision: crate::directory::Revision) {
         self.forget_deadline();
+        self.observed.clear();
         self.snapshot.advance(update);
         debug_assert_eq!(self.snapshot.revision, revision);
         self.snapshot.revision = revision;
@@ -237,6 +246,7 @@ impl Engine {
     /// Starts over from the directory's record (after a failed or conflicting commit).
     pub fn resync(&mut self, snapshot: Snapshot) {
         self.forget_deadline();
+        self.observed.clear();
         self.displaced = index::displaced_of(&snapshot);
         self.snapshot = snapshot;
         self.full_due.store(true, Ordering::Relaxed);
@@ -348,7 +358,7 @@ impl Engine {
         full: bool,
     ) -> Result<Plan, ActionError> {
         let mut events: Vec<EventDraft> = Vec::new();
-        let servers = self.plan_servers(now_ms, action, &mut events)?;
+        let servers = self.plan_servers(now_ms, action, full, &mut events)?;
         let pin_request = self.switchover_request(action, &servers)?;
         let look_at = if full {
             None

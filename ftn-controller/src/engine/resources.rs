@@ -80,12 +80,19 @@ impl Engine {
         events: &mut Vec<EventDraft>,
     ) -> Result<ResourcePlan, ActionError> {
         let old = &self.snapshot;
-        let mut ids = IdAlloc::new(
-            old.resources.values().map(|r| r.id),
-            old.next_resource_id,
-            MAX_RESOURCES,
-            "resources",
-        );
+        // Built only when a new resource needs an id: it reads every record's.
+        let mut ids: Option<IdAlloc> = None;
+        let mut new_id = || {
+            ids.get_or_insert_with(|| {
+                IdAlloc::new(
+                    old.resources.values().map(|r| r.id),
+                    old.next_resource_id,
+                    MAX_RESOURCES,
+                    "resources",
+                )
+            })
+            .take()
+        };
         let mut plan = ResourcePlan {
             changed: Vec::new(),
             moved: Vec::new(),
@@ -109,7 +116,7 @@ impl Engine {
                 Some(p) => ResourceRecord::clone(p),
                 None => ResourceRecord {
                     name: rc.name.clone(),
-                    id: ids.take()?,
+                    id: new_id()?,
                     servers: rc.servers.clone(),
                     current: None,
                     pinned: None,

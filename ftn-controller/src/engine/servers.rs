@@ -1,5 +1,5 @@
 //! Phase 1 of a plan: every server's record (id, health, drain, what the dataplane holds).
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use ftn_common::MAX_SERVERS;
 
@@ -45,10 +45,26 @@ impl IdAlloc {
     }
 }
 
-/// The servers' records as they should be now, by name.
-pub(super) struct ServerSet(pub(super) BTreeMap<String, ServerRecord>);
+/// The servers' records as they should be now, by name, and the names whose records the plan
+/// may have changed (None: any of them, a full plan). The map starts as an O(1) copy of the
+/// snapshot's (a persistent map): an incremental plan copies only what it touches.
+pub(super) struct ServerSet(
+    pub(super) imbl::OrdMap<String, ServerRecord>,
+    pub(super) Option<BTreeSet<String>>,
+);
 
 impl ServerSet {
+    /// The records that may differ from the snapshot's, in name order.
+    pub(super) fn maybe_changed(&self) -> Vec<(&String, &ServerRecord)> {
+        match &self.1 {
+            None => self.0.iter().collect(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| self.0.get_key_value(n))
+                .collect(),
+        }
+    }
+
     /// Up and not drained: a resource may move to it.
     pub(super) fn eligible(&self, name: &str) -> bool {
         self.0
@@ -90,27 +106,88 @@ fn server_event(server: &str, kind: &str, message: String) -> EventDraft {
 
 impl Engine {
     /// Every configured server's record; `action`'s drain or undrain is validated and applied.
+    /// An incremental plan (`full` false) looks only at the servers that can have changed: those
+    /// observed since the last commit, the drained ones (a drain time runs out) and the target
+    /// of `action`; it gives the same records and events as the full pass over every server.
     pub(super) fn plan_servers(
         &self,
         now_ms: u64,
         action: Option<&Action>,
+        full: bool,
         events: &mut Vec<EventDraft>,
     ) -> Result<ServerSet, ActionError> {
-        let old = &self.snapshot;
         let drains = self.drain_request(now_ms, action)?;
+        if !full {
+            let mut scratch = Vec::new();
+            if let Some(set) = self.plan_some_servers(now_ms, &drains, &mut scratch) {
+                events.append(&mut scratch);
+                return Ok(set);
+            }
+        }
+        let old = &self.snapshot;
         let mut ids = IdAlloc::new(
             old.servers.values().map(|s| s.id),
             old.next_server_id,
             MAX_SERVERS,
             "servers",
         );
-        let mut servers = BTreeMap::new();
+        let mut servers = imbl::OrdMap::new();
         for sc in &self.config.servers {
-            let mut rec = match old.servers.get(&sc.name) {
+            let rec = match old.servers.get(&sc.name) {
                 Some(p) if p.address == sc.address => p.clone(),
                 prev => self.new_server_record(sc, prev, ids.take()?, now_ms, events),
             };
-            if let Some(o) = self.health.get(&sc.name) {
+            let rec = self.settle_server(rec, &drains, now_ms, events);
+            servers.insert(sc.name.clone(), rec);
+        }
+        Ok(ServerSet(servers, None))
+    }
+
+    /// [`Engine::plan_servers`] for the servers that can have changed; None when one of them
+    /// needs a new record (a new address: only a full plan gives ids).
+    fn plan_some_servers(
+        &self,
+        now_ms: u64,
+        drains: &HashMap<String, Option<u64>>,
+        events: &mut Vec<EventDraft>,
+    ) -> Option<ServerSet> {
+        let old = &self.snapshot;
+        let mut names: BTreeSet<String> = self.observed.clone();
+        names.extend(drains.keys().cloned());
+        names.extend(
+            old.servers
+                .values()
+                .filter(|s| s.drained_at_ms.is_some())
+                .map(|s| s.name.clone()),
+        );
+        // In configuration order, as the full pass emits its events.
+        let mut order: Vec<(usize, &String)> = names
+            .iter()
+            .filter_map(|n| self.index.server_at.get(n).map(|&i| (i, n)))
+            .collect();
+        order.sort_unstable();
+        let mut servers = old.servers.clone();
+        for (i, name) in order {
+            let sc = &self.config.servers[i];
+            let rec = old.servers.get(name).filter(|p| p.address == sc.address)?;
+            let rec = self.settle_server(rec.clone(), drains, now_ms, events);
+            servers.insert(name.clone(), rec);
+        }
+        Some(ServerSet(servers, Some(names)))
+    }
+
+    /// A server's record after its latest verdict, the operator's drain or undrain, and the
+    /// drain time.
+    fn settle_server(
+        &self,
+        mut rec: ServerRecord,
+        drains: &HashMap<String, Option<u64>>,
+        now_ms: u64,
+        events: &mut Vec<EventDraft>,
+    ) -> ServerRecord {
+        let name = rec.name.clone();
+        {
+            if let Some(o) = self.health.get(&name) {
                 let h = health_of(o);
                 if h != rec.health {
                     rec.health = h;
@@ -118,19 +195,18 @@ impl Engine {
                     rec.evidence = o.evidence.clone();
                     let state = if o.up { "up" } else { "down" };
                     events.push(server_event(
-                        &sc.name,
+                        &name,
                         &format!("server-{state}"),
-                        format!("server {} is {state}: {}", sc.name, o.evidence),
+                        format!("server {name} is {state}: {}", o.evidence),
                     ));
                 }
             }
-            if let Some(d) = drains.get(&sc.name) {
-                self.apply_drain(&mut rec, *d, now_ms, events);
-            }
-            self.update_dataplane_up(&mut rec, now_ms, events);
-            servers.insert(sc.name.clone(), rec);
         }
-        Ok(ServerSet(servers))
+        if let Some(d) = drains.get(&name) {
+            self.apply_drain(&mut rec, *d, now_ms, events);
+        }
+        self.update_dataplane_up(&mut rec, now_ms, events);
+        rec
     }
 
     /// The drain (`Some(now)`) or undrain (`None`) the operator asked for, by server.
