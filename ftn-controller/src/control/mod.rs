@@ -893,37 +893,78 @@ servers = ["p1", "b1"]
         assert!(state_diff(vec![srv(1, true)], vec![srv(1, true)]).is_empty());
     }
 
+    /// The whole controller on `CONFIG`, an embedded directory in a temporary directory and the
+    /// shared in-memory dataplane, its loop running.
+    struct Running {
+        tmp: tempfile::TempDir,
+        dp: Shared,
+        script: Arc<Script>,
+        req_tx: mpsc::Sender<Request>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        /// Kept open for the loop.
+        _channels: (
+            mpsc::Sender<()>,
+            mpsc::Sender<PassiveEvent>,
+            mpsc::Sender<ClusterEvent>,
+        ),
+    }
+
+    impl Running {
+        async fn start() -> Running {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut cfg = crate::config::parse(CONFIG, Path::new("t.toml")).unwrap();
+            cfg.directory = DirectoryConfig::Embedded {
+                path: tmp.path().into(),
+            };
+            let dir: Arc<dyn Directory> = Arc::new(EmbeddedDirectory::open(tmp.path()).unwrap());
+            let dp = Shared::default();
+            let script = Arc::new(Script::default());
+            let c = Controller::start_with_prober(
+                Arc::new(cfg),
+                dir,
+                MapSync::spawn(dp.clone()),
+                vec![],
+                false,
+                script.clone(),
+                None,
+            )
+            .await
+            .unwrap();
+            let (req_tx, req_rx) = mpsc::channel(8);
+            let (reload_tx, reload_rx) = mpsc::channel(1);
+            let (passive_tx, passive_rx) = mpsc::channel(1);
+            let shutdown = CancellationToken::new();
+            let (cluster_tx, cluster_rx) = mpsc::channel(1);
+            let task =
+                tokio::spawn(c.run(req_rx, reload_rx, passive_rx, cluster_rx, shutdown.clone()));
+            Running {
+                tmp,
+                dp,
+                script,
+                req_tx,
+                shutdown,
+                task,
+                _channels: (reload_tx, passive_tx, cluster_tx),
+            }
+        }
+    }
+
     /// A status is built off the engine task from inputs taken in O(1): inputs taken before
     /// a failover and still held (a scrape being built) neither block the failover nor see it
     /// (the engine's persistent maps copy only what the commit changed), fresh inputs show it,
     /// and the decision is timed from its verdict to the maps.
     #[tokio::test(start_paused = true)]
     async fn held_status_inputs_do_not_hold_up_or_see_a_failover() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut cfg = crate::config::parse(CONFIG, Path::new("t.toml")).unwrap();
-        cfg.directory = DirectoryConfig::Embedded {
-            path: tmp.path().into(),
-        };
-        let dir: Arc<dyn Directory> = Arc::new(EmbeddedDirectory::open(tmp.path()).unwrap());
-        let dp = Shared::default();
-        let script = Arc::new(Script::default());
-        let c = Controller::start_with_prober(
-            Arc::new(cfg),
-            dir,
-            MapSync::spawn(dp.clone()),
-            vec![],
-            false,
-            script.clone(),
-            None,
-        )
-        .await
-        .unwrap();
-        let (req_tx, req_rx) = mpsc::channel(8);
-        let (_reload_tx, reload_rx) = mpsc::channel(1);
-        let (_passive_tx, passive_rx) = mpsc::channel(1);
-        let shutdown = CancellationToken::new();
-        let (_cluster_tx, cluster_rx) = mpsc::channel(1);
-        let task = tokio::spawn(c.run(req_rx, reload_rx, passive_rx, cluster_rx, shutdown.clone()));
+        let Running {
+            tmp: _tmp,
+            dp,
+            script,
+            req_tx,
+            shutdown,
+            task,
+            ..
+        } = Running::start().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let held = {
             let (reply, rx) = oneshot::channel();
@@ -980,33 +1021,15 @@ servers = ["p1", "b1"]
 
     #[tokio::test(start_paused = true)]
     async fn failover_and_hold_failback_through_the_whole_controller() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut cfg = crate::config::parse(CONFIG, Path::new("t.toml")).unwrap();
-        cfg.directory = DirectoryConfig::Embedded {
-            path: tmp.path().into(),
-        };
-        let cfg = Arc::new(cfg);
-        let dir: Arc<dyn Directory> = Arc::new(EmbeddedDirectory::open(tmp.path()).unwrap());
-        let dp = Shared::default();
-        let sync = MapSync::spawn(dp.clone());
-        let script = Arc::new(Script::default());
-        let c = Controller::start_with_prober(
-            cfg,
-            dir.clone(),
-            sync,
-            vec![],
-            false,
-            script.clone(),
-            None,
-        )
-        .await
-        .unwrap();
-        let (req_tx, req_rx) = mpsc::channel(8);
-        let (_reload_tx, reload_rx) = mpsc::channel(1);
-        let (_passive_tx, passive_rx) = mpsc::channel(1);
-        let shutdown = CancellationToken::new();
-        let (_cluster_tx, cluster_rx) = mpsc::channel(1);
-        let task = tokio::spawn(c.run(req_rx, reload_rx, passive_rx, cluster_rx, shutdown.clone()));
+        let Running {
+            tmp,
+            dp,
+            script,
+            req_tx,
+            shutdown,
+            task,
+            ..
+        } = Running::start().await;
         let ids = status(&req_tx).await;
         let id = |n: &str| ids.servers.iter().find(|s| s.name == n).unwrap().id;
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -251,6 +251,17 @@ impl ListKeys for crate::dataplane::MemoryDataplane {
     }
 }
 
+/// Times each verdict of a batch whose writes all returned.
+fn record_verdicts(verdicts: &[SystemTime], st: &SyncStats) {
+    let now = SystemTime::now();
+    for at in verdicts {
+        // A clock stepped back between the two reads counts as 0.
+        let us = now.duration_since(*at).unwrap_or_default().as_micros();
+        st.verdict_to_maps
+            .record(u64::try_from(us).unwrap_or(u64::MAX));
+    }
+}
+
 /// Changes gathered for one write, and the times of the verdicts they carry out.
 #[derive(Default)]
 struct Pending {
@@ -266,12 +277,8 @@ fn flush<D: Dataplane>(dp: &mut D, pending: &mut Pending, st: &SyncStats) {
     match dp.apply(&pending.changes) {
         Ok(()) => {
             st.writes.fetch_add(pending.changes.len() as u64, Relaxed);
-            let now = SystemTime::now();
-            for at in &pending.verdicts {
-                // A clock stepped back between the two reads counts as 0.
-                let us = now.duration_since(*at).unwrap_or_default().as_micros();
-                st.verdict_to_maps
-                    .record(u64::try_from(us).unwrap_or(u64::MAX));
+            if !pending.verdicts.is_empty() {
+                record_verdicts(&pending.verdicts, st);
             }
         }
         Err((i, e)) => {

@@ -359,6 +359,56 @@ fn open_append(path: &Path, keep: u64, cut: &str) -> Result<File, DirectoryError
     Ok(f)
 }
 
+fn sync_dir(dir: &Path) -> Result<(), DirectoryError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Sets the log `name` aside as `aside` (replacing what was there) and puts a new empty one in
+/// its place, crash-safe: the new file is created and fsync'ed as `<name>.new` first, then two
+/// renames and a directory fsync (a crash between them leaves no `name`, which opening takes as
+/// empty, and a stray `.new`, which it removes). Returns the new file, open for appending. When
+/// the second rename fails the log is renamed back (the caller's handle follows the file); if
+/// even that fails the store is poisoned: the files no longer say what the handle writes.
+fn set_aside(
+    dir: &Path,
+    name: &str,
+    aside: &str,
+    poisoned: &mut Option<String>,
+) -> Result<File, DirectoryError> {
+    let current = dir.join(name);
+    let previous = dir.join(aside);
+    let fresh = dir.join(format!("{name}.new"));
+    File::create(&fresh)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&fresh))?;
+    fs::rename(&current, &previous).map_err(io_err(&previous))?;
+    if let Err(e) = fs::rename(&fresh, &current) {
+        if let Err(back) = fs::rename(&previous, &current) {
+            let why = format!("setting {name} aside: {e}; renaming {aside} back failed: {back}");
+            tracing::error!("directory store poisoned: {why}");
+            *poisoned = Some(why);
+        }
+        return Err(io_err(&current)(e));
+    }
+    sync_dir(dir)?;
+    OpenOptions::new()
+        .append(true)
+        .open(&current)
+        .map_err(io_err(&current))
+}
+
+/// Removes the `<name>.new` a [`set_aside`] interrupted by a crash left behind.
+fn remove_stray(dir: &Path, name: &str) -> Result<(), DirectoryError> {
+    let stray = dir.join(format!("{name}.new"));
+    match fs::remove_file(&stray) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(&stray)(e)),
+    }
+}
+
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DirectoryError> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let dst = dir.join(name);
@@ -368,10 +418,7 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DirectoryErr
         f.sync_all().map_err(io_err(&tmp))?;
     }
     fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    Ok(())
+    sync_dir(dir)
 }
 
 /// `state.json`, or an empty snapshot when there is none.
@@ -511,10 +558,7 @@ impl EmbeddedDirectory {
             tracing::info!(path = %old_wal.display(), "removing commits already in state.json (an interrupted compaction)");
             fs::remove_file(&old_wal).map_err(io_err(&old_wal))?;
         }
-        let stray = dir.join("wal.jsonl.new");
-        if stray.exists() {
-            fs::remove_file(&stray).map_err(io_err(&stray))?;
-        }
+        remove_stray(dir, "wal.jsonl")?;
         let mut events_cut: Vec<String> = events_scan.torn_desc().into_iter().collect();
         if uncommitted > 0 {
             events_cut.insert(
@@ -527,10 +571,7 @@ impl EmbeddedDirectory {
         }
         let events_file = open_append(&events_path, committed_end, &events_cut.join(", "))?;
         // A rotation interrupted before its second rename.
-        let stray = dir.join("events.jsonl.new");
-        if stray.exists() {
-            fs::remove_file(&stray).map_err(io_err(&stray))?;
-        }
+        remove_stray(dir, "events.jsonl")?;
         if let Some(e) = recent.back() {
             if snapshot.next_event > e.seq + 1 {
                 // The file ends before the events the directory numbered (its tail was removed

@@ -19,18 +19,43 @@ use crate::model::{family, ResourceMatch};
 /// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
 #[repr(C)]
 #[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub(super) struct BatchAttr {
+    pub(super) in_batch: u64,
+    pub(super) out_batch: u64,
+    pub(super) keys: u64,
+    pub(super) values: u64,
+    pub(super) count: u32,
+    pub(super) map_fd: u32,
+    pub(super) elem_flags: u64,
+    pub(super) flags: u64,
 }
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+pub(super) const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// One batch command of `bpf(2)` on `attr`; the kernel writes back `attr.count` (and, for a
+/// lookup, the out key).
+///
+/// # Safety
+/// Every pointer in `attr` must point to buffers of the sizes the command and `attr.count`
+/// imply for the map's key and value sizes, alive for the call.
+pub(super) unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; the caller vouches for
+    // the buffers it points to.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
 
 /// Writes `keys[i] -> values[i]` for every `i`, in order, in one syscall. `Err((n, e))`: the
 /// first `n` entries were written, entry `n` failed with `e` (later ones were not written).
@@ -60,22 +85,10 @@ pub fn update<K: Pod, V: Pod>(
         map_fd: fd as u32,
         ..BatchAttr::default()
     };
-    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; `keys` and `values` are
-    // `count` initialised `Pod` elements each, of the map's key and value sizes (checked by
-    // aya when the typed map was opened), alive for the call; the kernel writes back `count`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            size_of::<BatchAttr>(),
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(((attr.count as usize).min(keys.len()), e));
-    }
-    Ok(())
+    // SAFETY: `keys` and `values` are `count` initialised `Pod` elements each, of the map's
+    // key and value sizes (checked by aya when the typed map was opened), alive for the call.
+    unsafe { bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr) }
+        .map_err(|e| ((attr.count as usize).min(keys.len()), e))
 }
 
 impl AyaDataplane {

@@ -11,25 +11,10 @@ use aya::maps::{IterableMap as _, MapData};
 use aya::Pod;
 use ftn_common::{map_names, MAX_RESOURCES, MAX_SERVERS};
 
+use super::batch::{bpf_batch, BatchAttr, BPF_MAP_LOOKUP_BATCH};
 use super::{map_err, sum_res, sum_srv, AyaDataplane};
 use crate::dataplane::sync::{Counters, ReadCounters};
 use crate::dataplane::{DataplaneError, GlobalCounter, ResourceStats, ServerStats};
-
-/// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// Entries read per syscall: bounds the buffer (16,384 × CPUs × the value's size).
 const CHUNK: u32 = 16_384;
@@ -60,21 +45,12 @@ fn per_cpu_range<V: Pod + Default>(map: &MapData, n: u32, cpus: usize) -> io::Re
             map_fd: fd as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; `keys` holds at
-        // least `want` u32 keys and `values` `want × cpus` values of the map's value size (the
-        // typed map checked it when the dataplane was opened); `next` is a u32 key read and
-        // written by the kernel; all alive for the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>(),
-            )
-        };
+        // SAFETY: `keys` holds at least `want` u32 keys and `values` `want × cpus` values of
+        // the map's value size (the typed map checked it when the dataplane was opened);
+        // `next` is a u32 key read and written by the kernel; all alive for the call.
+        let r = unsafe { bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let got = attr.count.min(want) as usize;
-        if r < 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = r {
             // ENOENT: the end of the array (the entries read so far are in `values`).
             if e.raw_os_error() != Some(libc::ENOENT) {
                 return Err(e);

@@ -42,12 +42,6 @@ fn write_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<(), DirectoryError>
     write_atomic(dir, "state.json", &bytes)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), DirectoryError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
 /// Removes `path` if it exists, and syncs the directory.
 fn remove(dir: &Path, path: &Path) -> Result<(), DirectoryError> {
     match fs::remove_file(path) {
@@ -72,26 +66,7 @@ pub(super) fn start(dir: &Path, inner: &mut Inner) -> Result<(), DirectoryError>
     if old.exists() {
         return now(dir, inner);
     }
-    let current = dir.join("wal.jsonl");
-    let fresh = dir.join("wal.jsonl.new");
-    File::create(&fresh)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&fresh))?;
-    fs::rename(&current, &old).map_err(io_err(&old))?;
-    if let Err(e) = fs::rename(&fresh, &current) {
-        // Put the WAL back where commits append to it (the open handle follows the file).
-        if let Err(back) = fs::rename(&old, &current) {
-            let why = format!("compacting: {e}; renaming wal.1.jsonl back failed: {back}");
-            tracing::error!("directory store poisoned: {why}");
-            inner.poisoned = Some(why);
-        }
-        return Err(io_err(&current)(e));
-    }
-    sync_dir(dir)?;
-    inner.wal = OpenOptions::new()
-        .append(true)
-        .open(&current)
-        .map_err(io_err(&current))?;
+    inner.wal = set_aside(dir, "wal.jsonl", "wal.1.jsonl", &mut inner.poisoned)?;
     inner.wal_lines = 0;
     let snapshot = inner.snapshot.clone();
     let d = dir.to_path_buf();

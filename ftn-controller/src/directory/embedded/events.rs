@@ -106,36 +106,7 @@ pub(super) fn read_previous_events(
 /// empty one takes its place (see the module docs). Runs after a commit returned durable,
 /// under the store's lock, so the file holds committed events only.
 pub(super) fn rotate(dir: &Path, inner: &mut Inner) -> Result<(), DirectoryError> {
-    let current = dir.join("events.jsonl");
-    let previous = dir.join("events.1.jsonl");
-    let fresh = dir.join("events.jsonl.new");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&fresh)
-        .map_err(io_err(&fresh))?;
-    file.sync_all().map_err(io_err(&fresh))?;
-    fs::rename(&current, &previous).map_err(io_err(&previous))?;
-    if let Err(e) = fs::rename(&fresh, &current) {
-        // Put the log back where commits append to it (the open handle follows the
-        // file); if even that fails, the files no longer say what the handle writes.
-        if let Err(back) = fs::rename(&previous, &current) {
-            let why =
-                format!("rotating the event log: {e}; renaming events.1.jsonl back failed: {back}");
-            tracing::error!("directory store poisoned: {why}");
-            inner.poisoned = Some(why);
-        }
-        return Err(io_err(&current)(e));
-    }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    let file = OpenOptions::new()
-        .append(true)
-        .open(&current)
-        .map_err(io_err(&current))?;
-    inner.events = file;
+    inner.events = set_aside(dir, "events.jsonl", "events.1.jsonl", &mut inner.poisoned)?;
     tracing::info!(
         events = inner.events_in_file,
         "event log rotated: events.jsonl is now events.1.jsonl (the generation before it is gone)"
