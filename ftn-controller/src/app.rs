@@ -214,7 +214,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (cluster_tx, cluster_rx) = mpsc::channel(256);
     let cluster = etcd_dir
         .map(|(dir, ttl)| start_cluster(&config, dir, ttl, cluster_tx.clone(), shutdown.clone()));
-    let controller = Controller::start_with_prober(
+    let mut controller = Controller::start_with_prober(
         config.clone(),
         directory,
         sync.clone(),
@@ -230,6 +230,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // SAFETY: malloc_trim has no preconditions.
     unsafe {
         libc::malloc_trim(0);
+    }
+    if let Some(a) = &config.announce {
+        let table = crate::announce::kernel::KernelTable::open(a.table)
+            .context("opening a netlink socket for the announce table")?;
+        controller.set_announcer(crate::announce::Announcer::spawn(
+            Box::new(table),
+            a.table,
+            sync.shared_stats(),
+            adopted,
+            shutdown.clone(),
+        ));
     }
     let token = controller.token.clone();
     let (req_tx, req_rx) = mpsc::channel(64);

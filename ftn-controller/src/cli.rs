@@ -2,7 +2,7 @@
 //! from a configuration file that does not validate), calling it, and printing what it answers.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use ftn_controller::api::{self, Done, ErrorBody};
@@ -203,9 +203,36 @@ pub(crate) fn print_status(st: &Status) {
     print_resources(st);
     println!();
     print_servers(st);
+    if let Some(a) = &st.announce {
+        print_announce(a);
+    }
     if let Some(c) = &st.cluster {
         print_cluster(c);
     }
+}
+
+fn print_announce(a: &ftn_controller::announce::AnnounceStatus) {
+    println!();
+    let n = a.vips.iter().filter(|v| v.announced).count();
+    println!(
+        "announce (kernel table {}): {n} of {} VIPs announced{}",
+        a.table,
+        a.vips.len(),
+        match (&a.withheld, a.pending) {
+            (Some(why), true) => format!("; routes left as they were: {why}"),
+            (Some(why), false) => format!("; NOTHING announced: {why}"),
+            (None, _) => String::new(),
+        }
+    );
+    let mut rows = vec![["VIP".to_string(), "ANNOUNCED".into(), "WHY".into()]];
+    for v in &a.vips {
+        rows.push([
+            v.vip.to_string(),
+            if v.announced { "yes" } else { "no" }.into(),
+            v.why.clone(),
+        ]);
+    }
+    table(&rows);
 }
 
 fn print_resources(st: &Status) {
@@ -361,6 +388,53 @@ pub(crate) fn table<const N: usize>(rows: &[[String; N]]) {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
+}
+
+/// `ftn detach`'s configuration: the one named, or the default file when it exists.
+pub(crate) fn detach_config(
+    named: Option<PathBuf>,
+) -> anyhow::Result<Option<ftn_controller::config::Config>> {
+    let default = Path::new(ftn_controller::config::DEFAULT_CONFIG_PATH);
+    let path = match named {
+        Some(p) => p,
+        None if default.exists() => default.to_path_buf(),
+        None => return Ok(None),
+    };
+    let c = ftn_controller::config::load(&path)
+        .with_context(|| format!("ftn detach reads {} for [announce] and pin_dir; fix it, or name another file with --config", path.display()))?;
+    Ok(Some(c))
+}
+
+/// `ftn detach` with `[announce]`: refuses while `ftn run` answers on its API (it would announce
+/// again), withdraws every VIP route of the table, then waits `withdraw_wait`.
+pub(crate) async fn withdraw_for_detach(c: &ftn_controller::config::Config) -> anyhow::Result<()> {
+    let Some(a) = &c.announce else { return Ok(()) };
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        tokio::net::TcpStream::connect(c.api.listen),
+    )
+    .await;
+    if matches!(probe, Ok(Ok(_))) {
+        anyhow::bail!(
+            "ftn run is running (its API answers at {}): stop it first (systemctl stop ftn), or it would announce the VIPs again; nothing was withdrawn or detached",
+            c.api.listen
+        );
+    }
+    let n = ftn_controller::announce::withdraw_all(a.table)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "withdrawing the VIP routes of kernel table {}: {e}; nothing was detached",
+                a.table
+            )
+        })?;
+    println!(
+        "withdrew {n} VIP route(s) from kernel table {}; waiting {} (withdraw_wait) for the routing daemon to pass it on",
+        a.table,
+        humantime::format_duration(a.withdraw_wait)
+    );
+    tokio::time::sleep(a.withdraw_wait).await;
+    Ok(())
 }
 
 pub(crate) fn check_config(file: &Path) -> anyhow::Result<()> {

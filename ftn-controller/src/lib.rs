@@ -28,6 +28,7 @@ pub mod directory;
 pub mod dataplane;
 pub mod engine;
 pub mod links;
+pub mod announce;
 pub mod wire;
 pub mod control;
 pub mod api;

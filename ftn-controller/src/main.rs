@@ -104,12 +104,19 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Remove a pinned dataplane: detach XDP from its interfaces and delete its pinned maps.
-    /// Stop `ftn run` first; traffic to the VIPs is no longer forwarded by ftn afterwards.
+    /// Remove a pinned dataplane: withdraw the VIPs' routes (with `[announce]`), wait
+    /// `withdraw_wait` for the routing daemon to pass the withdrawal on, then detach XDP from its
+    /// interfaces and delete its pinned maps. Stop `ftn run` first; traffic to the VIPs is no
+    /// longer forwarded by this gateway afterwards.
     Detach {
-        /// Where the dataplane is pinned.
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        /// Where the dataplane is pinned (default: the configuration's gateway.pin_dir, else
+        /// /sys/fs/bpf/ftn).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// The gateway's configuration ([announce] and pin_dir are read from it). Default:
+        /// /etc/ftn/ftn.toml when it exists.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -186,7 +193,14 @@ fn main() -> anyhow::Result<()> {
             println!("{}", post(&t, "/v1/reload", serde_json::json!({})).await?);
             Ok(())
         }),
-        Command::Detach { pin_dir } => {
+        Command::Detach { pin_dir, config } => {
+            let config = detach_config(config)?;
+            if let Some(c) = &config {
+                rt.block_on(withdraw_for_detach(c))?;
+            }
+            let pin_dir = pin_dir
+                .or_else(|| config.as_ref().map(|c| c.gateway.pin_dir.clone()))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
             if !pin_dir.exists() {
                 println!("nothing pinned at {}", pin_dir.display());
                 return Ok(());

@@ -113,6 +113,9 @@ pub struct Status {
     pub verdicts_applied: u64,
     #[serde(default)]
     pub last_verdict_to_maps_us: Option<u64>,
+    /// The VIP routes for the routing daemon (`[announce]`; None without it).
+    #[serde(default)]
+    pub announce: Option<crate::announce::AnnounceStatus>,
 }
 
 /// `ftn status`: the gateways sharing the directory, as this gateway sees them.

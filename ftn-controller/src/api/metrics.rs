@@ -300,6 +300,9 @@ fn status_metrics(x: &mut Exposition, st: &Status) {
             (label("result", "refused"), st.reloads_failed),
         ],
     );
+    if let Some(a) = &st.announce {
+        announce_metrics(x, a);
+    }
     if let Some(c) = &st.cluster {
         x.gauge1(
             "ftn_cluster_leader",
@@ -334,6 +337,35 @@ fn status_metrics(x: &mut Exposition, st: &Status) {
             c.leaderships,
         );
     }
+}
+
+/// The VIP routes for the routing daemon.
+fn announce_metrics(x: &mut Exposition, a: &crate::announce::AnnounceStatus) {
+    x.gauge(
+        "ftn_vip_announced",
+        "1 while the VIP's route is in the announce table (the routing daemon exports it)",
+        a.vips
+            .iter()
+            .map(|v| (label("vip", &v.vip.to_string()), one(v.announced))),
+    );
+    x.gauge1(
+        "ftn_announce_withheld",
+        "1 while this gateway announces nothing (starting, an interface without XDP, etcd lost past etcd_grace)",
+        one(a.withheld.is_some()),
+    );
+    x.counter(
+        "ftn_announce_routes_total",
+        "VIP routes added to and removed from the announce table since start",
+        [
+            (label("change", "added"), a.routes_added),
+            (label("change", "removed"), a.routes_removed),
+        ],
+    );
+    x.counter1(
+        "ftn_announce_errors_total",
+        "Failed reads and writes of the announce table (retried every 500 ms)",
+        a.errors,
+    );
 }
 
 /// The health checks.
@@ -542,6 +574,7 @@ mod tests {
             dataplane_fault_suspected: true,
             verdicts_applied: 0,
             last_verdict_to_maps_us: None,
+            announce: None,
         }
     }
 

@@ -416,6 +416,7 @@ pub(super) struct RawResource {
     pub(super) failback: Failback,
     pub(super) drain: Duration,
     pub(super) on_no_server: NoServerAction,
+    pub(super) withdraw_without_server: bool,
     pub(super) table_span: Option<Span>,
 }
 
@@ -430,6 +431,7 @@ impl RawResource {
             failback: self.failback,
             drain: self.drain,
             on_no_server: self.on_no_server,
+            withdraw_without_server: self.withdraw_without_server,
             fragments: false,
         })
     }
@@ -445,6 +447,7 @@ pub(super) const RESOURCE_FIELDS: &[&str] = &[
     "hold",
     "drain",
     "on_no_server",
+    "withdraw_without_server",
 ];
 
 pub(super) fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<RawResource> {
@@ -470,6 +473,7 @@ pub(super) fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<
         failback: Failback::default(),
         drain: DEFAULT_DRAIN,
         on_no_server: NoServerAction::default(),
+        withdraw_without_server: true,
         table_span: item.span,
     };
     (raw.name, raw.name_span) = read_name(ctx, &t);
@@ -521,6 +525,11 @@ pub(super) fn read_resource(ctx: &mut Ctx, item: &Item, index: usize) -> Option<
             ],
         ) {
             raw.on_no_server = a;
+        }
+    }
+    if let Some(item) = t.get("withdraw_without_server") {
+        if let Some(b) = want_bool(ctx, item, &t.field("withdraw_without_server")) {
+            raw.withdraw_without_server = b;
         }
     }
     Some(raw)

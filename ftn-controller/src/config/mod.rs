@@ -85,6 +85,9 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     /// In file order.
     pub resources: Vec<ResourceConfig>,
+    /// `[announce]`: the VIP routes for the gateway's routing daemon; `None`: ftn announces
+    /// nothing.
+    pub announce: Option<AnnounceConfig>,
     /// The file this configuration was read from.
     pub source: PathBuf,
 }
@@ -316,6 +319,10 @@ pub struct ResourceConfig {
     #[serde(serialize_with = "ser::duration")]
     pub drain: Duration,
     pub on_no_server: NoServerAction,
+    /// With `[announce]`: withdraw the VIP while this resource has no live server (true), or
+    /// keep announcing it and let `on_no_server` answer (false). A VIP is announced while any
+    /// of its resources wants it.
+    pub withdraw_without_server: bool,
     /// Set (tcp and udp only) when this is the only resource on its (VIP, protocol): it also
     /// takes the fragments sent to the VIP on that protocol ([`Self::fragment_matcher`]).
     /// Derived from the whole configuration; not a field of the file.
@@ -561,6 +568,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+mod announce;
 mod inventory;
 mod service;
 #[cfg(test)]
@@ -568,9 +576,11 @@ mod tests;
 mod tree;
 mod validate;
 
+use announce::*;
 use inventory::*;
 use service::*;
 use tree::*;
 use validate::*;
 
+pub use announce::{AnnounceConfig, DEFAULT_ETCD_GRACE, DEFAULT_WITHDRAW_WAIT};
 pub use service::default_gateway_name;

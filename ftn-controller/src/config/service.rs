@@ -22,6 +22,7 @@ pub(super) const ROOT_FIELDS: &[&str] = &[
     "directory",
     "dataplane",
     "check_defaults",
+    "announce",
     "server",
     "resource",
 ];
@@ -52,6 +53,11 @@ pub(super) fn read_config(ctx: &mut Ctx, root: &Item, path: &Path) -> Option<Con
     let dataplane = match root.get("dataplane") {
         Some(item) => want_table(ctx, item, "dataplane".into()).map(|t| read_dataplane(ctx, &t)),
         None => Some(DataplaneConfig::default()),
+    };
+    // `Some(None)`: no `[announce]`; `None`: one with problems.
+    let announce = match root.get("announce") {
+        Some(item) => want_table(ctx, item, "announce".into()).map(|t| read_announce(ctx, &t)),
+        None => Some(None),
     };
     let check_defaults = match root.get("check_defaults") {
         Some(item) => match want_table(ctx, item, "check_defaults".into()) {
@@ -97,6 +103,7 @@ pub(super) fn read_config(ctx: &mut Ctx, root: &Item, path: &Path) -> Option<Con
         dataplane: dataplane?,
         servers,
         resources,
+        announce: announce?,
         source: path.to_path_buf(),
     })
 }

@@ -250,6 +250,7 @@ fn full_example_parses_with_values_and_defaults() {
             failback: Failback::Immediate,
             drain: Duration::from_secs(5),
             on_no_server: NoServerAction::Reject,
+            withdraw_without_server: true,
             fragments: true,
         }
     );
@@ -410,7 +411,7 @@ fn unknown_field_is_reported_with_line_and_expected_fields() {
     single(
         &with_gateway("[servers]\nname = \"x\"\n"),
         "servers",
-        "unknown field `servers`, expected one of `gateway`, `api`, `directory`, `dataplane`, `check_defaults`, `server`, `resource` (did you mean `server`?)",
+        "unknown field `servers`, expected one of `gateway`, `api`, `directory`, `dataplane`, `check_defaults`, `announce`, `server`, `resource` (did you mean `server`?)",
         "[servers]",
     );
     single(
@@ -1621,4 +1622,80 @@ fn thousands_of_problems_are_reported_without_rescanning_the_file() {
         "{last:?}"
     );
     assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn announce_is_read_with_its_defaults_and_every_mistake_is_named() {
+    let c = ok(&with_gateway(
+        "[announce]\nmechanism = \"kernel-table\"\ntable = 100\n",
+    ));
+    assert_eq!(
+        c.announce,
+        Some(AnnounceConfig {
+            table: 100,
+            etcd_grace: Some(DEFAULT_ETCD_GRACE),
+            withdraw_wait: DEFAULT_WITHDRAW_WAIT,
+        })
+    );
+    assert_eq!(ok(GATEWAY).announce, None);
+    let c = ok(&with_gateway(
+        "[announce]\nmechanism = \"kernel-table\"\ntable = 4000000000\netcd_grace = \"never\"\nwithdraw_wait = \"0s\"\n",
+    ));
+    let a = c.announce.unwrap();
+    assert_eq!(
+        (a.table, a.etcd_grace, a.withdraw_wait),
+        (4_000_000_000, None, Duration::ZERO)
+    );
+    let text = with_gateway("[announce]\ntable = 100\n");
+    single(
+        &text,
+        "announce.mechanism",
+        "missing field `mechanism`",
+        "[announce]",
+    );
+    let text = with_gateway("[announce]\nmechanism = \"bgp\"\ntable = 100\n");
+    single(
+        &text,
+        "announce.mechanism",
+        "unknown value \"bgp\", expected one of \"kernel-table\"",
+        "mechanism",
+    );
+    let text = with_gateway("[announce]\nmechanism = \"kernel-table\"\ntable = 254\n");
+    single(
+        &text,
+        "announce.table",
+        "table 254 is one of the kernel's own",
+        "table = 254",
+    );
+    let text = with_gateway("[announce]\nmechanism = \"kernel-table\"\ntable = 0\n");
+    single(
+        &text,
+        "announce.table",
+        "must be at least 1, got 0",
+        "table = 0",
+    );
+    let text = with_gateway(
+        "[announce]\nmechanism = \"kernel-table\"\ntable = 100\netcd_grace = \"2h\"\n",
+    );
+    single(
+        &text,
+        "announce.etcd_grace",
+        "must be at most 1h",
+        "etcd_grace",
+    );
+    let text =
+        with_gateway("[announce]\nmechanism = \"kernel-table\"\ntable = 100\ngrace = \"2s\"\n");
+    single(&text, "announce.grace", "unknown field", "grace");
+    let text = with_gateway(&format!(
+        "{}withdraw_without_server = \"no\"\n",
+        resource("web", "198.18.100.1", "tcp", "ports = [80]\n", "[]")
+    ));
+    let e = err(&text);
+    assert!(
+        e.problems
+            .iter()
+            .any(|p| p.field == "resource \"web\".withdraw_without_server"
+                && p.message.contains("expected a boolean (true or false)")),
+        "{e}"
+    );
 }

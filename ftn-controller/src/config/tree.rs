@@ -346,6 +346,16 @@ pub(super) fn want_int(ctx: &mut Ctx, item: &Item, field: &str) -> Option<i64> {
     }
 }
 
+pub(super) fn want_bool(ctx: &mut Ctx, item: &Item, field: &str) -> Option<bool> {
+    match item.node {
+        Node::Bool(v) => Some(v),
+        _ => {
+            wrong_type(ctx, item, field, "a boolean (true or false)");
+            None
+        }
+    }
+}
+
 pub(super) fn want_array<'a>(ctx: &mut Ctx, item: &'a Item, field: &str) -> Option<&'a [Item]> {
     match &item.node {
         Node::Array(a) => Some(a),

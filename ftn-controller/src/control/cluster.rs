@@ -244,6 +244,7 @@ impl Controller {
         );
         self.sync.apply(changes);
         self.publish_applied().await;
+        self.announce();
     }
 
     /// Another gateway's commit of the next revision: only what it changed goes into the
@@ -262,6 +263,7 @@ impl Controller {
                 );
                 self.sync.apply(changes);
                 self.publish_applied().await;
+                self.announce();
             }
             None => {
                 let Some(cv) = &self.cluster else { return };
@@ -281,8 +283,12 @@ impl Controller {
                         tracing::info!("etcd answers again: catching up with the directory");
                     }
                 }
+                let changed = cv.etcd_ok != connected;
                 cv.etcd_ok = connected;
                 cv.etcd_error = error;
+                if changed {
+                    self.announce();
+                }
             }
             ClusterEvent::Leader { name, fence } => {
                 let was = cv.fence;

@@ -153,6 +153,10 @@ pub struct Controller {
     pub token: Arc<std::sync::RwLock<Option<String>>>,
     /// Set with a shared (etcd) directory.
     cluster: Option<ClusterView>,
+    /// Set with `[announce]` ([`Controller::set_announcer`]).
+    announcer: Option<crate::announce::Announcer>,
+    /// The maps hold the directory (its first full write at start succeeded).
+    maps_ready: bool,
 }
 
 fn spec(c: &config::CheckConfig) -> CheckSpec {
@@ -229,6 +233,8 @@ impl Controller {
             prober,
             token: Arc::new(std::sync::RwLock::new(config.api.token.clone())),
             cluster,
+            announcer: None,
+            maps_ready: false,
         };
         // With a shared directory only the leader writes (once elected): this gateway's maps
         // just get the directory's state. Alone, the first plan and the start are recorded.
@@ -261,9 +267,30 @@ impl Controller {
         c.sync.resync(c.engine.desired()).await.map_err(|e| {
             anyhow::anyhow!("writing the directory's state into the dataplane: {e}")
         })?;
+        c.maps_ready = true;
         c.sync_checkers();
         c.publish_applied().await;
         Ok(c)
+    }
+
+    /// From now on the announcer learns of every change that decides what to announce.
+    pub fn set_announcer(&mut self, a: crate::announce::Announcer) {
+        self.announcer = Some(a);
+        self.announce();
+    }
+
+    /// Hands the announcer the newest inputs (O(1): the resources are a persistent map).
+    fn announce(&self) {
+        let Some(a) = &self.announcer else { return };
+        a.update(crate::announce::Inputs {
+            config: self.engine.config().clone(),
+            resources: self.engine.snapshot().resources.clone(),
+            maps_ready: self.maps_ready,
+            etcd: self
+                .cluster
+                .as_ref()
+                .map(|cv| (cv.etcd_ok, cv.etcd_since_ms)),
+        });
     }
 
     /// (Re)starts checkers so that exactly the configured servers are checked with their
@@ -403,6 +430,7 @@ impl Controller {
                     *self.failovers.entry(r.clone()).or_default() += 1;
                 }
                 self.publish_applied().await;
+                self.announce();
                 Ok(if plan.update.events.is_empty() {
                     format!("directory at revision {rev}")
                 } else {

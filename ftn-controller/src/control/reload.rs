@@ -117,6 +117,9 @@ impl Controller {
         if new.directory != old.directory {
             restart_only.push("[directory]");
         }
+        if new.announce.as_ref().map(|a| a.table) != old.announce.as_ref().map(|a| a.table) {
+            restart_only.push("[announce] (its presence or table)");
+        }
         if new.api.listen != old.api.listen {
             restart_only.push("api.listen");
         }
@@ -169,6 +172,7 @@ impl Controller {
                     let _ = Box::pin(self.step(None)).await;
                 }
                 self.sync_checkers();
+                self.announce();
                 let changes = config_changes(&old, &new);
                 Ok(match (summary.as_str(), changes.is_empty()) {
                     (_, true) => summary,

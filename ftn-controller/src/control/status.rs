@@ -59,6 +59,7 @@ pub struct StatusInputs {
     now_ms: u64,
     cluster: Option<ClusterStatus>,
     sync: MapSync,
+    announcer: Option<crate::announce::Announcer>,
 }
 
 impl Controller {
@@ -81,6 +82,7 @@ impl Controller {
             now_ms: self.clock.now_ms(),
             cluster: self.cluster.as_ref().map(cluster_status),
             sync: self.sync.clone(),
+            announcer: self.announcer.clone(),
         }
     }
 }
@@ -112,6 +114,15 @@ impl StatusInputs {
         for i in &interface_states {
             warnings.extend(forwarding_warning(&i.name, v6));
         }
+        let announce = self.announcer.as_ref().map(|a| a.status());
+        if let Some(a) = &announce {
+            if let (Some(why), false) = (&a.withheld, a.pending) {
+                warnings.push(format!("announcing no VIP: {why}"));
+            }
+            if let Some(e) = &a.last_error {
+                warnings.push(format!("the announce table cannot be written: {e}"));
+            }
+        }
         let v = &stats.verdict_to_maps;
         let verdicts_applied = v.count.load(Relaxed);
         let plain = |m: &imbl::HashMap<String, u64>| -> HashMap<String, u64> {
@@ -138,6 +149,7 @@ impl StatusInputs {
             dataplane_fault_suspected: dataplane_fault.is_some(),
             verdicts_applied,
             last_verdict_to_maps_us: (verdicts_applied > 0).then(|| v.last_us.load(Relaxed)),
+            announce,
         }
     }
 

@@ -217,6 +217,11 @@ impl MapSync {
     pub fn stats(&self) -> &SyncStats {
         &self.stats
     }
+
+    /// The same counters, as a handle of its own (the announcer reads the interfaces).
+    pub fn shared_stats(&self) -> Arc<SyncStats> {
+        self.stats.clone()
+    }
 }
 
 impl ListKeys for AyaDataplane {

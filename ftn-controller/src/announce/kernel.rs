@@ -1,0 +1,121 @@
+//! The kernel routing table behind [`super::RouteTable`]: rtnetlink requests on a socket of the
+//! announcer's own.
+//!
+//! Each VIP is a host route (/32, /128) of type `blackhole` with protocol [`ROUTE_PROTOCOL`] in
+//! `[announce] table`. The table is never consulted for forwarding (no `ip rule` points at it;
+//! XDP rewrites the VIP's packets before the kernel routes them): it is only the list the
+//! routing daemon exports. `blackhole` makes the list harmless if a rule ever did point at it,
+//! and needs no interface. Routes of other protocols in the table are never touched.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use futures_util::TryStreamExt as _;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+/// The routing protocol number of ftn's routes (`ip route show table 100 proto 250`; name it in
+/// /etc/iproute2/rt_protos.d/ftn.conf: `250 ftn`). Not one of the numbers iproute2 names.
+pub const ROUTE_PROTOCOL: u8 = 250;
+
+pub struct KernelTable {
+    handle: Handle,
+    table: u32,
+}
+
+impl KernelTable {
+    /// Opens a netlink socket (its connection runs as a task on the current runtime).
+    pub fn open(table: u32) -> std::io::Result<KernelTable> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(KernelTable { handle, table })
+    }
+
+    fn message(&self, vip: IpAddr) -> RouteMessage {
+        match vip {
+            IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .table_id(self.table)
+                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                .kind(RouteType::BlackHole)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .table_id(self.table)
+                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                .kind(RouteType::BlackHole)
+                .build(),
+        }
+    }
+
+    /// The route's table (the header's byte, or the attribute for tables past 255).
+    fn table_of(m: &RouteMessage) -> u32 {
+        m.attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(m.header.table))
+    }
+
+    fn host_route(m: &RouteMessage) -> Option<IpAddr> {
+        let dst = m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+            _ => None,
+        })?;
+        let full = match dst {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        (m.header.destination_prefix_length == full).then_some(dst)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::RouteTable for KernelTable {
+    async fn list(&mut self) -> Result<BTreeSet<IpAddr>, String> {
+        let mut out = BTreeSet::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut filter = RouteMessage::default();
+            filter.header.address_family = family;
+            let mut routes = self.handle.route().get(filter).execute();
+            while let Some(m) = routes.try_next().await.map_err(|e| e.to_string())? {
+                if Self::table_of(&m) != self.table
+                    || m.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL)
+                {
+                    continue;
+                }
+                if let Some(vip) = Self::host_route(&m) {
+                    out.insert(vip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn add(&mut self, vip: IpAddr) -> Result<(), String> {
+        let m = self.message(vip);
+        self.handle
+            .route()
+            .add(m)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn remove(&mut self, vip: IpAddr) -> Result<(), String> {
+        let m = self.message(vip);
+        match self.handle.route().del(m).execute().await {
+            Ok(()) => Ok(()),
+            // Already gone (removed by hand): what was wanted.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
