@@ -233,6 +233,12 @@ fn print_announce(a: &ftn_controller::announce::AnnounceStatus) {
         ]);
     }
     table(&rows);
+    for (p, on) in &a.return_routes {
+        println!(
+            "return route {p}: {}",
+            if *on { "announced" } else { "not announced" }
+        );
+    }
 }
 
 fn print_resources(st: &Status) {
@@ -429,7 +435,7 @@ pub(crate) async fn withdraw_for_detach(c: &ftn_controller::config::Config) -> a
             )
         })?;
     println!(
-        "withdrew {n} VIP route(s) from kernel table {}; waiting {} (withdraw_wait) for the routing daemon to pass it on",
+        "withdrew {n} route(s) from kernel table {}; waiting {} (withdraw_wait) for the routing daemon to pass it on",
         a.table,
         humantime::format_duration(a.withdraw_wait)
     );

@@ -284,3 +284,76 @@ mod tests {
         assert_eq!(ResourceMatch::from_key(&m4.to_key()), Some(m4));
     }
 }
+
+/// An IP prefix (`198.18.20.0/24`, `2001:2::/48`, a host route `198.18.100.1/32`): no bits set
+/// past the length. Written and read as `address/length`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The host route of `addr` (/32 or /128).
+    pub fn host(addr: IpAddr) -> Prefix {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Prefix { addr, len }
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.len == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Prefix, String> {
+        let (a, l) = s.split_once('/').ok_or_else(|| {
+            format!("{s:?} is not a prefix: write address/length, e.g. 198.18.20.0/24")
+        })?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address (in prefix {s:?})"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{l:?} is not a prefix length of {s:?} (0 to {max})"))?;
+        let bits = match addr {
+            IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+            IpAddr::V6(a) => u128::from(a),
+        };
+        let host_bits = match len {
+            0 => bits,
+            128.. => 0,
+            _ => bits << len,
+        };
+        if host_bits != 0 {
+            return Err(format!(
+                "{s:?} has bits set past its length /{len} (the network is written with them clear)"
+            ));
+        }
+        Ok(Prefix { addr, len })
+    }
+}
+
+impl serde::Serialize for Prefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -144,14 +144,14 @@ fn check_member(i: usize) {
 }
 
 /// A handle on a namespace owned elsewhere (never deleted by this handle).
-fn borrowed_ns(name: &str) -> std::mem::ManuallyDrop<Netns> {
+pub(crate) fn borrowed_ns(name: &str) -> std::mem::ManuallyDrop<Netns> {
     std::mem::ManuallyDrop::new(Netns {
         name: name.to_string(),
     })
 }
 
 /// A directory removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -161,7 +161,7 @@ impl Drop for TempDir {
 
 /// Runs `cmd` in the network namespace `ns` with `nsenter --net` (not `ip netns exec`, which
 /// remounts /sys).
-fn nsenter(ns: &str, program: &str) -> Command {
+pub(crate) fn nsenter(ns: &str, program: &str) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/run/netns/{ns}"))
         .arg("--")
@@ -207,7 +207,7 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    fn new(ns: &Netns, dir: &Path) -> Etcd {
+    pub(crate) fn new(ns: &Netns, dir: &Path) -> Etcd {
         let members = (1..=MEMBERS)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -269,7 +269,7 @@ impl Etcd {
 
     /// Forms the cluster (`--initial-cluster-state new`) and waits until every member is
     /// healthy (30 s at most).
-    fn start_new(&mut self) -> Duration {
+    pub(crate) fn start_new(&mut self) -> Duration {
         for i in 1..=MEMBERS {
             self.spawn(i, "new");
         }

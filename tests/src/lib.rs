@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod frames;
 pub mod ftn;
 pub mod gateway;
+pub mod ha;
 pub mod lab;
 pub mod timing;
 

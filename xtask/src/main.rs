@@ -29,6 +29,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // The shared directory's tests run a real etcd cluster.
     ("etcd-server", "etcd"),
     ("etcd-client", "etcdctl"),
+    // The gateway high-availability lab: BIRD 2 on the upstream router, the gateways and the
+    // servers (BGP with BFD).
+    ("bird2", "bird"),
     // No protobuf package: etcd-client (the crate) compiles etcd's protobuf definitions with the
     // protoc that the protoc-bin-vendored crate brings (tools/protoc, .cargo/config.toml).
 ];

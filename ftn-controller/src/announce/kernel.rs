@@ -1,14 +1,16 @@
 //! The kernel routing table behind [`super::RouteTable`]: rtnetlink requests on a socket of the
 //! announcer's own.
 //!
-//! Each VIP is a host route (/32, /128) of type `blackhole` with protocol [`ROUTE_PROTOCOL`] in
-//! `[announce] table`. The table is never consulted for forwarding (no `ip rule` points at it;
+//! Each VIP is a host route (/32, /128), each of `[announce] return_routes` a route of its
+//! prefix, of type `blackhole` with protocol [`ROUTE_PROTOCOL`] in `[announce] table`. The table is never consulted for forwarding (no `ip rule` points at it;
 //! XDP rewrites the VIP's packets before the kernel routes them): it is only the list the
 //! routing daemon exports. `blackhole` makes the list harmless if a rule ever did point at it,
 //! and needs no interface. Routes of other protocols in the table are never touched.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+
+use crate::model::Prefix;
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::packet_route::route::{
@@ -34,16 +36,16 @@ impl KernelTable {
         Ok(KernelTable { handle, table })
     }
 
-    fn message(&self, vip: IpAddr) -> RouteMessage {
-        match vip {
+    fn message(&self, p: Prefix) -> RouteMessage {
+        match p.addr {
             IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .destination_prefix(a, 32)
+                .destination_prefix(a, p.len)
                 .table_id(self.table)
                 .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
                 .kind(RouteType::BlackHole)
                 .build(),
             IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(a, 128)
+                .destination_prefix(a, p.len)
                 .table_id(self.table)
                 .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
                 .kind(RouteType::BlackHole)
@@ -62,23 +64,27 @@ impl KernelTable {
             .unwrap_or(u32::from(m.header.table))
     }
 
-    fn host_route(m: &RouteMessage) -> Option<IpAddr> {
-        let dst = m.attributes.iter().find_map(|a| match a {
+    fn prefix(m: &RouteMessage) -> Option<Prefix> {
+        let addr = m.attributes.iter().find_map(|a| match a {
             RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
             RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
             _ => None,
-        })?;
-        let full = match dst {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => 128,
-        };
-        (m.header.destination_prefix_length == full).then_some(dst)
+        });
+        // A default route carries no destination attribute.
+        let addr = addr.unwrap_or(match m.header.address_family {
+            AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        });
+        Some(Prefix {
+            addr,
+            len: m.header.destination_prefix_length,
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl super::RouteTable for KernelTable {
-    async fn list(&mut self) -> Result<BTreeSet<IpAddr>, String> {
+    async fn list(&mut self) -> Result<BTreeSet<Prefix>, String> {
         let mut out = BTreeSet::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut filter = RouteMessage::default();
@@ -90,16 +96,16 @@ impl super::RouteTable for KernelTable {
                 {
                     continue;
                 }
-                if let Some(vip) = Self::host_route(&m) {
-                    out.insert(vip);
+                if let Some(p) = Self::prefix(&m) {
+                    out.insert(p);
                 }
             }
         }
         Ok(out)
     }
 
-    async fn add(&mut self, vip: IpAddr) -> Result<(), String> {
-        let m = self.message(vip);
+    async fn add(&mut self, p: Prefix) -> Result<(), String> {
+        let m = self.message(p);
         self.handle
             .route()
             .add(m)
@@ -109,8 +115,8 @@ impl super::RouteTable for KernelTable {
             .map_err(|e| e.to_string())
     }
 
-    async fn remove(&mut self, vip: IpAddr) -> Result<(), String> {
-        let m = self.message(vip);
+    async fn remove(&mut self, p: Prefix) -> Result<(), String> {
+        let m = self.message(p);
         match self.handle.route().del(m).execute().await {
             Ok(()) => Ok(()),
             // Already gone (removed by hand): what was wanted.

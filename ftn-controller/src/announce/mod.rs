@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::dataplane::sync::SyncStats;
 use crate::directory::ResourceRecord;
+use crate::model::Prefix;
 
 /// The table is compared with what is wanted at least this often.
 pub const RECHECK: Duration = Duration::from_secs(2);
@@ -45,10 +46,10 @@ pub const RETRY: Duration = Duration::from_millis(500);
 /// The routing table ftn writes to, seen as a set of host routes.
 #[async_trait::async_trait]
 pub trait RouteTable: Send {
-    /// The VIP routes of ftn's protocol in the table now.
-    async fn list(&mut self) -> Result<BTreeSet<IpAddr>, String>;
-    async fn add(&mut self, vip: IpAddr) -> Result<(), String>;
-    async fn remove(&mut self, vip: IpAddr) -> Result<(), String>;
+    /// The routes of ftn's protocol in the table now.
+    async fn list(&mut self) -> Result<BTreeSet<Prefix>, String>;
+    async fn add(&mut self, route: Prefix) -> Result<(), String>;
+    async fn remove(&mut self, route: Prefix) -> Result<(), String>;
 }
 
 /// What the announcer decides from; the controller sends a new one after every change.
@@ -81,6 +82,9 @@ pub struct AnnounceStatus {
     /// Why the gateway announces nothing now (`None`: it may announce).
     pub withheld: Option<String>,
     pub vips: Vec<VipState>,
+    /// `[announce] return_routes`, with whether each is in the table now.
+    #[serde(default)]
+    pub return_routes: Vec<(Prefix, bool)>,
     /// Routes added and removed since start.
     pub routes_added: u64,
     pub routes_removed: u64,
@@ -166,12 +170,12 @@ pub fn wanted(
         .collect()
 }
 
-/// Removes every VIP route of ftn's protocol from `table` (`ftn detach`); returns how many.
+/// Removes every route of ftn's protocol from `table` (`ftn detach`); returns how many.
 pub async fn withdraw_all(table: u32) -> Result<usize, String> {
     let mut t = kernel::KernelTable::open(table).map_err(|e| format!("netlink socket: {e}"))?;
     let have = t.list().await?;
-    for vip in &have {
-        t.remove(*vip).await?;
+    for route in &have {
+        t.remove(*route).await?;
     }
     Ok(have.len())
 }
@@ -280,14 +284,24 @@ impl Task {
             return true;
         }
         let mut vips = wanted(&inputs.config, &inputs.resources);
-        let want: BTreeSet<IpAddr> = if withheld.is_some() {
+        let returns = inputs
+            .config
+            .announce
+            .as_ref()
+            .map(|a| a.return_routes.clone())
+            .unwrap_or_default();
+        let want: BTreeSet<Prefix> = if withheld.is_some() {
             BTreeSet::new()
         } else {
-            vips.iter().filter(|v| v.wanted).map(|v| v.vip).collect()
+            vips.iter()
+                .filter(|v| v.wanted)
+                .map(|v| Prefix::host(v.vip))
+                .chain(returns.iter().copied())
+                .collect()
         };
         let (ok, have) = self.reconcile(&want).await;
         for v in &mut vips {
-            v.announced = have.contains(&v.vip);
+            v.announced = have.contains(&Prefix::host(v.vip));
         }
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if st.withheld != withheld {
@@ -299,6 +313,7 @@ impl Task {
         }
         st.withheld = withheld;
         st.vips = vips;
+        st.return_routes = returns.iter().map(|r| (*r, have.contains(r))).collect();
         st.pending = false;
         if let Some(a) = &inputs.config.announce {
             st.table = a.table;
@@ -308,7 +323,7 @@ impl Task {
 
     /// Adds the wanted routes the table lacks and removes the ones it should not have; returns
     /// whether every write worked, and the table's routes afterwards (as far as known).
-    async fn reconcile(&mut self, want: &BTreeSet<IpAddr>) -> (bool, BTreeSet<IpAddr>) {
+    async fn reconcile(&mut self, want: &BTreeSet<Prefix>) -> (bool, BTreeSet<Prefix>) {
         let mut have = match self.table.list().await {
             Ok(h) => h,
             Err(e) => {
@@ -318,29 +333,29 @@ impl Task {
         };
         let mut ok = true;
         // Withdrawals first: a gateway that must stop serving stops before anything else.
-        for vip in have.difference(want).copied().collect::<Vec<_>>() {
-            match self.table.remove(vip).await {
+        for route in have.difference(want).copied().collect::<Vec<_>>() {
+            match self.table.remove(route).await {
                 Ok(()) => {
-                    have.remove(&vip);
-                    tracing::info!(%vip, "VIP withdrawn");
+                    have.remove(&route);
+                    tracing::info!(%route, "route withdrawn");
                     self.count(false);
                 }
                 Err(e) => {
                     ok = false;
-                    self.error(format!("withdrawing {vip}: {e}"));
+                    self.error(format!("withdrawing {route}: {e}"));
                 }
             }
         }
-        for vip in want.difference(&have.clone()).copied().collect::<Vec<_>>() {
-            match self.table.add(vip).await {
+        for route in want.difference(&have.clone()).copied().collect::<Vec<_>>() {
+            match self.table.add(route).await {
                 Ok(()) => {
-                    have.insert(vip);
-                    tracing::info!(%vip, "VIP announced");
+                    have.insert(route);
+                    tracing::info!(%route, "route announced");
                     self.count(true);
                 }
                 Err(e) => {
                     ok = false;
-                    self.error(format!("announcing {vip}: {e}"));
+                    self.error(format!("announcing {route}: {e}"));
                 }
             }
         }

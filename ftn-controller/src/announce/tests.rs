@@ -10,6 +10,7 @@ interfaces = ["gw0"]
 mechanism = "kernel-table"
 table = 100
 etcd_grace = "300ms"
+return_routes = ["198.18.20.0/24"]
 
 [[server]]
 name = "p1"
@@ -161,32 +162,41 @@ fn the_gateway_withholds_while_starting_detached_or_cut_off_from_etcd_past_the_g
 
 /// A table in memory (what the kernel table holds), shared with the test.
 #[derive(Clone, Default)]
-struct MemoryTable(Arc<Mutex<BTreeSet<IpAddr>>>);
+struct MemoryTable(Arc<Mutex<BTreeSet<Prefix>>>);
 
 #[async_trait::async_trait]
 impl RouteTable for MemoryTable {
-    async fn list(&mut self) -> Result<BTreeSet<IpAddr>, String> {
+    async fn list(&mut self) -> Result<BTreeSet<Prefix>, String> {
         Ok(self.0.lock().unwrap().clone())
     }
-    async fn add(&mut self, vip: IpAddr) -> Result<(), String> {
-        self.0.lock().unwrap().insert(vip);
+    async fn add(&mut self, route: Prefix) -> Result<(), String> {
+        self.0.lock().unwrap().insert(route);
         Ok(())
     }
-    async fn remove(&mut self, vip: IpAddr) -> Result<(), String> {
-        self.0.lock().unwrap().remove(&vip);
+    async fn remove(&mut self, route: Prefix) -> Result<(), String> {
+        self.0.lock().unwrap().remove(&route);
         Ok(())
     }
 }
 
 impl MemoryTable {
-    fn holds(&self) -> Vec<IpAddr> {
-        self.0.lock().unwrap().iter().copied().collect()
+    fn holds(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    fn insert(&self, route: &str) {
+        self.0.lock().unwrap().insert(route.parse().unwrap());
     }
 }
 
 /// Waits (real time, bounded) until the table holds `want`.
 async fn wait_table(t: &MemoryTable, want: &[&str], within: Duration) {
-    let want: Vec<IpAddr> = want.iter().map(|s| ip(s)).collect();
+    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     let end = std::time::Instant::now() + within;
     while t.holds() != want {
         assert!(
@@ -204,11 +214,8 @@ const MARGIN: Duration = Duration::from_secs(2);
 #[tokio::test]
 async fn a_restart_keeps_the_routes_until_the_maps_hold_the_directory_then_reconciles() {
     let table = MemoryTable::default();
-    table
-        .0
-        .lock()
-        .unwrap()
-        .extend([ip("198.18.100.1"), ip("198.18.100.9")]);
+    table.insert("198.18.100.1/32");
+    table.insert("198.18.100.9/32");
     let stop = CancellationToken::new();
     let a = Announcer::spawn(
         Box::new(table.clone()),
@@ -219,14 +226,24 @@ async fn a_restart_keeps_the_routes_until_the_maps_hold_the_directory_then_recon
     );
     a.update(inputs(false, None));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(table.holds(), vec![ip("198.18.100.1"), ip("198.18.100.9")]);
+    assert_eq!(table.holds(), ["198.18.100.1/32", "198.18.100.9/32"]);
     assert!(a.status().pending);
     a.update(inputs(true, None));
-    // .9 is no VIP of the configuration; .3 has no live server; .2 keeps its announcement.
-    wait_table(&table, &["198.18.100.1", "198.18.100.2"], MARGIN).await;
+    // .9 is no VIP of the configuration; .3 has no live server; .2 keeps its announcement;
+    // the return route is announced while the gateway serves.
+    wait_table(
+        &table,
+        &["198.18.20.0/24", "198.18.100.1/32", "198.18.100.2/32"],
+        MARGIN,
+    )
+    .await;
     let st = a.status();
     assert!(!st.pending && st.withheld.is_none(), "{st:?}");
-    assert_eq!((st.routes_added, st.routes_removed), (1, 1));
+    assert_eq!((st.routes_added, st.routes_removed), (2, 1));
+    assert_eq!(
+        st.return_routes,
+        [("198.18.20.0/24".parse().unwrap(), true)]
+    );
     assert_eq!(
         st.vips.iter().filter(|v| v.announced).count(),
         2,
@@ -239,7 +256,7 @@ async fn a_restart_keeps_the_routes_until_the_maps_hold_the_directory_then_recon
 #[tokio::test]
 async fn a_fresh_dataplane_clears_the_table_and_etcd_loss_withdraws_after_the_grace() {
     let table = MemoryTable::default();
-    table.0.lock().unwrap().insert(ip("198.18.100.1"));
+    table.insert("198.18.100.1/32");
     let stop = CancellationToken::new();
     let a = Announcer::spawn(
         Box::new(table.clone()),
@@ -251,17 +268,27 @@ async fn a_fresh_dataplane_clears_the_table_and_etcd_loss_withdraws_after_the_gr
     wait_table(&table, &[], MARGIN).await;
     let now = crate::directory::now_ms();
     a.update(inputs(true, Some((true, now))));
-    wait_table(&table, &["198.18.100.1", "198.18.100.2"], MARGIN).await;
+    wait_table(
+        &table,
+        &["198.18.20.0/24", "198.18.100.1/32", "198.18.100.2/32"],
+        MARGIN,
+    )
+    .await;
     // etcd lost now: the routes stay for the 300 ms grace, then go without another input.
     let lost = std::time::Instant::now();
     a.update(inputs(true, Some((false, crate::directory::now_ms()))));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(table.holds().len(), 2, "withdrawn inside the grace time");
+    assert_eq!(table.holds().len(), 3, "withdrawn inside the grace time");
     wait_table(&table, &[], Duration::from_millis(300) + MARGIN).await;
     assert!(lost.elapsed() >= Duration::from_millis(300));
     assert!(a.status().withheld.unwrap().contains("etcd lost"));
     // etcd back: announced again.
     a.update(inputs(true, Some((true, crate::directory::now_ms()))));
-    wait_table(&table, &["198.18.100.1", "198.18.100.2"], MARGIN).await;
+    wait_table(
+        &table,
+        &["198.18.20.0/24", "198.18.100.1/32", "198.18.100.2/32"],
+        MARGIN,
+    )
+    .await;
     stop.cancel();
 }

@@ -348,6 +348,13 @@ fn announce_metrics(x: &mut Exposition, a: &crate::announce::AnnounceStatus) {
             .iter()
             .map(|v| (label("vip", &v.vip.to_string()), one(v.announced))),
     );
+    x.gauge(
+        "ftn_return_route_announced",
+        "1 while the return route (announce.return_routes) is in the announce table",
+        a.return_routes
+            .iter()
+            .map(|(p, on)| (label("prefix", &p.to_string()), one(*on))),
+    );
     x.gauge1(
         "ftn_announce_withheld",
         "1 while this gateway announces nothing (starting, an interface without XDP, etcd lost past etcd_grace)",

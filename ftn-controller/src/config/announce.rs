@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::model::Prefix;
 
 /// `[announce] etcd_grace` by default: how long a gateway cut off from the shared directory
 /// keeps announcing.
@@ -26,6 +27,10 @@ pub struct AnnounceConfig {
     /// forever (`"never"` in the file).
     #[serde(serialize_with = "ser_grace")]
     pub etcd_grace: Option<Duration>,
+    /// Prefixes announced towards the servers while this gateway can translate their replies
+    /// (the clients' networks, or a default route), for the daemon to export to the servers'
+    /// side: replies then come back only through gateways that serve.
+    pub return_routes: Vec<Prefix>,
     /// `ftn detach`: how long the routes are withdrawn before the dataplane goes.
     #[serde(serialize_with = "ser_duration")]
     pub withdraw_wait: Duration,
@@ -42,7 +47,13 @@ fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&human(*d))
 }
 
-pub(super) const ANNOUNCE_FIELDS: &[&str] = &["mechanism", "table", "etcd_grace", "withdraw_wait"];
+pub(super) const ANNOUNCE_FIELDS: &[&str] = &[
+    "mechanism",
+    "table",
+    "etcd_grace",
+    "withdraw_wait",
+    "return_routes",
+];
 
 pub(super) fn read_announce(ctx: &mut Ctx, t: &Table) -> Option<AnnounceConfig> {
     t.deny_unknown(ctx, ANNOUNCE_FIELDS);
@@ -80,10 +91,37 @@ pub(super) fn read_announce(ctx: &mut Ctx, t: &Table) -> Option<AnnounceConfig> 
             withdraw_wait = d;
         }
     }
+    let mut return_routes = Vec::new();
+    if let Some(item) = t.get("return_routes") {
+        let field = t.field("return_routes");
+        for (i, p) in want_array(ctx, item, &field)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let field = format!("{field}[{i}]");
+            let Some(s) = want_str(ctx, p, &field) else {
+                continue;
+            };
+            match s.parse::<Prefix>() {
+                Ok(r) if r.is_host() => ctx.report(
+                    p.span,
+                    &field,
+                    format!("{s} is a host route: return routes are the clients' networks (e.g. 198.18.20.0/24, or 0.0.0.0/0); the VIPs are announced by themselves"),
+                ),
+                Ok(r) if return_routes.contains(&r) => {
+                    ctx.report(p.span, &field, format!("{s} is listed twice"))
+                }
+                Ok(r) => return_routes.push(r),
+                Err(e) => ctx.report(p.span, &field, e),
+            }
+        }
+    }
     Some(AnnounceConfig {
         table: table?,
         etcd_grace,
         withdraw_wait,
+        return_routes,
     })
 }
 

@@ -1635,6 +1635,7 @@ fn announce_is_read_with_its_defaults_and_every_mistake_is_named() {
             table: 100,
             etcd_grace: Some(DEFAULT_ETCD_GRACE),
             withdraw_wait: DEFAULT_WITHDRAW_WAIT,
+            return_routes: vec![],
         })
     );
     assert_eq!(ok(GATEWAY).announce, None);
@@ -1686,6 +1687,28 @@ fn announce_is_read_with_its_defaults_and_every_mistake_is_named() {
     let text =
         with_gateway("[announce]\nmechanism = \"kernel-table\"\ntable = 100\ngrace = \"2s\"\n");
     single(&text, "announce.grace", "unknown field", "grace");
+    let text = with_gateway(
+        "[announce]\nmechanism = \"kernel-table\"\ntable = 100\nreturn_routes = [\"198.18.20.0/24\", \"2001:2::/48\", \"0.0.0.0/0\"]\n",
+    );
+    let r: Vec<String> = ok(&text)
+        .announce
+        .unwrap()
+        .return_routes
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(r, ["198.18.20.0/24", "2001:2::/48", "0.0.0.0/0"]);
+    for (bad, why) in [
+        ("198.18.20.1/24", "has bits set past its length /24"),
+        ("198.18.20.0", "is not a prefix: write address/length"),
+        ("198.18.20.0/33", "is not a prefix length"),
+        ("198.18.100.1/32", "is a host route"),
+    ] {
+        let text = with_gateway(&format!(
+            "[announce]\nmechanism = \"kernel-table\"\ntable = 100\nreturn_routes = [\"{bad}\"]\n"
+        ));
+        single(&text, "announce.return_routes[0]", why, "return_routes");
+    }
     let text = with_gateway(&format!(
         "{}withdraw_without_server = \"no\"\n",
         resource("web", "198.18.100.1", "tcp", "ports = [80]\n", "[]")
