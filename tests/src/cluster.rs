@@ -143,6 +143,24 @@ fn check_member(i: usize) {
     );
 }
 
+/// The pass-through XDP program on every (namespace, interface) of `targets` (one object, one
+/// link each): a frame redirected into a veth is delivered only when its peer runs XDP.
+pub(crate) fn attach_pass_programs(targets: Vec<(String, String)>) -> aya::Ebpf {
+    std::thread::spawn(move || {
+        let mut ebpf = load_pass();
+        for (ns, dev) in targets {
+            let ns = borrowed_ns(&ns);
+            let _in = ns.enter();
+            pass_program(&mut ebpf)
+                .attach(&dev, aya::programs::XdpMode::Driver)
+                .unwrap_or_else(|e| panic!("attach ftn_pass to {dev} in {}: {e}", ns.name));
+        }
+        ebpf
+    })
+    .join()
+    .expect("attach the pass-through programs")
+}
+
 /// A handle on a namespace owned elsewhere (never deleted by this handle).
 pub(crate) fn borrowed_ns(name: &str) -> std::mem::ManuallyDrop<Netns> {
     std::mem::ManuallyDrop::new(Netns {
@@ -718,19 +736,7 @@ impl Cluster {
                     ]
                 })
                 .collect();
-            std::thread::spawn(move || {
-                let mut ebpf = load_pass();
-                for (ns, dev) in targets {
-                    let ns = borrowed_ns(&ns);
-                    let _in = ns.enter();
-                    pass_program(&mut ebpf)
-                        .attach(&dev, aya::programs::XdpMode::Driver)
-                        .unwrap_or_else(|e| panic!("attach ftn_pass to {dev} in {}: {e}", ns.name));
-                }
-                ebpf
-            })
-            .join()
-            .expect("attach the pass-through programs")
+            attach_pass_programs(targets)
         };
 
         let services = [
@@ -1256,7 +1262,7 @@ pub fn count_events(events: &[serde_json::Value], kind: &str, resource: &str) ->
 }
 
 /// rp_filter 0 on every interface of a host namespace.
-fn no_rp_filter(ns: &Netns) {
+pub(crate) fn no_rp_filter(ns: &Netns) {
     ns.exec(&[
         "sh",
         "-c",

@@ -35,13 +35,13 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{
-    borrowed_ns, gateway_config, nsenter, output_text, Etcd, TempDir, BACKUP_ADDR, GATEWAYS,
-    MEMBERS, PRIMARY_ADDR, VIP,
+    attach_pass_programs, gateway_config, no_rp_filter, nsenter, output_text, Etcd, TempDir,
+    BACKUP_ADDR, GATEWAYS, MEMBERS, PRIMARY_ADDR, VIP,
 };
 use crate::ftn::{Ftn, Prober, Sample};
 use crate::lab::{veth, Conn, Service};
 use crate::timing::MARGIN;
-use crate::{load_pass, pass_program, require_root, unique_name, Netns};
+use crate::{require_root, unique_name, Netns};
 
 /// ftn's announce table on every gateway.
 pub const ANNOUNCE_TABLE: u32 = 100;
@@ -98,22 +98,13 @@ impl Bird {
             output_text(&parse)
         );
         let log = dir.join(format!("{name}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = nsenter(ns, BIRD_BIN)
-            .arg("-f")
+        let mut cmd = nsenter(ns, BIRD_BIN);
+        cmd.arg("-f")
             .arg("-c")
             .arg(&conf)
             .arg("-s")
-            .arg(dir.join(format!("{name}.ctl")))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {BIRD_BIN} (Debian bird2) for {name}: {e}"));
+            .arg(dir.join(format!("{name}.ctl")));
+        let child = spawn_logged(cmd, &log, "BIRD (Debian bird2)");
         Bird {
             child: Some(child),
             log,
@@ -137,11 +128,30 @@ impl Bird {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain syscall on a pid we spawned and have not reaped.
-            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
+    }
+}
+
+/// Spawns `cmd` (a daemon in the foreground) with stdout and stderr appended to `log`.
+pub(crate) fn spawn_logged(mut cmd: std::process::Command, log: &Path, what: &str) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"))
+}
+
+/// SIGKILL (by pid) to a child this lab spawned, then reaps it.
+pub(crate) fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        // SAFETY: plain syscall on a pid we spawned and have not reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        let _ = c.wait();
     }
 }
 
@@ -386,19 +396,7 @@ impl Ha {
                     ]
                 })
                 .collect();
-            std::thread::spawn(move || {
-                let mut ebpf = load_pass();
-                for (ns, dev) in targets {
-                    let ns = borrowed_ns(&ns);
-                    let _in = ns.enter();
-                    pass_program(&mut ebpf)
-                        .attach(&dev, aya::programs::XdpMode::Driver)
-                        .unwrap_or_else(|e| panic!("attach ftn_pass to {dev} in {}: {e}", ns.name));
-                }
-                ebpf
-            })
-            .join()
-            .expect("attach the pass-through programs")
+            attach_pass_programs(targets)
         };
         let services = [
             Some(Service::start(&primary, "primary")),
@@ -632,19 +630,24 @@ impl Ha {
     /// `n` long-lived connections from the client, each asked once; the router's ECMP spreads
     /// them over the gateways.
     pub fn open_conns(&self, n: usize) -> Vec<Conn> {
-        let vip: IpAddr = VIP.parse().unwrap();
-        crate::lab::in_ns(&self.client, move || {
-            (0..n)
-                .map(|i| {
-                    let mut c = Conn::try_open(vip, MARGIN)
-                        .unwrap_or_else(|e| panic!("long-lived connection {i}: {e}"));
-                    c.try_ask()
-                        .unwrap_or_else(|e| panic!("long-lived connection {i}: {e}"));
-                    c
-                })
-                .collect()
-        })
+        open_conns(&self.client, n)
     }
+}
+
+/// `n` long-lived connections from `client` to the VIP, each asked once.
+pub fn open_conns(client: &Netns, n: usize) -> Vec<Conn> {
+    let vip: IpAddr = VIP.parse().unwrap();
+    crate::lab::in_ns(client, move || {
+        (0..n)
+            .map(|i| {
+                let mut c = Conn::try_open(vip, MARGIN)
+                    .unwrap_or_else(|e| panic!("long-lived connection {i}: {e}"));
+                c.try_ask()
+                    .unwrap_or_else(|e| panic!("long-lived connection {i}: {e}"));
+                c
+            })
+            .collect()
+    })
 }
 
 /// Long-lived connections that no longer work: each is asked once more (in the client's
@@ -689,12 +692,4 @@ pub fn ecmp_outage(samples: &[Sample], from: Duration, to: Duration) -> Result<D
 /// Failed probes in [from, to).
 pub fn failed(samples: &[Sample], from: Duration, to: Duration) -> usize {
     crate::ftn::failed_in(samples, from, to).count()
-}
-
-fn no_rp_filter(ns: &Netns) {
-    ns.exec(&[
-        "sh",
-        "-c",
-        "for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > $f; done",
-    ]);
 }

@@ -11,6 +11,7 @@ pub mod frames;
 pub mod ftn;
 pub mod gateway;
 pub mod ha;
+pub mod vrrp;
 pub mod lab;
 pub mod timing;
 

@@ -32,6 +32,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // The gateway high-availability lab: BIRD 2 on the upstream router, the gateways and the
     // servers (BGP with BFD).
     ("bird2", "bird"),
+    // The reference deployment the HA bench measures beside BGP: VRRP moving a VIP.
+    ("keepalived", "keepalived"),
     // No protobuf package: etcd-client (the crate) compiles etcd's protobuf definitions with the
     // protoc that the protoc-bin-vendored crate brings (tools/protoc, .cargo/config.toml).
 ];

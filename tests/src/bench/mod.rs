@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod cluster_scale;
 pub mod failover;
+pub mod ha;
 pub mod scale;
 pub mod scrape;
 pub mod xdp;

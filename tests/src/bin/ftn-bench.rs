@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: measures the dataplane, failover and the controller's scale, each beside
 //! a baseline measured in the same run, prints a table and optionally writes a flat JSON object.
 //!
-//! Usage: `ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,remap,scale,scrape,cluster,cluster-scale]` (as root).
+//! Usage: `ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,remap,scale,scrape,cluster,cluster-scale,ha]` (as root).
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -52,6 +52,17 @@ const KEYS: &[(&str, Option<Target>)] = &[
     ("etcd_propagation_100k_ms", Some(Target::AtMost(10.0))),
     ("scrape_failover_delay_ms", Some(Target::AtMost(5.0))),
     ("leader_death_failover_ms", Some(Target::AtMost(1000.0))),
+    // Issue 14: gateway high availability (BGP through BIRD 2, ECMP, BFD), and the reference
+    // deployment measured beside it (keepalived VRRP moving the VIP between two gateways).
+    ("gateway_crash_gap_ms", Some(Target::AtMost(300.0))),
+    (
+        "gateway_crash_broken_connections",
+        Some(Target::AtMost(0.0)),
+    ),
+    ("gateway_detach_failed_probes", Some(Target::AtMost(0.0))),
+    ("gateway_join_failed_probes", Some(Target::AtMost(0.0))),
+    ("vrrp_crash_gap_ms", None),
+    ("vrrp_crash_broken_connections", None),
 ];
 
 #[derive(Clone, Copy)]
@@ -77,7 +88,7 @@ impl Target {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,remap,scale,scrape,cluster,cluster-scale]"
+        "usage: ftn-bench [--quick] [--json PATH] [--only xdp,flood,failover,remap,scale,scrape,cluster,cluster-scale,ha]"
     );
     std::process::exit(2);
 }
@@ -123,7 +134,7 @@ fn main() {
     let t0 = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
     type Part = (&'static str, fn(Size) -> Vec<Figure>);
-    let parts: [Part; 8] = [
+    let parts: [Part; 9] = [
         ("xdp", bench::xdp::run),
         ("flood", bench::xdp::flood::run),
         ("failover", bench::failover::run),
@@ -132,6 +143,7 @@ fn main() {
         ("scrape", bench::scrape::run_scrape),
         ("cluster", bench::cluster::run),
         ("cluster-scale", bench::cluster_scale::run),
+        ("ha", bench::ha::run),
     ];
     for (name, run) in parts {
         if !wants(name) {
