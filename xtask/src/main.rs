@@ -60,7 +60,8 @@ enum Task {
     /// Set up, build, and run the live demo lab (client, gateway, primary, backup in network
     /// namespaces): failover when the primary's service dies, failback when it returns.
     Demo {
-        /// Three gateways sharing one directory on a three-member etcd cluster instead.
+        /// Three gateways sharing one directory on a three-member etcd cluster instead, then
+        /// three gateways behind a BGP router (ECMP, BFD) and one of them dying.
         #[arg(long)]
         cluster: bool,
     },
@@ -143,12 +144,19 @@ fn main() -> Result<()> {
             }
             // Builds the `ftn` daemon the demo runs, and the demo itself.
             build(false)?;
-            let demo = if cluster {
-                "target/debug/ftn-cluster-demo"
+            // --cluster: the shared directory's demo, then the gateways' high availability
+            // (a gateway dying under traffic behind a BGP router).
+            let demos: &[&str] = if cluster {
+                &["target/debug/ftn-cluster-demo", "target/debug/ftn-ha-demo"]
             } else {
-                "target/debug/ftn-lab-demo"
+                &["target/debug/ftn-lab-demo"]
             };
-            Cmd::new(demo, &[]).env("FTN_BIN", "target/debug/ftn").run()
+            for demo in demos {
+                Cmd::new(demo, &[])
+                    .env("FTN_BIN", "target/debug/ftn")
+                    .run()?;
+            }
+            Ok(())
         }
         Task::Bench { quick, json, only } => {
             setup()?;
