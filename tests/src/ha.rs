@@ -632,6 +632,47 @@ impl Ha {
     pub fn open_conns(&self, n: usize) -> Vec<Conn> {
         open_conns(&self.client, n)
     }
+
+    /// The gateway the router sends the client's TCP connection from `sport` through now
+    /// (`ip route get` with the 5-tuple: the kernel's own ECMP choice).
+    pub fn gateway_of(&self, sport: u16) -> Option<usize> {
+        let out = self.router.ip(&[
+            "route",
+            "get",
+            VIP,
+            "from",
+            CLIENT_ADDR,
+            "iif",
+            "r0",
+            "ipproto",
+            "tcp",
+            "sport",
+            &sport.to_string(),
+            "dport",
+            "80",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        (1..=GATEWAYS).find(|&k| text.contains(&format!("via {} ", gw_upstream(k))))
+    }
+
+    /// Long-lived connections, each asked once, until every gateway carries at least
+    /// `per_gateway` of them (at most 20 x as many in all); each with its gateway.
+    pub fn open_spread(&self, per_gateway: usize) -> Vec<(Conn, usize)> {
+        let mut out: Vec<(Conn, usize)> = Vec::new();
+        let limit = per_gateway * GATEWAYS * 20;
+        while (1..=GATEWAYS).any(|k| out.iter().filter(|c| c.1 == k).count() < per_gateway) {
+            assert!(
+                out.len() < limit,
+                "{limit} connections did not give every gateway {per_gateway}"
+            );
+            let c = open_conns(&self.client, 1).pop().unwrap();
+            let k = self
+                .gateway_of(c.local_port())
+                .unwrap_or_else(|| panic!("no gateway for port {}", c.local_port()));
+            out.push((c, k));
+        }
+        out
+    }
 }
 
 /// `n` long-lived connections from `client` to the VIP, each asked once.
@@ -648,6 +689,23 @@ pub fn open_conns(client: &Netns, n: usize) -> Vec<Conn> {
             })
             .collect()
     })
+}
+
+/// Of connections opened with [`Ha::open_spread`], those that no longer work (asked once
+/// more): (through gateway `via`, through the others).
+pub fn broken_by(conns: &mut [(Conn, usize)], via: usize) -> (Vec<String>, Vec<String>) {
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for (i, (c, k)) in conns.iter_mut().enumerate() {
+        if let Err(e) = c.try_ask() {
+            let e = format!("connection {i} (through gw{k}): {e}");
+            if *k == via {
+                on.push(e)
+            } else {
+                off.push(e)
+            }
+        }
+    }
+    (on, off)
 }
 
 /// Long-lived connections that no longer work: each is asked once more (in the client's

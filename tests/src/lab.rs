@@ -243,6 +243,11 @@ impl Conn {
         })
     }
 
+    /// The client's port of this connection.
+    pub fn local_port(&self) -> u16 {
+        self.w.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
     /// Like [`Conn::ask`], returning an error text instead of panicking.
     pub fn try_ask(&mut self) -> Result<String, String> {
         self.w.write_all(b"who\n").map_err(|e| e.to_string())?;

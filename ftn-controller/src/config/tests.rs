@@ -1378,7 +1378,10 @@ fn dist_etcd_example_parses() {
     };
     assert_eq!(e.endpoints.len(), 3);
     assert_eq!(c.gateway.name, "gw1");
-    let a = c.announce.as_ref().expect("the etcd example announces its VIPs");
+    let a = c
+        .announce
+        .as_ref()
+        .expect("the etcd example announces its VIPs");
     assert_eq!((a.table, a.return_routes.len()), (100, 1));
     assert!(e.ca_file.is_some() && e.cert_file.is_some() && e.key_file.is_some());
 }

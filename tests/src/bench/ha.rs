@@ -7,19 +7,30 @@ use std::time::Duration;
 
 use crate::bench::{attempt, median, Figure, Size};
 use crate::ftn::PROBE_TIMEOUT;
-use crate::ha::{bfd_detect, broken, ecmp_outage, failed, Ha, SESSIONS_UP};
+use crate::ha::{bfd_detect, broken_by, ecmp_outage, failed, Ha, SESSIONS_UP};
 use crate::timing::{MARGIN, START};
 
 const EVERY: Duration = Duration::from_millis(10);
-/// Long-lived connections opened before each crash (spread over the gateways by ECMP).
-pub const CONNS: usize = 12;
+/// Long-lived connections opened before each crash, at least this many through each gateway
+/// (the router's own ECMP choice, `ip route get`).
+pub const PER_GATEWAY: usize = 4;
 
-/// One host death of gateway k under traffic: (outage ms, broken connections, router's
-/// detection ms, failed probes). The host is brought back and rejoined before returning.
-fn crash_once(ha: &mut Ha, k: usize) -> Result<(f64, usize, f64, usize), String> {
+/// One host death of gateway k under traffic.
+struct Crash {
+    outage_ms: f64,
+    /// Long-lived connections: (opened through the dead gateway, of them broken, through the
+    /// others, of them broken).
+    conns: (usize, usize, usize, usize),
+    detected_ms: f64,
+    failed: usize,
+}
+
+/// Gateway k's host dies under traffic; it is brought back and rejoined before returning.
+fn crash_once(ha: &mut Ha, k: usize) -> Result<Crash, String> {
     let all: Vec<usize> = (1..=3).collect();
     let rest: Vec<usize> = all.iter().copied().filter(|g| *g != k).collect();
-    let mut conns = ha.open_conns(CONNS);
+    let mut conns = ha.open_spread(PER_GATEWAY);
+    let through = conns.iter().filter(|c| c.1 == k).count();
     let p = ha.probe(EVERY, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     let t0 = p.now();
@@ -29,16 +40,16 @@ fn crash_once(ha: &mut Ha, k: usize) -> Result<(f64, usize, f64, usize), String>
     let t1 = p.now();
     let s = p.finish();
     let outage = ecmp_outage(&s, t0, t1)?;
-    let lost = broken(&mut conns).len();
+    let (on, off) = broken_by(&mut conns, k);
     let n = failed(&s, t0, t1);
     ha.revive_host(k);
     ha.wait_route(&all, SESSIONS_UP);
-    Ok((
-        outage.as_secs_f64() * 1000.0,
-        lost,
-        detected.as_secs_f64() * 1000.0,
-        n,
-    ))
+    Ok(Crash {
+        outage_ms: outage.as_secs_f64() * 1000.0,
+        conns: (through, on.len(), conns.len() - through, off.len()),
+        detected_ms: detected.as_secs_f64() * 1000.0,
+        failed: n,
+    })
 }
 
 /// `systemctl stop ftn && ftn detach` on gateway 3, then its start (a fresh dataplane), under
@@ -60,7 +71,7 @@ fn detach_join(ha: &mut Ha) -> Result<(usize, usize), String> {
 }
 
 struct Bgp {
-    crashes: Vec<(f64, usize, f64, usize)>,
+    crashes: Vec<Crash>,
     detach: usize,
     join: usize,
 }
@@ -114,10 +125,12 @@ pub fn run(size: Size) -> Vec<Figure> {
             }
         }
         Ok(b) => {
-            let gaps: Vec<f64> = b.crashes.iter().map(|c| c.0.round()).collect();
-            let detect: Vec<f64> = b.crashes.iter().map(|c| c.2.round()).collect();
-            let failed: Vec<usize> = b.crashes.iter().map(|c| c.3).collect();
-            let lost: usize = b.crashes.iter().map(|c| c.1).sum();
+            let gaps: Vec<f64> = b.crashes.iter().map(|c| c.outage_ms.round()).collect();
+            let detect: Vec<f64> = b.crashes.iter().map(|c| c.detected_ms.round()).collect();
+            let failed: Vec<usize> = b.crashes.iter().map(|c| c.failed).collect();
+            let sum = |f: fn(&Crash) -> usize| b.crashes.iter().map(f).sum::<usize>();
+            let (dead, dead_lost) = (sum(|c| c.conns.0), sum(|c| c.conns.1));
+            let (others, others_lost) = (sum(|c| c.conns.2), sum(|c| c.conns.3));
             out.push(Figure::new(
                 "gateway_crash_gap_ms",
                 median(&gaps),
@@ -132,10 +145,10 @@ pub fn run(size: Size) -> Vec<Figure> {
             ));
             out.push(Figure::new(
                 "gateway_crash_broken_connections",
-                lost as f64,
+                (dead_lost + others_lost) as f64,
                 "connections",
                 format!(
-                    "long-lived connections ({CONNS} per death, opened before it and spread over the 3 gateways by ECMP) that no longer answered after {} host death(s); {reference}",
+                    "long-lived connections opened before each death (at least {PER_GATEWAY} through each gateway, by the router's own ECMP choice) that no longer answered after it, over {} host death(s): through the dead gateway {dead_lost} of {dead}, through the others {others_lost} of {others}; {reference}",
                     b.crashes.len()
                 ),
             ));

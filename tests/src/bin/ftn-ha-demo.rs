@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use ftn_tests::ha::{bfd_detect, broken, ecmp_outage, failed, Ha, SESSIONS_UP};
+use ftn_tests::ha::{bfd_detect, broken_by, ecmp_outage, failed, Ha, SESSIONS_UP};
 use ftn_tests::timing::{MARGIN, START};
 
 fn routes(ha: &Ha) -> String {
@@ -39,7 +39,7 @@ fn main() {
         );
     }
 
-    let mut conns = ha.open_conns(12);
+    let mut conns = ha.open_spread(4);
     let p = ha.probe(Duration::from_millis(10), Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
     println!("-- 1. gateway 2's host dies (links down, ftn and BIRD SIGKILLed)");
@@ -53,11 +53,13 @@ fn main() {
     );
     std::thread::sleep(Duration::from_secs(1));
     let t1 = p.now();
-    let lost = broken(&mut conns);
+    let through = conns.iter().filter(|c| c.1 == 2).count();
+    let (on, off) = broken_by(&mut conns, 2);
     println!(
-        "   long-lived connections still answering: {} of {}",
-        conns.len() - lost.len(),
-        conns.len()
+        "   long-lived connections still answering: {} of {through} that went through gateway 2, {} of {} through the others",
+        through - on.len(),
+        conns.len() - through - off.len(),
+        conns.len() - through
     );
     println!("-- 2. gateway 2 comes back: BIRD and ftn start, ftn announces once its maps hold the directory");
     let t = Instant::now();
@@ -94,7 +96,10 @@ fn main() {
         "   step 2 (rejoin): {} failed probes; step 3 (detach and start): {} failed probes; long-lived connections broken after all steps: {}",
         failed(&s, t1, t2),
         failed(&s, t2, t3),
-        broken(&mut conns).len()
+        {
+            let (a, b) = broken_by(&mut conns, 2);
+            a.len() + b.len()
+        }
     );
     drop(ha);
     println!(
