@@ -118,6 +118,10 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (ftn.1, and ftn-COMMAND.1 for each command) into DIR.
+    Man { dir: PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -193,6 +197,19 @@ fn main() -> anyhow::Result<()> {
             println!("{}", post(&t, "/v1/reload", serde_json::json!({})).await?);
             Ok(())
         }),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "ftn", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory as _;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
         Command::Detach { pin_dir, config } => {
             let config = detach_config(config)?;
             if let Some(c) = &config {

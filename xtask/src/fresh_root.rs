@@ -91,10 +91,33 @@ enum Phase {
     Plain,
     Demo,
     Test,
+    Deb,
 }
 
+/// The package phase: `cargo xtask deb` (it checks the package it built), then the package
+/// installed into this clean root: the example configuration is accepted there, the state
+/// directory and the API token exist (that its scripts start nothing is checked by `deb`).
+const DEB_SCRIPT: &str = "cargo xtask deb
+dpkg -i target/debian/ftn_*_amd64.deb
+test -d /var/lib/ftn
+test -s /etc/ftn/token
+/usr/bin/ftn check-config /etc/ftn/ftn.toml
+/usr/bin/ftn --version
+test -f /usr/share/man/man1/ftn-run.1.gz
+test -f /usr/share/bash-completion/completions/ftn
+dpkg -r ftn
+test -f /etc/ftn/ftn.toml
+echo 'deb: installed, checked and removed (the conffile stays until purge)'
+";
+
 impl Phase {
-    const ALL: [Phase; 4] = [Phase::Check, Phase::Plain, Phase::Demo, Phase::Test];
+    const ALL: [Phase; 5] = [
+        Phase::Check,
+        Phase::Plain,
+        Phase::Demo,
+        Phase::Test,
+        Phase::Deb,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -102,6 +125,7 @@ impl Phase {
             Phase::Plain => "plain",
             Phase::Demo => "demo",
             Phase::Test => "test",
+            Phase::Deb => "deb",
         }
     }
 
@@ -111,6 +135,7 @@ impl Phase {
             Phase::Plain => "plain build",
             Phase::Demo => "demo",
             Phase::Test => "test",
+            Phase::Deb => "package install",
         }
     }
 
@@ -121,6 +146,7 @@ impl Phase {
             Phase::Plain => PLAIN_SCRIPT.replace("@CONFIG@", &format!("{IN_ROOT_DIR}/stub.toml")),
             Phase::Demo => "cargo xtask demo\n".to_string(),
             Phase::Test => "cargo xtask test\n".to_string(),
+            Phase::Deb => DEB_SCRIPT.to_string(),
         }
     }
 }
@@ -131,7 +157,9 @@ fn parse_phases(only: &str) -> Result<Vec<Phase>> {
         let phase = Phase::ALL
             .into_iter()
             .find(|p| p.name() == name)
-            .ok_or_else(|| anyhow!("--only: unknown phase {name:?} (plain, demo, test, check)"))?;
+            .ok_or_else(|| {
+                anyhow!("--only: unknown phase {name:?} (plain, demo, test, deb, check)")
+            })?;
         phases.insert(phase);
     }
     if phases.is_empty() {

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod deb;
 mod fresh_root;
 mod layout;
 mod soak;
@@ -49,6 +50,10 @@ struct Cli {
 enum Task {
     /// Install what a fresh machine lacks (nightly rust-src, bpf-linker, Debian packages).
     Setup,
+    /// Set up, build in release mode, and build the Debian package
+    /// target/debian/ftn_<version>_amd64.deb (cargo-deb; installed when missing), then check
+    /// what it holds (extracted, not installed).
+    Deb,
     /// Set up, then build the controller (which builds and embeds the eBPF object).
     Build {
         /// Build in release mode.
@@ -109,7 +114,7 @@ enum Task {
         rev: String,
         /// Phases to run, comma-separated: plain, demo, test (and `check`, a quick probe of
         /// the root).
-        #[arg(long, default_value = "plain,demo,test")]
+        #[arg(long, default_value = "plain,demo,test,deb")]
         only: String,
         /// Keep the run's work dir (the root) for debugging.
         #[arg(long)]
@@ -137,6 +142,13 @@ fn main() -> Result<()> {
             lint()
         }
         Task::Layout => layout::run(&workspace_root()?),
+        Task::Deb => {
+            setup()?;
+            build(true)?;
+            let deb = deb::run(&workspace_root()?)?;
+            step(&format!("deb: built {}", deb.display()));
+            Ok(())
+        }
         Task::Demo { cluster } => {
             setup()?;
             if !is_root() {
