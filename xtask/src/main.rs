@@ -35,6 +35,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bird2", "bird"),
     // The reference deployment the HA bench measures beside BGP: VRRP moving a VIP.
     ("keepalived", "keepalived"),
+    // promtool checks and unit-tests the alert rules in dist/prometheus.
+    ("prometheus", "promtool"),
     // No protobuf package: etcd-client (the crate) compiles etcd's protobuf definitions with the
     // protoc that the protoc-bin-vendored crate brings (tools/protoc, .cargo/config.toml).
 ];
