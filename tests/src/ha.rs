@@ -645,7 +645,9 @@ impl Ha {
             "iif",
             "r0",
             "ipproto",
-            "tcp",
+            // By number: a minimal system has no /etc/protocols (netbase) for iproute2 to
+            // resolve "tcp" with.
+            "6",
             "sport",
             &sport.to_string(),
             "dport",
