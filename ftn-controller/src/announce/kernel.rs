@@ -17,6 +17,7 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
 };
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::sys::AsyncSocket as _;
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 /// The routing protocol number of ftn's routes (`ip route show table 100 proto 250`; name it in
@@ -31,7 +32,17 @@ pub struct KernelTable {
 impl KernelTable {
     /// Opens a netlink socket (its connection runs as a task on the current runtime).
     pub fn open(table: u32) -> std::io::Result<KernelTable> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
+        let (mut conn, handle, _) = rtnetlink::new_connection()?;
+        // Strict dumps: the kernel filters a dump by the table and protocol asked for, so that a
+        // gateway holding a full BGP table in its main table does not dump it every RECHECK.
+        // (Without it, the list below filters the whole dump itself.)
+        if let Err(e) = conn
+            .socket_mut()
+            .socket_mut()
+            .set_netlink_get_strict_chk(true)
+        {
+            tracing::debug!("NETLINK_GET_STRICT_CHK: {e}; route dumps are filtered by ftn");
+        }
         tokio::spawn(conn);
         Ok(KernelTable { handle, table })
     }
@@ -89,6 +100,8 @@ impl super::RouteTable for KernelTable {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut filter = RouteMessage::default();
             filter.header.address_family = family;
+            filter.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
+            filter.attributes.push(RouteAttribute::Table(self.table));
             let mut routes = self.handle.route().get(filter).execute();
             while let Some(m) = routes.try_next().await.map_err(|e| e.to_string())? {
                 if Self::table_of(&m) != self.table
