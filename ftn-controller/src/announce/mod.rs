@@ -346,7 +346,7 @@ impl Task {
                 }
             }
         }
-        for route in want.difference(&have.clone()).copied().collect::<Vec<_>>() {
+        for route in want.difference(&have).copied().collect::<Vec<_>>() {
             match self.table.add(route).await {
                 Ok(()) => {
                     have.insert(route);
